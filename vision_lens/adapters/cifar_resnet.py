@@ -1,0 +1,181 @@
+"""CIFAR ResNets (He et al. 2016, section 4.2) with option-A shortcuts.
+
+The module tree matches the public checkpoints of akamaster/pytorch_resnet_cifar10
+(``conv1``, ``bn1``, ``layer{1,2,3}.{b}``, ``linear``), so they load with
+``strict=True`` once the ``module.`` prefix of their DataParallel wrapper is
+removed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision import transforms
+
+from .base import (
+    Block,
+    ModelAdapter,
+    WeightsError,
+    file_sha256,
+    load_state_dict_strict,
+    register_adapter,
+    state_dict_sha256,
+)
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR_MEAN = (0.485, 0.456, 0.406)
+CIFAR_STD = (0.229, 0.224, 0.225)
+_URL = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
+PRETRAINED = {
+    "resnet20": _URL + "resnet20-12fca82f.th",
+    "resnet32": _URL + "resnet32-d509ac18.th",
+    "resnet44": _URL + "resnet44-014dd654.th",
+    "resnet56": _URL + "resnet56-4bfd9763.th",
+    "resnet110": _URL + "resnet110-1d1ed7c2.th",
+}
+
+
+class OptionAShortcut(nn.Module):
+    """Identity shortcut across a stage change: subsample by 2, zero-pad channels."""
+
+    def __init__(self, pad: int):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        if stride != 1 or in_planes != planes:
+            self.shortcut: nn.Module = OptionAShortcut(planes // 4)
+        else:
+            self.shortcut = nn.Sequential()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 inputs: 3 stages of n blocks, 16/32/64 channels."""
+
+    def __init__(self, depth: int = 20, num_classes: int = 10):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.depth = depth
+        self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
+        self.layer1 = self._stage(16, 16, n, 1)
+        self.layer2 = self._stage(16, 32, n, 2)
+        self.layer3 = self._stage(32, 64, n, 2)
+        self.linear = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.kaiming_normal_(m.weight)
+
+    @staticmethod
+    def _stage(in_planes: int, planes: int, n: int, stride: int) -> nn.Sequential:
+        blocks = [BasicBlock(in_planes, planes, stride)]
+        blocks += [BasicBlock(planes, planes) for _ in range(n - 1)]
+        return nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(x.mean((2, 3)))
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The state dict of a CIFAR ResNet checkpoint, without the ``module.`` prefix.
+
+    Accepts the akamaster layout (``{"state_dict": ..., "best_prec1": ...}``)
+    and a bare state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights {path}: no such file; pass the path of a .th/.pt checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged file
+        raise WeightsError(f"--weights {path}: not a readable torch checkpoint ({exc.__class__.__name__}: {exc})") from exc
+    return _strip(obj, str(path))
+
+
+def _strip(obj: object, source: str) -> dict[str, Tensor]:
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WeightsError(f"--weights {source}: expected a state dict or a dict with a 'state_dict' entry")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+class CifarResNetAdapter(ModelAdapter):
+    def __init__(self, model: CifarResNet, weights_id: str, class_names: list[str] | None = None):
+        self.model = model
+        self.weights_id = weights_id
+        self.class_names = class_names or (
+            CIFAR10_CLASSES if model.linear.out_features == 10 else [str(i) for i in range(model.linear.out_features)]
+        )
+        stride_to_head = {"layer1": 4, "layer2": 2, "layer3": 1}
+        # The shortcut that carries stage s into stage s+1 is in that stage's first block.
+        carry = {"layer1": ("layer2.0.shortcut", "layer3.0.shortcut"), "layer2": ("layer3.0.shortcut",), "layer3": ()}
+        self.blocks = [Block("stem", "relu", 16, carry["layer1"], 4)]
+        for stage, channels in (("layer1", 16), ("layer2", 32), ("layer3", 64)):
+            for b in range(len(model.get_submodule(stage))):
+                name = f"{stage}.{b}"
+                self.blocks.append(Block(name, name, channels, carry[stage], stride_to_head[stage]))
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.model.linear
+
+    @property
+    def transform(self):
+        return transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+
+
+@register_adapter("cifar")
+def build_cifar_resnet(arch: str, weights: str | None = None, num_classes: int = 10, seed: int = 0) -> CifarResNetAdapter:
+    """``cifar:resnet{20,32,44,56,110}`` (any 6n+2 depth, e.g. ``resnet14`` for the demo).
+
+    ``num_classes`` applies to random initialisation; a checkpoint brings its own.
+    """
+    if not arch.startswith("resnet") or not arch[6:].isdigit():
+        raise ValueError(f"--model cifar:{arch}: expected cifar:resnet<depth> with depth 6n+2, e.g. cifar:resnet20")
+    if weights == "random":
+        torch.manual_seed(seed)
+        model = CifarResNet(int(arch[6:]), num_classes)
+        return CifarResNetAdapter(model, "random-init:" + state_dict_sha256(model.state_dict()))
+    if weights in (None, "pretrained"):
+        if arch not in PRETRAINED:
+            raise ValueError(f"--model cifar:{arch} has no published weights; pass --weights PATH")
+        weights = PRETRAINED[arch]
+    if weights.startswith(("http://", "https://")):
+        try:
+            obj = torch.hub.load_state_dict_from_url(weights, map_location="cpu", check_hash=True, weights_only=True)
+        except OSError as exc:
+            raise WeightsError(
+                f"could not download {weights} ({exc}). Offline, download it elsewhere and pass --weights PATH."
+            ) from exc
+        state, weights_id = _strip(obj, weights), weights.rsplit("/", 1)[-1]
+    else:
+        state, weights_id = read_checkpoint(weights), file_sha256(weights)
+    # The checkpoint decides its class count; the pipeline checks it against the data.
+    if "linear.weight" in state:
+        num_classes = state["linear.weight"].shape[0]
+    model = CifarResNet(int(arch[6:]), num_classes)
+    load_state_dict_strict(model, state, weights)
+    return CifarResNetAdapter(model, weights_id)

@@ -1,0 +1,80 @@
+"""``vision-lens``: the command line, generated from the option dataclasses of the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def add_options(parser: argparse.ArgumentParser, cls) -> None:
+    """One ``--flag`` per dataclass field, with the field's help text, default and type."""
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata)
+        help_text = meta.pop("help")
+        flag = "--" + f.name.replace("_", "-")
+        if meta.get("action") == "store_true":
+            parser.add_argument(flag, help=help_text, **meta)
+            continue
+        default = None if meta.get("required") else f.default
+        shown = "" if meta.get("required") or default is None else f" (default: {default})"
+        parser.add_argument(flag, help=help_text + shown, default=default, **meta)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .pipeline import EvalOptions, RunOptions
+
+    parser = argparse.ArgumentParser(
+        prog="vision-lens",
+        description="Tuned lenses on every block of vision models: layer-wise metrics and transfer penalties "
+        "in the tuned-lens eval format.",
+    )
+    parser.add_argument("--version", action="version", version=f"vision-lens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, cls, text in (
+        ("train", RunOptions, "capture the fit split and fit a tuned lens and a linear probe on every block"),
+        ("eval", EvalOptions, "evaluate lenses from `train` (and the logit lens) on the eval split"),
+        ("run", RunOptions, "train, then eval, into one output folder"),
+    ):
+        add_options(sub.add_parser(name, help=text, description=text), cls)
+    demo = sub.add_parser("demo", help="offline smoke test: digits, a small ResNet trained on the spot, the full pipeline")
+    demo.add_argument("--out", default="vision-lens-demo", help="output folder (default: vision-lens-demo)")
+    demo.add_argument("--epochs", type=int, default=15, help="training epochs of the small ResNet (default: 15)")
+    demo.add_argument("--seed", type=int, default=0, help="seed for the split, the model and the lenses (default: 0)")
+    demo.add_argument("--device", default="auto", help="torch device (default: auto)")
+    demo.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
+    from . import pipeline
+    from .adapters import WeightsError
+    from .artifacts import OutputExistsError
+    from .cache import CacheError
+    from .data import DataError
+
+    try:
+        if command == "demo":
+            from .demo import demo
+
+            out = demo(**args)
+        elif command == "eval":
+            opts = pipeline.EvalOptions(**args)
+            out = pipeline.evaluate(opts, Path(opts.lens))
+        else:
+            opts = pipeline.RunOptions(**args)
+            out = getattr(pipeline, command)(opts)
+    except (DataError, WeightsError, OutputExistsError, CacheError, FileNotFoundError, ValueError) as exc:
+        print(f"vision-lens {command}: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[vision-lens] wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
