@@ -35,9 +35,12 @@ def _shared_marker(request):
         require_shared()
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("VISION_LENS_CACHE", str(tmp_path_factory.getbasetemp() / "vision-lens-cache"))
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Feature caches of the test session go to its temporary folder, never to ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VISION_LENS_CACHE", str(tmp_path_factory.getbasetemp() / "vision-lens-cache"))
+        yield
 
 
 def write_image_folder(root: Path, classes: int = 3, per_class: int = 6, size: int = 32, seed: int = 0) -> Path:

@@ -5,6 +5,7 @@ Layout of a cache folder::
     manifest.json      key (what was captured), shapes, and ``done``: rows written
     block_<k>.npy      (n, dim_k) float32 memmap, pooled features of block k
     logits.npy         (n, num_classes) float32, the model's own logits
+    aux_<k>.npy        (n, num_classes) float32, the model's own classifier at block k, if any
     labels.npy         (n,) int64
 
 The folder name is a hash of the key, so changing the model, weights, data,
@@ -52,6 +53,7 @@ class FeatureCache:
     features: list[np.ndarray]
     logits: np.ndarray
     labels: np.ndarray
+    aux_logits: dict[int, np.ndarray]
 
     @property
     def done(self) -> int:
@@ -62,11 +64,17 @@ class FeatureCache:
         return self.done == len(self.labels)
 
     @classmethod
-    def open(cls, root: str | Path, key: dict, n: int, dims: list[int], num_classes: int) -> "FeatureCache":
-        """Open the cache for ``key`` under ``root``, creating it if needed."""
+    def open(
+        cls, root: str | Path, key: dict, n: int, dims: list[int], num_classes: int, aux_blocks: tuple[int, ...] = ()
+    ) -> "FeatureCache":
+        """Open the cache for ``key`` under ``root``, creating it if needed.
+
+        ``aux_blocks`` are the blocks that carry one of the model's own classifiers.
+        """
         path = Path(root) / cache_key_hash(key)
         manifest_path = path / "manifest.json"
         shapes = {f"block_{k}": [n, d] for k, d in enumerate(dims)} | {"logits": [n, num_classes], "labels": [n]}
+        shapes |= {f"aux_{k}": [n, num_classes] for k in aux_blocks}
         if manifest_path.exists():
             try:
                 manifest = json.loads(manifest_path.read_text())
@@ -93,19 +101,25 @@ class FeatureCache:
         if mode == "w+":
             _write_json_atomic(manifest_path, manifest)
         feats = [arrays[f"block_{k}"] for k in range(len(dims))]
-        return cls(path, manifest, feats, arrays["logits"], arrays["labels"])
+        aux = {k: arrays[f"aux_{k}"] for k in aux_blocks}
+        return cls(path, manifest, feats, arrays["logits"], arrays["labels"], aux)
 
-    def write(self, start: int, features: list[np.ndarray], logits: np.ndarray, labels: np.ndarray) -> None:
+    def write(
+        self, start: int, features: list[np.ndarray], logits: np.ndarray, labels: np.ndarray,
+        aux_logits: dict[int, np.ndarray] | None = None,
+    ) -> None:
         """Write rows ``start:start+len(labels)`` (not yet committed)."""
         stop = start + len(labels)
         for dst, src in zip(self.features, features):
             dst[start:stop] = src
         self.logits[start:stop] = logits
         self.labels[start:stop] = labels
+        for k, src in (aux_logits or {}).items():
+            self.aux_logits[k][start:stop] = src
 
     def commit(self, done: int) -> None:
         """Flush the arrays, then record that the first ``done`` rows are final."""
-        for array in (*self.features, self.logits, self.labels):
+        for array in (*self.features, self.logits, self.labels, *self.aux_logits.values()):
             array.flush()
         self.manifest["done"] = done
         _write_json_atomic(self.path / "manifest.json", self.manifest)

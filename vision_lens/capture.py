@@ -44,14 +44,18 @@ class BlockRecorder:
 
     def __init__(self, adapter: ModelAdapter, grid: int = 1):
         self.pooled: list[Tensor | None] = [None] * len(adapter.blocks)
+        self.aux_logits: dict[int, Tensor] = {}
         self.handles = []
         for k, block in enumerate(adapter.blocks):
             module = adapter.model.get_submodule(block.module)
-            self.handles.append(module.register_forward_hook(self._hook(k, block.path_stride, grid)))
+            aux = adapter.aux_classifiers.get(block.name)
+            self.handles.append(module.register_forward_hook(self._hook(k, block.path_stride, grid, aux)))
 
-    def _hook(self, k: int, stride: int, grid: int):
+    def _hook(self, k: int, stride: int, grid: int, aux):
         def hook(module, inputs, output):
             self.pooled[k] = pool(output, stride, grid)
+            if aux is not None:  # needs the full map, so it runs here too
+                self.aux_logits[k] = aux(output)
 
         return hook
 
@@ -108,8 +112,9 @@ def capture(
     """
     slots = pooling_slots(grid)
     dims = [slots * b.channels for b in adapter.blocks]
+    aux_blocks = tuple(k for k, b in enumerate(adapter.blocks) if b.name in adapter.aux_classifiers)
     cache = FeatureCache.open(
-        cache_root, capture_key(adapter, source, indices, grid), len(indices), dims, adapter.num_classes
+        cache_root, capture_key(adapter, source, indices, grid), len(indices), dims, adapter.num_classes, aux_blocks
     )
     if cache.complete:
         return cache
@@ -130,7 +135,8 @@ def capture(
             images, labels = batch
             logits = adapter.logits(images.to(adapter.device, non_blocking=True))
             feats = [p.float().cpu().numpy() for p in recorder.pooled]
-            cache.write(start, feats, logits.float().cpu().numpy(), label_map[labels.numpy()])
+            aux = {k: a.float().cpu().numpy() for k, a in recorder.aux_logits.items()}
+            cache.write(start, feats, logits.float().cpu().numpy(), label_map[labels.numpy()], aux)
             start += len(labels)
             cache.commit(start)
             bar.update(len(labels))

@@ -146,7 +146,7 @@ def select(n: int, limit: int | None, seed: int) -> np.ndarray:
 
 
 class TransformedSubset(torch.utils.data.Dataset):
-    """``(transform(image), label, index)`` for the selected indices of a source."""
+    """``(transform(image), label)`` for the selected indices of a source."""
 
     def __init__(self, source: ImageSource, indices: Sequence[int], transform: Callable):
         self.source, self.indices, self.transform = source, np.asarray(indices), transform

@@ -21,7 +21,7 @@ from .data import ImageFolderSource, TransformedSubset
 
 
 def write_digits(root: Path, test_fraction: float = 0.3, seed: int = 0) -> Path:
-    """sklearn's 1,797 8x8 digits as 32x32 RGB PNGs in ``root/{train,test}/<digit>/``."""
+    """sklearn's 1,797 8x8 digits as 16x16 RGB PNGs in ``root/{train,test}/<digit>/``."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -32,7 +32,7 @@ def write_digits(root: Path, test_fraction: float = 0.3, seed: int = 0) -> Path:
         folder = root / split / str(digits.target[i])
         folder.mkdir(parents=True, exist_ok=True)
         pixels = (digits.images[i] * (255 / 16)).astype(np.uint8)
-        Image.fromarray(pixels).resize((32, 32), Image.BILINEAR).convert("RGB").save(folder / f"{i:04d}.png")
+        Image.fromarray(pixels).resize((16, 16), Image.BILINEAR).convert("RGB").save(folder / f"{i:04d}.png")
     return root
 
 

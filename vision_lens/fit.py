@@ -26,14 +26,9 @@ class FitSettings:
     L2 penalty: the fit has one optimum, independent of seeds and learning rates.
     """
 
-    max_iter: int = 500
+    max_iter: int = 100
     weight_decay: float = 1e-3
-    chunk_size: int = 16384
-
-
-def soft_cross_entropy(logits: Tensor, target_logits: Tensor) -> Tensor:
-    """Per-sample cross-entropy H(p, q) in nats, p = softmax(target), q = softmax(logits)."""
-    return -(target_logits.log_softmax(-1).exp() * logits.log_softmax(-1)).sum(-1)
+    chunk_size: int = 65536
 
 
 def fit_lens(
@@ -52,10 +47,14 @@ def fit_lens(
     """
     device = next(lens.parameters()).device
     labels = labels.to(device)
-    n = len(labels)
-    if final_logits is not None:
-        final_logits = final_logits.to(device)
-        final_entropy = soft_cross_entropy(final_logits, final_logits)
+    rows_used = torch.arange(len(labels), device=device)
+    if final_logits is None:  # label-trained: unlabelled images (label -1) carry no target
+        rows_used = rows_used[labels >= 0]
+    n = len(rows_used)
+    if final_logits is not None:  # the targets are fixed: take their softmax and entropy once
+        final_lps = final_logits.to(device).log_softmax(-1)
+        final_probs = final_lps.exp()
+        final_entropy = -(final_probs * final_lps).sum(-1)
     losses = []
     lens.train()
     for k in tqdm(range(len(features)), desc=desc, unit="block", dynamic_ncols=True):
@@ -70,12 +69,13 @@ def fit_lens(
             optimizer.zero_grad(set_to_none=True)
             total = torch.zeros((), device=device)
             # Chunks bound memory; gradients accumulate, so this is still the full-batch loss.
-            for rows in torch.arange(n, device=device).split(settings.chunk_size):
+            for rows in rows_used.split(settings.chunk_size):
                 logits = lens(x[rows], k)
                 if final_logits is None:
                     loss = F.cross_entropy(logits, labels[rows], reduction="sum")
                 else:
-                    loss = (soft_cross_entropy(logits, final_logits[rows]) - final_entropy[rows]).sum()
+                    cross = -(final_probs[rows] * logits.log_softmax(-1)).sum(-1)
+                    loss = (cross - final_entropy[rows]).sum()
                 (loss / n).backward()
                 total += loss.detach() / n
             penalty = settings.weight_decay / 2 * sum(p.square().sum() for p in params)

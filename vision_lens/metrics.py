@@ -32,18 +32,27 @@ def nats_to_bits(x):
 
 
 def per_image_metrics(logits: Tensor, final_logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
-    """Per-image ``ce``, ``kl`` (to the model's output), ``entropy`` (bits) and 0/1 ``acc``, ``agree``, ``top5``."""
+    """Per-image ``ce``, ``kl`` (to the model's output), ``entropy`` (bits) and 0/1 ``acc``, ``agree``, ``top5``.
+
+    Label metrics are NaN for unlabelled images (label -1).
+    """
     lps = logits.double().log_softmax(-1)
     final_lps = final_logits.double().log_softmax(-1)
     pred = lps.argmax(-1)
     top = lps.topk(min(5, lps.shape[-1]), dim=-1).indices
+    unlabelled = labels < 0
+    y = labels.clamp(min=0)
+
+    def labelled(x: Tensor) -> Tensor:
+        return x.masked_fill(unlabelled, float("nan"))
+
     return {
-        "ce": nats_to_bits(F.nll_loss(lps, labels, reduction="none")),
+        "ce": labelled(nats_to_bits(F.nll_loss(lps, y, reduction="none"))),
         "kl": nats_to_bits((final_lps.exp() * (final_lps - lps)).sum(-1)),
         "entropy": nats_to_bits(-(lps.exp() * lps).sum(-1)),
-        "acc": (pred == labels).double(),
+        "acc": labelled((pred == y).double()),
         "agree": (pred == final_lps.argmax(-1)).double(),
-        "top5": (top == labels[:, None]).any(-1).double(),
+        "top5": labelled((top == y[:, None]).any(-1).double()),
     }
 
 
@@ -51,8 +60,35 @@ def _layer(k: int) -> str:
     return f"layer_{k}"
 
 
-def _mean(x: Tensor | None) -> float | None:
-    return None if x is None else float(x.mean())
+class _Means:
+    """Per-batch means (for batches.jsonl) and exact means over all images, with None where undefined."""
+
+    def __init__(self):
+        self.sums: dict[tuple, float] = {}  # over valid (non-NaN) per-image values
+        self.counts: dict[tuple, int] = {}
+
+    def add(self, batch: dict, path: tuple, values: Tensor | None) -> None:
+        node = batch
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        valid = None if values is None else values[~values.isnan()]
+        self.sums.setdefault(path, 0.0)
+        self.counts.setdefault(path, 0)
+        if valid is None or len(valid) == 0:
+            node[path[-1]] = None
+            return
+        node[path[-1]] = float(valid.mean())
+        self.sums[path] += float(valid.sum())
+        self.counts[path] += len(valid)
+
+    def aggregate(self) -> dict:
+        out: dict = {}
+        for path, total in self.sums.items():
+            node = out
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = total / self.counts[path] if self.counts[path] else None
+        return out
 
 
 @torch.no_grad()
@@ -63,70 +99,55 @@ def evaluate_lenses(
     labels: Tensor,
     batch_size: int = 500,
     transfer: tuple[str, ...] = ("tuned",),
+    fixed_logits: Mapping[str, Mapping[int, Tensor]] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Evaluate every lens on every block; returns ``(aggregate, batches)``.
 
     ``aggregate`` is the exact mean over images; ``batches`` holds the per-batch
     means, as tuned-lens writes to ``batches.jsonl``. Lenses named in
     ``transfer`` must have a ``transfer(features, index, translator)`` method.
+    ``fixed_logits[name][k]`` are precomputed logits at block k (e.g. the
+    model's auxiliary classifiers), reported like a lens that exists only there.
     """
     device = final_logits.device
     blocks = len(features)
+    means = _Means()
     batches: list[dict] = []
     for start in range(0, len(labels), batch_size):
         rows = slice(start, start + batch_size)
         y, final = labels[rows].to(device), final_logits[rows].to(device)
         feats = [f[rows].to(device) for f in features]
         batch: dict = {}
-        for lens_type, lens in lenses.items():
-            out = batch[lens_type] = {m: {} for m in LENS_METRICS}
-            own = []
-            for j in range(blocks):
-                logits = lens(feats[j], j)
-                own.append(logits)
+        decoders = {t: (lambda j, lens=lens: lens(feats[j], j)) for t, lens in lenses.items()}
+        for name, by_block in (fixed_logits or {}).items():
+            decoders[name] = lambda j, by_block=by_block: by_block[j][rows].to(device) if j in by_block else None
+        for lens_type, decode in decoders.items():
+            own = [decode(j) for j in range(blocks)]
+            for j, logits in enumerate(own):
                 values = None if logits is None else per_image_metrics(logits, final, y)
                 for m in LENS_METRICS:
-                    out[m][_layer(j)] = None if values is None else _mean(values[m])
+                    means.add(batch, (lens_type, m, _layer(j)), None if values is None else values[m])
             if lens_type in transfer:
-                ce: dict = {_layer(i): {} for i in range(blocks)}
-                kl: dict = {_layer(i): {} for i in range(blocks)}
-                for j in range(blocks):
-                    lps_j = None if own[j] is None else own[j].double().log_softmax(-1)
-                    for i in range(blocks):
-                        logits = lens.transfer(feats[j], j, i)
-                        if logits is None or lps_j is None:
-                            ce[_layer(i)][_layer(j)] = kl[_layer(i)][_layer(j)] = None
-                            continue
-                        lps = logits.double().log_softmax(-1)
-                        ce[_layer(i)][_layer(j)] = _mean(nats_to_bits(F.nll_loss(lps, y, reduction="none")))
-                        kl[_layer(i)][_layer(j)] = _mean(nats_to_bits((lps_j.exp() * (lps_j - lps)).sum(-1)))
-                out["layer_transfer"] = {"ce": ce, "kl": kl}
+                lens = lenses[lens_type]
+                for i in range(blocks):
+                    for j in range(blocks):
+                        logits = None if own[j] is None else lens.transfer(feats[j], j, i)
+                        ce = kl = None
+                        if logits is not None:
+                            lps, lps_j = logits.double().log_softmax(-1), own[j].double().log_softmax(-1)
+                            ce = per_image_metrics(logits, final, y)["ce"]
+                            kl = nats_to_bits((lps_j.exp() * (lps_j - lps)).sum(-1))
+                        means.add(batch, (lens_type, "layer_transfer", "ce", _layer(i), _layer(j)), ce)
+                        means.add(batch, (lens_type, "layer_transfer", "kl", _layer(i), _layer(j)), kl)
         values = per_image_metrics(final, final, y)
-        batch["baseline"] = {m: {"final": _mean(values[m])} for m in BASELINE_METRICS}
-        batch["_images"] = len(y)
+        for m in BASELINE_METRICS:
+            means.add(batch, ("baseline", m, "final"), values[m])
         batches.append(batch)
-    aggregate = _weighted_mean(batches)
+    aggregate = means.aggregate()
     for lens_type in transfer:
         if lens_type in aggregate:
             aggregate[lens_type]["layer_transfer"]["penalty"] = transfer_penalty(aggregate[lens_type]["layer_transfer"]["ce"])
-    for batch in batches:
-        del batch["_images"]
     return aggregate, batches
-
-
-def _weighted_mean(batches: list[dict]) -> dict:
-    """Image-weighted mean of the per-batch means: the exact mean over all images."""
-    total = sum(b["_images"] for b in batches)
-
-    def merge(nodes: list, weights: list[int]):
-        if isinstance(nodes[0], dict):
-            return {k: merge([n[k] for n in nodes], weights) for k in nodes[0]}
-        if nodes[0] is None:
-            return None
-        return sum(v * w for v, w in zip(nodes, weights)) / total
-
-    weights = [b["_images"] for b in batches]
-    return merge([{k: v for k, v in b.items() if k != "_images"} for b in batches], weights)
 
 
 def transfer_penalty(ce: dict) -> dict:

@@ -65,7 +65,7 @@ class RunOptions:
     device: str = _opt("auto", "torch device: cpu, cuda, cuda:1, ... (auto: cuda if available)")
     loss: str = _opt("kl", "tuned-lens objective: kl (to the model's output, as tuned-lens) or ce (labels)",
                      choices=("kl", "ce"))
-    max_iter: int = _opt(500, "L-BFGS iterations per block (each lens is a convex problem, solved full-batch)", type=int)
+    max_iter: int = _opt(100, "L-BFGS iterations per block (each lens is a convex problem, solved full-batch)", type=int)
     weight_decay: float = _opt(1e-3, "L2 penalty on lens parameters (pulls tuned lenses towards the logit lens)",
                                type=float)
     batch_size: int = _opt(256, "images per forward pass during capture", type=int)
@@ -141,7 +141,14 @@ def train(opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | Non
     adapter = adapter or load_model(opts)
     cache = capture_split(adapter, opts, opts.fit_split, opts.fit_limit)
     features, logits, labels = _tensors(cache, opts.device)
-    lenses = build_lenses(adapter, opts.pool_grid, FITTED_LENSES)
+    labelled = labels >= 0
+    fitted = [t for t in FITTED_LENSES if labelled.any() or (t == "tuned" and opts.loss == "kl")]
+    if len(fitted) < len(FITTED_LENSES) or not labelled.all():
+        print(f"[vision-lens] {int(labelled.sum())} of {len(labels)} fit images have a model class; "
+              f"label-trained lenses use those only", file=sys.stderr)
+    if not fitted:
+        raise DataError(f"--data {opts.data}: no fit image maps to a model class, so --loss ce has no targets")
+    lenses = build_lenses(adapter, opts.pool_grid, fitted)
     losses = {}
     for lens_type, lens in lenses.items():
         torch.manual_seed(opts.seed)
@@ -175,7 +182,8 @@ def evaluate(opts: RunOptions, lens_dir: Path, out: Path | None = None, adapter:
     cache = capture_split(adapter, opts, opts.eval_split, opts.eval_limit)
     features, logits, labels = _tensors(cache, opts.device)
     print(f"[vision-lens] evaluating {', '.join(lenses)} on {len(adapter.blocks)} blocks", file=sys.stderr)
-    aggregate, batches = evaluate_lenses(lenses, features, logits, labels)
+    aux = {k: torch.from_numpy(np.array(a)) for k, a in cache.aux_logits.items()}
+    aggregate, batches = evaluate_lenses(lenses, features, logits, labels, fixed_logits={"aux_head": aux} if aux else None)
     layers = {f"layer_{k}": b.name for k, b in enumerate(adapter.blocks)}
     fit = {t: lens.config.fit for t, lens in lenses.items() if isinstance(lens.config, LensConfig) and lens.config.fit}
     write_results(out, aggregate, batches, layers, _run_info(opts, adapter, eval_images=len(labels), lens=str(lens_dir), fit=fit))

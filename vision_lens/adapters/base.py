@@ -18,6 +18,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -138,6 +139,9 @@ class ModelAdapter(abc.ABC):
     blocks: list[Block]
     class_names: list[str]
     weights_id: str  # sha256 of the weights file, or of the random-init state dict
+    # The model's own intermediate classifiers (e.g. GoogLeNet's aux1/aux2): block name ->
+    # module mapping that block's full output map to logits. Reported beside the lenses.
+    aux_classifiers: Mapping[str, nn.Module] = MappingProxyType({})
 
     @property
     @abc.abstractmethod
@@ -158,7 +162,11 @@ class ModelAdapter(abc.ABC):
         return self.head.in_features
 
     def label_map(self, classes: Sequence[str]) -> np.ndarray:
-        """The model output index of each dataset class (classes in the dataset's order)."""
+        """The model output index of each dataset class (in the dataset's order); -1: no such output.
+
+        Images of a class mapped to -1 count as unlabelled: label metrics skip
+        them, while KL and agreement with the model still use them.
+        """
         if len(classes) != self.num_classes:
             raise ValueError(f"the data has {len(classes)} classes but {self.name} has {self.num_classes} outputs")
         return np.arange(len(classes))

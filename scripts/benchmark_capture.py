@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Capture cost relative to one plain forward pass over the same images, measured in one run.
+
+Prints two ratios (target: <= 1.2x):
+
+* end to end: ``capture()`` (decode, forward with pooling hooks on every block, cache
+  writes) / a plain loop of the same DataLoader through the model;
+* model only: forward with the pooling hooks / plain forward, on images already in
+  memory (isolates the hooks from decoding and disk).
+
+Each measurement is repeated and the median taken, plain and capture interleaved, so
+both see the same machine state. Example::
+
+    python scripts/benchmark_capture.py --model cifar:resnet20 \
+        --weights ../shared/weights/cifar10-resnets/resnet20-12fca82f.th \
+        --data ../shared/data/cifar10/test --images 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from vision_lens.adapters import create_adapter
+from vision_lens.capture import BlockRecorder, capture
+from vision_lens.data import ImageFolderSource, TransformedSubset, select
+
+
+def timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="cifar:resnet20", help="model as family:arch (default: cifar:resnet20)")
+    parser.add_argument("--weights", default="random", help="checkpoint path, 'pretrained' or 'random' (default)")
+    parser.add_argument("--data", required=True, help="one ImageFolder (<data>/<class>/<image>)")
+    parser.add_argument("--images", type=int, default=2000, help="images per measurement (default: 2000)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    parser.add_argument("--workers", type=int, default=2, help="data-loading workers (default: 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements of each kind (default: 3)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    args = parser.parse_args()
+
+    adapter = create_adapter(args.model, weights=args.weights).to(args.device)
+    source = ImageFolderSource.scan(args.data)
+    indices = select(len(source), args.images, seed=0)
+    label_map = np.arange(len(source.classes))
+    dataset = TransformedSubset(source, indices, adapter.transform)
+
+    @torch.no_grad()
+    def plain_pass():
+        for images, _ in DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers):
+            adapter.logits(images.to(args.device))
+
+    def capture_pass():
+        with tempfile.TemporaryDirectory() as cache:
+            capture(adapter, source, indices, cache, label_map, batch_size=args.batch_size, workers=args.workers,
+                    desc="benchmark capture")
+
+    in_memory = torch.stack([dataset[i][0] for i in range(min(len(dataset), 4 * args.batch_size))]).to(args.device)
+
+    @torch.no_grad()
+    def forward_plain():
+        for batch in in_memory.split(args.batch_size):
+            adapter.logits(batch)
+
+    @torch.no_grad()
+    def forward_hooked():
+        with BlockRecorder(adapter) as recorder:
+            for batch in in_memory.split(args.batch_size):
+                adapter.logits(batch)
+                [p.cpu() for p in recorder.pooled]
+
+    plain_pass()  # warm-up: page cache, allocator, worker start-up
+    times: dict[str, list[float]] = {"plain": [], "capture": [], "forward": [], "hooked": []}
+    for _ in range(args.repeats):
+        times["plain"].append(timed(plain_pass))
+        times["capture"].append(timed(capture_pass))
+        times["forward"].append(timed(forward_plain))
+        times["hooked"].append(timed(forward_hooked))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"model {args.model}, {len(adapter.blocks)} blocks, {len(indices)} images, device {args.device}, "
+          f"batch {args.batch_size}, workers {args.workers}, median of {args.repeats}")
+    print(f"  plain forward pass over the images   {med['plain']:8.2f} s")
+    print(f"  capture (hooks, pooling, cache)      {med['capture']:8.2f} s")
+    print(f"  end-to-end ratio capture / plain     {med['capture'] / med['plain']:8.3f}x")
+    print(f"  model-only ratio hooked / plain      {med['hooked'] / med['forward']:8.3f}x "
+          f"({len(in_memory)} images in memory)")
+
+
+if __name__ == "__main__":
+    main()

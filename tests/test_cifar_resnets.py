@@ -1,0 +1,60 @@
+"""The pipeline on the real CIFAR-10 checkpoints and images of ../shared (bounded image counts)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vision_lens.adapters import create_adapter
+from vision_lens.capture import BlockRecorder
+from vision_lens.cli import main
+from vision_lens.data import ImageFolderSource, TransformedSubset, select
+from vision_lens.lenses import build_lenses
+
+from .conftest import CIFAR, RESNET20, RESNET_WEIGHTS
+
+pytestmark = pytest.mark.shared
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "resnet32", "resnet44"])
+def test_published_checkpoints_load_strictly(arch):
+    (path,) = RESNET_WEIGHTS.glob(f"{arch}-*.th")
+    adapter = create_adapter(f"cifar:{arch}", weights=str(path))
+    n = (int(arch[6:]) - 2) // 6
+    assert [b.name for b in adapter.blocks] == ["stem"] + [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(n)]
+    assert adapter.weights_id.startswith(path.name.split("-")[1].split(".")[0])  # the file name carries its sha256
+
+
+def test_logit_lens_at_last_block_reproduces_real_logits():
+    adapter = create_adapter("cifar:resnet20", weights=str(RESNET20))
+    source = ImageFolderSource.scan(CIFAR / "test")
+    data = TransformedSubset(source, select(len(source), 256, seed=0), adapter.transform)
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    with BlockRecorder(adapter) as rec:
+        logits = adapter.logits(images)
+    lens = build_lenses(adapter, 1, ["logit"])["logit"]
+    last = len(adapter.blocks) - 1
+    torch.testing.assert_close(lens(rec.pooled[last], last), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_resnet20_on_the_full_test_split(tmp_path):
+    """Acceptance: baseline accuracy 0.9173 on all 10,000 test PNGs; lenses rise from about chance to the model."""
+    out = tmp_path / "r20"
+    assert main(["run", "--model", "cifar:resnet20", "--weights", str(RESNET20), "--data", str(CIFAR),
+                 "--out", str(out), "--fit-limit", "2000"]) == 0
+    agg = json.loads((out / "aggregate_metrics.json").read_text())
+    run = json.loads((out / "run.json").read_text())
+    assert run["eval_images"] == 10000
+    assert agg["baseline"]["acc"]["final"] == pytest.approx(0.9173, abs=1e-12)
+    last = f"layer_{len(run['blocks']) - 1}"
+    assert agg["tuned"]["agree"][last] >= 0.99
+    assert agg["logit"]["agree"][last] == 1.0
+    acc = np.array(list(agg["tuned"]["acc"].values()))
+    assert agg["logit"]["acc"]["layer_0"] < 0.2  # about chance (0.1) at the stem
+    assert acc[0] < 0.4 and abs(acc[-1] - 0.9173) < 0.01
+    assert np.all(np.diff(acc) > -0.02), acc  # rises with depth
+    penalty = agg["tuned"]["layer_transfer"]["penalty"]
+    assert all(penalty[f"layer_{k}"][f"layer_{k}"] == 0 for k in range(len(acc)))
