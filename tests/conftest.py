@@ -76,3 +76,24 @@ def resnet20_run(tmp_path_factory) -> Path:
     ])
     assert code == 0
     return out
+
+
+RESNET32 = RESNET_WEIGHTS / "resnet32-d509ac18.th"
+
+
+@pytest.fixture(scope="session")
+def resnet32_run(tmp_path_factory) -> Path:
+    """A small real `vision-lens run` on ResNet-32 (300 fit, 200 eval images, 20 L-BFGS steps).
+
+    A second, deeper model for the cross-model plots; the lenses are under-fitted, which the plots don't mind.
+    """
+    require_shared()
+    from vision_lens.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "cifar10-resnet32"
+    code = main([
+        "run", "--model", "cifar:resnet32", "--weights", str(RESNET32), "--data", str(CIFAR), "--out", str(out),
+        "--fit-limit", "300", "--eval-limit", "200", "--max-iter", "20", "--workers", "0",
+    ])
+    assert code == 0
+    return out

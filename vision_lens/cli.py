@@ -46,6 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed for the split, the model and the lenses (default: 0)")
     demo.add_argument("--device", default="auto", help="torch device (default: auto)")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out")
+    text = ("plot run folders and `tuned-lens eval` aggregate_metrics.json files on one relative-depth axis, "
+            "on normalised quantities (bits per image and bits per byte do not compare)")
+    compare = sub.add_parser("compare", help=text, description=text)
+    compare.add_argument("inputs", nargs="+", metavar="DIR_OR_JSON",
+                         help="vision-lens run folders, tuned-lens eval folders or aggregate_metrics.json files")
+    compare.add_argument("--out", required=True, help="figure file to write; its suffix sets the format (.png, .pdf)")
+    compare.add_argument("--lens-types", nargs="+", default=["tuned", "logit"],
+                         choices=["tuned", "logit", "linear_probe"],
+                         help="lenses drawn in the CE and KL panels (default: tuned logit)")
+    text = "rebuild report.html (plots, per-block metrics, provenance) for one run, or several side by side"
+    report = sub.add_parser("report", help=text, description=text)
+    report.add_argument("runs", nargs="+", metavar="DIR", help="run folders written by `vision-lens run` or `eval`")
+    report.add_argument("--out", default=None,
+                        help="HTML file to write (default: DIR/report.html for one run, ./report.html for several)")
     return parser
 
 
@@ -63,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import demo
 
             out = demo(**args)
+        elif command == "compare":
+            from .compare import compare_to_file
+
+            out = compare_to_file(args["inputs"], args["out"], args["lens_types"])
+        elif command == "report":
+            from .report import write_report
+
+            out = write_report(args["runs"], args["out"])
         elif command == "eval":
             opts = pipeline.EvalOptions(**args)
             out = pipeline.evaluate(opts, Path(opts.lens))

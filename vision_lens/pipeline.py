@@ -25,9 +25,10 @@ from .cache import FeatureCache
 from .capture import capture
 from .data import DataError, open_split, select
 from .fit import FitSettings, fit_lens
-from .lenses import LENS_TYPES, LensConfig, build_lenses
+from .lenses import LENS_TYPES, build_lenses
 from .metrics import evaluate_lenses
 from .plotting import save_run_figures
+from .report import write_report
 
 FITTED_LENSES = ("tuned", "linear_probe")
 
@@ -142,12 +143,12 @@ def train(opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | Non
     cache = capture_split(adapter, opts, opts.fit_split, opts.fit_limit)
     features, logits, labels = _tensors(cache, opts.device)
     labelled = labels >= 0
-    fitted = [t for t in FITTED_LENSES if labelled.any() or (t == "tuned" and opts.loss == "kl")]
-    if len(fitted) < len(FITTED_LENSES) or not labelled.all():
+    if not labelled.all():
         print(f"[vision-lens] {int(labelled.sum())} of {len(labels)} fit images have a model class; "
-              f"label-trained lenses use those only", file=sys.stderr)
-    if not fitted:
+              "label-trained lenses use those only", file=sys.stderr)
+    if not labelled.any() and opts.loss == "ce":
         raise DataError(f"--data {opts.data}: no fit image maps to a model class, so --loss ce has no targets")
+    fitted = FITTED_LENSES if labelled.any() else ("tuned",)
     lenses = build_lenses(adapter, opts.pool_grid, fitted)
     losses = {}
     for lens_type, lens in lenses.items():
@@ -185,9 +186,10 @@ def evaluate(opts: RunOptions, lens_dir: Path, out: Path | None = None, adapter:
     aux = {k: torch.from_numpy(np.array(a)) for k, a in cache.aux_logits.items()}
     aggregate, batches = evaluate_lenses(lenses, features, logits, labels, fixed_logits={"aux_head": aux} if aux else None)
     layers = {f"layer_{k}": b.name for k, b in enumerate(adapter.blocks)}
-    fit = {t: lens.config.fit for t, lens in lenses.items() if isinstance(lens.config, LensConfig) and lens.config.fit}
+    fit = {t: lens.config.fit for t, lens in lenses.items() if lens.config.fit}
     write_results(out, aggregate, batches, layers, _run_info(opts, adapter, eval_images=len(labels), lens=str(lens_dir), fit=fit))
     save_run_figures(out, out)
+    write_report(out)
     return out
 
 

@@ -1,12 +1,22 @@
 """Plotting helpers for lens results (seaborn/matplotlib).
 
-Every function takes result folders (``str``/``Path``) or loaded
-:class:`~vision_lens.artifacts.RunResults` and returns the matplotlib Axes it
-drew on, so figures can be composed and saved by the caller.
+Every function takes result folders (``str``/``Path``), ``aggregate_metrics.json``
+files (ours or those written by ``tuned-lens eval``) or loaded
+:class:`~vision_lens.artifacts.RunResults`, and returns the matplotlib Axes it
+drew on, so figures can be composed and saved by the caller::
+
+    from vision_lens import plotting
+
+    ax = plotting.layerwise(["results/cifar10-resnet20", "results/cifar10-resnet32"], "acc", x="relative_depth")
+    ax.figure.savefig("acc.png", dpi=150)
+
+``prediction_trajectory`` instead takes a model adapter, a loaded lens and one
+image, and runs the model.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable, Sequence, Union
 
@@ -16,8 +26,14 @@ matplotlib.use("Agg")  # noqa: E402  (headless: plots are files)
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+import torch
+from PIL import Image
 
+from .adapters import ModelAdapter
 from .artifacts import RunResults, load_results
+from .capture import BlockRecorder
+from .lenses import SavedLens
+from .metrics import transfer_penalty
 
 ResultsLike = Union[str, Path, RunResults]
 METRIC_LABELS = {
@@ -28,65 +44,129 @@ METRIC_LABELS = {
     "kl": "KL(model ‖ lens) (bits)",
     "entropy": "entropy (bits)",
 }
-LENS_LABELS = {"tuned": "tuned lens", "logit": "logit lens", "linear_probe": "linear probe"}
+LENS_LABELS = {
+    "tuned": "tuned lens",
+    "logit": "logit lens",
+    "linear_probe": "linear probe",
+    "aux_head": "auxiliary classifier",
+}
+LENS_STYLES = {"tuned": "-", "logit": "--", "linear_probe": ":", "aux_head": "-."}
+X_AXES = ("block", "relative_depth")
+UNDEFINED_HATCH = {"facecolor": "#e0e0e0", "hatch": "///", "edgecolor": "#9e9e9e"}
+
+
+def load_run(path: str | Path) -> RunResults:
+    """A run folder, or a bare ``aggregate_metrics.json`` (e.g. from ``tuned-lens eval``), named after its folder."""
+    path = Path(path)
+    if path.is_file():
+        return RunResults(path.parent, path.parent.name, json.loads(path.read_text()), {}, {})
+    return load_results(path)
 
 
 def as_results(results: ResultsLike | Iterable[ResultsLike]) -> list[RunResults]:
     if isinstance(results, (str, Path, RunResults)):
         results = [results]
-    return [r if isinstance(r, RunResults) else load_results(r) for r in results]
+    return [r if isinstance(r, RunResults) else load_run(r) for r in results]
 
 
-def _layer_keys(by_layer: dict) -> list[str]:
-    return sorted(by_layer, key=lambda k: int(k.split("_")[1]))
+def layer_keys(keys: Iterable[str]) -> list[str]:
+    """``layer_k`` keys in block order (``layer_10`` after ``layer_9``)."""
+    return sorted(keys, key=lambda k: int(k.split("_")[1]))
+
+
+def layer_values(by_layer: dict) -> np.ndarray:
+    """``{"layer_k": v}`` in block order as floats, NaN where undefined."""
+    return np.array([np.nan if by_layer[k] is None else by_layer[k] for k in layer_keys(by_layer)], dtype=float)
+
+
+def relative_depth(blocks: int) -> np.ndarray:
+    """Block positions on [0, 1]: 0 = first lensed block, 1 = last."""
+    return np.arange(blocks) / max(blocks - 1, 1)
+
+
+def block_names(run: RunResults, blocks: int) -> list[str]:
+    """The run's block names, or ``layer_k`` keys where the run has no ``layers.json`` (tuned-lens output)."""
+    return run.block_names or [f"layer_{k}" for k in range(blocks)]
+
+
+def _hatch_undefined(ax: plt.Axes) -> None:
+    # Masked heatmap cells are transparent, so the hatched axes background marks them.
+    ax.patch.set_facecolor(UNDEFINED_HATCH["facecolor"])
+    ax.patch.set_hatch(UNDEFINED_HATCH["hatch"])
+    ax.patch.set_edgecolor(UNDEFINED_HATCH["edgecolor"])
 
 
 def layerwise(
     results: ResultsLike | Iterable[ResultsLike],
     metric: str = "acc",
     x: str = "block",
-    lens_types: Sequence[str] = ("tuned", "logit", "linear_probe"),
+    lens_types: Sequence[str] = ("tuned", "logit", "linear_probe", "aux_head"),
     ax: plt.Axes | None = None,
 ) -> plt.Axes:
     """One line per model and lens type: ``metric`` at every block.
 
-    ``x="block"`` labels the axis with block names (one model);
-    ``x="relative_depth"`` puts models of any depth on [0, 1] (0 = first lensed block).
-    Undefined values (e.g. the logit lens without an identity path) are gaps.
+    ``x="block"`` labels the axis with block names (block indices when the
+    runs' blocks differ); ``x="relative_depth"`` puts models of any depth on
+    [0, 1] (0 = first lensed block, 1 = last). With one run the colour tells
+    the lens; with several the colour tells the model and the line style the
+    lens. Undefined values (e.g. the logit lens without an identity path) are
+    gaps, not zeros.
     """
+    if x not in X_AXES:
+        raise ValueError(f"x must be one of {X_AXES}, got {x!r}")
     runs = as_results(results)
     ax = ax or plt.subplots(figsize=(7, 4))[1]
     palette = sns.color_palette("colorblind")
-    styles = {"tuned": "-", "logit": "--", "linear_probe": ":"}
+    drawn = 0
     for r_i, run in enumerate(runs):
         for t_i, lens_type in enumerate(t for t in lens_types if t in run.aggregate):
             by_layer = run.aggregate[lens_type].get(metric)
             if not by_layer:
                 continue
-            keys = _layer_keys(by_layer)
-            y = np.array([np.nan if by_layer[k] is None else by_layer[k] for k in keys], dtype=float)
-            xs = np.arange(len(keys)) / max(len(keys) - 1, 1) if x == "relative_depth" else np.arange(len(keys))
+            y = layer_values(by_layer)
+            xs = relative_depth(len(y)) if x == "relative_depth" else np.arange(len(y))
             label = LENS_LABELS.get(lens_type, lens_type) + (f" · {run.name}" if len(runs) > 1 else "")
             color = palette[(r_i if len(runs) > 1 else t_i) % len(palette)]
-            ax.plot(xs, y, styles.get(lens_type, "-"), marker="o", ms=3.5, color=color, label=label)
+            ax.plot(xs, y, LENS_STYLES.get(lens_type, "-"), marker="o", ms=3.5, color=color, label=label)
+            drawn += 1
         if metric in run.aggregate.get("baseline", {}) and len(runs) == 1:
             ax.axhline(run.aggregate["baseline"][metric]["final"], color="grey", lw=1, ls="-.", label="model output")
+    if not drawn:
+        known = {m for run in runs for t in lens_types if t in run.aggregate for m in run.aggregate[t]}
+        known = sorted(known - {"layer_transfer"})
+        raise ValueError(f"no run has metric {metric!r} for lens types {list(lens_types)}; known metrics: {known}")
     if x == "relative_depth":
-        ax.set_xlabel("relative depth (0 = first block, 1 = last)")
-    else:
+        ax.set_xlabel("relative depth (0 = first lensed block, 1 = last)")
+        ax.set_xlim(-0.03, 1.03)
+    elif len({tuple(r.block_names) for r in runs}) == 1 and runs[0].block_names:
         names = runs[0].block_names
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
         ax.set_xlabel("block")
+    else:
+        ax.set_xlabel("block index")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=7 if drawn > 4 else 8, frameon=False)
     return ax
 
 
+def has_transfer(run: RunResults, lens_type: str = "tuned") -> bool:
+    """Whether the run holds a transfer matrix for ``lens_type``."""
+    return "layer_transfer" in run.aggregate.get(lens_type, {})
+
+
 def transfer_matrix(run: RunResults, kind: str = "penalty", lens_type: str = "tuned") -> np.ndarray:
-    """``layer_transfer[kind]`` as an array: rows = translator's block, columns = eval block; NaN = undefined."""
-    table = run.aggregate[lens_type]["layer_transfer"][kind]
-    keys = _layer_keys(table)
+    """``layer_transfer[kind]`` as an array: rows = translator's block, columns = eval block; NaN = undefined.
+
+    ``penalty`` is derived from ``ce`` when the file lacks it (``tuned-lens eval`` writes only ce and kl).
+    """
+    transfer = run.aggregate.get(lens_type, {}).get("layer_transfer")
+    if transfer is None:
+        raise ValueError(f"{run.name} has no {lens_type} layer_transfer (tuned-lens eval: pass --layer_transfer)")
+    table = transfer.get(kind) or (transfer_penalty(transfer["ce"]) if kind == "penalty" else None)
+    if table is None:
+        raise ValueError(f"{run.name}: layer_transfer has no {kind!r}; choose one of penalty, {', '.join(transfer)}")
+    keys = layer_keys(table)
     return np.array([[np.nan if table[i][j] is None else table[i][j] for j in keys] for i in keys], dtype=float)
 
 
@@ -95,15 +175,14 @@ def transfer_heatmap(
 ) -> plt.Axes:
     """Heatmap of the transfer matrix: train block on the rows, eval block on the columns.
 
-    Undefined cells (no identity path between the blocks) are hatched grey, not zero.
+    As in the tuned-lens paper's transfer figure. Undefined cells (no
+    identity path between the blocks) are hatched grey, not zero.
     """
     (run,) = as_results(results)
     matrix = transfer_matrix(run, kind, lens_type)
-    names = run.block_names or [str(k) for k in range(len(matrix))]
+    names = block_names(run, len(matrix))
     ax = ax or plt.subplots(figsize=(6.5, 5.5))[1]
-    ax.set_facecolor("#d9d9d9")
-    ax.patch.set_hatch("///")
-    ax.patch.set_edgecolor("#a6a6a6")
+    _hatch_undefined(ax)
     sns.heatmap(
         matrix,
         mask=np.isnan(matrix),
@@ -117,8 +196,136 @@ def transfer_heatmap(
     ax.set_xlabel("evaluated on block j")
     ax.set_ylabel("translator of block i")
     ax.tick_params(labelsize=7)
-    title = {"penalty": "transfer penalty ce[i][j] − ce[j][j]", "ce": "transfer CE", "kl": "transfer KL"}
-    ax.set_title(f"{run.name}: {title.get(kind, kind)}", fontsize=10)
+    ax.tick_params(axis="y", rotation=0)
+    titles = {"penalty": "transfer penalty ce[i][j] − ce[j][j]", "ce": "transfer CE", "kl": "transfer KL"}
+    title = titles.get(kind, kind)
+    ax.set_title(f"{run.name}: {title}" + (" (hatched: undefined)" if np.isnan(matrix).any() else ""), fontsize=10)
+    return ax
+
+
+def mean_diagonal_ce(run: RunResults, lens_type: str = "tuned") -> float:
+    """Mean over blocks of ``ce[k][k]``: each translator on its own block (undefined blocks skipped)."""
+    diagonal = np.diag(transfer_matrix(run, "ce", lens_type))
+    return float(np.nanmean(diagonal))
+
+
+def penalty_by_distance(run: RunResults, lens_type: str = "tuned", normalise: bool = False) -> np.ndarray:
+    """Mean transfer penalty over the cells with ``|i - j| = d``, for d = 0 .. blocks-1; null cells ignored.
+
+    With ``normalise`` the penalties are divided by :func:`mean_diagonal_ce`,
+    so runs reported in different units (bits per image, bits per byte) compare.
+    """
+    matrix = transfer_matrix(run, "penalty", lens_type)
+    if normalise:
+        matrix = matrix / mean_diagonal_ce(run, lens_type)
+    rows, cols = np.indices(matrix.shape)
+    distance = np.abs(rows - cols)
+    means = []
+    for d in range(len(matrix)):
+        cells = matrix[distance == d]
+        cells = cells[~np.isnan(cells)]
+        means.append(cells.mean() if len(cells) else np.nan)
+    return np.array(means)
+
+
+def penalty_vs_distance(
+    results: ResultsLike | Iterable[ResultsLike],
+    lens_type: str = "tuned",
+    relative: bool = False,
+    normalise: bool = False,
+    colors: Sequence | None = None,
+    ax: plt.Axes | None = None,
+) -> plt.Axes:
+    """Mean transfer penalty as a function of block distance ``|i - j|``, one line per model.
+
+    If representations drift gradually (the claim tested), the penalty grows
+    with distance. ``relative`` puts distance on [0, 1] (a fraction of the
+    model's depth) so models of different depth share the axis; ``normalise``
+    divides by the mean diagonal CE (see :func:`penalty_by_distance`).
+    ``colors`` gives one colour per run (default: the colorblind palette).
+    """
+    runs = as_results(results)
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    colors = colors or sns.color_palette("colorblind", len(runs))
+    for run, color in zip(runs, colors):
+        means = penalty_by_distance(run, lens_type, normalise)
+        xs = relative_depth(len(means)) if relative else np.arange(len(means))
+        ax.plot(xs, means, "-o", ms=3.5, color=color, label=run.name)
+    ax.set_xlabel("block distance |i − j| / (blocks − 1)" if relative else "block distance |i − j|")
+    ax.set_ylabel("mean transfer penalty / mean diagonal CE" if normalise else "mean transfer penalty (bits)")
+    if not relative:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    lens_name = LENS_LABELS.get(lens_type, lens_type)
+    ax.set_title(f"{lens_name}: translator i on block j, averaged over |i − j|", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return ax
+
+
+@torch.no_grad()
+def lens_probabilities(
+    model: ModelAdapter, lens: SavedLens, image: Image.Image | str | Path
+) -> tuple[list[torch.Tensor | None], torch.Tensor]:
+    """Class probabilities under ``lens`` at every block, and the model's own, for one image (one forward pass)."""
+    image = Image.open(image) if isinstance(image, (str, Path)) else image
+    x = model.transform(image.convert("RGB"))[None].to(model.device)
+    with BlockRecorder(model, lens.config.grid) as recorder:
+        output = model.logits(x)
+    per_block = []
+    for k, features in enumerate(recorder.pooled):
+        logits = lens(features.float(), k)
+        per_block.append(None if logits is None else logits.double().softmax(-1)[0].cpu())
+    return per_block, output.double().softmax(-1)[0].cpu()
+
+
+def prediction_trajectory(
+    model: ModelAdapter, lens: SavedLens, image: Image.Image | str | Path, k: int = 5, ax: plt.Axes | None = None
+) -> plt.Axes:
+    """Top-``k`` classes and their probabilities under ``lens`` at every block, for one image.
+
+    The vision analog of tuned-lens's ``PredictionTrajectory``: rows are the
+    blocks in forward order and then the model's output, columns the ranks,
+    each cell names the class and is coloured by its probability. ``model``
+    is a :class:`~vision_lens.adapters.ModelAdapter`; ``lens`` a lens loaded
+    for it, e.g. ``TunedLens.load(run_dir / "lenses" / "tuned", model)``.
+    Blocks where the lens is undefined are hatched. Without ``ax`` the input
+    image is drawn beside the heatmap.
+    """
+    image = Image.open(image) if isinstance(image, (str, Path)) else image
+    per_block, output = lens_probabilities(model, lens, image)
+    rows = per_block + [output]
+    k = min(k, len(output))
+    probs = np.full((len(rows), k), np.nan)
+    names = np.full((len(rows), k), "", dtype=object)
+    for r, p in enumerate(rows):
+        if p is not None:
+            top = p.topk(k)
+            probs[r] = top.values.numpy()
+            names[r] = [f"{model.class_names[c]}\n{v:.2f}" for c, v in zip(top.indices.tolist(), top.values.tolist())]
+    labels = [b.name for b in model.blocks] + ["model output"]
+    if ax is None:
+        height = 0.42 * len(rows) + 1.4
+        fig, (image_ax, ax) = plt.subplots(
+            1, 2, figsize=(1.3 * k + 4.5, height), gridspec_kw={"width_ratios": [1.1, 0.9 * k + 1.6]}
+        )
+        image_ax.imshow(image.convert("RGB"))
+        image_ax.set_title("input", fontsize=9)
+        image_ax.axis("off")
+    _hatch_undefined(ax)
+    sns.heatmap(
+        probs, mask=np.isnan(probs), annot=names, fmt="", annot_kws={"fontsize": 7}, vmin=0, vmax=1, cmap="Blues",
+        xticklabels=[f"top {r + 1}" for r in range(k)], yticklabels=labels, linewidths=0.5, linecolor="white",
+        cbar_kws={"label": "probability"}, ax=ax,
+    )
+    for r, p in enumerate(rows):
+        if p is None:
+            ax.text(k / 2, r + 0.5, "undefined: no identity path", ha="center", va="center", fontsize=7,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
+    ax.axhline(len(per_block), color="black", lw=1.5)  # separates the lens rows from the model's own output
+    ax.tick_params(axis="y", labelsize=7, rotation=0)
+    ax.tick_params(axis="x", labelsize=8, top=True, labeltop=True, bottom=False, labelbottom=False)
+    ax.set_title(f"{model.name}: {LENS_LABELS.get(lens.lens_type, lens.lens_type)}, top-{k} classes at every block",
+                 fontsize=10)
     return ax
 
 
@@ -134,7 +341,7 @@ def save_run_figures(results: ResultsLike, out: str | Path) -> list[Path]:
     paths = [out / "layerwise.png"]
     fig.savefig(paths[0], dpi=150)
     plt.close(fig)
-    if "tuned" in run.aggregate and "layer_transfer" in run.aggregate["tuned"]:
+    if has_transfer(run):
         fig, ax = plt.subplots(figsize=(7, 6))
         transfer_heatmap(run, "penalty", ax=ax)
         fig.tight_layout()

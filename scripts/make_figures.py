@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Example figures under results/figures/, one per plotting function, from committed run folders.
+
+Usage: scripts/make_figures.py [RUN_DIR ...] [--llm AGGREGATE_JSON ...] [--image PNG] [--out results/figures]
+
+The first run folder gives the single-run figures (layer-wise metrics,
+transfer heatmap, prediction trajectory); all of them enter the cross-model
+ones (relative depth, penalty vs distance, LLM comparison). The prediction
+trajectory reloads the first run's model from the weights path in its run.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from vision_lens import plotting
+from vision_lens.adapters import create_adapter
+from vision_lens.compare import compare
+from vision_lens.lenses import TunedLens
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RUNS = [REPO / "results" / f"cifar10-{arch}" for arch in ("resnet20", "resnet32", "resnet44")]
+TOY_LLM = REPO / "tests" / "data" / "tiny-gpt2-tuned-lens" / "aggregate_metrics.json"
+
+
+def first_eval_image(run_dir: Path) -> Path:
+    """The first image (sorted by class, then file) of the run's eval split."""
+    run = json.loads((run_dir / "run.json").read_text())
+    split = Path(run["data"]) / run["options"]["eval_split"]
+    return min(split.glob("*/*.png"))
+
+
+def save(ax_or_fig, path: Path) -> None:
+    fig = getattr(ax_or_fig, "figure", ax_or_fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="*", type=Path,
+                        help="run folders (default: those of the committed results/cifar10-resnet{20,32,44} that are complete)")
+    parser.add_argument("--llm", nargs="*", type=Path, default=[TOY_LLM],
+                        help="aggregate_metrics.json files from `tuned-lens eval` for the comparison "
+                             "(default: the toy GPT-2 test fixture, a format check rather than a real LLM)")
+    parser.add_argument("--image", type=Path, help="image for the prediction trajectory (default: first eval image)")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "figures", help="output folder")
+    args = parser.parse_args()
+    runs = args.runs or [d for d in DEFAULT_RUNS if (d / "aggregate_metrics.json").is_file()]
+    if not runs:
+        parser.error("no run folders given and none of the committed ones exist")
+    args.out.mkdir(parents=True, exist_ok=True)
+    first = plotting.load_run(runs[0])
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    plotting.layerwise(first, "acc", ax=axes[0])
+    plotting.layerwise(first, "ce", ax=axes[1])
+    fig.suptitle(f"{first.name}: lenses at every block (eval split)")
+    save(fig, args.out / "layerwise.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    plotting.layerwise(runs, "acc", x="relative_depth", lens_types=("tuned", "logit"), ax=axes[0])
+    plotting.layerwise(runs, "kl", x="relative_depth", lens_types=("tuned", "logit"), ax=axes[1])
+    fig.suptitle("models of different depth on one relative-depth axis")
+    save(fig, args.out / "layerwise_relative_depth.png")
+
+    heatmap_ax = plt.subplots(figsize=(7, 6))[1]
+    save(plotting.transfer_heatmap(first, "penalty", ax=heatmap_ax), args.out / "transfer_penalty.png")
+    save(plotting.penalty_vs_distance(runs), args.out / "penalty_vs_distance.png")
+
+    adapter = create_adapter(first.run["model"], weights=first.run["weights"])
+    lens = TunedLens.load(first.path / "lenses" / "tuned", adapter)
+    save(plotting.prediction_trajectory(adapter, lens, args.image or first_eval_image(first.path)),
+         args.out / "prediction_trajectory.png")
+
+    fig = compare([*runs, *args.llm])
+    fig.savefig(args.out / "compare_llm.png", dpi=150)
+    plt.close(fig)
+    print(f"wrote {args.out / 'compare_llm.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""``vision-lens compare``: our runs and real ``tuned-lens eval`` output on normalised quantities.
+
+``data/tiny-gpt2-tuned-lens/aggregate_metrics.json`` is real output of
+tuned-lens 0.2.0's evaluation loop (``Eval.execute``, what ``tuned-lens eval``
+runs, with ``--lens_types logit tuned --layer_transfer``) on a 6-layer GPT-2
+trained for seconds on a toy corpus with a locally built tokenizer; its
+``make_fixture.py`` regenerates it offline and lists the two shims today's
+stack needs (torchdata 0.9 beside the venv; ``Eval`` built in Python because
+the CLI cannot parse ``--lens_types``, and the model loaded without
+``load_in_8bit``). The eval loop itself ran unmodified.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib.metadata import version
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import tuned_lens
+
+from vision_lens import plotting
+from vision_lens.cli import main
+from vision_lens.compare import compare
+
+TUNED_LENS_EVAL = Path(__file__).parent / "data" / "tiny-gpt2-tuned-lens" / "aggregate_metrics.json"
+LLM_NAME = "tiny-gpt2-tuned-lens"
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_fixture_is_the_format_of_the_installed_tuned_lens():
+    assert version("tuned-lens") == "0.2.0"  # the version whose eval output we read
+    # Transfer tables are indexed [translator layer][evaluated layer], as ours are. (Read, not imported:
+    # the module needs torchdata.dataloader2, which current torchdata no longer has.)
+    source = (Path(tuned_lens.__file__).parent / "scripts" / "eval_loop.py").read_text()
+    assert '["layer_transfer"]["ce"][trans_name][\n                        layer_name\n                    ]' in source
+    aggregate = json.loads(TUNED_LENS_EVAL.read_text())
+    assert set(aggregate) == {"logit", "tuned", "baseline"}
+    assert set(aggregate["tuned"]) == {"ce", "entropy", "kl", "layer_transfer"}
+    assert set(aggregate["tuned"]["layer_transfer"]) == {"ce", "kl"}  # no penalty: we derive it
+    assert list(aggregate["tuned"]["ce"]) == [f"layer_{k}" for k in range(6)]
+
+
+def test_tuned_lens_output_reads_as_a_run():
+    run = plotting.load_run(TUNED_LENS_EVAL)
+    assert run.name == LLM_NAME and run.run == {} and run.layers == {}
+    ce = run.aggregate["tuned"]["layer_transfer"]["ce"]
+    penalty = plotting.transfer_matrix(run, "penalty")
+    assert penalty[2, 4] == pytest.approx(ce["layer_2"]["layer_4"] - ce["layer_4"]["layer_4"])
+    assert np.allclose(np.diag(penalty), 0)
+    ax = plotting.transfer_heatmap(run)
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"layer_{k}" for k in range(6)]
+
+
+def expected_normalised_penalty(aggregate: dict) -> tuple[np.ndarray, np.ndarray]:
+    """From the raw JSON: penalty ce[i][j] - ce[j][j] over the mean of ce[k][k], averaged at each |i - j|."""
+    ce = aggregate["tuned"]["layer_transfer"]["ce"]
+    n = len(ce)
+    diagonal = np.mean([ce[f"layer_{k}"][f"layer_{k}"] for k in range(n)])
+    means = [
+        np.mean([ce[f"layer_{i}"][f"layer_{j}"] - ce[f"layer_{j}"][f"layer_{j}"]
+                 for i in range(n) for j in range(n) if abs(i - j) == d]) / diagonal
+        for d in range(n)
+    ]
+    return np.arange(n) / (n - 1), np.array(means)
+
+
+@pytest.mark.shared
+def test_compare_normalises_vision_runs_and_the_llm_alike(resnet20_run, resnet32_run):
+    fig = compare([resnet20_run, resnet32_run, TUNED_LENS_EVAL])
+    ce_ax, kl_ax, penalty_ax = fig.axes
+    inputs = {"cifar:resnet20": resnet20_run / "aggregate_metrics.json",
+              "cifar:resnet32": resnet32_run / "aggregate_metrics.json", LLM_NAME: TUNED_LENS_EVAL}
+    for name, path in inputs.items():
+        aggregate = json.loads(path.read_text())
+        for ax, metric in ((ce_ax, "ce"), (kl_ax, "kl")):
+            lines = {line.get_label(): line for line in ax.get_lines()}
+            for lens_type in ("tuned", "logit"):
+                values = aggregate[lens_type][metric]
+                line = lines[f"{lens_type} · {name}"]
+                assert np.allclose(line.get_ydata(), [v / values["layer_0"] for v in values.values()])
+                assert np.allclose(line.get_xdata(), np.linspace(0, 1, len(values)))
+        x, y = expected_normalised_penalty(aggregate)
+        line = {line.get_label(): line for line in penalty_ax.get_lines()}[name]
+        assert np.allclose(line.get_xdata(), x) and np.allclose(line.get_ydata(), y)
+    # Units are named, and only unitless quantities are on the axes.
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "cifar:resnet20 (bits/image)" in legend and f"{LLM_NAME} (bits/byte)" in legend
+    assert ce_ax.get_ylabel() == "CE / CE at the first layer" and "normalised" in ce_ax.get_title()
+    assert penalty_ax.get_ylabel() == "mean transfer penalty / mean diagonal CE"
+    assert "bits per byte" in fig._suptitle.get_text()
+
+
+@pytest.mark.shared
+def test_compare_cli_takes_run_folders_eval_folders_and_json_files(resnet20_run, tmp_path):
+    eval_folder = tmp_path / "pythia-like-eval"  # a `tuned-lens eval --output` folder
+    eval_folder.mkdir()
+    shutil.copy(TUNED_LENS_EVAL, eval_folder / "aggregate_metrics.json")
+    out = tmp_path / "figures" / "compare.png"
+    assert main(["compare", str(resnet20_run), str(eval_folder), str(TUNED_LENS_EVAL), "--out", str(out)]) == 0
+    assert plt.imread(out).shape[:2] == (660, 2250)
+    assert main(["compare", str(tmp_path / "missing"), "--out", str(out)]) == 2

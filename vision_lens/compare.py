@@ -1,0 +1,121 @@
+"""``vision-lens compare``: vision runs and LLM lens evaluations on one relative-depth axis.
+
+Inputs are our run folders and the ``aggregate_metrics.json`` files written by
+``tuned-lens eval`` (``{"tuned"|"logit": {"ce"|"kl"|"entropy": {"layer_k": v},
+"layer_transfer": {"ce"|"kl": {"layer_i": {"layer_j": v}}}}, "baseline": ...}``).
+tuned-lens reports bits per byte and we report bits per image, so raw values
+do not compare; only two unitless quantities are drawn:
+
+* CE or KL at a layer as a fraction of the same lens's value at the first layer
+  (the first layer where it is defined);
+* the transfer penalty ``ce[i][j] - ce[j][j]`` as a fraction of the mean
+  diagonal CE, against the distance ``|i - j|`` as a fraction of depth.
+
+Depth is the layer index scaled to [0, 1]. For tuned-lens, ``layer_0`` is
+the embedding output and the last layer the input of the last transformer
+block; for us, the first and the last lensed block.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+from matplotlib.lines import Line2D
+
+from .artifacts import RunResults
+from .plotting import (
+    LENS_LABELS,
+    LENS_STYLES,
+    ResultsLike,
+    as_results,
+    has_transfer,
+    layer_values,
+    penalty_vs_distance,
+    relative_depth,
+)
+
+COMPARED_METRICS = ("ce", "kl")
+
+
+def reported_unit(run: RunResults) -> str:
+    """``bits/image`` for our runs (they carry run.json), ``bits/byte`` for tuned-lens output."""
+    return "bits/image" if run.run else "bits/byte"
+
+
+def normalised_layerwise(run: RunResults, metric: str, lens_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(relative depth, metric / metric at the first defined layer)`` for one lens of one run."""
+    values = layer_values(run.aggregate[lens_type][metric])
+    defined = values[~np.isnan(values)]
+    if not len(defined) or defined[0] == 0:
+        raise ValueError(f"{run.name}: {lens_type} {metric} has no nonzero first value to normalise by")
+    return relative_depth(len(values)), values / defined[0]
+
+
+def compare(
+    results: ResultsLike | Iterable[ResultsLike],
+    lens_types: Sequence[str] = ("tuned", "logit"),
+    metrics: Sequence[str] = COMPARED_METRICS,
+) -> plt.Figure:
+    """One figure: normalised CE and KL against relative depth, and the normalised transfer penalty.
+
+    Colour tells the run (its unit in brackets), line style the lens.
+    """
+    runs = as_results(results)
+    palette = sns.color_palette("colorblind")
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(5 * (len(metrics) + 1), 4.4))
+    styles_used: list[str] = []
+    for ax, metric in zip(axes, metrics):
+        for r_i, run in enumerate(runs):
+            for lens_type in lens_types:
+                if metric not in run.aggregate.get(lens_type, {}):
+                    continue
+                x, y = normalised_layerwise(run, metric, lens_type)
+                ax.plot(x, y, LENS_STYLES.get(lens_type, "-"), marker="o", ms=3, color=palette[r_i % len(palette)],
+                        label=f"{lens_type} · {run.name}")
+                styles_used += [lens_type] if lens_type not in styles_used else []
+        ax.axhline(1, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("relative depth (0 = first layer, 1 = last)")
+        ax.set_ylabel(f"{metric.upper()} / {metric.upper()} at the first layer")
+        ax.set_title(f"{metric.upper()}, normalised (unitless)", fontsize=10)
+        ax.set_xlim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    with_transfer = [i for i, run in enumerate(runs) if has_transfer(run)]
+    penalty_ax = axes[-1]
+    if with_transfer:
+        penalty_vs_distance([runs[i] for i in with_transfer], relative=True, normalise=True,
+                            colors=[palette[i % len(palette)] for i in with_transfer], ax=penalty_ax)
+        penalty_ax.get_legend().remove()  # the figure legend names the runs
+    else:
+        penalty_ax.text(0.5, 0.5, "no input has a tuned-lens layer_transfer", ha="center", va="center",
+                        transform=penalty_ax.transAxes)
+    penalty_ax.set_title("tuned lens: transfer penalty, normalised (unitless)", fontsize=10)
+
+    run_handles = [Line2D([], [], color=palette[i % len(palette)], lw=2.5, label=f"{run.name} ({reported_unit(run)})")
+                   for i, run in enumerate(runs)]
+    style_handles = [Line2D([], [], color="black", ls=LENS_STYLES.get(t, "-"), label=LENS_LABELS.get(t, t))
+                     for t in styles_used]
+    fig.legend(handles=run_handles + style_handles, loc="lower center", ncol=min(len(runs) + len(styles_used), 5),
+               frameon=False, fontsize=8)
+    fig.suptitle("Lenses across models on normalised quantities: raw bits per image (vision) and bits per byte "
+                 "(tuned-lens, LLMs) do not compare", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(runs) + len(styles_used) - 1) // 5), 1, 0.95))
+    return fig
+
+
+def compare_to_file(
+    paths: Sequence[str | Path], out: str | Path, lens_types: Sequence[str] = ("tuned", "logit")
+) -> Path:
+    """``vision-lens compare``: draw :func:`compare` for ``paths`` and save it to ``out`` (format from the suffix)."""
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"no such result folder or aggregate_metrics.json: {', '.join(missing)}")
+    fig = compare(paths, lens_types)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+    return out
