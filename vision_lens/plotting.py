@@ -129,8 +129,9 @@ def layerwise(
             color = palette[(r_i if len(runs) > 1 else t_i) % len(palette)]
             ax.plot(xs, y, LENS_STYLES.get(lens_type, "-"), marker="o", ms=3.5, color=color, label=label)
             drawn += 1
-        if metric in run.aggregate.get("baseline", {}) and len(runs) == 1:
-            ax.axhline(run.aggregate["baseline"][metric]["final"], color="grey", lw=1, ls="-.", label="model output")
+        baseline = run.aggregate.get("baseline", {}).get(metric, {}).get("final")
+        if baseline is not None and len(runs) == 1:  # None: no image has a model class (lucent)
+            ax.axhline(baseline, color="grey", lw=1, ls="-.", label="model output")
     if not drawn:
         known = {m for run in runs for t in lens_types if t in run.aggregate for m in run.aggregate[t]}
         known = sorted(known - {"layer_transfer"})

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from urllib.parse import urlparse
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -97,6 +98,48 @@ def state_dict_sha256(state_dict: Mapping[str, Tensor]) -> str:
         digest.update(key.encode())
         digest.update(state_dict[key].detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The state dict in a checkpoint file, without DataParallel's ``module.`` prefix.
+
+    Accepts a bare state dict or a dict with a ``state_dict`` entry (the
+    akamaster CIFAR layout).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights {path}: no such file; pass the path of a .th/.pt/.pth checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged file
+        raise WeightsError(f"--weights {path}: not a readable torch checkpoint ({exc.__class__.__name__}: {exc})") from exc
+    return _state_dict_in(obj, str(path))
+
+
+def _state_dict_in(obj: object, source: str) -> dict[str, Tensor]:
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WeightsError(f"--weights {source}: expected a state dict or a dict with a 'state_dict' entry")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def fetch_checkpoint(weights: str) -> tuple[dict[str, Tensor], str]:
+    """The state dict at a URL (through torch.hub's cache) or in a local file, and its file's sha256.
+
+    A download and a local copy of the same file get the same id, so they
+    share feature caches.
+    """
+    if not weights.startswith(("http://", "https://")):
+        return read_checkpoint(weights), file_sha256(weights)
+    try:
+        obj = torch.hub.load_state_dict_from_url(weights, map_location="cpu", check_hash=True, weights_only=True)
+    except OSError as exc:  # URLError, HTTPError, socket errors
+        raise WeightsError(
+            f"could not download {weights} ({exc.__class__.__name__}: {exc}). Offline, download that file on a "
+            "machine with internet access and pass --weights PATH."
+        ) from exc
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights).path).name
+    return _state_dict_in(obj, weights), file_sha256(cached)
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
@@ -180,8 +223,12 @@ class ModelAdapter(abc.ABC):
         block = self.blocks[index]
         if block.path is None:
             return None
-        modules = [self.model.get_submodule(name) for name in block.path]
-        return pooled_affine(modules, block.channels)
+        # Blocks of a stage share one path, and reading off a 2048-wide one takes seconds.
+        known = vars(self).setdefault("_identity_paths", {})
+        key = (block.path, block.channels)
+        if key not in known:
+            known[key] = pooled_affine([self.model.get_submodule(name) for name in block.path], block.channels)
+        return known[key]
 
     def to(self, device: str | torch.device) -> "ModelAdapter":
         self.model.to(device)

@@ -8,22 +8,13 @@ removed.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import transforms
 
-from .base import (
-    Block,
-    ModelAdapter,
-    WeightsError,
-    file_sha256,
-    load_state_dict_strict,
-    register_adapter,
-    state_dict_sha256,
-)
+from .base import Block, ModelAdapter, fetch_checkpoint, load_state_dict_strict, register_adapter, state_dict_sha256
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR_MEAN = (0.485, 0.456, 0.406)
@@ -99,29 +90,6 @@ class CifarResNet(nn.Module):
         return self.linear(x.mean((2, 3)))
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """The state dict of a CIFAR ResNet checkpoint, without the ``module.`` prefix.
-
-    Accepts the akamaster layout (``{"state_dict": ..., "best_prec1": ...}``)
-    and a bare state dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--weights {path}: no such file; pass the path of a .th/.pt checkpoint")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a damaged file
-        raise WeightsError(f"--weights {path}: not a readable torch checkpoint ({exc.__class__.__name__}: {exc})") from exc
-    return _strip(obj, str(path))
-
-
-def _strip(obj: object, source: str) -> dict[str, Tensor]:
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise WeightsError(f"--weights {source}: expected a state dict or a dict with a 'state_dict' entry")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 class CifarResNetAdapter(ModelAdapter):
     def __init__(self, model: CifarResNet, weights_id: str, class_names: list[str] | None = None):
         self.model = model
@@ -163,16 +131,7 @@ def build_cifar_resnet(arch: str, weights: str | None = None, num_classes: int =
         if arch not in PRETRAINED:
             raise ValueError(f"--model cifar:{arch} has no published weights; pass --weights PATH")
         weights = PRETRAINED[arch]
-    if weights.startswith(("http://", "https://")):
-        try:
-            obj = torch.hub.load_state_dict_from_url(weights, map_location="cpu", check_hash=True, weights_only=True)
-        except OSError as exc:
-            raise WeightsError(
-                f"could not download {weights} ({exc}). Offline, download it elsewhere and pass --weights PATH."
-            ) from exc
-        state, weights_id = _strip(obj, weights), weights.rsplit("/", 1)[-1]
-    else:
-        state, weights_id = read_checkpoint(weights), file_sha256(weights)
+    state, weights_id = fetch_checkpoint(weights)
     # The checkpoint decides its class count; the pipeline checks it against the data.
     if "linear.weight" in state:
         num_classes = state["linear.weight"].shape[0]
