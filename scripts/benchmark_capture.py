@@ -1,12 +1,15 @@
 #!/usr/bin/env python
 """Capture cost relative to one plain forward pass over the same images, measured in one run.
 
-Prints two ratios (target: <= 1.2x):
+Prints time ratios (target: <= 1.2x) and a memory ratio:
 
 * end to end: ``capture()`` (decode, forward with pooling hooks on every block, cache
   writes) / a plain loop of the same DataLoader through the model;
 * model only: forward with the pooling hooks / plain forward, on images already in
-  memory (isolates the hooks from decoding and disk).
+  memory (isolates the hooks from decoding and disk);
+* memory: bytes per image of the full block outputs (what storing feature maps would
+  take) / bytes per image that capture keeps (pooled features and logits); on a GPU also
+  the peak allocated memory of the hooked over the plain forward pass.
 
 Each measurement is repeated and the median taken, plain and capture interleaved, so
 both see the same machine state. Example::
@@ -84,6 +87,26 @@ def main() -> None:
                 adapter.logits(batch)
                 [p.cpu() for p in recorder.pooled]
 
+    full_bytes = 0
+
+    def count_full(module, inputs, output):
+        nonlocal full_bytes
+        full_bytes += output[:1].numel() * output.element_size()
+
+    hooks = [adapter.model.get_submodule(b.module).register_forward_hook(count_full) for b in adapter.blocks]
+    with torch.no_grad():
+        adapter.logits(in_memory[:1])
+    for hook in hooks:
+        hook.remove()
+    kept_bytes = 4 * (sum(b.channels for b in adapter.blocks) + adapter.num_classes)
+
+    peak = {}
+    if torch.cuda.is_available():
+        for name, fn in (("plain", forward_plain), ("hooked", forward_hooked)):
+            torch.cuda.reset_peak_memory_stats()
+            fn()
+            peak[name] = torch.cuda.max_memory_allocated()
+
     plain_pass()  # warm-up: page cache, allocator, worker start-up
     times: dict[str, list[float]] = {"plain": [], "capture": [], "forward": [], "hooked": []}
     for _ in range(args.repeats):
@@ -99,6 +122,10 @@ def main() -> None:
     print(f"  end-to-end ratio capture / plain     {med['capture'] / med['plain']:8.3f}x")
     print(f"  model-only ratio hooked / plain      {med['hooked'] / med['forward']:8.3f}x "
           f"({len(in_memory)} images in memory)")
+    print(f"  memory per image: full block maps {full_bytes / 1024:.1f} KiB, kept by capture "
+          f"{kept_bytes / 1024:.2f} KiB: {full_bytes / kept_bytes:.0f}x less")
+    if peak:
+        print(f"  GPU peak memory ratio hooked / plain {peak['hooked'] / peak['plain']:8.3f}x")
 
 
 if __name__ == "__main__":

@@ -216,3 +216,12 @@ def test_torchvision_cifar10_source(monkeypatch, tmp_path):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", no_network)
     with pytest.raises(DataError, match="could not download CIFAR-10.*pass --data a folder"):
         open_split("torchvision:cifar10", "test", tmp_path)
+
+
+def test_image_missing_after_the_scan_is_named(tmp_path):
+    from vision_lens.data import DataError
+
+    source = ImageFolderSource.scan(write_image_folder(tmp_path / "imgs", classes=2, per_class=2))
+    source.paths[1].unlink()
+    with pytest.raises(DataError, match=f"cannot read image {source.paths[1]}"):
+        source.load(1)
