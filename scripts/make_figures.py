@@ -18,6 +18,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from vision_lens import plotting
+from vision_lens.artifacts import load_results
 from vision_lens.adapters import create_adapter
 from vision_lens.compare import compare
 from vision_lens.lenses import TunedLens
@@ -56,7 +57,7 @@ def main() -> None:
     if not runs:
         parser.error("no run folders given and none of the committed ones exist")
     args.out.mkdir(parents=True, exist_ok=True)
-    first = plotting.load_run(runs[0])
+    first = load_results(runs[0])
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     plotting.layerwise(first, "acc", ax=axes[0])

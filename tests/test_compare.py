@@ -23,6 +23,7 @@ import pytest
 import tuned_lens
 
 from vision_lens import plotting
+from vision_lens.artifacts import load_results
 from vision_lens.cli import main
 from vision_lens.compare import compare
 
@@ -50,7 +51,7 @@ def test_fixture_is_the_format_of_the_installed_tuned_lens():
 
 
 def test_tuned_lens_output_reads_as_a_run():
-    run = plotting.load_run(TUNED_LENS_EVAL)
+    run = load_results(TUNED_LENS_EVAL)
     assert run.name == LLM_NAME and run.run == {} and run.layers == {}
     ce = run.aggregate["tuned"]["layer_transfer"]["ce"]
     penalty = plotting.transfer_matrix(run, "penalty")

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from vision_lens import plotting
+from vision_lens.artifacts import load_results
 from vision_lens.adapters import create_adapter
 from vision_lens.adapters.cifar_resnet import CIFAR10_CLASSES
 from vision_lens.lenses import TunedLens, build_lenses
@@ -49,7 +50,7 @@ def with_undefined_first_block(run: plotting.RunResults) -> plotting.RunResults:
 
 def test_layerwise_block_axis_draws_the_json(resnet20_run):
     aggregate = raw_aggregate(resnet20_run)
-    run = plotting.load_run(resnet20_run)
+    run = load_results(resnet20_run)
     ax = plotting.layerwise(run, "acc")
     lines = lines_by_label(ax)
     assert set(lines) == {"tuned lens", "logit lens", "linear probe", "model output"}
@@ -62,7 +63,7 @@ def test_layerwise_block_axis_draws_the_json(resnet20_run):
 
 
 def test_layerwise_undefined_values_are_gaps_not_zeros(resnet20_run):
-    run = with_undefined_first_block(plotting.load_run(resnet20_run))
+    run = with_undefined_first_block(load_results(resnet20_run))
     y = lines_by_label(plotting.layerwise(run, "ce"))["logit lens"].get_ydata()
     assert np.isnan(y[0]) and not np.isnan(y[1:]).any()
 
@@ -86,7 +87,7 @@ def test_layerwise_rejects_unknown_axis_and_metric(resnet20_run):
 
 
 def test_transfer_heatmap_rows_are_translators_and_nulls_are_hatched(resnet20_run):
-    run = with_undefined_first_block(plotting.load_run(resnet20_run))
+    run = with_undefined_first_block(load_results(resnet20_run))
     penalty = run.aggregate["tuned"]["layer_transfer"]["penalty"]
     ax = plotting.transfer_heatmap(run, "penalty")
     cells = ax.collections[0].get_array().reshape(10, 10)
@@ -125,7 +126,7 @@ def test_penalty_vs_distance_equals_a_direct_computation(resnet20_run, resnet32_
 
 
 def test_penalty_vs_distance_ignores_null_cells(resnet20_run):
-    run = with_undefined_first_block(plotting.load_run(resnet20_run))
+    run = with_undefined_first_block(load_results(resnet20_run))
     y = plotting.penalty_vs_distance(run).get_lines()[0].get_ydata()
     assert np.allclose(y, expected_penalty_by_distance(run.aggregate), equal_nan=True)
     assert np.isnan(y[9]) and not np.isnan(y[:9]).any()  # |i - j| = 9 only links block 0, which is undefined

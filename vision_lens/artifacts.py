@@ -93,7 +93,10 @@ class RunResults:
 
 
 def load_results(path: str | Path) -> RunResults:
+    """A run folder, or a bare ``aggregate_metrics.json`` (e.g. from ``tuned-lens eval``) named after its folder."""
     path = Path(path)
+    if path.is_file():
+        return RunResults(path.parent, path.parent.name, json.loads(path.read_text()), {}, {})
     agg = path / "aggregate_metrics.json"
     if not agg.is_file():
         raise FileNotFoundError(f"{path} holds no aggregate_metrics.json; pass a folder written by `vision-lens run`")

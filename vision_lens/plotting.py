@@ -16,7 +16,6 @@ image, and runs the model.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable, Sequence, Union
 
@@ -55,18 +54,10 @@ X_AXES = ("block", "relative_depth")
 UNDEFINED_HATCH = {"facecolor": "#e0e0e0", "hatch": "///", "edgecolor": "#9e9e9e"}
 
 
-def load_run(path: str | Path) -> RunResults:
-    """A run folder, or a bare ``aggregate_metrics.json`` (e.g. from ``tuned-lens eval``), named after its folder."""
-    path = Path(path)
-    if path.is_file():
-        return RunResults(path.parent, path.parent.name, json.loads(path.read_text()), {}, {})
-    return load_results(path)
-
-
 def as_results(results: ResultsLike | Iterable[ResultsLike]) -> list[RunResults]:
     if isinstance(results, (str, Path, RunResults)):
         results = [results]
-    return [r if isinstance(r, RunResults) else load_run(r) for r in results]
+    return [r if isinstance(r, RunResults) else load_results(r) for r in results]
 
 
 def layer_keys(keys: Iterable[str]) -> list[str]:
