@@ -175,9 +175,13 @@ def transfer_heatmap(
     names = block_names(run, len(matrix))
     ax = ax or plt.subplots(figsize=(6.5, 5.5))[1]
     _hatch_undefined(ax)
+    undefined = np.isnan(matrix)
     sns.heatmap(
         matrix,
-        mask=np.isnan(matrix),
+        mask=undefined,
+        # With every cell undefined (no labels, no paths) there is no range to read off.
+        vmin=0 if undefined.all() else None,
+        vmax=1 if undefined.all() else None,
         cmap="rocket_r" if kind != "kl" else "mako_r",
         xticklabels=names,
         yticklabels=names,
