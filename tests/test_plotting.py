@@ -17,7 +17,7 @@ from vision_lens.adapters import create_adapter
 from vision_lens.adapters.cifar_resnet import CIFAR10_CLASSES
 from vision_lens.lenses import TunedLens, build_lenses
 
-from .conftest import CIFAR, RESNET20
+from .conftest import CIFAR, RESNET20, require_shared
 
 pytestmark = pytest.mark.shared
 
@@ -134,6 +134,7 @@ def test_penalty_vs_distance_ignores_null_cells(resnet20_run):
 
 @pytest.fixture(scope="module")
 def resnet20():
+    require_shared()  # module fixtures run before the per-test marker check
     return create_adapter("cifar:resnet20", weights=str(RESNET20))
 
 
