@@ -9,6 +9,7 @@ import torch
 
 from vision_lens.adapters import create_adapter
 from vision_lens.capture import BlockRecorder, pool
+from vision_lens.fit import FitSettings, fit_lens
 from vision_lens.lenses import LinearProbe, LogitLens, TunedLens, build_lenses
 from vision_lens.metrics import evaluate_lenses, nats_to_bits, per_image_metrics, transfer_penalty
 
@@ -180,3 +181,42 @@ def test_lens_save_load_round_trip(tmp_path):
     other = randomised_resnet(seed=1)
     with pytest.raises(ValueError, match="was fitted on"):
         TunedLens.load(tmp_path / "tuned", other)
+
+
+def test_shared_lens_is_one_translator_for_every_block_with_a_path():
+    adapter = randomised_resnet()
+    adapter.blocks[0] = type(adapter.blocks[0])("stem", "relu", 16, None, 1)  # as if the stem had no path
+    lenses = build_lenses(adapter, 1, ["shared", "logit"])
+    shared = lenses["shared"]
+    assert len(shared.params) == 1
+    assert shared.fit_groups()[0][1] == list(range(1, len(adapter.blocks)))
+    feats = [torch.randn(3, b.channels) for b in adapter.blocks]
+    assert shared(feats[0], 0) is None
+    for k in range(1, len(feats)):  # zero-initialised: the logit lens
+        torch.testing.assert_close(shared(feats[k], k), lenses["logit"](feats[k], k))
+    torch.nn.init.normal_(shared.params[0].weight)
+    for k in (1, 5, 9):
+        carried = adapter.identity_path(k)(feats[k])
+        expected = carried + shared.params[0](carried)
+        torch.testing.assert_close(shared.transform_hidden(feats[k], k), expected)
+
+
+def test_shared_lens_fits_no_better_than_a_translator_per_block():
+    """Per-block translators are the per-block optimum; sharing one costs, never gains (on the fit data)."""
+    adapter = randomised_resnet()
+    gen = torch.Generator().manual_seed(0)
+    feats = [torch.rand(256, b.channels, generator=gen) for b in adapter.blocks]
+    final = torch.randn(256, 10, generator=gen) * 3
+    labels = final.argmax(-1)
+    settings = FitSettings(max_iter=200, weight_decay=1e-6)
+    lenses = build_lenses(adapter, 1, ["tuned", "shared", "logit"])
+    start = [float(kl_nats(lenses["logit"](f, k), final)) for k, f in enumerate(feats)]  # where both start
+    tuned = fit_lens(lenses["tuned"], feats, labels, final, settings)
+    shared = fit_lens(lenses["shared"], feats, labels, final, settings)
+    assert len(tuned) == len(shared) == len(feats)
+    assert sum(shared) >= sum(tuned) - 1e-3
+    assert sum(shared) < sum(start)  # it did learn
+
+
+def kl_nats(logits, final):
+    return (final.softmax(-1) * (final.log_softmax(-1) - logits.log_softmax(-1))).sum(-1).mean()

@@ -93,20 +93,20 @@ def test_run_writes_the_tuned_lens_bundle_and_is_deterministic(tmp_path, tiny_da
     a, b = tmp_path / "a", tmp_path / "b"
     for name in ("aggregate_metrics.json", "batches.jsonl", "layers.json", "metrics.csv", "layerwise.png",
                  "transfer_penalty.png", "lenses/tuned/config.json", "lenses/tuned/params.pt",
-                 "lenses/linear_probe/params.pt"):
+                 "lenses/shared/params.pt", "lenses/linear_probe/params.pt"):
         assert (a / name).is_file(), name
     assert (a / "aggregate_metrics.json").read_bytes() == (b / "aggregate_metrics.json").read_bytes()
     agg = json.loads((a / "aggregate_metrics.json").read_text())
     layers = json.loads((a / "layers.json").read_text())
     assert layers == {"layer_0": "stem", "layer_1": "layer1.0", "layer_2": "layer2.0", "layer_3": "layer3.0"}
-    assert set(agg) == {"tuned", "logit", "linear_probe", "baseline"}
+    assert set(agg) == {"tuned", "shared", "logit", "linear_probe", "baseline"}
     assert set(agg["tuned"]) == {"ce", "kl", "entropy", "acc", "agree", "top5", "layer_transfer"}
     assert set(agg["tuned"]["layer_transfer"]) == {"ce", "kl", "penalty"}
     assert set(agg["baseline"]) == {"ce", "entropy", "acc"} and set(agg["baseline"]["ce"]) == {"final"}
     batches = json.loads((a / "batches.jsonl").read_text())
     assert isinstance(batches, list) and set(batches[0]) == set(agg)
     rows = (a / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "lens,layer,block,metric,value" and len(rows) == 1 + 3 * 6 * 4 + 3
+    assert rows[0] == "lens,layer,block,metric,value" and len(rows) == 1 + 4 * 6 * 4 + 3
 
 
 def test_eval_reads_lenses_written_by_train(tmp_path, tiny_data):

@@ -53,8 +53,8 @@ def test_layerwise_block_axis_draws_the_json(resnet20_run):
     run = load_results(resnet20_run)
     ax = plotting.layerwise(run, "acc")
     lines = lines_by_label(ax)
-    assert set(lines) == {"tuned lens", "logit lens", "linear probe", "model output"}
-    for lens_type in ("tuned", "logit", "linear_probe"):
+    assert set(lines) == {"tuned lens", "shared tuned lens", "logit lens", "linear probe", "model output"}
+    for lens_type in ("tuned", "shared", "logit", "linear_probe"):
         y = lines[plotting.LENS_LABELS[lens_type]].get_ydata()
         assert np.allclose(y, [aggregate[lens_type]["acc"][f"layer_{k}"] for k in range(10)])
     assert lines["model output"].get_ydata()[0] == aggregate["baseline"]["acc"]["final"]

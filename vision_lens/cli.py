@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vision-lens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, cls, text in (
-        ("train", RunOptions, "capture the fit split and fit a tuned lens and a linear probe on every block"),
+        ("train", RunOptions, "capture the fit split and fit a tuned lens, a shared tuned lens and a linear probe on every block"),
         ("eval", EvalOptions, "evaluate lenses from `train` (and the logit lens) on the eval split"),
         ("run", RunOptions, "train, then eval, into one output folder"),
     ):
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="vision-lens run folders, tuned-lens eval folders or aggregate_metrics.json files")
     compare.add_argument("--out", required=True, help="figure file to write; its suffix sets the format (.png, .pdf)")
     compare.add_argument("--lens-types", nargs="+", default=["tuned", "logit"],
-                         choices=["tuned", "logit", "linear_probe"],
+                         choices=["tuned", "shared", "logit", "linear_probe"],
                          help="lenses drawn in the CE and KL panels (default: tuned logit)")
     text = "rebuild report.html (plots, per-block metrics, provenance) for one run, or several side by side"
     report = sub.add_parser("report", help=text, description=text)

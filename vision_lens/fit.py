@@ -38,12 +38,14 @@ def fit_lens(
     final_logits: Tensor | None = None,
     settings: FitSettings = FitSettings(),
     desc: str = "fit",
-) -> list[float]:
-    """Fit ``lens`` on every block; returns each block's final mean loss (nats, without the penalty).
+) -> list[float | None]:
+    """Fit ``lens``; returns each block's final mean loss (nats, without the penalty; None if not fitted).
 
     With ``final_logits`` the loss is KL(model output || lens), as tuned-lens
-    trains; otherwise cross-entropy against ``labels``. Parameters of block k
-    are ``lens.params[k]``; the penalty is ``weight_decay / 2 * |params|^2``.
+    trains; otherwise cross-entropy against ``labels``. Each module of
+    ``lens.fit_groups()`` is fitted on the mean loss of its blocks (one block
+    for a per-block translator, all of them for a shared one); the penalty is
+    ``weight_decay / 2 * |params|^2``.
     """
     device = next(lens.parameters()).device
     labels = labels.to(device)
@@ -55,11 +57,11 @@ def fit_lens(
         final_lps = final_logits.to(device).log_softmax(-1)
         final_probs = final_lps.exp()
         final_entropy = -(final_probs * final_lps).sum(-1)
-    losses = []
+    losses: list[float | None] = [None] * len(features)
     lens.train()
-    for k in tqdm(range(len(features)), desc=desc, unit="block", dynamic_ncols=True):
-        x = features[k].to(device)
-        params = list(lens.params[k].parameters())
+    for module, blocks in tqdm(lens.fit_groups(), desc=desc, unit="translator", dynamic_ncols=True):
+        xs = {k: features[k].to(device) for k in blocks}
+        params = list(module.parameters())
         optimizer = torch.optim.LBFGS(
             params, lr=1, max_iter=settings.max_iter, history_size=20, line_search_fn="strong_wolfe",
             tolerance_grad=1e-9, tolerance_change=1e-12,
@@ -67,24 +69,27 @@ def fit_lens(
 
         def closure() -> Tensor:
             optimizer.zero_grad(set_to_none=True)
-            total = torch.zeros((), device=device)
-            # Chunks bound memory; gradients accumulate, so this is still the full-batch loss.
-            for rows in rows_used.split(settings.chunk_size):
-                logits = lens(x[rows], k)
-                if final_logits is None:
-                    loss = F.cross_entropy(logits, labels[rows], reduction="sum")
-                else:
-                    cross = -(final_probs[rows] * logits.log_softmax(-1)).sum(-1)
-                    loss = (cross - final_entropy[rows]).sum()
-                (loss / n).backward()
-                total += loss.detach() / n
+            per_block = {}
+            for k in blocks:
+                per_block[k] = torch.zeros((), device=device)
+                # Chunks bound memory; gradients accumulate, so this is still the full-batch loss.
+                for rows in rows_used.split(settings.chunk_size):
+                    logits = lens(xs[k][rows], k)
+                    if final_logits is None:
+                        loss = F.cross_entropy(logits, labels[rows], reduction="sum")
+                    else:
+                        cross = -(final_probs[rows] * logits.log_softmax(-1)).sum(-1)
+                        loss = (cross - final_entropy[rows]).sum()
+                    (loss / (n * len(blocks))).backward()
+                    per_block[k] += loss.detach() / n
             penalty = settings.weight_decay / 2 * sum(p.square().sum() for p in params)
             penalty.backward()
-            closure.data_loss = float(total)
-            return total + penalty.detach()
+            closure.data_loss = {k: float(v) for k, v in per_block.items()}
+            return sum(per_block.values()) / len(blocks) + penalty.detach()
 
         optimizer.step(closure)
         closure()
-        losses.append(closure.data_loss)
+        for k, loss in closure.data_loss.items():
+            losses[k] = loss
     lens.eval()
     return losses

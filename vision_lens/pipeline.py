@@ -30,7 +30,7 @@ from .metrics import evaluate_lenses
 from .plotting import save_run_figures
 from .report import write_report
 
-FITTED_LENSES = ("tuned", "linear_probe")
+FITTED_LENSES = ("tuned", "shared", "linear_probe")
 
 
 def default_cache_dir() -> str:
@@ -137,7 +137,7 @@ def _run_info(opts: RunOptions, adapter: ModelAdapter, **extra) -> dict:
 
 
 def train(opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | None = None) -> Path:
-    """Capture the fit split and fit a tuned lens and a linear probe on every block."""
+    """Capture the fit split and fit a tuned lens, a shared tuned lens and a linear probe on every block."""
     out = out or prepare_output(opts.out, opts.overwrite)
     adapter = adapter or load_model(opts)
     cache = capture_split(adapter, opts, opts.fit_split, opts.fit_limit)
@@ -148,12 +148,12 @@ def train(opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | Non
               "label-trained lenses use those only", file=sys.stderr)
     if not labelled.any() and opts.loss == "ce":
         raise DataError(f"--data {opts.data}: no fit image maps to a model class, so --loss ce has no targets")
-    fitted = FITTED_LENSES if labelled.any() else ("tuned",)
+    fitted = FITTED_LENSES if labelled.any() else ("tuned", "shared")
     lenses = build_lenses(adapter, opts.pool_grid, fitted)
     losses = {}
     for lens_type, lens in lenses.items():
         torch.manual_seed(opts.seed)
-        kl_target = logits if lens_type == "tuned" and opts.loss == "kl" else None
+        kl_target = logits if lens_type in ("tuned", "shared") and opts.loss == "kl" else None
         loss = "kl" if kl_target is not None else "ce"
         per_block = fit_lens(lens, features, labels, kl_target, opts.fit_settings, desc=f"fit {lens_type} ({loss})")
         lens.config.fit = {
@@ -178,8 +178,8 @@ def evaluate(opts: RunOptions, lens_dir: Path, out: Path | None = None, adapter:
             if lenses[lens_type].config.grid != opts.pool_grid:
                 raise ValueError(f"lens {path} was fitted with --pool-grid {lenses[lens_type].config.grid}; pass the same")
     if len(lenses) == 1:
-        raise FileNotFoundError(f"--lens {lens_dir} holds no lenses/tuned or lenses/linear_probe; run `vision-lens train` first")
-    lenses = {t: lenses[t] for t in ("tuned", "logit", "linear_probe") if t in lenses}
+        raise FileNotFoundError(f"--lens {lens_dir} holds no fitted lenses (lenses/tuned, ...); run `vision-lens train` first")
+    lenses = {t: lenses[t] for t in ("tuned", "shared", "logit", "linear_probe") if t in lenses}
     cache = capture_split(adapter, opts, opts.eval_split, opts.eval_limit)
     features, logits, labels = _tensors(cache, opts.device)
     print(f"[vision-lens] evaluating {', '.join(lenses)} on {len(adapter.blocks)} blocks", file=sys.stderr)

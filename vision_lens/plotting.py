@@ -45,11 +45,12 @@ METRIC_LABELS = {
 }
 LENS_LABELS = {
     "tuned": "tuned lens",
+    "shared": "shared tuned lens",
     "logit": "logit lens",
     "linear_probe": "linear probe",
     "aux_head": "auxiliary classifier",
 }
-LENS_STYLES = {"tuned": "-", "logit": "--", "linear_probe": ":", "aux_head": "-."}
+LENS_STYLES = {"tuned": "-", "shared": "-.", "logit": "--", "linear_probe": ":", "aux_head": "-"}
 X_AXES = ("block", "relative_depth")
 UNDEFINED_HATCH = {"facecolor": "#e0e0e0", "hatch": "///", "edgecolor": "#9e9e9e"}
 
@@ -91,7 +92,7 @@ def layerwise(
     results: ResultsLike | Iterable[ResultsLike],
     metric: str = "acc",
     x: str = "block",
-    lens_types: Sequence[str] = ("tuned", "logit", "linear_probe", "aux_head"),
+    lens_types: Sequence[str] = ("tuned", "shared", "logit", "linear_probe", "aux_head"),
     ax: plt.Axes | None = None,
 ) -> plt.Axes:
     """One line per model and lens type: ``metric`` at every block.
