@@ -40,6 +40,11 @@ def prepare_output(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
+def layer_keys(keys) -> list[str]:
+    """``layer_k`` keys in block order (``layer_10`` after ``layer_9``)."""
+    return sorted(keys, key=lambda k: int(k.split("_")[1]))
+
+
 def _dump(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
@@ -89,7 +94,7 @@ class RunResults:
 
     @property
     def block_names(self) -> list[str]:
-        return [self.layers[k] for k in sorted(self.layers, key=lambda k: int(k.split("_")[1]))]
+        return [self.layers[k] for k in layer_keys(self.layers)]
 
 
 def load_results(path: str | Path) -> RunResults:

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from .adapters import ModelAdapter
-from .artifacts import RunResults, load_results
+from .artifacts import RunResults, layer_keys, load_results
 from .capture import BlockRecorder
 from .lenses import SavedLens
 from .metrics import transfer_penalty
@@ -59,11 +59,6 @@ def as_results(results: ResultsLike | Iterable[ResultsLike]) -> list[RunResults]
     if isinstance(results, (str, Path, RunResults)):
         results = [results]
     return [r if isinstance(r, RunResults) else load_results(r) for r in results]
-
-
-def layer_keys(keys: Iterable[str]) -> list[str]:
-    """``layer_k`` keys in block order (``layer_10`` after ``layer_9``)."""
-    return sorted(keys, key=lambda k: int(k.split("_")[1]))
 
 
 def layer_values(by_layer: dict) -> np.ndarray:

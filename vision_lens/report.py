@@ -18,7 +18,7 @@ from typing import Iterable
 import matplotlib.pyplot as plt
 
 from . import __version__
-from .artifacts import RunResults
+from .artifacts import RunResults, layer_keys
 from .compare import reported_unit
 from .plotting import (
     LENS_LABELS,
@@ -26,7 +26,6 @@ from .plotting import (
     ResultsLike,
     as_results,
     has_transfer,
-    layer_keys,
     layerwise,
     penalty_vs_distance,
     transfer_heatmap,
