@@ -31,6 +31,7 @@ from .plotting import save_run_figures
 from .report import write_report
 
 FITTED_LENSES = ("tuned", "shared", "linear_probe")
+KL_FITTED = ("tuned", "shared")  # fitted to the model's output unless --loss ce; the probe always to labels
 
 
 def default_cache_dir() -> str:
@@ -148,12 +149,11 @@ def train(opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | Non
               "label-trained lenses use those only", file=sys.stderr)
     if not labelled.any() and opts.loss == "ce":
         raise DataError(f"--data {opts.data}: no fit image maps to a model class, so --loss ce has no targets")
-    fitted = FITTED_LENSES if labelled.any() else ("tuned", "shared")
+    fitted = FITTED_LENSES if labelled.any() else KL_FITTED
     lenses = build_lenses(adapter, opts.pool_grid, fitted)
     losses = {}
     for lens_type, lens in lenses.items():
-        torch.manual_seed(opts.seed)
-        kl_target = logits if lens_type in ("tuned", "shared") and opts.loss == "kl" else None
+        kl_target = logits if lens_type in KL_FITTED and opts.loss == "kl" else None
         loss = "kl" if kl_target is not None else "ce"
         per_block = fit_lens(lens, features, labels, kl_target, opts.fit_settings, desc=f"fit {lens_type} ({loss})")
         lens.config.fit = {
