@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from vision_lens.adapters import create_adapter
 from vision_lens.capture import BlockRecorder, capture
+from vision_lens.readout import FeatureLayout
 from vision_lens.data import ImageFolderSource, TransformedSubset, select
 
 
@@ -61,6 +62,7 @@ def main() -> None:
     source = ImageFolderSource.scan(args.data)
     indices = select(len(source), args.images, seed=0)
     label_map = np.arange(len(source.classes))
+    layout = FeatureLayout.of(adapter.blocks, 1)
     dataset = TransformedSubset(source, indices, adapter.transform)
 
     @torch.no_grad()
@@ -70,7 +72,7 @@ def main() -> None:
 
     def capture_pass():
         with tempfile.TemporaryDirectory() as cache:
-            capture(adapter, source, indices, cache, label_map, batch_size=args.batch_size, workers=args.workers,
+            capture(adapter, source, indices, cache, label_map, layout, batch_size=args.batch_size, workers=args.workers,
                     desc="benchmark capture")
 
     in_memory = torch.stack([dataset[i][0] for i in range(min(len(dataset), 4 * args.batch_size))]).to(args.device)
@@ -82,7 +84,7 @@ def main() -> None:
 
     @torch.no_grad()
     def forward_hooked():
-        with BlockRecorder(adapter) as recorder:
+        with BlockRecorder(adapter, layout) as recorder:
             for batch in in_memory.split(args.batch_size):
                 adapter.logits(batch)
                 [p.cpu() for p in recorder.pooled]

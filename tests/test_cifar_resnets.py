@@ -13,6 +13,7 @@ from vision_lens.capture import BlockRecorder
 from vision_lens.cli import main
 from vision_lens.data import ImageFolderSource, TransformedSubset, select
 from vision_lens.lenses import build_lenses
+from vision_lens.readout import FeatureLayout
 
 from .conftest import CIFAR, RESNET20, RESNET_WEIGHTS
 
@@ -33,9 +34,9 @@ def test_logit_lens_at_last_block_reproduces_real_logits():
     source = ImageFolderSource.scan(CIFAR / "test")
     data = TransformedSubset(source, select(len(source), 256, seed=0), adapter.transform)
     images = torch.stack([data[i][0] for i in range(len(data))])
-    with BlockRecorder(adapter) as rec:
+    with BlockRecorder(adapter, FeatureLayout.of(adapter.blocks, 1)) as rec:
         logits = adapter.logits(images)
-    lens = build_lenses(adapter, 1, ["logit"])["logit"]
+    lens = build_lenses(adapter, FeatureLayout.of(adapter.blocks, 1), ["logit"])["logit"]
     last = len(adapter.blocks) - 1
     torch.testing.assert_close(lens(rec.pooled[last], last), logits, rtol=1e-5, atol=1e-5)
 

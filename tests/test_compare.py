@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tuned_lens
 
-from vision_lens import plotting
+from vision_lens import analysis, plotting
 from vision_lens.artifacts import load_results
 from vision_lens.cli import main
 from vision_lens.compare import compare
@@ -54,7 +54,7 @@ def test_tuned_lens_output_reads_as_a_run():
     run = load_results(TUNED_LENS_EVAL)
     assert run.name == LLM_NAME and run.run == {} and run.layers == {}
     ce = run.aggregate["tuned"]["layer_transfer"]["ce"]
-    penalty = plotting.transfer_matrix(run, "penalty")
+    penalty = analysis.transfer_matrix(run, "penalty")
     assert penalty[2, 4] == pytest.approx(ce["layer_2"]["layer_4"] - ce["layer_4"]["layer_4"])
     assert np.allclose(np.diag(penalty), 0)
     ax = plotting.transfer_heatmap(run)

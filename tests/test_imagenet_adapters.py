@@ -19,9 +19,11 @@ from torch import nn
 
 from vision_lens.adapters import ModelAdapter, WeightsError, create_adapter
 from vision_lens.adapters.base import file_sha256
+from vision_lens.adapters.lucent_inception import devkit_synsets
 from vision_lens.capture import BlockRecorder
 from vision_lens.cli import main
 from vision_lens.lenses import LensConfig, LogitLens
+from vision_lens.readout import FeatureLayout
 
 from .conftest import write_image_folder
 
@@ -92,7 +94,7 @@ def run_blocks(adapter: ModelAdapter, x: torch.Tensor):
         )
         for b in adapter.blocks
     ]
-    with torch.no_grad(), BlockRecorder(adapter) as recorder:
+    with torch.no_grad(), BlockRecorder(adapter, FeatureLayout.of(adapter.blocks, 1)) as recorder:
         logits = adapter.logits(x)
     for handle in handles:
         handle.remove()
@@ -100,7 +102,7 @@ def run_blocks(adapter: ModelAdapter, x: torch.Tensor):
 
 
 def logit_lens(adapter: ModelAdapter) -> LogitLens:
-    return LogitLens(LensConfig.from_adapter(adapter, grid=1, lens_type="logit"), adapter)
+    return LogitLens(LensConfig.from_adapter(adapter, FeatureLayout.of(adapter.blocks, 1), "logit"), adapter)
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -134,14 +136,14 @@ def test_blocks_match_the_forward_pass_and_the_last_block_gives_the_logits(name,
     assert {b.name: full[b.name].shape[1] for b in adapter.blocks} == {b.name: b.channels for b in adapter.blocks}
     assert {k: adapter.blocks[names.index(k)].channels for k in channels} == channels
     last = adapter.blocks[-1]
-    assert last.path == () and last.path_stride == 1 and last.channels == adapter.head_dim
+    assert last.path.source == () and last.path.stride == 1 and last.channels == adapter.head_dim
     if name not in SLOW_LENS:
         close(logit_lens(adapter)(pooled[-1], len(names) - 1), logits)
 
 
 def test_inception_blocks_have_no_path_but_the_last():
     for name in ("torchvision:googlenet", "lucent:inceptionv1"):
-        assert [b.path for b in random_adapter(name).blocks] == [None] * 11 + [()]
+        assert [b.path is None for b in random_adapter(name).blocks] == [True] * 11 + [False]
 
 
 @pytest.mark.parametrize(
@@ -152,31 +154,35 @@ def test_inception_blocks_have_no_path_but_the_last():
         ("timm:resnet18d", 224),  # avg_down: 2x2 average pool, 1x1 conv, BN
     ],
 )
-def test_logit_lens_follows_the_real_shortcuts(name, side):
+def test_logit_lens_follows_the_real_shortcuts(tmp_path, name, side):
     """At every block, the logit lens on captured features = the real downsample modules on the full map, GAP, fc."""
-    adapter = create_adapter(name, weights="random", num_classes=CLASSES)
-    randomise_batchnorm(adapter.model)
+    model = create_adapter(name, weights="random", num_classes=CLASSES).model
+    randomise_batchnorm(model)
+    torch.save(model.state_dict(), tmp_path / "weights.pth")  # paths are read off when the adapter is built
+    adapter = create_adapter(name, weights=str(tmp_path / "weights.pth"))
     full, pooled, _ = run_blocks(adapter, images(2, side))
     lens = logit_lens(adapter)
     for k, block in enumerate(adapter.blocks):
-        assert all(p.endswith(".downsample") for p in block.path)
+        assert all(p.endswith(".downsample") for p in block.path.source)
         with torch.no_grad():
             h = full[block.name]
-            for module in block.path:
+            for module in block.path.source:
                 h = adapter.model.get_submodule(module)(h)
-            expected = adapter.head(h.mean((2, 3)))
+            expected = adapter.unembed(h.mean((2, 3)))
         close(lens(pooled[k], k), expected)
 
 
 def test_resnet_paths_and_strides():
     r18 = random_adapter("torchvision:resnet18")
     blocks = {b.name: b for b in r18.blocks}
-    assert blocks["stem"].path == ("layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample")
-    assert [blocks[n].path_stride for n in ("stem", "layer1.1", "layer2.0", "layer3.1", "layer4.0")] == [8, 8, 4, 2, 1]
+    assert blocks["stem"].path.source == ("layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample")
+    assert [blocks[n].path.stride for n in ("stem", "layer1.1", "layer2.0", "layer3.1", "layer4.0")] == [8, 8, 4, 2, 1]
+    # Blocks of a stage share one path module.
+    assert blocks["layer1.0"].path is blocks["layer1.1"].path is blocks["stem"].path
     r50 = random_adapter("torchvision:resnet50")
-    assert r50.blocks[0].path[0] == "layer1.0.downsample" and r50.blocks[0].path_stride == 8
-    # timm's avg_down averages instead of subsampling: capture pools the full map.
-    assert {b.path_stride for b in random_adapter("timm:resnet26d").blocks} == {1}
+    assert r50.blocks[0].path.source[0] == "layer1.0.downsample" and r50.blocks[0].path.stride == 8
+    # timm's avg_down averages instead of subsampling: the path reads the full map.
+    assert {b.path.stride for b in random_adapter("timm:resnet26d").blocks} == {1}
     # A GroupNorm shortcut is not per-pixel affine: no path until the last stage.
     gn = create_adapter("timm:resnet50_gn", weights="random")
     assert all((b.path is None) == (not b.name.startswith("layer4")) for b in gn.blocks)
@@ -221,15 +227,29 @@ def test_googlenet_aux_classifiers_read_full_block_maps(tmp_path, monkeypatch):
     assert not create_adapter("torchvision:googlenet", weights=str(tmp_path / "published.pth")).aux_classifiers
 
 
-def test_lucent_logits_are_the_pre_softmax_head_output_and_no_class_is_mapped():
+def test_lucent_logits_are_the_pre_softmax_head_output():
     adapter = random_adapter("lucent:inceptionv1")
     assert (adapter.num_classes, adapter.head_dim) == (1008, 1024)
     x = images(1, 224)
     with torch.no_grad():
         torch.testing.assert_close(adapter.logits(x).softmax(-1), adapter.model(x))
-    assert (adapter.label_map([f"n{i:08d}" for i in range(1000)]) == -1).all()
     white = adapter.transform(Image.new("RGB", (300, 260), (255, 255, 255)))
     torch.testing.assert_close(white, torch.full((3, 224, 224), 255.0 - 117))  # Lucid's x * 255 - 117
+
+
+def test_lucent_outputs_1_to_1000_are_the_devkit_classes():
+    adapter = random_adapter("lucent:inceptionv1")
+    synsets = sorted(s for s, _ in devkit_synsets())  # an ImageNet ImageFolder's class order
+    assert len(synsets) == len(set(synsets)) == 1000
+    outputs = adapter.label_map(synsets)
+    assert sorted(outputs.tolist()) == list(range(1, 1001))  # a permutation; output 0 and 1001..1007 are no class
+    assert outputs[synsets.index("n02119789")] == 1  # kit fox, the devkit's ID 1
+    assert outputs[synsets.index("n03255030")] == 1000  # dumbbell, ID 1000
+    assert adapter.class_names[1] == "kit fox" and adapter.class_names[0] == "dummy" and len(adapter.class_names) == 1008
+    # A class that is no ILSVRC-2012 synset is unlabelled; data with none at all is refused.
+    assert adapter.label_map(["n02119789", "extra"]).tolist() == [1, -1]
+    with pytest.raises(ValueError, match="ILSVRC-2012 synset"):
+        adapter.label_map(["class_0", "class_1"])
 
 
 def test_preprocessing_and_class_names_follow_the_published_weights():
@@ -273,8 +293,11 @@ def test_cli_run_on_an_imagefolder(tmp_path, name):
     weights = tmp_path / "weights.pth"
     torch.save(random_adapter(name).model.state_dict(), weights)
     data = tmp_path / "data"
-    write_image_folder(data / "train", classes=CLASSES, per_class=2, size=224, seed=1)
-    write_image_folder(data / "test", classes=CLASSES, per_class=2, size=224, seed=2)
+    for split, seed in (("train", 1), ("test", 2)):
+        write_image_folder(data / split, classes=CLASSES, per_class=2, size=224, seed=seed)
+        if name.startswith("lucent:"):  # lucent's outputs are ImageNet synsets: name the class folders so
+            for c, (synset, _) in enumerate(devkit_synsets()[:CLASSES]):
+                (data / split / f"class_{c}").rename(data / split / synset)
     out = tmp_path / "out"
     code = main([
         "run", "--model", name, "--weights", str(weights), "--data", str(data), "--out", str(out),
@@ -290,9 +313,6 @@ def test_cli_run_on_an_imagefolder(tmp_path, name):
     # The ResNets' stems have a linear path to the head; the Inceptions' first blocks have none.
     assert (aggregate["logit"]["kl"]["layer_0"] is None) == (name in ("torchvision:googlenet", "lucent:inceptionv1"))
     assert (out / "report.html").is_file() and (out / "layerwise.png").is_file()
-    if name.startswith("lucent:"):
-        # No shipped 1000 -> 1008 class map: label metrics are undefined, KL and agreement are not.
-        assert aggregate["tuned"]["acc"][last] is None and aggregate["baseline"]["acc"]["final"] is None
-        assert aggregate["tuned"]["kl"][last] is not None and "linear_probe" not in aggregate
-    else:
-        assert aggregate["tuned"]["acc"][last] is not None and "linear_probe" in aggregate
+    # Every model reports label metrics, lucent's through the devkit class map.
+    assert aggregate["tuned"]["acc"][last] is not None and aggregate["baseline"]["acc"]["final"] is not None
+    assert "linear_probe" in aggregate

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from vision_lens.adapters import create_adapter
-from vision_lens.capture import BlockRecorder, pool
+from vision_lens.capture import BlockRecorder
 from vision_lens.fit import FitSettings, fit_lens
-from vision_lens.lenses import LinearProbe, LogitLens, TunedLens, build_lenses
+from vision_lens.lenses import LinearProbe, TunedLens, build_lenses
 from vision_lens.metrics import evaluate_lenses, nats_to_bits, per_image_metrics, transfer_penalty
+from vision_lens.readout import Block, FeatureLayout
 
 
 def randomised_resnet(arch: str = "resnet20", seed: int = 0):
@@ -93,91 +94,131 @@ def test_transfer_penalty_keeps_nulls():
     }
 
 
-@pytest.mark.parametrize("grid", [1, 2])
-def test_identity_path_matches_direct_computation_on_full_maps(grid):
-    """Pool-then-path (what capture + lens do) equals path-then-pool on full maps (what the network does)."""
-    adapter = randomised_resnet()
-    model = adapter.model
+def capture_full_maps(adapter, x, layout):
+    """The pooled rows that capture keeps, and every block's full output map, from one forward pass."""
     full = {}
-    hooks = [model.get_submodule(b.module).register_forward_hook(
+    hooks = [adapter.model.get_submodule(b.module).register_forward_hook(
         lambda m, i, o, name=b.name: full.__setitem__(name, o)) for b in adapter.blocks]
-    x = torch.randn(3, 3, 32, 32)
-    with BlockRecorder(adapter, grid) as rec:
-        model(x)
+    with BlockRecorder(adapter, layout) as rec:
+        logits = adapter.logits(x)
     for h in hooks:
         h.remove()
-    lens = LogitLens(build_lenses(adapter, grid, ["logit"])["logit"].config, adapter)
+    return rec.pooled, full, logits
+
+
+@pytest.mark.parametrize("grid", [1, 2])
+def test_identity_path_matches_direct_computation_on_full_maps(grid):
+    """Pool-then-path (what capture + logit lens do) equals path-then-pool on full maps (what the network does)."""
+    adapter = randomised_resnet()
+    layout = FeatureLayout.of(adapter.blocks, grid)
+    pooled, full, _ = capture_full_maps(adapter, torch.randn(3, 3, 32, 32), layout)
+    lens = build_lenses(adapter, layout, ["logit"])["logit"]
     for k, block in enumerate(adapter.blocks):
         carried = full[block.name]
-        for name in block.path:  # the real option-A shortcuts, on full maps
-            carried = model.get_submodule(name)(carried)
+        for name in block.path.source:  # the real option-A shortcuts, on full maps
+            carried = adapter.model.get_submodule(name)(carried)
         assert carried.shape[1:] == (64, 8, 8)
-        direct = carried.mean((2, 3))
-        torch.testing.assert_close(lens.transform_hidden(rec.pooled[k], k), direct, atol=1e-5, rtol=1e-5)
-        # The pooled features are exactly the capture-side pooling of the subsampled map.
-        torch.testing.assert_close(rec.pooled[k], pool(full[block.name], block.path_stride, grid))
+        torch.testing.assert_close(lens.transform_hidden(pooled[k], k), carried.mean((2, 3)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("grid", [1, 3])
+def test_whole_block_pooling_is_the_average_over_every_position(grid):
+    adapter = randomised_resnet()
+    layout = FeatureLayout.of(adapter.blocks, grid)
+    pooled, full, _ = capture_full_maps(adapter, torch.randn(2, 3, 32, 32), layout)
+    for k, block in enumerate(adapter.blocks):
+        x = full[block.name]
+        whole = layout.whole(pooled[k], k).view(2, layout.slots, block.channels)
+        torch.testing.assert_close(whole[:, 0], x.mean((2, 3)))
+        if grid > 1:  # cells over the full map, row-major
+            h, w = x.shape[2:]
+            cell = x[:, :, : -(-h // grid), : -(-w // grid)].mean((2, 3))
+            torch.testing.assert_close(whole[:, 1], cell)
+        stride = block.path.stride
+        # Stage 1 reaches the head through two option-A shortcuts: every 4th pixel; stage 2 every 2nd.
+        assert stride == {16: 4, 32: 2, 64: 1}[block.channels]
+        torch.testing.assert_close(layout.path_input(pooled[k], k), x[:, :, ::stride, ::stride].mean((2, 3)))
+        assert pooled[k].shape[1] == layout.width(k) == (layout.slots + (stride > 1)) * block.channels
 
 
 def test_logit_lens_at_last_block_reproduces_the_model_logits():
     adapter = randomised_resnet()
-    x = torch.randn(5, 3, 32, 32)
-    with BlockRecorder(adapter) as rec:
-        logits = adapter.logits(x)
-    lens = build_lenses(adapter, 1, ["logit"])["logit"]
+    layout = FeatureLayout.of(adapter.blocks, 1)
+    pooled, _, logits = capture_full_maps(adapter, torch.randn(5, 3, 32, 32), layout)
+    lens = build_lenses(adapter, layout, ["logit"])["logit"]
     last = len(adapter.blocks) - 1
-    torch.testing.assert_close(lens(rec.pooled[last], last), logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lens(pooled[last], last), logits, atol=1e-5, rtol=1e-5)
 
 
-def test_tuned_lens_starts_as_logit_lens_and_is_residual():
+def random_rows(adapter, layout, n=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, layout.width(k), generator=gen) for k in range(len(adapter.blocks))]
+
+
+def test_tuned_lens_starts_as_logit_lens_and_reads_the_whole_block():
     adapter = randomised_resnet()
-    lenses = build_lenses(adapter, 1, ["tuned", "logit"])
+    layout = FeatureLayout.of(adapter.blocks, 2)
+    lenses = build_lenses(adapter, layout, ["tuned", "logit"])
     tuned, logit = lenses["tuned"], lenses["logit"]
-    feats = [torch.randn(4, b.channels) for b in adapter.blocks]
+    feats = random_rows(adapter, layout)
     for k in range(len(adapter.blocks)):
         torch.testing.assert_close(tuned(feats[k], k), logit(feats[k], k))
-    # S p + A p + b, with S the identity path and A, b the translator.
+    # h = P(p_path) + A (W p_whole) + b: the path on the sub-grid mean, its channel map on the whole block.
     k = 2
     translator = tuned.params[k]
-    torch.nn.init.normal_(translator.weight)
-    torch.nn.init.normal_(translator.bias)
-    path = adapter.identity_path(k)
-    carried = path(feats[k])
-    expected = carried + carried @ translator.weight.T + translator.bias
+    torch.nn.init.normal_(translator.linear.weight)
+    torch.nn.init.normal_(translator.linear.bias)
+    translator.standardize(torch.randn(50, translator.mean.numel()))
+    path = adapter.blocks[k].path
+
+    def carried_whole(rows, j):
+        return (layout.whole(rows, j).view(len(rows), layout.slots, -1) @ adapter.blocks[j].path.weight.T).flatten(1)
+
+    expected = path(layout.path_input(feats[k], k)) + translator(carried_whole(feats[k], k))
     torch.testing.assert_close(tuned.transform_hidden(feats[k], k), expected)
+    # The path input is the separate sub-grid mean for a strided path, not the whole-block mean.
+    assert not torch.equal(layout.path_input(feats[k], k), layout.whole(feats[k], k)[:, : path.weight.shape[1]])
     # Transfer: block 2's translator on block 8's features goes through block 8's path.
-    carried8 = adapter.identity_path(8)(feats[8])
+    p8 = adapter.blocks[8].path
     torch.testing.assert_close(
-        tuned.transfer(feats[8], 8, k), tuned.unembed(carried8 + carried8 @ translator.weight.T + translator.bias)
+        tuned.transfer(feats[8], 8, k),
+        tuned.unembed(p8(layout.path_input(feats[8], 8)) + translator(carried_whole(feats[8], 8))),
     )
+
+
+def without_stem_path(adapter):
+    """Pretend block 0 has no linear path, as Inception's blocks do."""
+    adapter.blocks[0] = Block("stem", "relu", 16, None)
+    return FeatureLayout.of(adapter.blocks, 1)
 
 
 def test_blocks_without_identity_path_have_no_logit_lens_or_transfer():
     adapter = randomised_resnet()
-    # Pretend block 0 has no linear path, as Inception's blocks do.
-    adapter.blocks[0] = type(adapter.blocks[0])("stem", "relu", 16, None, 1)
-    lenses = build_lenses(adapter, 1, ["tuned", "logit"])
-    feats = torch.randn(2, 16)
-    assert lenses["logit"](feats, 0) is None
-    assert lenses["tuned"](feats, 0).shape == (2, 10)  # plain affine translator A p + b
-    assert lenses["tuned"].transfer(feats, 0, 1) is None
-    assert lenses["tuned"].transfer(torch.randn(2, 16), 1, 0) is None
+    layout = without_stem_path(adapter)
+    lenses = build_lenses(adapter, layout, ["tuned", "logit"])
+    feats = random_rows(adapter, layout, n=2)
+    assert lenses["logit"](feats[0], 0) is None
+    assert lenses["tuned"](feats[0], 0).shape == (2, 10)  # plain affine translator A p + b
+    assert lenses["tuned"].transfer(feats[0], 0, 1) is None
+    assert lenses["tuned"].transfer(feats[1], 1, 0) is None
 
 
 def test_lens_save_load_round_trip(tmp_path):
     adapter = randomised_resnet()
-    tuned = build_lenses(adapter, 1, ["tuned"])["tuned"]
-    for p in tuned.parameters():
-        torch.nn.init.normal_(p)
+    layout = FeatureLayout.of(adapter.blocks, 1)
+    tuned = build_lenses(adapter, layout, ["tuned"])["tuned"]
+    for translator in tuned.params:
+        torch.nn.init.normal_(translator.linear.weight)
+        translator.standardize(torch.rand(20, translator.mean.numel()))
     tuned.save(tmp_path / "tuned")
     assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == ["config.json", "params.pt"]
     loaded = TunedLens.load(tmp_path / "tuned", adapter)
-    feats = [torch.randn(3, b.channels) for b in adapter.blocks]
+    assert loaded.layout == layout
+    feats = random_rows(adapter, layout, n=3)
     for k in range(len(feats)):
         torch.testing.assert_close(loaded(feats[k], k), tuned(feats[k], k), rtol=0, atol=0)
-    probe = LinearProbe(tuned.config, adapter)
     with pytest.raises(ValueError, match="holds a 'tuned' lens"):
         LinearProbe.load(tmp_path / "tuned", adapter)
-    del probe
     other = randomised_resnet(seed=1)
     with pytest.raises(ValueError, match="was fitted on"):
         TunedLens.load(tmp_path / "tuned", other)
@@ -185,34 +226,33 @@ def test_lens_save_load_round_trip(tmp_path):
 
 def test_shared_lens_is_one_translator_for_every_block_with_a_path():
     adapter = randomised_resnet()
-    adapter.blocks[0] = type(adapter.blocks[0])("stem", "relu", 16, None, 1)  # as if the stem had no path
-    lenses = build_lenses(adapter, 1, ["shared", "logit"])
-    shared = lenses["shared"]
+    layout = without_stem_path(adapter)
+    lenses = build_lenses(adapter, layout, ["shared", "tuned", "logit"])
+    shared, tuned = lenses["shared"], lenses["tuned"]
     assert len(shared.params) == 1
     assert shared.fit_groups()[0][1] == list(range(1, len(adapter.blocks)))
-    feats = [torch.randn(3, b.channels) for b in adapter.blocks]
+    feats = random_rows(adapter, layout, n=3)
     assert shared(feats[0], 0) is None
     for k in range(1, len(feats)):  # zero-initialised: the logit lens
         torch.testing.assert_close(shared(feats[k], k), lenses["logit"](feats[k], k))
-    torch.nn.init.normal_(shared.params[0].weight)
-    for k in (1, 5, 9):
-        carried = adapter.identity_path(k)(feats[k])
-        expected = carried + shared.params[0](carried)
-        torch.testing.assert_close(shared.transform_hidden(feats[k], k), expected)
+    torch.nn.init.normal_(shared.params[0].linear.weight)
+    for k in (1, 5, 9):  # the one translator, on each block's carried whole-block features
+        tuned.params[k].load_state_dict(shared.params[0].state_dict())
+        torch.testing.assert_close(shared(feats[k], k), tuned(feats[k], k))
 
 
 def test_shared_lens_fits_no_better_than_a_translator_per_block():
     """Per-block translators are the per-block optimum; sharing one costs, never gains (on the fit data)."""
     adapter = randomised_resnet()
-    gen = torch.Generator().manual_seed(0)
-    feats = [torch.rand(256, b.channels, generator=gen) for b in adapter.blocks]
-    final = torch.randn(256, 10, generator=gen) * 3
+    layout = FeatureLayout.of(adapter.blocks, 1)
+    feats = [f.abs() for f in random_rows(adapter, layout, n=256)]
+    final = torch.randn(256, 10, generator=torch.Generator().manual_seed(1)) * 3
     labels = final.argmax(-1)
     settings = FitSettings(max_iter=200, weight_decay=1e-6)
-    lenses = build_lenses(adapter, 1, ["tuned", "shared", "logit"])
+    lenses = build_lenses(adapter, layout, ["tuned", "shared", "logit"])
     start = [float(kl_nats(lenses["logit"](f, k), final)) for k, f in enumerate(feats)]  # where both start
-    tuned = fit_lens(lenses["tuned"], feats, labels, final, settings)
-    shared = fit_lens(lenses["shared"], feats, labels, final, settings)
+    tuned = [r["loss_nats"] for r in fit_lens(lenses["tuned"], feats, labels, final, settings)]
+    shared = [r["loss_nats"] for r in fit_lens(lenses["shared"], feats, labels, final, settings)]
     assert len(tuned) == len(shared) == len(feats)
     assert sum(shared) >= sum(tuned) - 1e-3
     assert sum(shared) < sum(start)  # it did learn

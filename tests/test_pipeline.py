@@ -13,6 +13,7 @@ from vision_lens.cache import FeatureCache
 from vision_lens.capture import capture, capture_key
 from vision_lens.cli import main
 from vision_lens.data import ImageFolderSource, select
+from vision_lens.readout import FeatureLayout
 
 from .conftest import write_image_folder
 
@@ -42,30 +43,31 @@ def test_cache_resumes_after_a_crash(tmp_path):
     labels = np.arange(10)
     source.crash_at = 12
     with pytest.raises(Crash):
-        capture(adapter, source, indices, tmp_path / "cache", labels, batch_size=4, workers=0)
+        capture(adapter, source, indices, tmp_path / "cache", labels, FeatureLayout.of(adapter.blocks, 1), batch_size=4, workers=0)
     manifest = json.loads(next((tmp_path / "cache").glob("*/manifest.json")).read_text())
     assert manifest["done"] == 12  # three whole batches were committed before the crash
     source.crash_at, source.loads = None, 0
-    resumed = capture(adapter, source, indices, tmp_path / "cache", labels, batch_size=4, workers=0)
+    resumed = capture(adapter, source, indices, tmp_path / "cache", labels, FeatureLayout.of(adapter.blocks, 1), batch_size=4, workers=0)
     assert source.loads == len(indices) - 12  # only the rest was loaded again
     assert resumed.complete
-    fresh = capture(adapter, ImageFolderSource.scan(root), indices, tmp_path / "fresh", labels, batch_size=7, workers=0)
+    fresh = capture(adapter, ImageFolderSource.scan(root), indices, tmp_path / "fresh", labels, FeatureLayout.of(adapter.blocks, 1), batch_size=7, workers=0)
     for a, b in zip([*resumed.features, resumed.logits, resumed.labels], [*fresh.features, fresh.logits, fresh.labels]):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     # A complete cache is reused without touching the images.
     source.loads = 0
-    capture(adapter, source, indices, tmp_path / "cache", labels, batch_size=4, workers=0)
+    capture(adapter, source, indices, tmp_path / "cache", labels, FeatureLayout.of(adapter.blocks, 1), batch_size=4, workers=0)
     assert source.loads == 0
 
 
 def test_cache_key_changes_with_settings(tmp_path):
     adapter = create_adapter("cifar:resnet8", weights="random", seed=0)
     source = ImageFolderSource.scan(write_image_folder(tmp_path / "imgs", classes=2, per_class=2))
-    key = capture_key(adapter, source, np.arange(4), grid=1)
-    assert key != capture_key(adapter, source, np.arange(3), grid=1)
-    assert key != capture_key(adapter, source, np.arange(4), grid=2)
+    layout = FeatureLayout.of(adapter.blocks, 1)
+    key = capture_key(adapter, source, np.arange(4), layout)
+    assert key != capture_key(adapter, source, np.arange(3), layout)
+    assert key != capture_key(adapter, source, np.arange(4), FeatureLayout.of(adapter.blocks, 2))
     other = create_adapter("cifar:resnet8", weights="random", seed=1)
-    assert key != capture_key(other, source, np.arange(4), grid=1)
+    assert key != capture_key(other, source, np.arange(4), layout)
 
 
 def test_damaged_cache_gets_a_clear_error(tmp_path):
@@ -112,9 +114,10 @@ def test_run_writes_the_tuned_lens_bundle_and_is_deterministic(tmp_path, tiny_da
 def test_eval_reads_lenses_written_by_train(tmp_path, tiny_data):
     common = ["--model", "cifar:resnet8", "--weights", "random", "--data", str(tiny_data), "--workers", "0",
               "--max-iter", "20"]
-    assert main(["train", *common, "--out", str(tmp_path / "t")]) == 0
+    # eval reads the feature layout (here 2x2 cells) from the lenses, so it is not passed again.
+    assert main(["train", *common, "--pool-grid", "2", "--out", str(tmp_path / "t")]) == 0
     assert main(["eval", *common, "--lens", str(tmp_path / "t"), "--out", str(tmp_path / "e")]) == 0
-    assert main(["run", *common, "--out", str(tmp_path / "r")]) == 0
+    assert main(["run", *common, "--pool-grid", "2", "--out", str(tmp_path / "r")]) == 0
     e = json.loads((tmp_path / "e" / "aggregate_metrics.json").read_text())
     r = json.loads((tmp_path / "r" / "aggregate_metrics.json").read_text())
     assert e == r

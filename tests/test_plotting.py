@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -16,6 +18,7 @@ from vision_lens.artifacts import load_results
 from vision_lens.adapters import create_adapter
 from vision_lens.adapters.cifar_resnet import CIFAR10_CLASSES
 from vision_lens.lenses import TunedLens, build_lenses
+from vision_lens.readout import FeatureLayout
 
 from .conftest import CIFAR, RESNET20, require_shared
 
@@ -140,7 +143,7 @@ def resnet20():
 
 def test_prediction_trajectory_logit_lens_ends_at_the_model_output(resnet20):
     image = min((CIFAR / "test" / "ship").glob("*.png"))
-    logit = build_lenses(resnet20, grid=1, lens_types=("logit",))["logit"]  # the logit lens is never saved
+    logit = build_lenses(resnet20, FeatureLayout.of(resnet20.blocks, 1), ("logit",))["logit"]  # the logit lens is never saved
     ax = plotting.prediction_trajectory(resnet20, logit, image, k=3)
     cells = ax.collections[0].get_array().reshape(11, 3)
     with torch.no_grad():
@@ -169,7 +172,7 @@ def test_prediction_trajectory_tuned_lens_from_a_run(resnet20, resnet20_run):
 
 
 def test_prediction_trajectory_hatches_blocks_where_the_lens_is_undefined(resnet20):
-    logit = build_lenses(resnet20, grid=1, lens_types=("logit",))["logit"]
+    logit = build_lenses(resnet20, FeatureLayout.of(resnet20.blocks, 1), ("logit",))["logit"]
     logit.config.has_path[1] = False  # as if block 1 had no identity path to the head
     image = min((CIFAR / "test" / "cat").glob("*.png"))
     ax = plotting.prediction_trajectory(resnet20, logit, image)
@@ -177,3 +180,10 @@ def test_prediction_trajectory_hatches_blocks_where_the_lens_is_undefined(resnet
     assert cells.mask[1].all() and not cells.mask[[0, *range(2, 11)]].any()
     assert "undefined: no identity path" in [t.get_text() for t in ax.texts]
     assert ax.patch.get_hatch() == "///"
+
+
+def test_importing_plotting_leaves_the_matplotlib_backend_alone():
+    """Notebooks keep their inline backend: the package draws into Figure objects instead of switching."""
+    code = ("import matplotlib; matplotlib.use('svg'); import vision_lens.plotting, vision_lens.pipeline; "
+            "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()")
+    subprocess.run([sys.executable, "-c", code], check=True)

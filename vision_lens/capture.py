@@ -1,9 +1,8 @@
 """Capture: one forward pass per batch, every block pooled inside its hook.
 
-Full feature maps are never kept. Each block's output is subsampled onto the
-grid its identity path carries to the head (``Block.path_stride``), so that
-pooling commutes exactly with that path, and reduced to its global average
-(plus, with ``grid=k > 1``, the k x k adaptive-average cells).
+Full feature maps are never kept: each block's hook runs the block's
+:class:`~vision_lens.readout.BlockPooling` (the whole-block averages, and the
+sub-grid average that its identity path reads) and keeps only that row.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
@@ -21,39 +19,24 @@ from tqdm.auto import tqdm
 from .adapters import ModelAdapter
 from .cache import FeatureCache
 from .data import DataError, ImageSource, TransformedSubset
-
-
-def pooling_slots(grid: int) -> int:
-    """Pooled vectors per block: the global average, plus grid*grid cells when grid > 1."""
-    if grid < 1:
-        raise ValueError(f"--pool-grid must be >= 1, got {grid}")
-    return 1 + (grid * grid if grid > 1 else 0)
-
-
-def pool(x: Tensor, stride: int, grid: int = 1) -> Tensor:
-    """(N, C, H, W) -> (N, slots * C), slot-major: ``[mean, cell_1, ..., cell_{k*k}]``."""
-    x = x[:, :, ::stride, ::stride]
-    parts = [x.mean((2, 3))]
-    if grid > 1:
-        parts.append(F.adaptive_avg_pool2d(x, grid).flatten(2).transpose(1, 2).flatten(1))
-    return torch.cat(parts, 1)
+from .readout import BlockPooling, FeatureLayout
 
 
 class BlockRecorder:
     """Forward hooks that pool every block's output as the model runs."""
 
-    def __init__(self, adapter: ModelAdapter, grid: int = 1):
+    def __init__(self, adapter: ModelAdapter, layout: FeatureLayout):
         self.pooled: list[Tensor | None] = [None] * len(adapter.blocks)
         self.aux_logits: dict[int, Tensor] = {}
         self.handles = []
         for k, block in enumerate(adapter.blocks):
             module = adapter.model.get_submodule(block.module)
             aux = adapter.aux_classifiers.get(block.name)
-            self.handles.append(module.register_forward_hook(self._hook(k, block.path_stride, grid, aux)))
+            self.handles.append(module.register_forward_hook(self._hook(k, layout.pooling(k), aux)))
 
-    def _hook(self, k: int, stride: int, grid: int, aux):
+    def _hook(self, k: int, pooling: BlockPooling, aux):
         def hook(module, inputs, output):
-            self.pooled[k] = pool(output, stride, grid)
+            self.pooled[k] = pooling(output)
             if aux is not None:  # needs the full map, so it runs here too
                 self.aux_logits[k] = aux(output)
 
@@ -81,15 +64,14 @@ class _SafeSubset(TransformedSubset):
             return exc
 
 
-def capture_key(adapter: ModelAdapter, source: ImageSource, indices: np.ndarray, grid: int) -> dict:
-    """What a cache depends on: model, weights, images, subset, pooling and preprocessing."""
+def capture_key(adapter: ModelAdapter, source: ImageSource, indices: np.ndarray, layout: FeatureLayout) -> dict:
+    """What a cache depends on: model, weights, images, subset, feature layout and preprocessing."""
     return {
         "model": adapter.name,
         "weights": adapter.weights_id,
         "data": source.fingerprint,
         "indices": hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest(),
-        "grid": grid,
-        "blocks": [[b.name, b.path_stride] for b in adapter.blocks],
+        "layout": layout.to_dict(),
         "transform": repr(adapter.transform),
     }
 
@@ -101,21 +83,23 @@ def capture(
     indices: np.ndarray,
     cache_root: str | Path,
     label_map: np.ndarray,
-    grid: int = 1,
+    layout: FeatureLayout,
     batch_size: int = 256,
     workers: int = 2,
     desc: str = "capture",
+    bf16: bool = False,
 ) -> FeatureCache:
     """Capture ``source[indices]`` into the cache under ``cache_root``, resuming if possible.
 
-    ``label_map[c]`` is the model output index of the source's class ``c``.
+    ``label_map[c]`` is the model output index of the source's class ``c``;
+    ``layout`` says what is kept of each block (it is part of the cache key).
+    ``bf16`` runs the backbone under bfloat16 autocast (for GPUs; it is part of
+    the cache key too); pooling and the cache stay float32.
     """
-    slots = pooling_slots(grid)
-    dims = [slots * b.channels for b in adapter.blocks]
+    dims = [layout.width(k) for k in range(len(layout.blocks))]
     aux_blocks = tuple(k for k, b in enumerate(adapter.blocks) if b.name in adapter.aux_classifiers)
-    cache = FeatureCache.open(
-        cache_root, capture_key(adapter, source, indices, grid), len(indices), dims, adapter.num_classes, aux_blocks
-    )
+    key = capture_key(adapter, source, indices, layout) | ({"precision": "bf16"} if bf16 else {})
+    cache = FeatureCache.open(cache_root, key, len(indices), dims, adapter.num_classes, aux_blocks)
     if cache.complete:
         return cache
     loader = DataLoader(
@@ -126,14 +110,18 @@ def capture(
         pin_memory=adapter.device.type == "cuda",
     )
     start = cache.done
-    with BlockRecorder(adapter, grid) as recorder, tqdm(
+    # channels_last is what GPU convolution kernels prefer; it changes no value, only the layout.
+    memory_format = torch.channels_last if adapter.device.type == "cuda" else torch.preserve_format
+    with BlockRecorder(adapter, layout) as recorder, tqdm(
         total=len(indices), initial=start, desc=desc, unit="img", dynamic_ncols=True
     ) as bar:
         for batch in loader:
             if isinstance(batch, DataError):
                 raise batch
             images, labels = batch
-            logits = adapter.logits(images.to(adapter.device, non_blocking=True))
+            images = images.to(adapter.device, non_blocking=True, memory_format=memory_format)
+            with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = adapter.logits(images)
             feats = [p.float().cpu().numpy() for p in recorder.pooled]
             aux = {k: a.float().cpu().numpy() for k, a in recorder.aux_logits.items()}
             cache.write(start, feats, logits.float().cpu().numpy(), label_map[labels.numpy()], aux)

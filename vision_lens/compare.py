@@ -27,16 +27,8 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 
 from .artifacts import RunResults
-from .plotting import (
-    LENS_LABELS,
-    LENS_STYLES,
-    ResultsLike,
-    as_results,
-    has_transfer,
-    layer_values,
-    penalty_vs_distance,
-    relative_depth,
-)
+from .analysis import ResultsLike, as_results, has_transfer, layer_values, relative_depth
+from .plotting import LENS_LABELS, LENS_STYLES, penalty_vs_distance
 
 COMPARED_METRICS = ("ce", "kl")
 

@@ -1,11 +1,23 @@
 """Lens math only: maps from a block's pooled features to class logits.
 
-A lens never sees images or loops; it takes the pooled features of block
-``index`` (``(N, slots * channels)``, see :mod:`vision_lens.capture`) and
-returns logits. ``LogitLens`` and ``TunedLens`` share the model's frozen head
-and the network's own identity paths; they differ only in
+A lens never sees images or loops; it takes the feature rows of block
+``index`` (laid out as :class:`~vision_lens.readout.FeatureLayout` says) and
+returns logits. ``LogitLens`` and ``TunedLens`` share the model's frozen
+``unembed`` and the network's own identity paths; they differ only in
 ``transform_hidden``. ``LinearProbe`` is the label-trained baseline of Alain &
-Bengio (2016) and does not use the head.
+Bengio (2016) and does not use the unembedding.
+
+The tuned lens reads the whole block. Where block ``k`` has an identity path
+``P_k`` (affine, with channel map ``W_k``), its translator is residual around
+what the network itself forwards::
+
+    h_k = P_k(p_path) + A_k (W_k p_whole) + b_k,    logits = unembed(h_k)
+
+``p_path`` is the average over the sub-grid that the path reads (so
+``A_k = 0, b_k = 0`` is exactly the logit lens), ``p_whole`` the averages over
+the whole map (global mean, plus grid cells), carried slot by slot into the
+head's space by the path's channel map. Transfer applies ``A_i, b_i`` to block
+``j``'s carried features.
 
 Artifacts follow tuned-lens: a folder with ``config.json`` and ``params.pt``.
 """
@@ -14,7 +26,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import ModelAdapter
-from .capture import pooling_slots
+from .adapters.base import state_dict_sha256
+from .readout import FeatureLayout
 
 
 @dataclass
@@ -33,34 +45,28 @@ class LensConfig:
 
     model: str
     weights_id: str
-    blocks: list[str]
-    channels: list[int]
-    has_path: list[bool]
+    layout: dict  # FeatureLayout.to_dict(): blocks, channels, path strides, grid
     head_dim: int
     num_classes: int
-    grid: int = 1
     lens_type: str = "tuned"
-    head_hash: str = ""
-    fit: dict = field(default_factory=dict)  # how it was fitted: loss, epochs, images, ...
+    unembed_hash: str = ""
+    fit: dict = field(default_factory=dict)  # how it was fitted: loss, images, penalty per block, ...
 
     @classmethod
-    def from_adapter(cls, adapter: ModelAdapter, grid: int, lens_type: str) -> "LensConfig":
+    def from_adapter(cls, adapter: ModelAdapter, layout: FeatureLayout, lens_type: str) -> "LensConfig":
         return cls(
             model=adapter.name,
             weights_id=adapter.weights_id,
-            blocks=[b.name for b in adapter.blocks],
-            channels=[b.channels for b in adapter.blocks],
-            has_path=[b.path is not None for b in adapter.blocks],
+            layout=layout.to_dict(),
             head_dim=adapter.head_dim,
             num_classes=adapter.num_classes,
-            grid=grid,
             lens_type=lens_type,
-            head_hash=head_hash(adapter.head),
+            unembed_hash=unembed_hash(adapter.unembed),
         )
 
     @property
-    def slots(self) -> int:
-        return pooling_slots(self.grid)
+    def feature_layout(self) -> FeatureLayout:
+        return FeatureLayout.from_dict(self.layout)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,10 +77,8 @@ class LensConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def head_hash(head: nn.Linear) -> str:
-    digest = hashlib.sha256(head.weight.detach().cpu().numpy().tobytes())
-    digest.update(head.bias.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+def unembed_hash(unembed: nn.Module) -> str:
+    return state_dict_sha256(unembed.state_dict())[:16]
 
 
 class SavedLens(nn.Module):
@@ -86,6 +90,10 @@ class SavedLens(nn.Module):
     def fit_groups(self) -> list[tuple[nn.Module, list[int]]]:
         """What fitting optimises: each module with the blocks whose loss it is fitted on."""
         return [(module, [k]) for k, module in enumerate(self.params)]
+
+    def translator_input(self, features: Tensor, index: int) -> Tensor:
+        """The input of the translator that reads block ``index`` (what fitting standardises)."""
+        raise NotImplementedError
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -102,49 +110,48 @@ class SavedLens(nn.Module):
         config = LensConfig.from_dict(json.loads((path / "config.json").read_text()))
         if config.lens_type != cls.lens_type:
             raise ValueError(f"lens folder {path} holds a {config.lens_type!r} lens, not {cls.lens_type!r}")
-        if config.model != adapter.name or config.head_hash != head_hash(adapter.head):
+        if config.model != adapter.name or config.unembed_hash != unembed_hash(adapter.unembed):
             raise ValueError(
-                f"lens folder {path} was fitted on {config.model} (head {config.head_hash}), not on "
-                f"{adapter.name} (head {head_hash(adapter.head)}); pass the --model and --weights it was fitted on"
+                f"lens folder {path} was fitted on {config.model} (head {config.unembed_hash}), not on "
+                f"{adapter.name} (head {unembed_hash(adapter.unembed)}); pass the --model and --weights it was fitted on"
             )
+        if list(config.feature_layout.blocks) != [b.name for b in adapter.blocks]:
+            raise ValueError(f"lens folder {path} was fitted on other blocks than {adapter.name} has")
         lens = cls(config, adapter)
         lens.params.load_state_dict(torch.load(path / "params.pt", map_location="cpu", weights_only=True))
         return lens.to(adapter.device)
 
 
 class Lens(SavedLens, abc.ABC):
-    """Decodes block features through the model's own frozen head."""
+    """Decodes block features through the model's own frozen ``unembed``."""
 
     lens_type = ""
 
     def __init__(self, config: LensConfig, adapter: ModelAdapter):
         super().__init__()
         self.config = config
-        head = adapter.head
-        self.register_buffer("head_weight", head.weight.detach().clone(), persistent=False)
-        self.register_buffer("head_bias", head.bias.detach().clone(), persistent=False)
-        for k in range(len(config.blocks)):
-            path = adapter.identity_path(k)
-            if path is not None:
-                self.register_buffer(f"path_weight_{k}", path.weight.clone(), persistent=False)
-                self.register_buffer(f"path_bias_{k}", path.bias.clone(), persistent=False)
+        self.layout = config.feature_layout
+        self.unembed = adapter.unembed
+        self.paths = nn.ModuleDict({str(k): b.path for k, b in enumerate(adapter.blocks) if b.path is not None})
         self.params = nn.ModuleList()
 
-    def carry(self, features: Tensor, index: int) -> Tensor | None:
-        """Block features carried into the head's space by the identity path, slot by slot.
+    def train(self, mode: bool = True) -> "Lens":
+        super().train(mode)
+        self.unembed.eval()  # frozen: a norm inside it must keep its eval behaviour while lenses fit
+        return self
 
-        ``(N, slots * C)`` -> ``(N, slots * D)``; the first D columns are the
-        carried global average, which is what the head reads. ``None`` if the
-        block has no linear path to the head.
+    def carry(self, features: Tensor, index: int) -> tuple[Tensor, Tensor] | None:
+        """Block ``index`` in the head's space: ``(P(p_path), W p_whole)``, or None without an identity path.
+
+        The first is what the network forwards to the head (the logit lens's
+        input, ``(N, D)``); the second the whole-block vectors carried slot by
+        slot by the path's channel map, ``(N, slots * D)``.
         """
-        if not self.config.has_path[index]:
+        if str(index) not in self.paths:
             return None
-        weight, bias = getattr(self, f"path_weight_{index}"), getattr(self, f"path_bias_{index}")
-        slots = features.view(len(features), self.config.slots, -1)
-        return (slots @ weight.T + bias).flatten(1)
-
-    def unembed(self, hidden: Tensor) -> Tensor:
-        return hidden @ self.head_weight.T + self.head_bias
+        path = self.paths[str(index)]
+        whole = self.layout.whole(features, index).view(len(features), self.layout.slots, -1)
+        return path(self.layout.path_input(features, index)), (whole @ path.weight.T).flatten(1)
 
     @abc.abstractmethod
     def transform_hidden(self, features: Tensor, index: int) -> Tensor | None:
@@ -155,36 +162,61 @@ class Lens(SavedLens, abc.ABC):
         return None if hidden is None else self.unembed(hidden)
 
 
+class Translator(nn.Module):
+    """An affine map on standardised inputs: ``x -> A (x - mean) / scale + b``, zero-initialised.
+
+    Zero: a tuned lens starts as the logit lens, and weight decay pulls
+    towards it. Standardising (``mean`` and ``scale`` are set once from the
+    fit images, see :meth:`standardize`) makes the L2 penalty treat every
+    input channel alike whatever its scale, and conditions L-BFGS well. It
+    is still one affine map, so transfer and sharing mean what they did.
+    """
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_in))
+        self.register_buffer("scale", torch.ones(n_in))
+        self.linear = nn.Linear(n_in, n_out)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    @torch.no_grad()
+    def standardize(self, inputs: Tensor) -> None:
+        """Set ``mean`` and ``scale`` from ``(N, n_in)`` fit inputs; constant inputs keep scale 1."""
+        self.mean.copy_(inputs.mean(0))
+        std = inputs.std(0)
+        self.scale.copy_(torch.where(std > 1e-6 * std.max().clamp(min=1e-12), std, torch.ones_like(std)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear((x - self.mean) / self.scale)
+
+
 class LogitLens(Lens):
-    """The frozen head applied to the block's features carried by the identity path."""
+    """The frozen unembedding applied to what the identity path carries from the block."""
 
     lens_type = "logit"
 
     def transform_hidden(self, features: Tensor, index: int) -> Tensor | None:
         carried = self.carry(features, index)
-        return None if carried is None else carried[:, : self.config.head_dim]
+        return None if carried is None else carried[0]
 
 
 class TunedLens(Lens):
-    """An affine translator per block, then the frozen head.
+    """An affine translator per block that reads the whole block, then the frozen unembedding.
 
-    With an identity path the translator is residual around it, ``S p + A p + b``
-    in the head's space, with ``A`` and ``b`` initialised to zero: every tuned
-    lens starts as the logit lens, and weight decay pulls towards it. Without a
-    path the translator is a plain affine map ``A p + b`` into the head's space.
+    With an identity path: ``P(p_path) + A (W p_whole) + b`` (see the module
+    docstring), ``A`` and ``b`` zero-initialised, so every tuned lens starts
+    as the logit lens and weight decay pulls towards it. Without a path the
+    translator is a plain affine map ``A p_whole + b`` into the head's space.
     """
 
     lens_type = "tuned"
 
     def __init__(self, config: LensConfig, adapter: ModelAdapter):
         super().__init__(config, adapter)
-        d = config.head_dim
-        for k, channels in enumerate(config.channels):
-            width = config.slots * (d if config.has_path[k] else channels)
-            translator = nn.Linear(width, d)
-            nn.init.zeros_(translator.weight)
-            nn.init.zeros_(translator.bias)
-            self.params.append(translator)
+        d, layout = config.head_dim, self.layout
+        for k, channels in enumerate(layout.channels):
+            self.params.append(Translator(layout.slots * (d if layout.has_path(k) else channels), d))
 
     def translate(self, features: Tensor, index: int, translator: int) -> Tensor | None:
         """Apply translator ``translator`` to block ``index``'s features (transfer when they differ).
@@ -194,10 +226,15 @@ class TunedLens(Lens):
         """
         carried = self.carry(features, index)
         if translator == index and carried is None:
-            return self.params[index](features)
-        if carried is None or not self.config.has_path[translator]:
+            return self.params[index](self.layout.whole(features, index))
+        if carried is None or not self.layout.has_path(translator):
             return None
-        return carried[:, : self.config.head_dim] + self.params[translator](carried)
+        return carried[0] + self.params[translator](carried[1])
+
+    def translator_input(self, features: Tensor, index: int) -> Tensor:
+        """What block ``index``'s translator reads: the carried whole block, or the whole block without a path."""
+        carried = self.carry(features, index)
+        return self.layout.whole(features, index) if carried is None else carried[1]
 
     def transform_hidden(self, features: Tensor, index: int) -> Tensor | None:
         return self.translate(features, index, index)
@@ -222,46 +259,41 @@ class SharedTunedLens(TunedLens):
 
     def __init__(self, config: LensConfig, adapter: ModelAdapter):
         Lens.__init__(self, config, adapter)
-        d = config.head_dim
-        translator = nn.Linear(config.slots * d, d)
-        nn.init.zeros_(translator.weight)
-        nn.init.zeros_(translator.bias)
-        self.params.append(translator)
+        self.params.append(Translator(self.layout.slots * config.head_dim, config.head_dim))
 
     def fit_groups(self) -> list[tuple[nn.Module, list[int]]]:
-        return [(self.params[0], [k for k, has_path in enumerate(self.config.has_path) if has_path])]
+        return [(self.params[0], [k for k in range(len(self.layout.blocks)) if self.layout.has_path(k)])]
 
     def translate(self, features: Tensor, index: int, translator: int) -> Tensor | None:
         carried = self.carry(features, index)
-        if carried is None:
-            return None
-        return carried[:, : self.config.head_dim] + self.params[0](carried)
+        return None if carried is None else carried[0] + self.params[0](carried[1])
 
 
 class LinearProbe(SavedLens):
-    """Softmax regression on each block's pooled features, trained on the labels."""
+    """Softmax regression on each block's whole-block pooled features, trained on the labels."""
 
     lens_type = "linear_probe"
 
     def __init__(self, config: LensConfig, adapter: ModelAdapter | None = None):
         super().__init__()
         self.config = config
+        self.layout = config.feature_layout
         self.params = nn.ModuleList(
-            nn.Linear(config.slots * c, config.num_classes) for c in config.channels
+            Translator(self.layout.slots * c, config.num_classes) for c in self.layout.channels
         )
-        for probe in self.params:
-            nn.init.zeros_(probe.weight)
-            nn.init.zeros_(probe.bias)
+
+    def translator_input(self, features: Tensor, index: int) -> Tensor:
+        return self.layout.whole(features, index)
 
     def forward(self, features: Tensor, index: int) -> Tensor:
-        return self.params[index](features)
+        return self.params[index](self.layout.whole(features, index))
 
 
 LENS_TYPES: dict[str, type[SavedLens]] = {c.lens_type: c for c in (LogitLens, TunedLens, SharedTunedLens, LinearProbe)}
 
 
-def build_lenses(adapter: ModelAdapter, grid: int, lens_types: Sequence[str]) -> dict[str, SavedLens]:
-    """Fresh lenses of the given types for ``adapter`` (logit lens included where asked)."""
+def build_lenses(adapter: ModelAdapter, layout: FeatureLayout, lens_types: Sequence[str]) -> dict[str, SavedLens]:
+    """Fresh lenses of the given types for ``adapter`` on features laid out as ``layout``."""
     return {
-        t: LENS_TYPES[t](LensConfig.from_adapter(adapter, grid, t), adapter).to(adapter.device) for t in lens_types
+        t: LENS_TYPES[t](LensConfig.from_adapter(adapter, layout, t), adapter).to(adapter.device) for t in lens_types
     }

@@ -26,6 +26,7 @@ from .capture import capture
 from .data import DataError, open_split, select
 from .fit import FitSettings, fit_lens
 from .lenses import LENS_TYPES, build_lenses
+from .readout import FeatureLayout
 from .metrics import evaluate_lenses
 from .plotting import save_run_figures
 from .report import write_report
@@ -67,12 +68,19 @@ class RunOptions:
     device: str = _opt("auto", "torch device: cpu, cuda, cuda:1, ... (auto: cuda if available)")
     loss: str = _opt("kl", "tuned-lens objective: kl (to the model's output, as tuned-lens) or ce (labels)",
                      choices=("kl", "ce"))
-    max_iter: int = _opt(100, "L-BFGS iterations per block (each lens is a convex problem, solved full-batch)", type=int)
-    weight_decay: float = _opt(1e-3, "L2 penalty on lens parameters (pulls tuned lenses towards the logit lens)",
-                               type=float)
+    max_iter: int = _opt(100, "L-BFGS iterations per solve (each lens is a convex problem, solved full-batch)",
+                         type=int)
+    weight_decay: float = _opt(
+        None,
+        "a fixed L2 penalty on lens parameters (pulls tuned lenses towards the logit lens); default: chosen per "
+        "block and lens from 1e-1 ... 1e-6 on a held-out 20%% of the fit split, then refitted on all of it",
+        type=float,
+    )
     batch_size: int = _opt(256, "images per forward pass during capture", type=int)
     workers: int = _opt(2, "data-loading worker processes", type=int)
-    pool_grid: int = _opt(1, "pooling: 1 = global average; k > 1 adds the k x k adaptive-average cells", type=int)
+    pool_grid: int = _opt(
+        1, "pooling of the whole block: 1 = global average; k > 1 adds the k x k adaptive-average cells "
+        "(eval reads it from the lenses)", type=int)
     cache_dir: str = _opt(None, "feature cache root (default: $VISION_LENS_CACHE or ~/.cache/vision_lens)")
     download_root: str = _opt(None, "where torchvision:cifar10 is downloaded (default: <cache-dir>/datasets)")
     overwrite: bool = _opt(False, "replace an existing, non-empty --out", action="store_true")
@@ -85,7 +93,7 @@ class RunOptions:
 
     @property
     def fit_settings(self) -> FitSettings:
-        return FitSettings(self.max_iter, self.weight_decay)
+        return FitSettings(self.max_iter, self.weight_decay, seed=self.seed)
 
 
 @dataclass
@@ -96,11 +104,12 @@ class EvalOptions(RunOptions):
 
 
 def load_model(opts: RunOptions) -> ModelAdapter:
-    torch.manual_seed(opts.seed)
     return create_adapter(opts.model, weights=opts.weights, seed=opts.seed).to(opts.device)
 
 
-def capture_split(adapter: ModelAdapter, opts: RunOptions, split: str, limit: int | None) -> FeatureCache:
+def capture_split(
+    adapter: ModelAdapter, opts: RunOptions, split: str, limit: int | None, layout: FeatureLayout
+) -> FeatureCache:
     """Capture one split into the feature cache (reused or resumed when it exists)."""
     if opts.fit_split == opts.eval_split:
         raise DataError(f"--fit-split and --eval-split are both {split!r}; lenses must be evaluated on held-out images")
@@ -112,8 +121,7 @@ def capture_split(adapter: ModelAdapter, opts: RunOptions, split: str, limit: in
     indices = select(len(source), limit, opts.seed)
     print(f"[vision-lens] {split}: {len(indices)} of {len(source)} images from {opts.data}", file=sys.stderr)
     return capture(
-        adapter, source, indices, Path(opts.cache_dir) / "features", label_map,
-        grid=opts.pool_grid, batch_size=opts.batch_size, workers=opts.workers, desc=f"capture {split}",
+        adapter, source, indices, Path(opts.cache_dir) / "features", label_map, layout, batch_size=opts.batch_size, workers=opts.workers, desc=f"capture {split}",
     )
 
 
@@ -141,7 +149,8 @@ def train(opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | Non
     """Capture the fit split and fit a tuned lens, a shared tuned lens and a linear probe on every block."""
     out = out or prepare_output(opts.out, opts.overwrite)
     adapter = adapter or load_model(opts)
-    cache = capture_split(adapter, opts, opts.fit_split, opts.fit_limit)
+    layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
+    cache = capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout)
     features, logits, labels = _tensors(cache, opts.device)
     labelled = labels >= 0
     if not labelled.all():
@@ -150,19 +159,19 @@ def train(opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | Non
     if not labelled.any() and opts.loss == "ce":
         raise DataError(f"--data {opts.data}: no fit image maps to a model class, so --loss ce has no targets")
     fitted = FITTED_LENSES if labelled.any() else KL_FITTED
-    lenses = build_lenses(adapter, opts.pool_grid, fitted)
-    losses = {}
+    lenses = build_lenses(adapter, layout, fitted)
+    fits = {}
     for lens_type, lens in lenses.items():
         kl_target = logits if lens_type in KL_FITTED and opts.loss == "kl" else None
         loss = "kl" if kl_target is not None else "ce"
         per_block = fit_lens(lens, features, labels, kl_target, opts.fit_settings, desc=f"fit {lens_type} ({loss})")
         lens.config.fit = {
-            "loss": loss, "images": len(labels), "split": opts.fit_split, **asdict(opts.fit_settings),
-            "final_loss_nats": per_block,
+            "loss": loss, "images": len(labels), "split": opts.fit_split, **opts.fit_settings.to_dict(),
+            "blocks": {name: record for name, record in zip(layout.blocks, per_block)},
         }
         lens.save(out / "lenses" / lens_type)
-        losses[lens_type] = per_block
-    (out / "train.json").write_text(json.dumps(_run_info(opts, adapter, fit_images=len(labels), fit_loss_nats=losses), indent=1))
+        fits[lens_type] = lens.config.fit
+    (out / "train.json").write_text(json.dumps(_run_info(opts, adapter, fit_images=len(labels), fit=fits), indent=1))
     return out
 
 
@@ -170,17 +179,20 @@ def evaluate(opts: RunOptions, lens_dir: Path, out: Path | None = None, adapter:
     """Evaluate saved lenses (plus the logit lens) on the eval split and write the result bundle."""
     out = out or prepare_output(opts.out, opts.overwrite)
     adapter = adapter or load_model(opts)
-    lenses = build_lenses(adapter, opts.pool_grid, ("logit",))
-    for lens_type in FITTED_LENSES:
-        path = lens_dir / "lenses" / lens_type
-        if path.is_dir():
-            lenses[lens_type] = LENS_TYPES[lens_type].load(path, adapter)
-            if lenses[lens_type].config.grid != opts.pool_grid:
-                raise ValueError(f"lens {path} was fitted with --pool-grid {lenses[lens_type].config.grid}; pass the same")
-    if len(lenses) == 1:
+    fitted = {
+        t: LENS_TYPES[t].load(lens_dir / "lenses" / t, adapter)
+        for t in FITTED_LENSES if (lens_dir / "lenses" / t).is_dir()
+    }
+    if not fitted:
         raise FileNotFoundError(f"--lens {lens_dir} holds no fitted lenses (lenses/tuned, ...); run `vision-lens train` first")
+    # The lenses say what they read; every fitted lens of one run reads the same layout.
+    layouts = {t: lens.config.feature_layout for t, lens in fitted.items()}
+    layout = next(iter(layouts.values()))
+    if any(other != layout for other in layouts.values()):
+        raise ValueError(f"--lens {lens_dir}: its lenses were fitted on different feature layouts ({', '.join(layouts)})")
+    lenses = build_lenses(adapter, layout, ("logit",)) | fitted
     lenses = {t: lenses[t] for t in ("tuned", "shared", "logit", "linear_probe") if t in lenses}
-    cache = capture_split(adapter, opts, opts.eval_split, opts.eval_limit)
+    cache = capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout)
     features, logits, labels = _tensors(cache, opts.device)
     print(f"[vision-lens] evaluating {', '.join(lenses)} on {len(adapter.blocks)} blocks", file=sys.stderr)
     aux = {k: torch.from_numpy(np.array(a)) for k, a in cache.aux_logits.items()}

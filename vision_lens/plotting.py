@@ -17,24 +17,29 @@ image, and runs the model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # noqa: E402  (headless: plots are files)
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 import numpy as np
 import seaborn as sns
 import torch
 from PIL import Image
 
 from .adapters import ModelAdapter
-from .artifacts import RunResults, layer_keys, load_results
+from .analysis import (
+    ResultsLike,
+    as_results,
+    block_names,
+    has_transfer,
+    layer_values,
+    penalty_by_distance,
+    relative_depth,
+    transfer_matrix,
+)
 from .capture import BlockRecorder
 from .lenses import SavedLens
-from .metrics import transfer_penalty
 
-ResultsLike = Union[str, Path, RunResults]
 METRIC_LABELS = {
     "acc": "top-1 accuracy",
     "top5": "top-5 accuracy",
@@ -53,27 +58,6 @@ LENS_LABELS = {
 LENS_STYLES = {"tuned": "-", "shared": "-.", "logit": "--", "linear_probe": ":", "aux_head": "-"}
 X_AXES = ("block", "relative_depth")
 UNDEFINED_HATCH = {"facecolor": "#e0e0e0", "hatch": "///", "edgecolor": "#9e9e9e"}
-
-
-def as_results(results: ResultsLike | Iterable[ResultsLike]) -> list[RunResults]:
-    if isinstance(results, (str, Path, RunResults)):
-        results = [results]
-    return [r if isinstance(r, RunResults) else load_results(r) for r in results]
-
-
-def layer_values(by_layer: dict) -> np.ndarray:
-    """``{"layer_k": v}`` in block order as floats, NaN where undefined."""
-    return np.array([np.nan if by_layer[k] is None else by_layer[k] for k in layer_keys(by_layer)], dtype=float)
-
-
-def relative_depth(blocks: int) -> np.ndarray:
-    """Block positions on [0, 1]: 0 = first lensed block, 1 = last."""
-    return np.arange(blocks) / max(blocks - 1, 1)
-
-
-def block_names(run: RunResults, blocks: int) -> list[str]:
-    """The run's block names, or ``layer_k`` keys where the run has no ``layers.json`` (tuned-lens output)."""
-    return run.block_names or [f"layer_{k}" for k in range(blocks)]
 
 
 def _hatch_undefined(ax: plt.Axes) -> None:
@@ -138,26 +122,6 @@ def layerwise(
     return ax
 
 
-def has_transfer(run: RunResults, lens_type: str = "tuned") -> bool:
-    """Whether the run holds a transfer matrix for ``lens_type``."""
-    return "layer_transfer" in run.aggregate.get(lens_type, {})
-
-
-def transfer_matrix(run: RunResults, kind: str = "penalty", lens_type: str = "tuned") -> np.ndarray:
-    """``layer_transfer[kind]`` as an array: rows = translator's block, columns = eval block; NaN = undefined.
-
-    ``penalty`` is derived from ``ce`` when the file lacks it (``tuned-lens eval`` writes only ce and kl).
-    """
-    transfer = run.aggregate.get(lens_type, {}).get("layer_transfer")
-    if transfer is None:
-        raise ValueError(f"{run.name} has no {lens_type} layer_transfer (tuned-lens eval: pass --layer_transfer)")
-    table = transfer.get(kind) or (transfer_penalty(transfer["ce"]) if kind == "penalty" else None)
-    if table is None:
-        raise ValueError(f"{run.name}: layer_transfer has no {kind!r}; choose one of penalty, {', '.join(transfer)}")
-    keys = layer_keys(table)
-    return np.array([[np.nan if table[i][j] is None else table[i][j] for j in keys] for i in keys], dtype=float)
-
-
 def transfer_heatmap(
     results: ResultsLike, kind: str = "penalty", lens_type: str = "tuned", ax: plt.Axes | None = None
 ) -> plt.Axes:
@@ -193,31 +157,6 @@ def transfer_heatmap(
     title = titles.get(kind, kind)
     ax.set_title(f"{run.name}: {title}" + (" (hatched: undefined)" if np.isnan(matrix).any() else ""), fontsize=10)
     return ax
-
-
-def mean_diagonal_ce(run: RunResults, lens_type: str = "tuned") -> float:
-    """Mean over blocks of ``ce[k][k]``: each translator on its own block (undefined blocks skipped)."""
-    diagonal = np.diag(transfer_matrix(run, "ce", lens_type))
-    return float(np.nanmean(diagonal))
-
-
-def penalty_by_distance(run: RunResults, lens_type: str = "tuned", normalise: bool = False) -> np.ndarray:
-    """Mean transfer penalty over the cells with ``|i - j| = d``, for d = 0 .. blocks-1; null cells ignored.
-
-    With ``normalise`` the penalties are divided by :func:`mean_diagonal_ce`,
-    so runs reported in different units (bits per image, bits per byte) compare.
-    """
-    matrix = transfer_matrix(run, "penalty", lens_type)
-    if normalise:
-        matrix = matrix / mean_diagonal_ce(run, lens_type)
-    rows, cols = np.indices(matrix.shape)
-    distance = np.abs(rows - cols)
-    means = []
-    for d in range(len(matrix)):
-        cells = matrix[distance == d]
-        cells = cells[~np.isnan(cells)]
-        means.append(cells.mean() if len(cells) else np.nan)
-    return np.array(means)
 
 
 def penalty_vs_distance(
@@ -261,7 +200,7 @@ def lens_probabilities(
     """Class probabilities under ``lens`` at every block, and the model's own, for one image (one forward pass)."""
     image = Image.open(image) if isinstance(image, (str, Path)) else image
     x = model.transform(image.convert("RGB"))[None].to(model.device)
-    with BlockRecorder(model, lens.config.grid) as recorder:
+    with BlockRecorder(model, lens.layout) as recorder:
         output = model.logits(x)
     per_block = []
     for k, features in enumerate(recorder.pooled):
@@ -325,19 +264,19 @@ def save_run_figures(results: ResultsLike, out: str | Path) -> list[Path]:
     """The two figures of a run bundle: ``layerwise.png`` (accuracy and CE) and ``transfer_penalty.png``."""
     (run,) = as_results(results)
     out = Path(out)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    # Figure objects, not pyplot: writing files never touches the user's backend or open figures.
+    fig = Figure(figsize=(12, 4.5))
+    axes = fig.subplots(1, 2)
     layerwise(run, "acc", ax=axes[0])
     layerwise(run, "ce", ax=axes[1])
     fig.suptitle(f"{run.name}: lenses at every block (eval split)")
     fig.tight_layout()
     paths = [out / "layerwise.png"]
     fig.savefig(paths[0], dpi=150)
-    plt.close(fig)
     if has_transfer(run):
-        fig, ax = plt.subplots(figsize=(7, 6))
-        transfer_heatmap(run, "penalty", ax=ax)
+        fig = Figure(figsize=(7, 6))
+        transfer_heatmap(run, "penalty", ax=fig.subplots())
         fig.tight_layout()
         paths.append(out / "transfer_penalty.png")
         fig.savefig(paths[-1], dpi=150)
-        plt.close(fig)
     return paths

@@ -20,16 +20,8 @@ import matplotlib.pyplot as plt
 from . import __version__
 from .artifacts import RunResults, layer_keys
 from .compare import reported_unit
-from .plotting import (
-    LENS_LABELS,
-    METRIC_LABELS,
-    ResultsLike,
-    as_results,
-    has_transfer,
-    layerwise,
-    penalty_vs_distance,
-    transfer_heatmap,
-)
+from .analysis import ResultsLike, as_results, has_transfer
+from .plotting import LENS_LABELS, METRIC_LABELS, layerwise, penalty_vs_distance, transfer_heatmap
 
 REPORT_NAME = "report.html"
 STYLE = """

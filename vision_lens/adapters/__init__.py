@@ -2,6 +2,6 @@
 
 from . import cifar_resnet  # noqa: F401  (registers "cifar:")
 from . import lucent_inception, timm_models, torchvision_models  # noqa: F401  (register "lucent:", "timm:", "torchvision:")
-from .base import AffineMap, Block, ModelAdapter, WeightsError, create_adapter, pooled_affine, register_adapter
+from .base import ModelAdapter, ModelFamily, WeightsError, create_adapter, register_family
 
-__all__ = ["AffineMap", "Block", "ModelAdapter", "WeightsError", "create_adapter", "pooled_affine", "register_adapter"]
+__all__ = ["ModelAdapter", "ModelFamily", "WeightsError", "create_adapter", "register_family"]

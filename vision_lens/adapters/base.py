@@ -3,12 +3,16 @@
 An adapter answers the same questions for every architecture (timm-style), so
 capture, fitting and evaluation never special-case a model:
 
-* ``blocks``: the lensed blocks in forward order, named by their module path;
-* ``head``: the linear classifier that reads the globally pooled last block;
-* ``identity_path(i)``: the network's own linear path carrying block ``i`` to
-  the head's input space, or ``None`` where the network has none;
+* ``blocks``: the lensed blocks in forward order, named by their module path,
+  each with its identity path as a module (:class:`~vision_lens.readout.Block`);
+* ``unembed``: the module that maps the pooled last block to logits (the head
+  plus any final norm), as tuned-lens's ``Unembed``;
 * ``transform``: the preprocessing that the weights expect;
 * ``logits(x)``: the model's own output logits.
+
+Weights are resolved once, in :func:`create_adapter`: ``random``, the
+published checkpoint of the architecture, a URL or a local file. A family
+registers only how to build its network and wrap it (:class:`ModelFamily`).
 """
 
 from __future__ import annotations
@@ -26,61 +30,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..readout import Block, IdentityPath
+
 
 class WeightsError(ValueError):
     """A checkpoint cannot be used with the requested architecture."""
-
-
-@dataclass(frozen=True)
-class Block:
-    """One lensed block.
-
-    Attributes:
-        name: the block's name in the model's own module tree (``layer2.1``).
-        module: the module whose output is captured (usually ``name``).
-        channels: channels of the block output.
-        path: module names of the linear identity path from this block to the
-            head input, applied in order; ``()`` when the block output already
-            lives in the head's space, ``None`` when the network has no linear
-            path from here (e.g. Inception's concatenated branches).
-        path_stride: spatial subsampling that ``path`` applies. Capture pools on
-            this sub-grid, so that pooling and the path commute exactly.
-    """
-
-    name: str
-    module: str
-    channels: int
-    path: tuple[str, ...] | None
-    path_stride: int = 1
-
-
-@dataclass(frozen=True)
-class AffineMap:
-    """``x -> x @ weight.T + bias``: a block's identity path on pooled vectors."""
-
-    weight: Tensor  # (head_dim, channels)
-    bias: Tensor  # (head_dim,)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return x @ self.weight.T + self.bias
-
-
-def pooled_affine(modules: Sequence[nn.Module], channels: int) -> AffineMap:
-    """The affine map that per-pixel ``modules`` apply to a pooled vector.
-
-    The identity paths we support (option-A shortcuts, strided 1x1 conv + BN)
-    act on every pixel alike once their subsampling is done, so they commute
-    with average pooling. Running them on 1x1 maps of the unit vectors and of
-    zero reads off their weight and bias exactly.
-    """
-    ref = next((t for m in modules for t in [*m.parameters(), *m.buffers()]), None)
-    kw = dict(dtype=ref.dtype, device=ref.device) if ref is not None else {}
-    x = torch.cat([torch.zeros(1, channels, **kw), torch.eye(channels, **kw)])[..., None, None]
-    with torch.no_grad():
-        for module in modules:
-            x = module(x)
-    out = x.flatten(1).double()
-    return AffineMap(weight=(out[1:] - out[0]).T.float(), bias=out[0].float())
 
 
 def file_sha256(path: str | Path) -> str:
@@ -123,14 +77,12 @@ def _state_dict_in(obj: object, source: str) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def fetch_checkpoint(weights: str) -> tuple[dict[str, Tensor], str]:
-    """The state dict at a URL (through torch.hub's cache) or in a local file, and its file's sha256.
+def download_checkpoint(weights: str) -> tuple[dict[str, Tensor], str]:
+    """The state dict at a URL (through torch.hub's cache) and its file's sha256.
 
     A download and a local copy of the same file get the same id, so they
     share feature caches.
     """
-    if not weights.startswith(("http://", "https://")):
-        return read_checkpoint(weights), file_sha256(weights)
     try:
         obj = torch.hub.load_state_dict_from_url(weights, map_location="cpu", check_hash=True, weights_only=True)
     except OSError as exc:  # URLError, HTTPError, socket errors
@@ -172,24 +124,25 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], s
 class ModelAdapter(abc.ABC):
     """A frozen, eval-mode network plus the facts the lens pipeline needs.
 
-    Subclasses set ``model``, ``blocks``, ``class_names`` and ``weights_id`` and
-    implement ``head`` and ``transform``. ``identity_path`` and ``logits``
-    have defaults that fit most classifiers.
+    Subclasses set ``model``, ``blocks`` and ``class_names`` and implement
+    ``unembed`` and ``transform``; ``logits`` and ``label_map`` have defaults
+    that fit most classifiers. :func:`create_adapter` sets ``name`` and
+    ``weights_id``.
     """
 
-    name: str
+    name: str = ""
     model: nn.Module
     blocks: list[Block]
     class_names: list[str]
-    weights_id: str  # sha256 of the weights file, or of the random-init state dict
+    weights_id: str = ""  # sha256 of the weights file, or of the random-init state dict
     # The model's own intermediate classifiers (e.g. GoogLeNet's aux1/aux2): block name ->
     # module mapping that block's full output map to logits. Reported beside the lenses.
     aux_classifiers: Mapping[str, nn.Module] = MappingProxyType({})
 
     @property
     @abc.abstractmethod
-    def head(self) -> nn.Linear:
-        """The linear classifier applied to the globally pooled last block."""
+    def unembed(self) -> nn.Module:
+        """Pooled last block ``(N, head_dim)`` -> logits ``(N, num_classes)``: the head plus any final norm."""
 
     @property
     @abc.abstractmethod
@@ -198,11 +151,11 @@ class ModelAdapter(abc.ABC):
 
     @property
     def num_classes(self) -> int:
-        return self.head.out_features
+        return [m for m in self.unembed.modules() if isinstance(m, nn.Linear)][-1].out_features
 
     @property
     def head_dim(self) -> int:
-        return self.head.in_features
+        return [m for m in self.unembed.modules() if isinstance(m, nn.Linear)][0].in_features
 
     def label_map(self, classes: Sequence[str]) -> np.ndarray:
         """The model output index of each dataset class (in the dataset's order); -1: no such output.
@@ -218,20 +171,11 @@ class ModelAdapter(abc.ABC):
         """The model's own output logits."""
         return self.model(x)
 
-    def identity_path(self, index: int) -> AffineMap | None:
-        """Block ``index``'s linear path into the head's input space, if any."""
-        block = self.blocks[index]
-        if block.path is None:
-            return None
-        # Blocks of a stage share one path, and reading off a 2048-wide one takes seconds.
-        known = vars(self).setdefault("_identity_paths", {})
-        key = (block.path, block.channels)
-        if key not in known:
-            known[key] = pooled_affine([self.model.get_submodule(name) for name in block.path], block.channels)
-        return known[key]
-
     def to(self, device: str | torch.device) -> "ModelAdapter":
         self.model.to(device)
+        for block in self.blocks:
+            if block.path is not None:
+                block.path.to(device)
         return self
 
     @property
@@ -239,31 +183,92 @@ class ModelAdapter(abc.ABC):
         return next(self.model.parameters()).device
 
 
-_REGISTRY: dict[str, Callable[..., ModelAdapter]] = {}
+def path_reader(model: nn.Module) -> Callable[[Sequence[str], int, int], IdentityPath]:
+    """``read(module_names, channels, stride)``: identity paths read off ``model``'s modules, each chain once.
+
+    Blocks of a stage share one path, and reading off a 2048-wide one takes a while.
+    """
+    known: dict[tuple, IdentityPath] = {}
+
+    def read(names: Sequence[str], channels: int, stride: int = 1) -> IdentityPath:
+        key = (tuple(names), channels, stride)
+        if key not in known:
+            modules = [model.get_submodule(n) for n in names]
+            known[key] = IdentityPath.read_off(modules, channels, stride, tuple(names)) if names else IdentityPath.identity(channels)
+        return known[key]
+
+    return read
 
 
-def register_adapter(family: str) -> Callable:
-    """Register ``build(arch, weights, **kwargs) -> ModelAdapter`` for ``family:arch``."""
+@dataclass(frozen=True)
+class ModelFamily:
+    """How one family (``cifar:``, ``torchvision:``, ...) builds and wraps its networks.
 
-    def wrap(build: Callable[..., ModelAdapter]) -> Callable[..., ModelAdapter]:
-        _REGISTRY[family] = build
-        return build
+    Attributes:
+        build: ``build(arch, state_dict, num_classes)`` -> the network, shaped
+            like ``state_dict`` (a checkpoint) or randomly initialised (None).
+            Raises ValueError for an unknown ``arch``.
+        wrap: ``wrap(model, arch, weights_id)`` -> the adapter.
+        published: ``published(arch)`` -> the URL that ``--weights pretrained``
+            loads; raises WeightsError where nothing is published.
+        load_published: for families whose published weights come through
+            their own hub loader (timm): ``load_published(model, arch)`` loads
+            them into ``model`` and returns their id.
+        read: reads a local checkpoint file (default: :func:`read_checkpoint`).
+    """
 
-    return wrap
+    build: Callable[..., nn.Module]
+    wrap: Callable[[nn.Module, str, str], ModelAdapter]
+    published: Callable[[str], str]
+    load_published: Callable[[nn.Module, str], str] | None = None
+    read: Callable[[str], dict[str, Tensor]] = read_checkpoint
 
 
-def create_adapter(name: str, weights: str | None = None, **kwargs) -> ModelAdapter:
+_REGISTRY: dict[str, ModelFamily] = {}
+
+
+def register_family(name: str, family: ModelFamily) -> ModelFamily:
+    """Make ``name:arch`` models available to :func:`create_adapter`."""
+    _REGISTRY[name] = family
+    return family
+
+
+def create_adapter(
+    name: str, weights: str | None = "pretrained", seed: int = 0, num_classes: int | None = None
+) -> ModelAdapter:
     """Build the adapter for ``name`` (``family:arch``, e.g. ``cifar:resnet20``).
 
-    ``weights`` is a local checkpoint path, a URL, ``"pretrained"`` (the
-    published weights for the name; the default) or ``"random"`` (a random
-    initialisation, the control run).
+    ``weights`` is ``"pretrained"`` (the published weights for the name; also
+    None), ``"random"`` (a random initialisation seeded by ``seed``, the
+    control run), a URL or a local checkpoint. ``num_classes`` applies to
+    random initialisation; a checkpoint brings its own class count.
     """
     match = re.fullmatch(r"([a-z0-9_]+):(.+)", name)
     if match is None or match.group(1) not in _REGISTRY:
         known = ", ".join(f"{f}:…" for f in sorted(_REGISTRY))
         raise ValueError(f"--model {name!r} is not a known model; use family:arch with one of the families {known}")
-    adapter = _REGISTRY[match.group(1)](match.group(2), weights, **kwargs)
-    adapter.name = name
-    adapter.model.eval().requires_grad_(False)
+    family, arch = _REGISTRY[match.group(1)], match.group(2)
+    torch.manual_seed(seed)
+    if weights == "random":
+        model = family.build(arch, None, num_classes)
+        weights_id = "random-init:" + state_dict_sha256(model.state_dict())
+    elif weights in (None, "pretrained") and family.load_published is not None:
+        model = family.build(arch, None, None)
+        weights_id = family.load_published(model, arch)
+    else:
+        if weights in (None, "pretrained"):
+            weights = family.published(arch)
+        if weights.startswith(("http://", "https://")):
+            state, weights_id = download_checkpoint(weights)
+        else:
+            state, weights_id = family.read(weights), file_sha256(weights)
+        try:
+            model = family.build(arch, state, None)
+        except WeightsError as exc:
+            raise WeightsError(f"--weights {weights}: {exc}") from exc
+        load_state_dict_strict(model, state, weights)
+    # Frozen before wrapping: identity paths are read off in eval mode (BatchNorm on running statistics).
+    model.eval().requires_grad_(False)
+    adapter = family.wrap(model, arch, weights_id)
+    adapter.name, adapter.weights_id = name, weights_id
     return adapter

@@ -8,13 +8,12 @@ removed.
 
 from __future__ import annotations
 
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import transforms
 
-from .base import Block, ModelAdapter, fetch_checkpoint, load_state_dict_strict, register_adapter, state_dict_sha256
+from ..readout import Block
+from .base import ModelAdapter, ModelFamily, WeightsError, path_reader, register_family
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR_MEAN = (0.485, 0.456, 0.406)
@@ -91,23 +90,22 @@ class CifarResNet(nn.Module):
 
 
 class CifarResNetAdapter(ModelAdapter):
-    def __init__(self, model: CifarResNet, weights_id: str, class_names: list[str] | None = None):
+    def __init__(self, model: CifarResNet):
         self.model = model
-        self.weights_id = weights_id
-        self.class_names = class_names or (
-            CIFAR10_CLASSES if model.linear.out_features == 10 else [str(i) for i in range(model.linear.out_features)]
-        )
-        stride_to_head = {"layer1": 4, "layer2": 2, "layer3": 1}
-        # The shortcut that carries stage s into stage s+1 is in that stage's first block.
+        n = model.linear.out_features
+        self.class_names = CIFAR10_CLASSES if n == 10 else [str(i) for i in range(n)]
+        read = path_reader(model)
+        # The option-A shortcut that carries stage s into stage s+1 sits in that stage's first block,
+        # and each one keeps every 2nd pixel.
         carry = {"layer1": ("layer2.0.shortcut", "layer3.0.shortcut"), "layer2": ("layer3.0.shortcut",), "layer3": ()}
-        self.blocks = [Block("stem", "relu", 16, carry["layer1"], 4)]
+        paths = {s: read(carry[s], c, 2 ** len(carry[s])) for s, c in (("layer1", 16), ("layer2", 32), ("layer3", 64))}
+        self.blocks = [Block("stem", "relu", 16, paths["layer1"])]
         for stage, channels in (("layer1", 16), ("layer2", 32), ("layer3", 64)):
             for b in range(len(model.get_submodule(stage))):
-                name = f"{stage}.{b}"
-                self.blocks.append(Block(name, name, channels, carry[stage], stride_to_head[stage]))
+                self.blocks.append(Block(f"{stage}.{b}", f"{stage}.{b}", channels, paths[stage]))
 
     @property
-    def head(self) -> nn.Linear:
+    def unembed(self) -> nn.Linear:
         return self.model.linear
 
     @property
@@ -115,26 +113,25 @@ class CifarResNetAdapter(ModelAdapter):
         return transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
 
 
-@register_adapter("cifar")
-def build_cifar_resnet(arch: str, weights: str | None = None, num_classes: int = 10, seed: int = 0) -> CifarResNetAdapter:
-    """``cifar:resnet{20,32,44,56,110}`` (any 6n+2 depth, e.g. ``resnet14`` for the demo).
-
-    ``num_classes`` applies to random initialisation; a checkpoint brings its own.
-    """
+def _depth(arch: str) -> int:
     if not arch.startswith("resnet") or not arch[6:].isdigit():
         raise ValueError(f"--model cifar:{arch}: expected cifar:resnet<depth> with depth 6n+2, e.g. cifar:resnet20")
-    if weights == "random":
-        torch.manual_seed(seed)
-        model = CifarResNet(int(arch[6:]), num_classes)
-        return CifarResNetAdapter(model, "random-init:" + state_dict_sha256(model.state_dict()))
-    if weights in (None, "pretrained"):
-        if arch not in PRETRAINED:
-            raise ValueError(f"--model cifar:{arch} has no published weights; pass --weights PATH")
-        weights = PRETRAINED[arch]
-    state, weights_id = fetch_checkpoint(weights)
-    # The checkpoint decides its class count; the pipeline checks it against the data.
-    if "linear.weight" in state:
+    return int(arch[6:])
+
+
+def _build(arch: str, state: dict | None, num_classes: int | None) -> CifarResNet:
+    # A checkpoint decides its class count; the pipeline checks it against the data.
+    if state is not None and "linear.weight" in state:
         num_classes = state["linear.weight"].shape[0]
-    model = CifarResNet(int(arch[6:]), num_classes)
-    load_state_dict_strict(model, state, weights)
-    return CifarResNetAdapter(model, weights_id)
+    return CifarResNet(_depth(arch), num_classes or 10)
+
+
+def _published(arch: str) -> str:
+    _depth(arch)
+    if arch not in PRETRAINED:
+        raise WeightsError(f"--model cifar:{arch} has no published weights; pass --weights PATH or --weights random")
+    return PRETRAINED[arch]
+
+
+# cifar:resnet{20,32,44,56,110} (any 6n+2 depth for random init or a local file, e.g. resnet14 for the demo).
+register_family("cifar", ModelFamily(_build, lambda model, arch, weights_id: CifarResNetAdapter(model), _published))

@@ -16,26 +16,29 @@ Differences from torchvision's GoogLeNet that the adapter handles:
   the model average-pools mixed5b with a 7x7 window and reshapes to
   (-1, 1024), which only gives one vector per image at 7x7, i.e. at 224.
   There, the 7x7 average pool is the global average that capture computes.
-* 1008 outputs in the class order of the TensorFlow graph, not ImageNet's
-  sorted synsets. lucent ships no label file for them (Lucid keeps its label
-  lists in its own model-zoo storage), so the map from ImageNet synsets to
-  these outputs cannot be established from lucent's files, and
-  :meth:`label_map` returns -1 for every class: all images count as
-  unlabelled, so accuracy, top-5 and cross-entropy are null, while KL to the
-  model's output, agreement and entropy are computed on all 1008 outputs.
+* 1008 outputs in the class order of the TensorFlow graph: output 0 is a
+  dummy class, outputs 1 … 1000 are the ILSVRC-2012 devkit IDs 1 … 1000, and
+  outputs 1001 … 1007 are unused. The devkit order ships with the package
+  (``resources/ilsvrc2012_devkit_synsets.txt``), so :meth:`label_map` maps an
+  ImageFolder's synset classes onto outputs 1 … 1000 and accuracy, top-5 and
+  cross-entropy are reported as for every other model. The softmax keeps all
+  1008 outputs, as the model computes it: the dummy and unused outputs take
+  part in KL, entropy and cross-entropy with whatever probability the model
+  gives them, and an image whose top output is one of them counts as wrong.
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Sequence
 
 import numpy as np
-import torch
 from lucent.modelzoo.inceptionv1.InceptionV1 import InceptionV1, model_urls
 from torch import Tensor, nn
 from torchvision import transforms
 
-from .base import Block, ModelAdapter, fetch_checkpoint, load_state_dict_strict, register_adapter, state_dict_sha256
+from ..readout import Block, IdentityPath
+from .base import ModelAdapter, ModelFamily, register_family
 
 BLOCKS = (
     "conv2d0", "conv2d1", "conv2d2", "mixed3a", "mixed3b", "mixed4a", "mixed4b",
@@ -45,24 +48,37 @@ BRANCHES = ("1x1", "3x3", "5x5", "pool_reduce")  # concatenated in this order
 INPUT_SIDE = 224
 # x * 255 - 117 on ToTensor's [0, 1], written as a Normalize so the transform has a stable repr.
 LUCID_RANGE = transforms.Normalize(mean=[117 / 255] * 3, std=[1 / 255] * 3)
+OUTPUTS = 1008
+FIRST_CLASS_OUTPUT = 1  # output 0 is a dummy; outputs 1001..1007 are unused
+
+
+def devkit_synsets() -> list[tuple[str, str]]:
+    """The 1,000 ILSVRC-2012 classes in devkit order (ID 1 first), as ``(synset, first WordNet name)``."""
+    text = resources.files("vision_lens.resources").joinpath("ilsvrc2012_devkit_synsets.txt").read_text()
+    return [(line[:9], line[10:].split(",")[0]) for line in text.splitlines() if line.strip()]
 
 
 class LucentInceptionV1Adapter(ModelAdapter):
-    """lucent's InceptionV1 with its own preprocessing and its 1008 unlabelled outputs."""
+    """lucent's InceptionV1 with its own preprocessing; outputs 1..1000 are the devkit classes."""
 
-    def __init__(self, model: InceptionV1, weights_id: str):
+    def __init__(self, model: InceptionV1):
         self.model = model
-        self.weights_id = weights_id
-        self.class_names = [str(i) for i in range(self.head.out_features)]
+        synsets = devkit_synsets()
+        self.class_names = (
+            ["dummy"] + [name for _, name in synsets]
+            + [f"unused_{k}" for k in range(FIRST_CLASS_OUTPUT + len(synsets), OUTPUTS)]
+        )
+        self.output_of_synset = {s: FIRST_CLASS_OUTPUT + k for k, (s, _) in enumerate(synsets)}
         self.blocks = []
         for name in BLOCKS:
             convs = [name] if name.startswith("conv") else [f"{name}_{b}" for b in BRANCHES]
             channels = sum(model.get_submodule(f"{c}_pre_relu_conv").out_channels for c in convs)
             # Concatenated branches give no linear path to the head; mixed5b is its input.
-            self.blocks.append(Block(name, name, channels, () if name == BLOCKS[-1] else None))
+            path = IdentityPath.identity(channels) if name == BLOCKS[-1] else None
+            self.blocks.append(Block(name, name, channels, path))
 
     @property
-    def head(self) -> nn.Linear:
+    def unembed(self) -> nn.Linear:
         return self.model.softmax2_pre_activation_matmul
 
     @property
@@ -72,13 +88,18 @@ class LucentInceptionV1Adapter(ModelAdapter):
         )
 
     def label_map(self, classes: Sequence[str]) -> np.ndarray:
-        """-1 for every class: lucent ships no map from synsets to its 1008 outputs (see the module docstring)."""
-        return np.full(len(classes), -1, dtype=np.int64)
+        """The output (1..1000) of each synset class; -1 for a class that is no ILSVRC-2012 synset."""
+        if not any(c in self.output_of_synset for c in classes):
+            raise ValueError(
+                f"none of the data's classes ({', '.join(list(classes)[:3])}, …) is an ILSVRC-2012 synset "
+                f"(n01440764, …); {self.name} needs ImageNet laid out by synset"
+            )
+        return np.array([self.output_of_synset.get(c, -1) for c in classes], dtype=np.int64)
 
     def logits(self, x: Tensor) -> Tensor:
         """The pre-softmax output of the head (``forward`` returns probabilities)."""
         captured = []
-        handle = self.head.register_forward_hook(lambda module, inputs, output: captured.append(output))
+        handle = self.unembed.register_forward_hook(lambda module, inputs, output: captured.append(output))
         try:
             self.model(x)
         finally:
@@ -86,18 +107,21 @@ class LucentInceptionV1Adapter(ModelAdapter):
         return captured[0]
 
 
-@register_adapter("lucent")
-def build_lucent(arch: str, weights: str | None = None, seed: int = 0) -> LucentInceptionV1Adapter:
-    """``lucent:inceptionv1``: ``weights`` is ``"pretrained"``/None (lucent's URL), ``"random"`` or a local file."""
+def _check(arch: str) -> None:
     if arch != "inceptionv1":
         raise ValueError(f"--model lucent:{arch} is not supported; lucent's model zoo has lucent:inceptionv1")
-    torch.manual_seed(seed)
+
+
+def _build(arch: str, state: dict | None, num_classes: int | None) -> InceptionV1:
+    _check(arch)
     # The redirected ReLU only changes gradients (for feature visualisation); the forward pass is the same.
-    model = InceptionV1(pretrained=False, redirected_ReLU=False)
-    if weights == "random":
-        return LucentInceptionV1Adapter(model, "random-init:" + state_dict_sha256(model.state_dict()))
-    if weights in (None, "pretrained"):
-        weights = model_urls["inceptionv1"]
-    state, weights_id = fetch_checkpoint(weights)
-    load_state_dict_strict(model, state, weights)
-    return LucentInceptionV1Adapter(model, weights_id)
+    return InceptionV1(pretrained=False, redirected_ReLU=False)
+
+
+def _published(arch: str) -> str:
+    _check(arch)
+    return model_urls["inceptionv1"]
+
+
+# lucent:inceptionv1; "pretrained" is lucent's URL, as inceptionv1(pretrained=True).
+register_family("lucent", ModelFamily(_build, lambda model, arch, weights_id: LucentInceptionV1Adapter(model), _published))

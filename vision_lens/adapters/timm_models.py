@@ -11,9 +11,9 @@ GroupNorm in ``resnet50_gn``) get no path, so their logit lens and transfers
 are reported as undefined. Other layouts (ResNetV2's ``stages.N.blocks.M``,
 non-ResNets) are refused.
 
-Hub and local weights both load through timm's ``load_pretrained`` (what
-``create_model(pretrained=True)`` calls), a local file given as
-``pretrained_cfg_overlay=dict(file=...)``. Preprocessing is the model's pretrained config (``resolve_data_config`` +
+Published weights load through timm's ``load_pretrained`` (what
+``create_model(pretrained=True)`` calls); a local file is read by timm's
+``load_state_dict`` (safetensors or torch) and loaded strictly. Preprocessing is the model's pretrained config (``resolve_data_config`` +
 ``create_transform``) whatever the weights; class indices are the sorted
 ImageNet synsets, ImageFolder's order.
 """
@@ -23,20 +23,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import timm
-import torch
 from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset, resolve_data_config
 from timm.models import get_pretrained_cfg
 from torch import nn
 
-from .base import (
-    Block,
-    ModelAdapter,
-    WeightsError,
-    file_sha256,
-    load_state_dict_strict,
-    register_adapter,
-    state_dict_sha256,
-)
+from ..readout import Block
+from .base import ModelAdapter, ModelFamily, WeightsError, register_family
 from .torchvision_models import STAGES, resnet_blocks
 
 AVERAGE_POOLS = ("avg", "fast", "fastavg")  # timm's SelectAdaptivePool2d types that average
@@ -72,11 +64,10 @@ def _resnet_layout(model: nn.Module, name: str, input_side: int) -> list[Block]:
 class TimmResNetAdapter(ModelAdapter):
     """A timm ResNet-family classifier with its pretrained config's preprocessing."""
 
-    def __init__(self, model: nn.Module, blocks: list[Block], weights_id: str):
+    def __init__(self, model: nn.Module, blocks: list[Block]):
         self.model = model
         self.blocks = blocks
-        self.weights_id = weights_id
-        n = self.head.out_features
+        n = self.num_classes
         subset = infer_imagenet_subset(model)
         # First synonym of each synset's description, like torchvision's category names.
         self.class_names = (
@@ -86,7 +77,7 @@ class TimmResNetAdapter(ModelAdapter):
         )
 
     @property
-    def head(self) -> nn.Linear:
+    def unembed(self) -> nn.Linear:
         return self.model.get_classifier()
 
     @property
@@ -94,59 +85,63 @@ class TimmResNetAdapter(ModelAdapter):
         return create_transform(**resolve_data_config(model=self.model))
 
 
-def _checkpoint(path: str, arch: str) -> tuple[dict, int]:
-    """A local file read by timm's reader (safetensors, EMA or wrapped state dicts) and its class count."""
+def _read(path: str) -> dict:
+    """A local file read by timm's reader (safetensors, EMA or wrapped state dicts)."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"--weights {path}: no such file; pass a .pth/.safetensors state dict of timm:{arch}")
+        raise FileNotFoundError(f"--weights {path}: no such file; pass a .pth/.safetensors state dict of the timm model")
     try:
-        state = timm.models.load_state_dict(path)
+        return timm.models.load_state_dict(path)
     except Exception as exc:  # torch.load and safetensors raise several types for a damaged file
         raise WeightsError(f"--weights {path}: not a readable checkpoint ({exc.__class__.__name__}: {exc})") from exc
-    key = get_pretrained_cfg(arch).classifier + ".weight"
-    if key not in state:
-        raise WeightsError(f"--weights {path}: no {key}, so not a checkpoint of the classifier timm:{arch}")
-    return state, state[key].shape[0]
 
 
-@register_adapter("timm")
-def build_timm(
-    arch: str, weights: str | None = None, num_classes: int | None = None, seed: int = 0
-) -> TimmResNetAdapter:
-    """``timm:<name>``: ``weights`` is ``"pretrained"``/None (timm's hub), ``"random"`` or a local file.
-
-    ``num_classes`` applies to random initialisation (default: the pretrained
-    config's); a checkpoint brings its own.
-    """
+def _config(arch: str):
     if not timm.is_model(arch):
         raise ValueError(f"--model timm:{arch}: timm has no model of that name (see timm.list_models('resnet*'))")
-    cfg = get_pretrained_cfg(arch)
-    state = None
-    if weights == "random":
-        num_classes = num_classes or cfg.num_classes
-    elif weights in (None, "pretrained"):
-        if not (cfg.hf_hub_id or cfg.url):
-            raise WeightsError(f"timm publishes no weights for timm:{arch}; pass --weights PATH or --weights random")
-        num_classes = cfg.num_classes
-    else:
-        state, num_classes = _checkpoint(weights, arch)
-    # timm's loader drops a classifier whose size differs from the config's: the config gets the file's.
-    overlay = {} if state is None else dict(file=str(weights), num_classes=num_classes)
-    torch.manual_seed(seed)
-    model = timm.create_model(arch, num_classes=num_classes, pretrained_cfg_overlay=overlay)
-    blocks = _resnet_layout(model, arch, resolve_data_config(model=model)["input_size"][-1])  # before any download
-    if weights == "random":
-        return TimmResNetAdapter(model, blocks, "random-init:" + state_dict_sha256(model.state_dict()))
+    return get_pretrained_cfg(arch)
+
+
+def _blocks(model: nn.Module, arch: str) -> list[Block]:
+    return _resnet_layout(model, arch, resolve_data_config(model=model)["input_size"][-1])
+
+
+def _build(arch: str, state: dict | None, num_classes: int | None) -> nn.Module:
+    """A random-init network with ``num_classes`` (default: the pretrained config's), or one shaped like ``state``.
+
+    Unsupported layouts are refused here, before any download.
+    """
+    cfg = _config(arch)
+    if state is not None:
+        key = cfg.classifier + ".weight"
+        if key not in state:
+            raise WeightsError(f"no {key}, so not a checkpoint of the classifier timm:{arch}")
+        num_classes = state[key].shape[0]
+    model = timm.create_model(arch, num_classes=num_classes or cfg.num_classes)
+    _blocks(model, arch)
+    return model
+
+
+def _load_published(model: nn.Module, arch: str) -> str:
+    """timm's own hub loader, as ``create_model(pretrained=True)``: the weights' id is their hub name."""
+    cfg = _config(arch)
+    if not (cfg.hf_hub_id or cfg.url):
+        raise WeightsError(f"timm publishes no weights for timm:{arch}; pass --weights PATH or --weights random")
     try:
-        timm.models.load_pretrained(model, num_classes=num_classes)
+        timm.models.load_pretrained(model, num_classes=cfg.num_classes)
     except OSError as exc:  # the Hugging Face hub or a URL, unreachable
         where = f"https://huggingface.co/{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url
         raise WeightsError(
             f"could not download the pretrained weights of timm:{arch} from {where} ({exc.__class__.__name__}: "
             f"{exc}) Offline, download them on a machine with internet access and pass --weights PATH."
         ) from exc
-    except RuntimeError:  # load_state_dict(strict=True) refused a local file: list its keys
-        if state is not None:
-            load_state_dict_strict(model, state, weights)
-        raise
-    weights_id = f"timm:{cfg.hf_hub_id or cfg.url}" if state is None else file_sha256(weights)
-    return TimmResNetAdapter(model, blocks, weights_id)
+    return f"timm:{cfg.hf_hub_id or cfg.url}"
+
+
+# timm:<name> for models in torchvision's ResNet layout; "pretrained" loads through timm's hub loader.
+register_family("timm", ModelFamily(
+    _build,
+    lambda model, arch, weights_id: TimmResNetAdapter(model, _blocks(model, arch)),
+    lambda arch: _config(arch).hf_hub_id or _config(arch).url,
+    load_published=_load_published,
+    read=_read,
+))

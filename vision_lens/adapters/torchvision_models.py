@@ -14,19 +14,11 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-import torch
 from torch import nn
 from torchvision import models
 
-from .base import (
-    Block,
-    ModelAdapter,
-    WeightsError,
-    fetch_checkpoint,
-    load_state_dict_strict,
-    register_adapter,
-    state_dict_sha256,
-)
+from ..readout import Block, IdentityPath
+from .base import ModelAdapter, ModelFamily, WeightsError, path_reader, register_family
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -92,13 +84,15 @@ def resnet_blocks(model: nn.Module, stem: str, channels: Mapping[str, int], even
     :func:`shortcut_stride`.
     """
     names = [f"{stage}.{b}" for stage in STAGES for b in range(len(model.get_submodule(stage)))]
+    read = path_reader(model)
     blocks = []
     for k, name in enumerate([stem, *names]):
         later = [f"{n}.downsample" for n in names[k:] if model.get_submodule(n).downsample is not None]
         stride = shortcut_stride([model.get_submodule(p) for p in later], even_maps)
-        path = None if stride is None else tuple(later)
+        c = channels[name.split(".")[0]]
+        path = None if stride is None else read(later, c, stride)
         # The stem is named for what it is; its module is where the stem ends (maxpool, pool0).
-        blocks.append(Block("stem" if k == 0 else name, name, channels[name.split(".")[0]], path, stride or 1))
+        blocks.append(Block("stem" if k == 0 else name, name, c, path))
     return blocks
 
 
@@ -111,9 +105,10 @@ def _googlenet_blocks(model: models.GoogLeNet) -> list[Block]:
         module = model.get_submodule(name)
         inception = name.startswith("inception")
         branches = [module.branch1, module.branch2, module.branch3, module.branch4] if inception else [module]
+        channels = sum(out_channels(b) for b in branches)
         # Concatenated branches give no linear path to the head; the last block is the head's input.
-        path = () if name == GOOGLENET_BLOCKS[-1] else None
-        blocks.append(Block(name, name, sum(out_channels(b) for b in branches), path))
+        path = IdentityPath.identity(channels) if name == GOOGLENET_BLOCKS[-1] else None
+        blocks.append(Block(name, name, channels, path))
     return blocks
 
 
@@ -127,15 +122,10 @@ class TorchvisionAdapter(ModelAdapter):
     """A torchvision classifier with the published weights' preprocessing and category names."""
 
     def __init__(
-        self,
-        model: nn.Module,
-        published: models.WeightsEnum,
-        weights_id: str,
-        aux_classifiers: dict[str, nn.Module] | None = None,
+        self, model: nn.Module, published: models.WeightsEnum, aux_classifiers: dict[str, nn.Module] | None = None
     ):
         self.model = model
         self.published = published
-        self.weights_id = weights_id
         self.aux_classifiers = aux_classifiers or {}
         if isinstance(model, models.GoogLeNet):
             self.blocks = _googlenet_blocks(model)
@@ -146,7 +136,7 @@ class TorchvisionAdapter(ModelAdapter):
         self.class_names = list(categories) if n == len(categories) else [str(i) for i in range(n)]
 
     @property
-    def head(self) -> nn.Linear:
+    def unembed(self) -> nn.Linear:
         return self.model.fc
 
     @property
@@ -155,13 +145,28 @@ class TorchvisionAdapter(ModelAdapter):
         return self.published.transforms()
 
 
-def _build(arch: str, num_classes: int, aux_logits: bool, init_weights: bool) -> nn.Module:
-    if arch != "googlenet":
+def _check(arch: str) -> str:
+    if arch not in ("googlenet", *RESNETS):
+        raise ValueError(f"--model torchvision:{arch} is not supported; use googlenet or one of {', '.join(RESNETS)}")
+    return arch
+
+
+def _build(arch: str, state: dict | None, num_classes: int | None) -> nn.Module:
+    """A random-init network (``state`` None), or one shaped like the checkpoint ``state``.
+
+    A checkpoint decides its class count and, for GoogLeNet, whether it has
+    the auxiliary classifiers.
+    """
+    if state is not None and "fc.weight" not in state:
+        raise WeightsError(f"checkpoint has no fc.weight, so it is not a torchvision {arch} checkpoint")
+    num_classes = state["fc.weight"].shape[0] if state is not None else num_classes or 1000
+    if _check(arch) != "googlenet":
         return models.get_model(arch, num_classes=num_classes)
     # transform_input=True: the published weights expect torchvision's normalisation
     # remapped inside the model to the (x - 0.5) / 0.5 of the original training.
+    aux_logits = state is None or "aux1.fc2.weight" in state
     return models.get_model(
-        arch, num_classes=num_classes, aux_logits=aux_logits, transform_input=True, init_weights=init_weights
+        arch, num_classes=num_classes, aux_logits=aux_logits, transform_input=True, init_weights=state is None
     )
 
 
@@ -171,35 +176,15 @@ def _is_published_googlenet(weights_id: str, published: models.WeightsEnum) -> b
     return weights_id.startswith(name.rsplit("-", 1)[-1].split(".")[0])
 
 
-@register_adapter("torchvision")
-def build_torchvision(
-    arch: str, weights: str | None = None, num_classes: int = 1000, seed: int = 0
-) -> TorchvisionAdapter:
-    """``torchvision:googlenet`` or ``torchvision:resnet{18,34,50,101,152}``.
-
-    ``weights``: ``"pretrained"``/None (torchvision's ``DEFAULT`` weights,
-    downloaded), ``"random"`` (seeded init with ``num_classes`` outputs), a
-    URL, or a local state dict file. A checkpoint decides its class count and,
-    for GoogLeNet, whether it has the auxiliary classifiers.
-    """
-    if arch not in ("googlenet", *RESNETS):
-        raise ValueError(f"--model torchvision:{arch} is not supported; use googlenet or one of {', '.join(RESNETS)}")
+def _wrap(model: nn.Module, arch: str, weights_id: str) -> TorchvisionAdapter:
     published = models.get_model_weights(arch).DEFAULT
-    if weights == "random":
-        torch.manual_seed(seed)
-        model = _build(arch, num_classes, aux_logits=True, init_weights=True)
-        weights_id = "random-init:" + state_dict_sha256(model.state_dict())
-    else:
-        if weights in (None, "pretrained"):
-            weights = published.url
-        state, weights_id = fetch_checkpoint(weights)
-        if "fc.weight" not in state:
-            raise WeightsError(f"--weights {weights}: no fc.weight, so not a torchvision {arch} checkpoint")
-        model = _build(arch, state["fc.weight"].shape[0], aux_logits="aux1.fc2.weight" in state, init_weights=False)
-        load_state_dict_strict(model, state, weights)
     aux = {}
     # torchvision documents that the auxiliary heads in its published GoogLeNet file
     # were never trained: reporting them would show chance accuracy as the model's.
     if arch == "googlenet" and model.aux_logits and not _is_published_googlenet(weights_id, published):
         aux = {block: model.get_submodule(name) for block, name in GOOGLENET_AUX.items()}
-    return TorchvisionAdapter(model, published, weights_id, aux)
+    return TorchvisionAdapter(model, published, aux)
+
+
+# torchvision:googlenet and torchvision:resnet{18,34,50,101,152}; "pretrained" is torchvision's DEFAULT weights.
+register_family("torchvision", ModelFamily(_build, _wrap, lambda arch: models.get_model_weights(_check(arch)).DEFAULT.url))
