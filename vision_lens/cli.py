@@ -1,4 +1,8 @@
-"""``vision-lens``: the command line, generated from the option dataclasses of the pipeline."""
+"""``vision-lens``: the command line, generated from the option dataclasses of ``options.py``.
+
+Only light modules are imported at the top: ``--help`` answers at once, and
+torch and the plotting stack load when a command runs.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .options import EvalOptions, RunOptions
 
 
 def add_options(parser: argparse.ArgumentParser, cls) -> None:
@@ -25,8 +30,6 @@ def add_options(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline import EvalOptions, RunOptions
-
     parser = argparse.ArgumentParser(
         prog="vision-lens",
         description="Tuned lenses on every block of vision models: layer-wise metrics and transfer penalties "
@@ -86,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
 
             out = write_report(args["runs"], args["out"])
         elif command == "eval":
-            opts = pipeline.EvalOptions(**args)
+            opts = EvalOptions(**args)
             out = pipeline.evaluate(opts, Path(opts.lens))
         else:
-            opts = pipeline.RunOptions(**args)
+            opts = RunOptions(**args)
             out = getattr(pipeline, command)(opts)
     except (DataError, WeightsError, OutputExistsError, CacheError, FileNotFoundError, ValueError) as exc:
         print(f"vision-lens {command}: error: {exc}", file=sys.stderr)

@@ -63,7 +63,8 @@ def train_small_resnet(data_root: Path, checkpoint: Path, arch: str = "resnet14"
 def demo(out: str, overwrite: bool = False, epochs: int = 15, seed: int = 0, device: str = "auto") -> Path:
     """Write digits, train a ResNet-14 on them, then ``vision-lens run`` into ``out``."""
     from .artifacts import prepare_output
-    from .pipeline import RunOptions, run
+    from .options import RunOptions
+    from .pipeline import run
 
     out_path = prepare_output(out, overwrite)
     inputs = out_path / "demo-inputs"

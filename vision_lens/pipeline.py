@@ -3,16 +3,15 @@
 ``train`` captures the fit split and fits every lens on every block;
 ``evaluate`` captures the eval split and writes the result bundle; ``run``
 does both. Each option is defined once, with its help text, in the
-dataclasses below; the command line is generated from them.
+dataclasses of ``options.py``; the command line is generated from them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,10 @@ from .artifacts import prepare_output, write_results
 from .cache import FeatureCache
 from .capture import capture
 from .data import DataError, open_split, select
-from .fit import FitSettings, fit_lens
+from .fit import fit_lens
 from .lenses import LENS_TYPES, build_lenses
 from .metrics import evaluate_lenses
+from .options import EvalOptions, RunOptions, default_cache_dir, resolve_device  # noqa: F401  (re-exported)
 from .plotting import save_run_figures
 from .report import write_report
 
@@ -34,68 +34,9 @@ FITTED_LENSES = ("tuned", "shared", "linear_probe")
 KL_FITTED = ("tuned", "shared")  # fitted to the model's output unless --loss ce; the probe always to labels
 
 
-def default_cache_dir() -> str:
-    return os.environ.get("VISION_LENS_CACHE", str(Path.home() / ".cache" / "vision_lens"))
-
-
-def _opt(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
-
-
-@dataclass
-class RunOptions:
-    """Options shared by ``train``, ``eval`` and ``run``."""
-
-    model: str = _opt(None, "model as family:arch, e.g. cifar:resnet20", required=True)
-    data: str = _opt(
-        None,
-        "dataset root holding one ImageFolder per split (<data>/<split>/<class>/<image>), "
-        "or torchvision:cifar10 to download CIFAR-10",
-        required=True,
-    )
-    out: str = _opt(None, "output folder for lenses, metrics and plots", required=True)
-    weights: str = _opt(
-        "pretrained",
-        "checkpoint path or URL; 'pretrained' loads the published weights for --model, "
-        "'random' a random initialisation (the control)",
-    )
-    fit_split: str = _opt("train", "split folder whose images fit the lenses")
-    eval_split: str = _opt("test", "split folder whose images evaluate them (must differ from --fit-split)")
-    fit_limit: int = _opt(None, "fit on this many images, a subset chosen by --seed (default: all)", type=int)
-    eval_limit: int = _opt(None, "evaluate on this many images, a subset chosen by --seed (default: all)", type=int)
-    seed: int = _opt(0, "seed for subsets, random init and fitting; the same seed gives the same JSON", type=int)
-    device: str = _opt("auto", "torch device: cpu, cuda, cuda:1, ... (auto: cuda if available)")
-    loss: str = _opt("kl", "tuned-lens objective: kl (to the model's output, as tuned-lens) or ce (labels)",
-                     choices=("kl", "ce"))
-    max_iter: int = _opt(100, "L-BFGS iterations per block (each lens is a convex problem, solved full-batch)", type=int)
-    weight_decay: float = _opt(1e-3, "L2 penalty on lens parameters (pulls tuned lenses towards the logit lens)",
-                               type=float)
-    batch_size: int = _opt(256, "images per forward pass during capture", type=int)
-    workers: int = _opt(2, "data-loading worker processes", type=int)
-    pool_grid: int = _opt(1, "pooling: 1 = global average; k > 1 adds the k x k adaptive-average cells", type=int)
-    cache_dir: str = _opt(None, "feature cache root (default: $VISION_LENS_CACHE or ~/.cache/vision_lens)")
-    download_root: str = _opt(None, "where torchvision:cifar10 is downloaded (default: <cache-dir>/datasets)")
-    overwrite: bool = _opt(False, "replace an existing, non-empty --out", action="store_true")
-
-    def __post_init__(self):
-        self.cache_dir = self.cache_dir or default_cache_dir()
-        self.download_root = self.download_root or str(Path(self.cache_dir) / "datasets")
-        if self.device == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-
-    @property
-    def fit_settings(self) -> FitSettings:
-        return FitSettings(self.max_iter, self.weight_decay)
-
-
-@dataclass
-class EvalOptions(RunOptions):
-    """``vision-lens eval``: evaluate lenses saved by ``vision-lens train``."""
-
-    lens: str = _opt(None, "folder written by `vision-lens train` (holding lenses/)", required=True)
-
-
 def load_model(opts: RunOptions) -> ModelAdapter:
+    """The adapter on ``opts.device``; ``auto`` is resolved here, and kept in ``opts`` for run.json."""
+    opts.device = resolve_device(opts.device)
     torch.manual_seed(opts.seed)
     return create_adapter(opts.model, weights=opts.weights, seed=opts.seed).to(opts.device)
 
@@ -142,7 +83,7 @@ def train(opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | Non
     out = out or prepare_output(opts.out, opts.overwrite)
     adapter = adapter or load_model(opts)
     cache = capture_split(adapter, opts, opts.fit_split, opts.fit_limit)
-    features, logits, labels = _tensors(cache, opts.device)
+    features, logits, labels = _tensors(cache, adapter.device)
     labelled = labels >= 0
     if not labelled.all():
         print(f"[vision-lens] {int(labelled.sum())} of {len(labels)} fit images have a model class; "
@@ -181,7 +122,7 @@ def evaluate(opts: RunOptions, lens_dir: Path, out: Path | None = None, adapter:
         raise FileNotFoundError(f"--lens {lens_dir} holds no fitted lenses (lenses/tuned, ...); run `vision-lens train` first")
     lenses = {t: lenses[t] for t in ("tuned", "shared", "logit", "linear_probe") if t in lenses}
     cache = capture_split(adapter, opts, opts.eval_split, opts.eval_limit)
-    features, logits, labels = _tensors(cache, opts.device)
+    features, logits, labels = _tensors(cache, adapter.device)
     print(f"[vision-lens] evaluating {', '.join(lenses)} on {len(adapter.blocks)} blocks", file=sys.stderr)
     aux = {k: torch.from_numpy(np.array(a)) for k, a in cache.aux_logits.items()}
     aggregate, batches = evaluate_lenses(lenses, features, logits, labels, fixed_logits={"aux_head": aux} if aux else None)
