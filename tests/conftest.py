@@ -9,6 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vision_lens.threads import limit_torch_threads
+
+# The tests are small: beyond two threads torch only adds contention, worst on shared CI machines.
+limit_torch_threads(most=2)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VISION_LENS_SHARED", REPO.parent / "shared"))
 CIFAR = SHARED / "data" / "cifar10"

@@ -1,4 +1,5 @@
-"""The command line answers at once: ``--help`` imports none of the heavy libraries."""
+"""The command line answers at once (``--help`` imports none of the heavy libraries) and runs
+with no more compute threads than cores."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+from vision_lens import threads
 
 from .conftest import REPO
 
@@ -29,3 +33,16 @@ def test_help_imports_no_heavy_library(command):
                           capture_output=True, text=True, check=True)
     assert "usage: vision-lens" in done.stdout
     assert done.stdout.splitlines()[-1] == "", f"--help imported {done.stdout.splitlines()[-1]}"
+
+
+def test_torch_threads_are_capped_at_the_usable_cores(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        monkeypatch.setattr(threads, "usable_cores", lambda: 3)
+        assert threads.limit_torch_threads() == 3 == torch.get_num_threads()
+        assert threads.limit_torch_threads(most=2) == 2 == torch.get_num_threads()
+        torch.set_num_threads(1)  # a lower setting (OMP_NUM_THREADS=1) is kept
+        assert threads.limit_torch_threads() == 1
+    finally:
+        torch.set_num_threads(before)

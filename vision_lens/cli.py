@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     from .artifacts import OutputExistsError
     from .cache import CacheError
     from .data import DataError
+    from .threads import limit_torch_threads
 
+    limit_torch_threads()
     try:
         if command == "demo":
             from .demo import demo
