@@ -37,12 +37,10 @@ def test_help_imports_no_heavy_library(command):
 
 def test_torch_threads_are_capped_at_the_usable_cores(monkeypatch):
     before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(4)
-        monkeypatch.setattr(threads, "usable_cores", lambda: 3)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 3)
+    with threads.torch_threads(4):
         assert threads.limit_torch_threads() == 3 == torch.get_num_threads()
         assert threads.limit_torch_threads(most=2) == 2 == torch.get_num_threads()
         torch.set_num_threads(1)  # a lower setting (OMP_NUM_THREADS=1) is kept
         assert threads.limit_torch_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_options(sub.add_parser(name, help=text, description=text), cls)
     demo = sub.add_parser("demo", help="offline smoke test: digits, a small ResNet trained on the spot, the full pipeline")
     demo.add_argument("--out", default="vision-lens-demo", help="output folder (default: vision-lens-demo)")
-    demo.add_argument("--epochs", type=int, default=15, help="training epochs of the small ResNet (default: 15)")
+    demo.add_argument("--epochs", type=int, default=5, help="training epochs of the small ResNet (default: 5)")
     demo.add_argument("--seed", type=int, default=0, help="seed for the split, the model and the lenses (default: 0)")
     demo.add_argument("--device", default="auto", help="torch device (default: auto)")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out")

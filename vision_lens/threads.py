@@ -9,6 +9,7 @@ loop already sets one thread per worker process.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 
 def usable_cores() -> int:
@@ -26,3 +27,16 @@ def limit_torch_threads(most: int | None = None) -> int:
     threads = min(torch.get_num_threads(), usable_cores(), most or torch.get_num_threads())
     torch.set_num_threads(threads)
     return threads
+
+
+@contextmanager
+def torch_threads(threads: int):
+    """Run the block with ``threads`` torch threads, then restore the previous count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
