@@ -9,6 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vision_lens.threads import limit_torch_threads
+
+# The tests' tensors are small: a second thread gains little, and on a busy machine OpenMP threads
+# spin against each other (tests/test_pipeline.py took 90 s with two threads, 25 s with one).
+limit_torch_threads(most=1)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VISION_LENS_SHARED", REPO.parent / "shared"))
 CIFAR = SHARED / "data" / "cifar10"

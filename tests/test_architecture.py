@@ -10,7 +10,7 @@ import vision_lens
 PACKAGE = Path(vision_lens.__file__).parent
 # In pipeline order; modules in one tuple are one stage. The cache is the store capture writes to.
 STAGES = [
-    ("readout",), ("adapters",), ("data",), ("cache",), ("capture",), ("lenses",), ("fit",), ("metrics",),
+    ("threads", "readout"), ("adapters",), ("data",), ("cache",), ("capture",), ("lenses",), ("fit",), ("metrics",),
     ("artifacts",), ("analysis",), ("plotting",), ("compare", "report"),
     ("options", "pipeline", "demo", "cli", "__main__"),
 ]

@@ -112,12 +112,12 @@ def test_run_writes_the_tuned_lens_bundle_and_is_deterministic(tmp_path, tiny_da
 
 
 def test_eval_reads_lenses_written_by_train(tmp_path, tiny_data):
-    common = ["--model", "cifar:resnet8", "--weights", "random", "--data", str(tiny_data), "--workers", "0",
-              "--max-iter", "20"]
-    # eval reads the feature layout (here 2x2 cells) from the lenses, so it is not passed again.
-    assert main(["train", *common, "--pool-grid", "2", "--out", str(tmp_path / "t")]) == 0
+    common = ["--model", "cifar:resnet8", "--weights", "random", "--data", str(tiny_data), "--workers", "0"]
+    fitting = ["--max-iter", "20", "--pool-grid", "2"]
+    # eval reads the feature layout (here 2x2 cells) from the lenses: it takes no fitting or pooling options.
+    assert main(["train", *common, *fitting, "--out", str(tmp_path / "t")]) == 0
     assert main(["eval", *common, "--lens", str(tmp_path / "t"), "--out", str(tmp_path / "e")]) == 0
-    assert main(["run", *common, "--pool-grid", "2", "--out", str(tmp_path / "r")]) == 0
+    assert main(["run", *common, *fitting, "--out", str(tmp_path / "r")]) == 0
     e = json.loads((tmp_path / "e" / "aggregate_metrics.json").read_text())
     r = json.loads((tmp_path / "r" / "aggregate_metrics.json").read_text())
     assert e == r

@@ -1,4 +1,8 @@
-"""``vision-lens``: the command line, generated from the option dataclasses of the pipeline."""
+"""``vision-lens``: the command line, generated from the option dataclasses of ``options.py``.
+
+Only light modules are imported at the top: ``--help`` answers at once, and
+torch and the plotting stack load when a command runs.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .options import EvalOptions, RunOptions
 
 
 def add_options(parser: argparse.ArgumentParser, cls) -> None:
@@ -25,8 +30,6 @@ def add_options(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline import EvalOptions, RunOptions
-
     parser = argparse.ArgumentParser(
         prog="vision-lens",
         description="Tuned lenses on every block of vision models: layer-wise metrics and transfer penalties "
@@ -42,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_options(sub.add_parser(name, help=text, description=text), cls)
     demo = sub.add_parser("demo", help="offline smoke test: digits, a small ResNet trained on the spot, the full pipeline")
     demo.add_argument("--out", default="vision-lens-demo", help="output folder (default: vision-lens-demo)")
-    demo.add_argument("--epochs", type=int, default=15, help="training epochs of the small ResNet (default: 15)")
+    demo.add_argument("--epochs", type=int, default=5, help="training epochs of the small ResNet (default: 5)")
     demo.add_argument("--seed", type=int, default=0, help="seed for the split, the model and the lenses (default: 0)")
     demo.add_argument("--device", default="auto", help="torch device (default: auto)")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out")
@@ -71,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     from .artifacts import OutputExistsError
     from .cache import CacheError
     from .data import DataError
+    from .threads import limit_torch_threads
 
+    limit_torch_threads()
     try:
         if command == "demo":
             from .demo import demo
@@ -86,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 
             out = write_report(args["runs"], args["out"])
         elif command == "eval":
-            opts = pipeline.EvalOptions(**args)
+            opts = EvalOptions(**args)
             out = pipeline.evaluate(opts, Path(opts.lens))
         else:
-            opts = pipeline.RunOptions(**args)
+            opts = RunOptions(**args)
             out = getattr(pipeline, command)(opts)
     except (DataError, WeightsError, OutputExistsError, CacheError, FileNotFoundError, ValueError) as exc:
         print(f"vision-lens {command}: error: {exc}", file=sys.stderr)

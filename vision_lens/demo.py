@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .adapters import create_adapter
 from .data import ImageFolderSource, TransformedSubset
+from .threads import torch_threads
 
 
 def write_digits(root: Path, test_fraction: float = 0.3, seed: int = 0) -> Path:
@@ -36,7 +37,7 @@ def write_digits(root: Path, test_fraction: float = 0.3, seed: int = 0) -> Path:
     return root
 
 
-def train_small_resnet(data_root: Path, checkpoint: Path, arch: str = "resnet14", epochs: int = 15, seed: int = 0) -> Path:
+def train_small_resnet(data_root: Path, checkpoint: Path, arch: str = "resnet14", epochs: int = 5, seed: int = 0) -> Path:
     """Train ``cifar:<arch>`` from scratch on ``data_root/train``; save it in the akamaster checkpoint layout."""
     adapter = create_adapter(f"cifar:{arch}", weights="random", seed=seed)
     model = adapter.model.train().requires_grad_(True)
@@ -60,17 +61,23 @@ def train_small_resnet(data_root: Path, checkpoint: Path, arch: str = "resnet14"
     return checkpoint
 
 
-def demo(out: str, overwrite: bool = False, epochs: int = 15, seed: int = 0, device: str = "auto") -> Path:
-    """Write digits, train a ResNet-14 on them, then ``vision-lens run`` into ``out``."""
+def demo(out: str, overwrite: bool = False, epochs: int = 5, seed: int = 0, device: str = "auto") -> Path:
+    """Write digits, train a ResNet-14 on them, then ``vision-lens run`` into ``out``.
+
+    Runs on one torch thread: its 16x16 images give a second thread nothing to do
+    but contend, which on a busy machine made the demo several times slower.
+    """
     from .artifacts import prepare_output
-    from .pipeline import RunOptions, run
+    from .options import RunOptions
+    from .pipeline import run
 
     out_path = prepare_output(out, overwrite)
     inputs = out_path / "demo-inputs"
     print(f"[vision-lens demo] writing sklearn digits to {inputs / 'digits'}", file=sys.stderr)
     data = write_digits(inputs / "digits", seed=seed)
-    checkpoint = train_small_resnet(data, inputs / "resnet14-digits.th", epochs=epochs, seed=seed)
-    opts = RunOptions(
-        model="cifar:resnet14", data=str(data), out=str(out_path), weights=str(checkpoint), seed=seed, device=device,
-    )
-    return run(opts, out_path)
+    with torch_threads(1):
+        checkpoint = train_small_resnet(data, inputs / "resnet14-digits.th", epochs=epochs, seed=seed)
+        opts = RunOptions(
+            model="cifar:resnet14", data=str(data), out=str(out_path), weights=str(checkpoint), seed=seed, device=device,
+        )
+        return run(opts, out_path)

@@ -3,16 +3,15 @@
 ``train`` captures the fit split and fits every lens on every block;
 ``evaluate`` captures the eval split and writes the result bundle; ``run``
 does both. Each option is defined once, with its help text, in the
-dataclasses below; the command line is generated from them.
+dataclasses of ``options.py``; the command line is generated from them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +23,11 @@ from .artifacts import prepare_output, write_results
 from .cache import FeatureCache
 from .capture import capture
 from .data import DataError, open_split, select
-from .fit import FitSettings, fit_lens
+from .fit import fit_lens
 from .lenses import LENS_TYPES, build_lenses
 from .readout import FeatureLayout
 from .metrics import evaluate_lenses
+from .options import CommonOptions, EvalOptions, RunOptions, default_cache_dir, resolve_device  # noqa: F401  (re-exported)
 from .plotting import save_run_figures
 from .report import write_report
 
@@ -35,80 +35,14 @@ FITTED_LENSES = ("tuned", "shared", "linear_probe")
 KL_FITTED = ("tuned", "shared")  # fitted to the model's output unless --loss ce; the probe always to labels
 
 
-def default_cache_dir() -> str:
-    return os.environ.get("VISION_LENS_CACHE", str(Path.home() / ".cache" / "vision_lens"))
-
-
-def _opt(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
-
-
-@dataclass
-class RunOptions:
-    """Options shared by ``train``, ``eval`` and ``run``."""
-
-    model: str = _opt(None, "model as family:arch, e.g. cifar:resnet20", required=True)
-    data: str = _opt(
-        None,
-        "dataset root holding one ImageFolder per split (<data>/<split>/<class>/<image>), "
-        "or torchvision:cifar10 to download CIFAR-10",
-        required=True,
-    )
-    out: str = _opt(None, "output folder for lenses, metrics and plots", required=True)
-    weights: str = _opt(
-        "pretrained",
-        "checkpoint path or URL; 'pretrained' loads the published weights for --model, "
-        "'random' a random initialisation (the control)",
-    )
-    fit_split: str = _opt("train", "split folder whose images fit the lenses")
-    eval_split: str = _opt("test", "split folder whose images evaluate them (must differ from --fit-split)")
-    fit_limit: int = _opt(None, "fit on this many images, a subset chosen by --seed (default: all)", type=int)
-    eval_limit: int = _opt(None, "evaluate on this many images, a subset chosen by --seed (default: all)", type=int)
-    seed: int = _opt(0, "seed for subsets, random init and fitting; the same seed gives the same JSON", type=int)
-    device: str = _opt("auto", "torch device: cpu, cuda, cuda:1, ... (auto: cuda if available)")
-    loss: str = _opt("kl", "tuned-lens objective: kl (to the model's output, as tuned-lens) or ce (labels)",
-                     choices=("kl", "ce"))
-    max_iter: int = _opt(100, "L-BFGS iterations per solve (each lens is a convex problem, solved full-batch)",
-                         type=int)
-    weight_decay: float = _opt(
-        None,
-        "a fixed L2 penalty on lens parameters (pulls tuned lenses towards the logit lens); default: chosen per "
-        "block and lens from 1e-1 ... 1e-6 on a held-out 20%% of the fit split, then refitted on all of it",
-        type=float,
-    )
-    batch_size: int = _opt(256, "images per forward pass during capture", type=int)
-    workers: int = _opt(2, "data-loading worker processes", type=int)
-    pool_grid: int = _opt(
-        1, "pooling of the whole block: 1 = global average; k > 1 adds the k x k adaptive-average cells "
-        "(eval reads it from the lenses)", type=int)
-    cache_dir: str = _opt(None, "feature cache root (default: $VISION_LENS_CACHE or ~/.cache/vision_lens)")
-    download_root: str = _opt(None, "where torchvision:cifar10 is downloaded (default: <cache-dir>/datasets)")
-    overwrite: bool = _opt(False, "replace an existing, non-empty --out", action="store_true")
-
-    def __post_init__(self):
-        self.cache_dir = self.cache_dir or default_cache_dir()
-        self.download_root = self.download_root or str(Path(self.cache_dir) / "datasets")
-        if self.device == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-
-    @property
-    def fit_settings(self) -> FitSettings:
-        return FitSettings(self.max_iter, self.weight_decay, seed=self.seed)
-
-
-@dataclass
-class EvalOptions(RunOptions):
-    """``vision-lens eval``: evaluate lenses saved by ``vision-lens train``."""
-
-    lens: str = _opt(None, "folder written by `vision-lens train` (holding lenses/)", required=True)
-
-
-def load_model(opts: RunOptions) -> ModelAdapter:
+def load_model(opts: CommonOptions) -> ModelAdapter:
+    """The adapter on ``opts.device``; ``auto`` is resolved here, and kept in ``opts`` for run.json."""
+    opts.device = resolve_device(opts.device)
     return create_adapter(opts.model, weights=opts.weights, seed=opts.seed).to(opts.device)
 
 
 def capture_split(
-    adapter: ModelAdapter, opts: RunOptions, split: str, limit: int | None, layout: FeatureLayout
+    adapter: ModelAdapter, opts: CommonOptions, split: str, limit: int | None, layout: FeatureLayout
 ) -> FeatureCache:
     """Capture one split into the feature cache (reused or resumed when it exists)."""
     if opts.fit_split == opts.eval_split:
@@ -121,7 +55,8 @@ def capture_split(
     indices = select(len(source), limit, opts.seed)
     print(f"[vision-lens] {split}: {len(indices)} of {len(source)} images from {opts.data}", file=sys.stderr)
     return capture(
-        adapter, source, indices, Path(opts.cache_dir) / "features", label_map, layout, batch_size=opts.batch_size, workers=opts.workers, desc=f"capture {split}",
+        adapter, source, indices, Path(opts.cache_dir) / "features", label_map, layout,
+        batch_size=opts.batch_size, workers=opts.workers, desc=f"capture {split}", bf16=opts.precision == "bf16",
     )
 
 
@@ -130,7 +65,7 @@ def _tensors(cache: FeatureCache, device: str):
     return features, torch.from_numpy(np.array(cache.logits)).to(device), torch.from_numpy(np.array(cache.labels)).to(device)
 
 
-def _run_info(opts: RunOptions, adapter: ModelAdapter, **extra) -> dict:
+def _run_info(opts: CommonOptions, adapter: ModelAdapter, **extra) -> dict:
     return {
         "model": opts.model,
         "weights": opts.weights,
@@ -151,7 +86,7 @@ def train(opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | Non
     adapter = adapter or load_model(opts)
     layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
     cache = capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout)
-    features, logits, labels = _tensors(cache, opts.device)
+    features, logits, labels = _tensors(cache, adapter.device)
     labelled = labels >= 0
     if not labelled.all():
         print(f"[vision-lens] {int(labelled.sum())} of {len(labels)} fit images have a model class; "
@@ -175,7 +110,7 @@ def train(opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | Non
     return out
 
 
-def evaluate(opts: RunOptions, lens_dir: Path, out: Path | None = None, adapter: ModelAdapter | None = None) -> Path:
+def evaluate(opts: CommonOptions, lens_dir: Path, out: Path | None = None, adapter: ModelAdapter | None = None) -> Path:
     """Evaluate saved lenses (plus the logit lens) on the eval split and write the result bundle."""
     out = out or prepare_output(opts.out, opts.overwrite)
     adapter = adapter or load_model(opts)
@@ -193,7 +128,7 @@ def evaluate(opts: RunOptions, lens_dir: Path, out: Path | None = None, adapter:
     lenses = build_lenses(adapter, layout, ("logit",)) | fitted
     lenses = {t: lenses[t] for t in ("tuned", "shared", "logit", "linear_probe") if t in lenses}
     cache = capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout)
-    features, logits, labels = _tensors(cache, opts.device)
+    features, logits, labels = _tensors(cache, adapter.device)
     print(f"[vision-lens] evaluating {', '.join(lenses)} on {len(adapter.blocks)} blocks", file=sys.stderr)
     aux = {k: torch.from_numpy(np.array(a)) for k, a in cache.aux_logits.items()}
     aggregate, batches = evaluate_lenses(lenses, features, logits, labels, fixed_logits={"aux_head": aux} if aux else None)

@@ -1,0 +1,288 @@
+#!/usr/bin/env python
+"""The whole pipeline against its floor, in one process and one run; prints JSON.
+
+* ``floor_s``: a plain DataLoader (the same decoding, transforms, batch size and
+  workers) and a forward pass with no hooks, over the fit and the eval images.
+* ``pipeline_s``: ``pipeline.run`` with a fresh feature cache, and its stages:
+  capture of the fit split, fitting the lenses, capture of the eval split,
+  evaluation and writing (metrics, figures, report); ``setup_s`` is the rest
+  (loading the model, preparing the output folder). ``ratio = pipeline_s / floor_s``.
+  The stages are timed by wrapping ``pipeline.train``, ``pipeline.evaluate`` and
+  ``pipeline.capture_split``, which ``pipeline.run`` must reach through the module.
+* ``linear_probe``: per block, our linear probe (full-batch L-BFGS, as the pipeline
+  fits it) against scikit-learn's ``LogisticRegression`` with the same L2 penalty and
+  iteration limit, both on the cached fit features, scored on the cached eval
+  features: accuracy and fit time.
+* ``capture_peak_rss``: the peak resident memory of the main process while it
+  captures the fit split, at two sizes (a quarter of the fit images, and all of
+  them), each in a fresh subprocess so the peaks do not mix (DataLoader workers,
+  separate processes, are not counted).
+* ``capture_bytes_per_image``: what storing every block's full output would take per
+  image, against the pooled features and logits that capture keeps.
+
+The floor runs after the pipeline, so it meets a warm page cache and allocator:
+the ratio errs high rather than low. Example::
+
+    python scripts/benchmark_pipeline.py --model cifar:resnet20 \\
+        --weights ../shared/weights/cifar10-resnets/resnet20-12fca82f.th \\
+        --data ../shared/data/cifar10 --fit-limit 10000 --eval-limit 10000 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from vision_lens import __version__, pipeline
+from vision_lens.data import TransformedSubset, open_split, select
+from vision_lens.fit import fit_lens
+from vision_lens.lenses import LensConfig, LinearProbe
+from vision_lens.readout import FeatureLayout
+from vision_lens.options import RunOptions, default_cache_dir
+from vision_lens.threads import limit_torch_threads
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="cifar:resnet20", help="model as family:arch (default: cifar:resnet20)")
+    parser.add_argument("--weights", default="random", help="checkpoint path, 'pretrained' or 'random' (default)")
+    parser.add_argument("--data", required=True, help="dataset root with one ImageFolder per split, as for `vision-lens run`")
+    parser.add_argument("--fit-limit", type=int, default=None, help="fit images (default: the whole fit split)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="eval images (default: the whole eval split)")
+    parser.add_argument("--workers", type=int, default=2, help="data-loading workers (default: 2)")
+    # Internal: the subprocess that measures one capture's peak memory.
+    parser.add_argument("--capture-rss-of", type=int, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def run_options(args: argparse.Namespace, out: Path, cache_dir: Path) -> RunOptions:
+    """The options of the measured run: a fresh cache; torchvision downloads stay in the usual place."""
+    return RunOptions(
+        model=args.model, weights=args.weights, data=args.data, out=str(out), fit_limit=args.fit_limit,
+        eval_limit=args.eval_limit, workers=args.workers, cache_dir=str(cache_dir),
+        download_root=str(Path(default_cache_dir()) / "datasets"),
+    )
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+@contextmanager
+def stopwatch():
+    """Yields a dict whose ``"s"`` holds the elapsed seconds once the block is left."""
+    synchronize()
+    elapsed = {"s": None}
+    start = time.perf_counter()
+    try:
+        yield elapsed
+    finally:
+        synchronize()
+        elapsed["s"] = time.perf_counter() - start
+
+
+@contextmanager
+def timed_stages(opts: RunOptions):
+    """Wrap the pipeline's stage functions; yields {stage: seconds} and {capture stage: FeatureCache}."""
+    seconds: dict[str, float] = {}
+    caches: dict[str, object] = {}
+    originals = {name: getattr(pipeline, name) for name in ("train", "evaluate", "capture_split")}
+
+    def wrapped(name, fn):
+        def call(*args, **kwargs):
+            with stopwatch() as elapsed:
+                result = fn(*args, **kwargs)
+            stage = name
+            if name == "capture_split":
+                split = args[2] if len(args) > 2 else kwargs["split"]
+                stage = "capture_fit" if split == opts.fit_split else "capture_eval"
+                caches[stage] = result
+            seconds[stage] = seconds.get(stage, 0.0) + elapsed["s"]
+            return result
+
+        return call
+
+    for name, fn in originals.items():
+        setattr(pipeline, name, wrapped(name, fn))
+    try:
+        yield seconds, caches
+    finally:
+        for name, fn in originals.items():
+            setattr(pipeline, name, fn)
+
+
+def measure_pipeline(opts: RunOptions) -> tuple[dict, dict]:
+    """``pipeline.run`` once, with its stage breakdown; returns (timings, caches by stage)."""
+    with timed_stages(opts) as (seconds, caches), stopwatch() as total:
+        pipeline.run(opts)
+
+    stages = {
+        "capture_fit_s": seconds["capture_fit"],
+        "fit_lenses_s": seconds["train"] - seconds["capture_fit"],
+        "capture_eval_s": seconds["capture_eval"],
+        "evaluate_write_s": seconds["evaluate"] - seconds["capture_eval"],
+        "setup_s": total["s"] - seconds["train"] - seconds["evaluate"],
+    }
+    return {"pipeline_s": total["s"], "stages": stages}, caches
+
+
+@torch.no_grad()
+def measure_floor(opts: RunOptions, adapter) -> float:
+    """Decode, transform and forward the fit and eval images with no hooks and nothing kept."""
+    with stopwatch() as elapsed:
+        for split, limit in ((opts.fit_split, opts.fit_limit), (opts.eval_split, opts.eval_limit)):
+            source = open_split(opts.data, split, opts.download_root)
+            dataset = TransformedSubset(source, select(len(source), limit, opts.seed), adapter.transform)
+            loader = DataLoader(dataset, batch_size=opts.batch_size, num_workers=opts.workers,
+                                pin_memory=adapter.device.type == "cuda")
+            for images, _ in loader:
+                adapter.logits(images.to(adapter.device, non_blocking=True))
+    return elapsed["s"]
+
+
+def labelled(cache, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Block ``k``'s features and labels of the images that have a model class."""
+    labels = np.asarray(cache.labels)
+    keep = labels >= 0
+    return np.asarray(cache.features[k])[keep], labels[keep]
+
+
+def compare_linear_probes(opts: RunOptions, adapter, caches: dict) -> list[dict]:
+    """Per block: our probe fit (penalty chosen on held-out fit images, then refitted) against one
+    scikit-learn ``LogisticRegression`` at the penalty ours chose, on the same features and iterations."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
+    rows = []
+    for k, block in enumerate(adapter.blocks):
+        x_fit, y_fit = labelled(caches["capture_fit"], k)
+        x_eval, y_eval = labelled(caches["capture_eval"], k)
+        x_fit, x_eval = x_fit[:, : layout.slots * block.channels], x_eval[:, : layout.slots * block.channels]
+        # A probe of block k alone, so that its fit can be timed on its own.
+        alone = FeatureLayout((block.name,), (block.channels,), (None,), opts.pool_grid)
+        config = LensConfig.from_adapter(adapter, alone, "linear_probe")
+        probe = LinearProbe(config).to(adapter.device)
+        features, targets = [torch.from_numpy(x_fit)], torch.from_numpy(y_fit).to(adapter.device)
+        with stopwatch() as ours:
+            (record,) = fit_lens(probe, features, targets, None, opts.fit_settings, desc=f"probe {block.name}")
+        with torch.no_grad():
+            predicted = probe(torch.from_numpy(x_eval).to(adapter.device), 0).argmax(-1).cpu().numpy()
+        # The same objective: mean cross-entropy + weight_decay / 2 * |W|^2 (sklearn leaves the bias unpenalised),
+        # on the raw features, as a user would call it.
+        sklearn = LogisticRegression(C=1 / (record["weight_decay"] * len(y_fit)), max_iter=opts.max_iter)
+        with warnings.catch_warnings(), threadpool_limits(torch.get_num_threads()), stopwatch() as theirs:
+            warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter: the iterations are reported
+            sklearn.fit(x_fit, y_fit)
+        rows.append({
+            "block": block.name, "weight_decay": record["weight_decay"],
+            "ours_acc": float((predicted == y_eval).mean()), "ours_fit_s": ours["s"],
+            "sklearn_acc": float(sklearn.score(x_eval, y_eval)), "sklearn_fit_s": theirs["s"],
+            "sklearn_iterations": int(np.max(sklearn.n_iter_)),
+        })
+    return rows
+
+
+@torch.no_grad()
+def bytes_per_image(opts: RunOptions, adapter, cache) -> dict:
+    """What storing every block's full output would take per image, against what capture keeps."""
+    full = 0
+
+    def count(module, inputs, output):
+        nonlocal full
+        full += output[:1].numel() * output.element_size()
+
+    hooks = [adapter.model.get_submodule(b.module).register_forward_hook(count) for b in adapter.blocks]
+    try:
+        image = open_split(opts.data, opts.fit_split, opts.download_root).load(0)
+        adapter.logits(adapter.transform(image)[None].to(adapter.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    kept = sum(np.asarray(f).itemsize * f.shape[1] for f in [*cache.features, cache.logits])
+    return {"full_block_maps": full, "kept": int(kept), "ratio": full / kept}
+
+
+def rss_mb(field: str) -> float | None:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process from /proc, in MiB; None off Linux."""
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        return None
+    line = next(line for line in status.read_text().splitlines() if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def max_rss_mb() -> float:
+    """getrusage's peak resident memory of this process in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def capture_rss(args: argparse.Namespace) -> dict:
+    """In this (fresh) process: load the model, capture ``args.capture_rss_of`` fit images, report the peak.
+
+    Importing torch alone takes about 1 GB of resident memory, so the peak is reset
+    (Linux: ``5 > /proc/self/clear_refs``) after loading: ``peak_mb`` is the peak during capture.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = run_options(args, Path(tmp) / "out", Path(tmp) / "cache")
+        adapter = pipeline.load_model(opts)
+        before = rss_mb("VmRSS")
+        if before is not None:
+            Path("/proc/self/clear_refs").write_text("5")
+        layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
+        cache = pipeline.capture_split(adapter, opts, opts.fit_split, args.capture_rss_of, layout)
+        # Off Linux the peak is that of the whole process, imports included.
+        peak = rss_mb("VmHWM") or max_rss_mb()
+        return {"images": len(cache.labels), "before_capture_mb": before, "peak_mb": peak}
+
+
+def measure_capture_rss(args: argparse.Namespace, sizes: list[int]) -> list[dict]:
+    peaks = []
+    for size in sizes:
+        command = [sys.executable, __file__, *sys.argv[1:], "--capture-rss-of", str(size)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        peaks.append(json.loads(done.stdout.splitlines()[-1]))
+    return peaks
+
+
+def main() -> None:
+    args = parse_args()
+    threads = limit_torch_threads()
+    if args.capture_rss_of is not None:
+        print(json.dumps(capture_rss(args)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = run_options(args, Path(tmp) / "out", Path(tmp) / "cache")
+        timings, caches = measure_pipeline(opts)
+        adapter = pipeline.load_model(opts)
+        floor_s = measure_floor(opts, adapter)
+        probes = compare_linear_probes(opts, adapter, caches)
+        fit_images, eval_images = (len(caches[c].labels) for c in ("capture_fit", "capture_eval"))
+    report = {
+        "model": args.model, "weights": args.weights, "data": args.data, "fit_images": fit_images,
+        "eval_images": eval_images, "workers": args.workers, "device": opts.device, "torch_threads": threads,
+        "floor_s": floor_s, **timings, "ratio": timings["pipeline_s"] / floor_s,
+        "linear_probe": probes,
+        "capture_bytes_per_image": bytes_per_image(opts, adapter, caches["capture_fit"]),
+        "capture_peak_rss": measure_capture_rss(args, [max(1, fit_images // 4), fit_images]),
+        "versions": {"vision_lens": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The command line answers at once (``--help`` imports none of the heavy libraries) and runs
+with no more compute threads than cores."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vision_lens import threads
+
+from .conftest import REPO
+
+HEAVY = ("torch", "torchvision", "matplotlib", "seaborn", "timm", "lucent", "sklearn")
+
+# Runs `python -m vision_lens ARGS` in-process, then prints which heavy modules it imported.
+PROBE = f"""
+import runpy, sys
+sys.argv[0] = "vision-lens"
+try:
+    runpy.run_module("vision_lens", run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    assert exit.code in (0, None), exit.code
+print(" ".join(m for m in {HEAVY!r} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["run"], ["demo"], ["compare"], ["report"]])
+def test_help_imports_no_heavy_library(command):
+    done = subprocess.run([sys.executable, "-c", PROBE, *command, "--help"], cwd=REPO,
+                          capture_output=True, text=True, check=True)
+    assert "usage: vision-lens" in done.stdout
+    assert done.stdout.splitlines()[-1] == "", f"--help imported {done.stdout.splitlines()[-1]}"
+
+
+def test_torch_threads_are_capped_at_the_usable_cores(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "usable_cores", lambda: 3)
+    with threads.torch_threads(4):
+        assert threads.limit_torch_threads() == 3 == torch.get_num_threads()
+        assert threads.limit_torch_threads(most=2) == 2 == torch.get_num_threads()
+        torch.set_num_threads(1)  # a lower setting (OMP_NUM_THREADS=1) is kept
+        assert threads.limit_torch_threads() == 1
+    assert torch.get_num_threads() == before

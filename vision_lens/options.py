@@ -1,0 +1,98 @@
+"""The options of ``train``, ``eval`` and ``run``, each defined once with its help text.
+
+The command line is generated from these dataclasses, so this module imports no
+torch (nor anything heavy): ``vision-lens --help`` must answer at once. What
+needs torch (the ``auto`` device, the fit settings) is resolved when a command runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("VISION_LENS_CACHE", str(Path.home() / ".cache" / "vision_lens"))
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` if available, else ``cpu``; any other device as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _opt(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class CommonOptions:
+    """Options shared by ``train``, ``eval`` and ``run``."""
+
+    model: str = _opt(None, "model as family:arch, e.g. cifar:resnet20", required=True)
+    data: str = _opt(
+        None,
+        "dataset root holding one ImageFolder per split (<data>/<split>/<class>/<image>), "
+        "or torchvision:cifar10 to download CIFAR-10",
+        required=True,
+    )
+    out: str = _opt(None, "output folder for lenses, metrics and plots", required=True)
+    weights: str = _opt(
+        "pretrained",
+        "checkpoint path or URL; 'pretrained' loads the published weights for --model, "
+        "'random' a random initialisation (the control)",
+    )
+    fit_split: str = _opt("train", "split folder whose images fit the lenses")
+    eval_split: str = _opt("test", "split folder whose images evaluate them (must differ from --fit-split)")
+    eval_limit: int = _opt(None, "evaluate on this many images, a subset chosen by --seed (default: all)", type=int)
+    seed: int = _opt(0, "seed for subsets, random init and fitting; the same seed gives the same JSON", type=int)
+    device: str = _opt("auto", "torch device: cpu, cuda, cuda:1, ... (auto: cuda if available)")
+    precision: str = _opt(
+        "fp32", "backbone precision during capture: fp32, or bf16 autocast (for GPUs; pooled features and lenses "
+        "stay float32)", choices=("fp32", "bf16"))
+    batch_size: int = _opt(256, "images per forward pass during capture", type=int)
+    workers: int = _opt(2, "data-loading worker processes", type=int)
+    cache_dir: str = _opt(None, "feature cache root (default: $VISION_LENS_CACHE or ~/.cache/vision_lens)")
+    download_root: str = _opt(None, "where torchvision:cifar10 is downloaded (default: <cache-dir>/datasets)")
+    overwrite: bool = _opt(False, "replace an existing, non-empty --out", action="store_true")
+
+    def __post_init__(self):
+        self.cache_dir = self.cache_dir or default_cache_dir()
+        self.download_root = self.download_root or str(Path(self.cache_dir) / "datasets")
+
+
+@dataclass
+class RunOptions(CommonOptions):
+    """``vision-lens train`` and ``run``: the common options plus how the lenses are fitted."""
+
+    fit_limit: int = _opt(None, "fit on this many images, a subset chosen by --seed (default: all)", type=int)
+    loss: str = _opt("kl", "tuned-lens objective: kl (to the model's output, as tuned-lens) or ce (labels)",
+                     choices=("kl", "ce"))
+    max_iter: int = _opt(100, "L-BFGS iterations per solve (each lens is a convex problem, solved full-batch)",
+                         type=int)
+    weight_decay: float = _opt(
+        None,
+        "a fixed L2 penalty on lens parameters (pulls tuned lenses towards the logit lens); default: chosen per "
+        "block and lens from 1e-1 ... 1e-6 on a held-out 20%% of the fit split, then refitted on all of it",
+        type=float,
+    )
+    pool_grid: int = _opt(
+        1, "pooling of the whole block: 1 = global average; k > 1 adds the k x k adaptive-average cells", type=int)
+
+    @property
+    def fit_settings(self):
+        """The optimiser settings as ``fit.FitSettings`` (imported here: fit needs torch)."""
+        from .fit import FitSettings
+
+        return FitSettings(self.max_iter, self.weight_decay, seed=self.seed)
+
+
+@dataclass
+class EvalOptions(CommonOptions):
+    """``vision-lens eval``: evaluate lenses saved by ``vision-lens train``; what they read comes from their config."""
+
+    lens: str = _opt(None, "folder written by `vision-lens train` (holding lenses/)", required=True)
