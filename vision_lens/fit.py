@@ -55,9 +55,9 @@ class FitSettings:
 class _Objective:
     """The lens's mean loss in nats on given rows: KL to the model's output, or CE against the labels."""
 
-    def __init__(self, lens: SavedLens, features: dict[int, Tensor], labels: Tensor, final_logits: Tensor | None,
-                 chunk_size: int):
-        self.lens, self.features, self.labels, self.chunk_size = lens, features, labels, chunk_size
+    def __init__(self, lens: SavedLens, module: nn.Module, inputs: dict[int, tuple[Tensor, Tensor | None]],
+                 labels: Tensor, final_logits: Tensor | None, chunk_size: int):
+        self.lens, self.module, self.inputs, self.labels, self.chunk_size = lens, module, inputs, labels, chunk_size
         self.final_probs = self.final_entropy = None
         if final_logits is not None:  # the targets are fixed: take their softmax and entropy once
             final_lps = final_logits.log_softmax(-1)
@@ -65,7 +65,8 @@ class _Objective:
             self.final_entropy = -(self.final_probs * final_lps).sum(-1)
 
     def block_sum(self, k: int, rows: Tensor) -> Tensor:
-        logits = self.lens(self.features[k][rows], k)
+        inputs, forwarded = self.inputs[k]
+        logits = self.lens.decode(self.module, inputs[rows], None if forwarded is None else forwarded[rows])
         if self.final_probs is None:
             return F.cross_entropy(logits, self.labels[rows], reduction="sum")
         cross = -(self.final_probs[rows] * logits.log_softmax(-1)).sum(-1)
@@ -153,11 +154,12 @@ def fit_lens(
     records: list[dict | None] = [None] * len(features)
     lens.train()
     for module, blocks in tqdm(lens.fit_groups(), desc=desc, unit="translator", dynamic_ncols=True):
-        xs = {k: features[k].to(device) for k in blocks}
+        with torch.no_grad():  # what the translator reads is fixed: carry each block once
+            inputs = {k: lens.fit_inputs(features[k].to(device), k) for k in blocks}
         # Statistics of the rows that choose the penalty: the validation rows stay unseen until scored.
         stat_rows = fit_rows if chosen_on_validation else rows
-        module.standardize(torch.cat([lens.translator_input(xs[k][stat_rows], k) for k in blocks]))
-        objective = _Objective(lens, xs, labels, final_logits, settings.chunk_size)
+        module.standardize(torch.cat([inputs[k][0][stat_rows] for k in blocks]))
+        objective = _Objective(lens, module, inputs, labels, final_logits, settings.chunk_size)
         record: dict = {"blocks": len(blocks)}
         weight_decay = settings.weight_decay
         if chosen_on_validation:

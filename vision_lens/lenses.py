@@ -91,8 +91,15 @@ class SavedLens(nn.Module):
         """What fitting optimises: each module with the blocks whose loss it is fitted on."""
         return [(module, [k]) for k, module in enumerate(self.params)]
 
-    def translator_input(self, features: Tensor, index: int) -> Tensor:
-        """The input of the translator that reads block ``index`` (what fitting standardises)."""
+    def fit_inputs(self, features: Tensor, index: int) -> tuple[Tensor, Tensor | None]:
+        """Block ``index`` as a translator sees it: ``(input, forwarded)``, see :meth:`decode`.
+
+        Both are fixed while a lens is fitted, so fitting computes them once.
+        """
+        raise NotImplementedError
+
+    def decode(self, translator: nn.Module, inputs: Tensor, forwarded: Tensor | None) -> Tensor:
+        """Logits from ``translator`` applied to ``inputs``, plus the ``forwarded`` part where there is one."""
         raise NotImplementedError
 
     def save(self, path: str | Path) -> None:
@@ -218,23 +225,28 @@ class TunedLens(Lens):
         for k, channels in enumerate(layout.channels):
             self.params.append(Translator(layout.slots * (d if layout.has_path(k) else channels), d))
 
+    def fit_inputs(self, features: Tensor, index: int) -> tuple[Tensor, Tensor | None]:
+        """``(W p_whole, P p_path)`` with an identity path; ``(p_whole, None)`` without one."""
+        carried = self.carry(features, index)
+        return (self.layout.whole(features, index), None) if carried is None else (carried[1], carried[0])
+
+    @staticmethod
+    def hidden(translator: nn.Module, inputs: Tensor, forwarded: Tensor | None) -> Tensor:
+        return translator(inputs) if forwarded is None else forwarded + translator(inputs)
+
+    def decode(self, translator: nn.Module, inputs: Tensor, forwarded: Tensor | None) -> Tensor:
+        return self.unembed(self.hidden(translator, inputs, forwarded))
+
     def translate(self, features: Tensor, index: int, translator: int) -> Tensor | None:
         """Apply translator ``translator`` to block ``index``'s features (transfer when they differ).
 
         Two blocks share a space only through their identity paths; where
         either block lacks one, a cross-block transfer is undefined (None).
         """
-        carried = self.carry(features, index)
-        if translator == index and carried is None:
-            return self.params[index](self.layout.whole(features, index))
-        if carried is None or not self.layout.has_path(translator):
+        inputs, forwarded = self.fit_inputs(features, index)
+        if translator != index and (forwarded is None or not self.layout.has_path(translator)):
             return None
-        return carried[0] + self.params[translator](carried[1])
-
-    def translator_input(self, features: Tensor, index: int) -> Tensor:
-        """What block ``index``'s translator reads: the carried whole block, or the whole block without a path."""
-        carried = self.carry(features, index)
-        return self.layout.whole(features, index) if carried is None else carried[1]
+        return self.hidden(self.params[translator], inputs, forwarded)
 
     def transform_hidden(self, features: Tensor, index: int) -> Tensor | None:
         return self.translate(features, index, index)
@@ -265,8 +277,8 @@ class SharedTunedLens(TunedLens):
         return [(self.params[0], [k for k in range(len(self.layout.blocks)) if self.layout.has_path(k)])]
 
     def translate(self, features: Tensor, index: int, translator: int) -> Tensor | None:
-        carried = self.carry(features, index)
-        return None if carried is None else carried[0] + self.params[0](carried[1])
+        inputs, forwarded = self.fit_inputs(features, index)
+        return None if forwarded is None else self.hidden(self.params[0], inputs, forwarded)
 
 
 class LinearProbe(SavedLens):
@@ -282,8 +294,11 @@ class LinearProbe(SavedLens):
             Translator(self.layout.slots * c, config.num_classes) for c in self.layout.channels
         )
 
-    def translator_input(self, features: Tensor, index: int) -> Tensor:
-        return self.layout.whole(features, index)
+    def fit_inputs(self, features: Tensor, index: int) -> tuple[Tensor, None]:
+        return self.layout.whole(features, index), None
+
+    def decode(self, translator: nn.Module, inputs: Tensor, forwarded: None = None) -> Tensor:
+        return translator(inputs)
 
     def forward(self, features: Tensor, index: int) -> Tensor:
         return self.params[index](self.layout.whole(features, index))
