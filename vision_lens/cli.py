@@ -99,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, WeightsError, OutputExistsError, CacheError, FileNotFoundError, ValueError) as exc:
         print(f"vision-lens {command}: error: {exc}", file=sys.stderr)
         return 2
-    print(f"[vision-lens] wrote {out}", file=sys.stderr)
+    finally:
+        pipeline.stop_processes()
+    if out is not None:  # None: a torchrun rank other than 0, which only captured its shards
+        print(f"[vision-lens] wrote {out}", file=sys.stderr)
     return 0
 
 

@@ -9,13 +9,17 @@ dataclasses of ``options.py``; the command line is generated from them.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import Tensor
 
 from . import __version__
 from .adapters import ModelAdapter, create_adapter
@@ -35,16 +39,70 @@ FITTED_LENSES = ("tuned", "shared", "linear_probe")
 KL_FITTED = ("tuned", "shared")  # fitted to the model's output unless --loss ce; the probe always to labels
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes: ``torchrun`` sets RANK and WORLD_SIZE; alone, (0, 1)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _start_processes(opts: CommonOptions) -> None:
+    """Under ``torchrun``: join the process group (NCCL on GPUs, Gloo on CPU), one GPU per local rank."""
+    rank, world = rank_and_world()
+    if world == 1 or dist.is_initialized():
+        return
+    if opts.device.startswith("cuda"):
+        opts.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(opts.device)
+    # Rank 0 fits between two captures while the others wait: allow long fits.
+    dist.init_process_group("nccl" if opts.device.startswith("cuda") else "gloo", timeout=timedelta(hours=24))
+
+
+def stop_processes() -> None:
+    """Leave the ``torchrun`` process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def load_model(opts: CommonOptions) -> ModelAdapter:
     """The adapter on ``opts.device``; ``auto`` is resolved here, and kept in ``opts`` for run.json."""
     opts.device = resolve_device(opts.device)
+    _start_processes(opts)
     return create_adapter(opts.model, weights=opts.weights, seed=opts.seed).to(opts.device)
+
+
+@dataclass
+class SplitFeatures:
+    """One captured split in memory: pooled features per block, the model's logits, labels, aux logits."""
+
+    features: list[Tensor]
+    logits: Tensor
+    labels: Tensor
+    aux_logits: dict[int, Tensor]
+
+    @classmethod
+    def of(cls, caches: list[FeatureCache], device: str | torch.device) -> "SplitFeatures":
+        """The caches' rows, in order (one cache, or the shards of a multi-process capture)."""
+
+        def rows(arrays) -> Tensor:
+            return torch.from_numpy(np.concatenate([np.asarray(a) for a in arrays]))
+
+        return cls(
+            [rows(c.features[k] for c in caches) for k in range(len(caches[0].features))],
+            rows(c.logits for c in caches).to(device),
+            rows(c.labels for c in caches).to(device),
+            {k: rows(c.aux_logits[k] for c in caches) for k in caches[0].aux_logits},
+        )
 
 
 def capture_split(
     adapter: ModelAdapter, opts: CommonOptions, split: str, limit: int | None, layout: FeatureLayout
-) -> FeatureCache:
-    """Capture one split into the feature cache (reused or resumed when it exists)."""
+) -> SplitFeatures | None:
+    """Capture one split into the feature cache (reused or resumed when it exists) and load it.
+
+    Under ``torchrun`` each of the N processes captures one of N disjoint,
+    contiguous shards of the split (every image exactly once, no padding), each
+    into its own resumable cache; after a barrier, rank 0 loads all shards in
+    order and the other ranks get None.
+    """
     if opts.fit_split == opts.eval_split:
         raise DataError(f"--fit-split and --eval-split are both {split!r}; lenses must be evaluated on held-out images")
     source = open_split(opts.data, split, opts.download_root)
@@ -53,16 +111,26 @@ def capture_split(
     except ValueError as exc:
         raise DataError(f"--data {opts.data}, split {split!r}: {exc}; pass data with the model's classes") from exc
     indices = select(len(source), limit, opts.seed)
-    print(f"[vision-lens] {split}: {len(indices)} of {len(source)} images from {opts.data}", file=sys.stderr)
-    return capture(
-        adapter, source, indices, Path(opts.cache_dir) / "features", label_map, layout,
-        batch_size=opts.batch_size, workers=opts.workers, desc=f"capture {split}", bf16=opts.precision == "bf16",
-    )
+    rank, world = rank_and_world()
+    shards = np.array_split(indices, world)
+    if rank == 0:
+        print(f"[vision-lens] {split}: {len(indices)} of {len(source)} images from {opts.data}"
+              + (f", in {world} shards" if world > 1 else ""), file=sys.stderr)
 
+    def capture_shard(r: int) -> FeatureCache:
+        return capture(
+            adapter, source, shards[r], Path(opts.cache_dir) / "features", label_map, layout,
+            batch_size=opts.batch_size, workers=opts.workers, desc=f"capture {split}" + (f" [{r}]" if world > 1 else ""),
+            bf16=opts.precision == "bf16",
+        )
 
-def _tensors(cache: FeatureCache, device: str):
-    features = [torch.from_numpy(np.array(f)) for f in cache.features]
-    return features, torch.from_numpy(np.array(cache.logits)).to(device), torch.from_numpy(np.array(cache.labels)).to(device)
+    own = capture_shard(rank)
+    if world > 1:
+        dist.barrier()  # every shard is complete before rank 0 reads them
+        if rank != 0:
+            return None
+    # Rank 0 opens the other shards' complete caches (and would capture any shard a crashed rank left).
+    return SplitFeatures.of([own if r == rank else capture_shard(r) for r in range(world)], adapter.device)
 
 
 def _run_info(opts: CommonOptions, adapter: ModelAdapter, **extra) -> dict:
@@ -80,13 +148,18 @@ def _run_info(opts: CommonOptions, adapter: ModelAdapter, **extra) -> dict:
     }
 
 
-def train(opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | None = None) -> Path:
-    """Capture the fit split and fit a tuned lens, a shared tuned lens and a linear probe on every block."""
-    out = out or prepare_output(opts.out, opts.overwrite)
+def train(
+    opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | None = None, fit: SplitFeatures | None = None
+) -> Path | None:
+    """Capture the fit split (unless ``fit`` is given) and fit a tuned lens, a shared tuned lens and a linear probe
+    on every block. Under ``torchrun`` only rank 0 fits and writes; the others return None after capture."""
+    out = out or (prepare_output(opts.out, opts.overwrite) if rank_and_world()[0] == 0 else None)
     adapter = adapter or load_model(opts)
     layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
-    cache = capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout)
-    features, logits, labels = _tensors(cache, adapter.device)
+    fit = fit or capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout)
+    if fit is None:
+        return None
+    features, logits, labels = fit.features, fit.logits, fit.labels
     labelled = labels >= 0
     if not labelled.all():
         print(f"[vision-lens] {int(labelled.sum())} of {len(labels)} fit images have a model class; "
@@ -110,9 +183,13 @@ def train(opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | Non
     return out
 
 
-def evaluate(opts: CommonOptions, lens_dir: Path, out: Path | None = None, adapter: ModelAdapter | None = None) -> Path:
-    """Evaluate saved lenses (plus the logit lens) on the eval split and write the result bundle."""
-    out = out or prepare_output(opts.out, opts.overwrite)
+def evaluate(
+    opts: CommonOptions, lens_dir: Path, out: Path | None = None, adapter: ModelAdapter | None = None,
+    held_out: SplitFeatures | None = None,
+) -> Path | None:
+    """Evaluate saved lenses (plus the logit lens) on the eval split (unless ``held_out`` is given) and write the
+    result bundle. Under ``torchrun`` only rank 0 evaluates and writes; the others return None after capture."""
+    out = out or (prepare_output(opts.out, opts.overwrite) if rank_and_world()[0] == 0 else None)
     adapter = adapter or load_model(opts)
     fitted = {
         t: LENS_TYPES[t].load(lens_dir / "lenses" / t, adapter)
@@ -127,22 +204,36 @@ def evaluate(opts: CommonOptions, lens_dir: Path, out: Path | None = None, adapt
         raise ValueError(f"--lens {lens_dir}: its lenses were fitted on different feature layouts ({', '.join(layouts)})")
     lenses = build_lenses(adapter, layout, ("logit",)) | fitted
     lenses = {t: lenses[t] for t in ("tuned", "shared", "logit", "linear_probe") if t in lenses}
-    cache = capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout)
-    features, logits, labels = _tensors(cache, adapter.device)
+    held_out = held_out or capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout)
+    if held_out is None:
+        return None
     print(f"[vision-lens] evaluating {', '.join(lenses)} on {len(adapter.blocks)} blocks", file=sys.stderr)
-    aux = {k: torch.from_numpy(np.array(a)) for k, a in cache.aux_logits.items()}
-    aggregate, batches = evaluate_lenses(lenses, features, logits, labels, fixed_logits={"aux_head": aux} if aux else None)
+    aux = held_out.aux_logits
+    aggregate, batches = evaluate_lenses(
+        lenses, held_out.features, held_out.logits, held_out.labels, fixed_logits={"aux_head": aux} if aux else None
+    )
     layers = {f"layer_{k}": b.name for k, b in enumerate(adapter.blocks)}
     fit = {t: lens.config.fit for t, lens in lenses.items() if lens.config.fit}
-    write_results(out, aggregate, batches, layers, _run_info(opts, adapter, eval_images=len(labels), lens=str(lens_dir), fit=fit))
+    run_info = _run_info(opts, adapter, eval_images=len(held_out.labels), lens=str(lens_dir), fit=fit)
+    write_results(out, aggregate, batches, layers, run_info)
     save_run_figures(out, out)
     write_report(out)
     return out
 
 
-def run(opts: RunOptions, out: Path | None = None) -> Path:
-    """``train`` then ``evaluate`` into one output folder."""
-    out = out or prepare_output(opts.out, opts.overwrite)
+def run(opts: RunOptions, out: Path | None = None) -> Path | None:
+    """``train`` then ``evaluate`` into one output folder.
+
+    Both splits are captured before any fit, so a data error surfaces before
+    the long work, and under ``torchrun`` every rank captures its shards of
+    both splits while rank 0 alone fits, evaluates and writes.
+    """
+    out = out or (prepare_output(opts.out, opts.overwrite) if rank_and_world()[0] == 0 else None)
     adapter = load_model(opts)
-    train(opts, out, adapter)
-    return evaluate(opts, out, out, adapter)
+    layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
+    fit = capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout)
+    held_out = capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout)
+    if fit is None:
+        return None
+    train(opts, out, adapter, fit)
+    return evaluate(opts, out, out, adapter, held_out)
