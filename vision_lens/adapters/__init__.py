@@ -1,7 +1,10 @@
-"""Model adapters, one per architecture family, behind one registry."""
+"""Model adapters, one per architecture family, behind one registry.
 
-from . import cifar_resnet  # noqa: F401  (registers "cifar:")
-from . import lucent_inception, timm_models, torchvision_models  # noqa: F401  (register "lucent:", "timm:", "torchvision:")
+The built-in families (``cifar:``, ``torchvision:``, ``timm:``, ``lucent:``) are
+imported when ``create_adapter`` first meets their name; others register with
+``register_family``.
+"""
+
 from .base import ModelAdapter, ModelFamily, WeightsError, create_adapter, register_family
 
 __all__ = ["ModelAdapter", "ModelFamily", "WeightsError", "create_adapter", "register_family"]

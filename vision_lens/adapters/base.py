@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +226,11 @@ class ModelFamily:
 
 
 _REGISTRY: dict[str, ModelFamily] = {}
+# The built-in families, imported on first use: timm, lucent and torchvision's model zoo
+# take seconds to import, and a run needs one of them.
+BUILT_IN = {
+    "cifar": "cifar_resnet", "torchvision": "torchvision_models", "timm": "timm_models", "lucent": "lucent_inception",
+}
 
 
 def register_family(name: str, family: ModelFamily) -> ModelFamily:
@@ -244,8 +250,10 @@ def create_adapter(
     random initialisation; a checkpoint brings its own class count.
     """
     match = re.fullmatch(r"([a-z0-9_]+):(.+)", name)
+    if match is not None and match.group(1) in BUILT_IN and match.group(1) not in _REGISTRY:
+        importlib.import_module(f"{__package__}.{BUILT_IN[match.group(1)]}")  # registers the family
     if match is None or match.group(1) not in _REGISTRY:
-        known = ", ".join(f"{f}:…" for f in sorted(_REGISTRY))
+        known = ", ".join(f"{f}:…" for f in sorted(set(_REGISTRY) | set(BUILT_IN)))
         raise ValueError(f"--model {name!r} is not a known model; use family:arch with one of the families {known}")
     family, arch = _REGISTRY[match.group(1)], match.group(2)
     torch.manual_seed(seed)
