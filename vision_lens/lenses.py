@@ -114,7 +114,11 @@ class SavedLens(nn.Module):
         path = Path(path)
         if not (path / "config.json").is_file() or not (path / "params.pt").is_file():
             raise FileNotFoundError(f"lens folder {path} needs config.json and params.pt; fit one with `vision-lens train`")
-        config = LensConfig.from_dict(json.loads((path / "config.json").read_text()))
+        saved = json.loads((path / "config.json").read_text())
+        if "layout" not in saved:
+            raise ValueError(f"lens folder {path} was written by an older vision-lens (before whole-block readout); "
+                             "fit it again with `vision-lens train`")
+        config = LensConfig.from_dict(saved)
         if config.lens_type != cls.lens_type:
             raise ValueError(f"lens folder {path} holds a {config.lens_type!r} lens, not {cls.lens_type!r}")
         if config.model != adapter.name or config.unembed_hash != unembed_hash(adapter.unembed):
