@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .adapters import ModelAdapter
 from .cache import FeatureCache
+from .checks import check_activations
 from .data import DataError, ImageSource, TransformedSubset
 
 
@@ -114,12 +115,13 @@ def capture(
     dims = [slots * b.channels for b in adapter.blocks]
     aux_blocks = tuple(k for k, b in enumerate(adapter.blocks) if b.name in adapter.aux_classifiers)
     cache = FeatureCache.open(
-        cache_root, capture_key(adapter, source, indices, grid), len(indices), dims, adapter.num_classes, aux_blocks
+        cache_root, capture_key(adapter, source, indices, grid), len(indices), dims, adapter.num_classes, aux_blocks,
+        row_ids=source.content_ids(indices, cache_root),
     )
     if cache.complete:
         return cache
     loader = DataLoader(
-        _SafeSubset(source, indices[cache.done :], adapter.transform),
+        _SafeSubset(source, indices[cache.done :], adapter.transform, adapter.input_size),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
@@ -136,7 +138,9 @@ def capture(
             logits = adapter.logits(images.to(adapter.device, non_blocking=True))
             feats = [p.float().cpu().numpy() for p in recorder.pooled]
             aux = {k: a.float().cpu().numpy() for k, a in recorder.aux_logits.items()}
-            cache.write(start, feats, logits.float().cpu().numpy(), label_map[labels.numpy()], aux)
+            logits = logits.float().cpu().numpy()
+            check_activations([b.name for b in adapter.blocks], feats, logits, start)
+            cache.write(start, feats, logits, label_map[labels.numpy()], aux)
             start += len(labels)
             cache.commit(start)
             bar.update(len(labels))

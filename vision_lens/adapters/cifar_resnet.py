@@ -91,6 +91,7 @@ class CifarResNet(nn.Module):
 
 
 class CifarResNetAdapter(ModelAdapter):
+    input_size = (32, 32)  # the transform does not resize: other sizes would change what every block sees
     def __init__(self, model: CifarResNet, weights_id: str, class_names: list[str] | None = None):
         self.model = model
         self.weights_id = weights_id

@@ -49,6 +49,7 @@ LUCID_RANGE = transforms.Normalize(mean=[117 / 255] * 3, std=[1 / 255] * 3)
 
 class LucentInceptionV1Adapter(ModelAdapter):
     """lucent's InceptionV1 with its own preprocessing and its 1008 unlabelled outputs."""
+    input_size = None  # the transform resizes and centre-crops any image to the model's input
 
     def __init__(self, model: InceptionV1, weights_id: str):
         self.model = model
