@@ -20,9 +20,10 @@ import torch
 
 from . import __version__
 from .adapters import ModelAdapter, create_adapter
-from .artifacts import prepare_output, write_results
+from .artifacts import mark_complete, prepare_output, write_results
 from .cache import FeatureCache
 from .capture import capture
+from .checks import check_fit, preflight
 from .data import DataError, open_split, select
 from .fit import FitSettings, fit_lens
 from .lenses import LENS_TYPES, build_lenses
@@ -139,8 +140,11 @@ def _run_info(opts: RunOptions, adapter: ModelAdapter, **extra) -> dict:
 
 def train(opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | None = None) -> Path:
     """Capture the fit split and fit a tuned lens, a shared tuned lens and a linear probe on every block."""
-    out = out or prepare_output(opts.out, opts.overwrite)
-    adapter = adapter or load_model(opts)
+    out = out or prepare_output(opts.out, opts.overwrite, keep=(opts.data, opts.cache_dir))
+    standalone = adapter is None  # else run() checked both splits and completes the folder after eval
+    if standalone:
+        adapter = load_model(opts)
+        preflight(opts, adapter, (opts.fit_split,))
     cache = capture_split(adapter, opts, opts.fit_split, opts.fit_limit)
     features, logits, labels = _tensors(cache, opts.device)
     labelled = labels >= 0
@@ -156,6 +160,7 @@ def train(opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | Non
         kl_target = logits if lens_type in KL_FITTED and opts.loss == "kl" else None
         loss = "kl" if kl_target is not None else "ce"
         per_block = fit_lens(lens, features, labels, kl_target, opts.fit_settings, desc=f"fit {lens_type} ({loss})")
+        check_fit(lens_type, lens, per_block, [b.name for b in adapter.blocks])
         lens.config.fit = {
             "loss": loss, "images": len(labels), "split": opts.fit_split, **asdict(opts.fit_settings),
             "final_loss_nats": per_block,
@@ -163,13 +168,17 @@ def train(opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | Non
         lens.save(out / "lenses" / lens_type)
         losses[lens_type] = per_block
     (out / "train.json").write_text(json.dumps(_run_info(opts, adapter, fit_images=len(labels), fit_loss_nats=losses), indent=1))
+    if standalone:
+        mark_complete(out)
     return out
 
 
 def evaluate(opts: RunOptions, lens_dir: Path, out: Path | None = None, adapter: ModelAdapter | None = None) -> Path:
     """Evaluate saved lenses (plus the logit lens) on the eval split and write the result bundle."""
-    out = out or prepare_output(opts.out, opts.overwrite)
-    adapter = adapter or load_model(opts)
+    out = out or prepare_output(opts.out, opts.overwrite, keep=(opts.data, opts.cache_dir))
+    if adapter is None:  # else run() checked both splits
+        adapter = load_model(opts)
+        preflight(opts, adapter, (opts.eval_split,))
     lenses = build_lenses(adapter, opts.pool_grid, ("logit",))
     for lens_type in FITTED_LENSES:
         path = lens_dir / "lenses" / lens_type
@@ -190,12 +199,14 @@ def evaluate(opts: RunOptions, lens_dir: Path, out: Path | None = None, adapter:
     write_results(out, aggregate, batches, layers, _run_info(opts, adapter, eval_images=len(labels), lens=str(lens_dir), fit=fit))
     save_run_figures(out, out)
     write_report(out)
+    mark_complete(out)  # last: compare and report refuse a folder without it
     return out
 
 
 def run(opts: RunOptions, out: Path | None = None) -> Path:
     """``train`` then ``evaluate`` into one output folder."""
-    out = out or prepare_output(opts.out, opts.overwrite)
+    out = out or prepare_output(opts.out, opts.overwrite, keep=(opts.data, opts.cache_dir))
     adapter = load_model(opts)
+    preflight(opts, adapter, (opts.fit_split, opts.eval_split))
     train(opts, out, adapter)
     return evaluate(opts, out, out, adapter)
