@@ -130,8 +130,9 @@ def test_kill_at_every_stage_then_rerun_gives_identical_numbers(base, baseline, 
             assert (out / "aggregate_metrics.json").is_file()  # looks like a result, but is marked incomplete
         assert main(["compare", str(out), "--out", str(tmp_path / "c.png")]) == 2
         assert main(["report", str(out)]) == 2
+        assert main(["eval", *COMMON, "--data", str(base / "data"), "--lens", str(out), "--out", str(tmp_path / "e")]) == 2
         err = capsys.readouterr().err
-        assert err.count(f"{out} is an incomplete run") == 2 and "Traceback" not in err
+        assert err.count(f"{out} is an incomplete run") == 3 and "Traceback" not in err
     rerun = vision_lens(*args)  # the same command, no --overwrite needed for a run that stopped
     assert rerun.returncode == 0, rerun.stderr
     assert manifest(out)["complete"] is True

@@ -57,7 +57,7 @@ class ContentHashIndex:
         known = {row[0]: row[1:] for row in self.db.execute("SELECT path, size, mtime_ns, sha256 FROM files")}
         out, fresh = [], []
         for path in paths:
-            key = str(path.resolve())
+            key = os.path.abspath(path)
             try:
                 stat = os.stat(key)
             except OSError as exc:

@@ -20,7 +20,7 @@ import torch
 
 from . import __version__
 from .adapters import ModelAdapter, create_adapter
-from .artifacts import mark_complete, prepare_output, write_results
+from .artifacts import mark_complete, prepare_output, require_complete, write_results
 from .cache import FeatureCache
 from .capture import capture
 from .checks import check_fit, preflight
@@ -177,6 +177,7 @@ def evaluate(opts: RunOptions, lens_dir: Path, out: Path | None = None, adapter:
     """Evaluate saved lenses (plus the logit lens) on the eval split and write the result bundle."""
     out = out or prepare_output(opts.out, opts.overwrite, keep=(opts.data, opts.cache_dir))
     if adapter is None:  # else run() checked both splits
+        require_complete(lens_dir)
         adapter = load_model(opts)
         preflight(opts, adapter, (opts.eval_split,))
     lenses = build_lenses(adapter, opts.pool_grid, ("logit",))
