@@ -183,6 +183,17 @@ def test_read_only_complete_cache_is_read(base, baseline, nobody):
     assert (outs / "from-read-only-cache" / "aggregate_metrics.json").read_bytes() == baseline
 
 
+def test_read_only_damaged_cache_stops_with_a_message(base, baseline, nobody, tmp_path):
+    cache = base / "damaged-read-only-cache"  # root's: read-only for nobody
+    shutil.copytree(base / "cache", cache)
+    flip_bytes(fit_cache(cache) / "logits.npy")
+    outs = writable_dir(base / "nobody-outs")
+    result = vision_lens(*run_args(base / "data", outs / "from-damaged-cache", cache), user=nobody)
+    assert result.returncode == 2
+    assert "do not match their checksum (damaged), and the folder is read-only" in result.stderr
+    assert not (outs / "from-damaged-cache" / "aggregate_metrics.json").exists()
+
+
 def fit_cache(cache: Path) -> Path:
     """The feature-cache folder of the fit split (20 images)."""
     (folder,) = [m.parent for m in cache.glob("features/*/manifest.json")

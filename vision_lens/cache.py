@@ -57,18 +57,25 @@ def images_digest(row_ids: Sequence[str] | None, start: int, stop: int) -> str:
     return hashlib.sha256("\n".join(row_ids[start:stop]).encode()).hexdigest()
 
 
-def _expected_file_size(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, int] | None:
-    """(expected, actual) size of an ``.npy`` file whose header says ``shape``/``dtype``; None if it matches."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        header_shape, _, header_dtype = read_header(f)
-        offset = f.tell()
+def npy_file_problem(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    """What is wrong with the ``.npy`` file at ``path`` for an array of ``shape`` and ``dtype``; None if nothing.
+
+    Checked before memory-mapping: numpy would silently grow a truncated file with zeros.
+    """
+    if not path.is_file():
+        return f"{path.name} is missing"
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            header_shape, _, header_dtype = read_header(f)
+            offset = f.tell()
+    except (OSError, ValueError) as exc:
+        return f"{path.name} has no readable .npy header ({exc})"
     if tuple(header_shape) != shape or header_dtype != dtype:
-        raise ValueError(f"header says {tuple(header_shape)} {header_dtype}, expected {shape} {dtype}")
-    expected = offset + int(np.prod(shape)) * dtype.itemsize
-    actual = path.stat().st_size
-    return None if actual == expected else (expected, actual)
+        return f"{path.name} holds {tuple(header_shape)} {header_dtype}, expected {shape} {dtype}"
+    expected, actual = offset + int(np.prod(shape)) * dtype.itemsize, path.stat().st_size
+    return None if actual == expected else f"{path.name} is {actual} bytes, expected {expected}"
 
 
 @dataclass
@@ -160,29 +167,24 @@ class FeatureCache:
         manifest.setdefault("chunks", [])
         manifest["done"] = manifest["chunks"][-1]["stop"] if manifest["chunks"] else 0
         n = shapes["labels"][0]
-        arrays, truncated = {}, []
-        for name, shape in shapes.items():
-            dtype = np.dtype(np.int64 if name == "labels" else np.float32)
-            file = path / f"{name}.npy"
-            if file.exists():
-                try:
-                    sizes = _expected_file_size(file, tuple(shape), dtype)
-                except (OSError, ValueError) as exc:
-                    sizes = (f"a valid .npy header ({exc})", "")
-                if sizes is not None:
-                    truncated.append(f"{file.name} is {sizes[1] or 'unreadable'} bytes, expected {sizes[0]}")
-        if truncated and lock is None:
-            raise CacheError(f"feature cache {path} is damaged ({'; '.join(truncated)}) and read-only; "
+        dtypes = {name: np.dtype(np.int64 if name == "labels" else np.float32) for name in shapes}
+        fresh = not manifest["chunks"]  # nothing committed: the files are (re)created
+        problems = [] if fresh else [
+            problem for name, shape in shapes.items()
+            if (problem := npy_file_problem(path / f"{name}.npy", tuple(shape), dtypes[name]))
+        ]
+        if problems and lock is None:
+            raise CacheError(f"feature cache {path} is damaged ({'; '.join(problems)}) and read-only; "
                              f"delete {path} or make it writable, then rerun")
-        if truncated:
-            print(f"[vision-lens] feature cache {path} is damaged ({'; '.join(truncated)}); capturing again",
+        if problems:
+            print(f"[vision-lens] feature cache {path} is damaged ({'; '.join(problems)}); capturing again",
                   file=sys.stderr)
-            manifest["chunks"], manifest["done"] = [], 0
+            manifest["chunks"], manifest["done"], fresh = [], 0, True
         complete = manifest["done"] == n
+        arrays = {}
         for name, shape in shapes.items():
-            dtype = np.int64 if name == "labels" else np.float32
-            file = path / f"{name}.npy"
-            mode = "r" if complete or lock is None else ("r+" if file.exists() and not truncated else "w+")
+            dtype, file = dtypes[name], path / f"{name}.npy"
+            mode = "r" if complete or lock is None else ("w+" if fresh else "r+")
             try:
                 arrays[name] = np.lib.format.open_memmap(file, mode=mode, dtype=dtype, shape=tuple(shape))
             except (OSError, ValueError) as exc:
@@ -190,7 +192,7 @@ class FeatureCache:
         feats = [arrays[f"block_{k}"] for k in range(sum(s.startswith("block_") for s in shapes))]
         aux = {int(s[4:]): arrays[s] for s in shapes if s.startswith("aux_")}
         cache = cls(path, manifest, feats, arrays["logits"], arrays["labels"], aux, row_ids, lock)
-        if truncated:
+        if problems:
             cache._write_manifest()
         return cache
 

@@ -27,6 +27,8 @@ PRETRAINED = {
     "resnet56": _URL + "resnet56-4bfd9763.th",
     "resnet110": _URL + "resnet110-1d1ed7c2.th",
 }
+# The published files' sha256 prefixes (in their names, as torch.hub checks them): weights known to take 32x32.
+PUBLISHED_SHA256_PREFIXES = tuple(url.rsplit("-", 1)[1].removesuffix(".th") for url in PRETRAINED.values())
 
 
 class OptionAShortcut(nn.Module):
@@ -91,7 +93,10 @@ class CifarResNet(nn.Module):
 
 
 class CifarResNetAdapter(ModelAdapter):
-    input_size = (32, 32)  # the transform does not resize: other sizes would change what every block sees
+    # The transform does not resize. The network is fully convolutional, but CIFAR-10 weights (published,
+    # or the random-init control) see 32x32 images; a checkpoint file of unknown origin may have been
+    # trained at another size (the demo's 16x16 digits), so its size is not checked.
+    input_size = (32, 32)
     def __init__(self, model: CifarResNet, weights_id: str, class_names: list[str] | None = None):
         self.model = model
         self.weights_id = weights_id
@@ -138,4 +143,7 @@ def build_cifar_resnet(arch: str, weights: str | None = None, num_classes: int =
         num_classes = state["linear.weight"].shape[0]
     model = CifarResNet(int(arch[6:]), num_classes)
     load_state_dict_strict(model, state, weights)
-    return CifarResNetAdapter(model, weights_id)
+    adapter = CifarResNetAdapter(model, weights_id)
+    if not weights_id.startswith(PUBLISHED_SHA256_PREFIXES):
+        adapter.input_size = None
+    return adapter
