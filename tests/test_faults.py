@@ -27,6 +27,7 @@ from PIL import Image
 from vision_lens.adapters import create_adapter
 from vision_lens.artifacts import MANIFEST_NAME, write_results
 from vision_lens.cli import main
+from vision_lens.files import FolderLock
 
 from .conftest import REPO, write_image_folder
 
@@ -41,6 +42,7 @@ import os, signal, sys
 import vision_lens.artifacts as artifacts, vision_lens.pipeline as pipeline
 from vision_lens.cache import FeatureCache
 from vision_lens.cli import main
+from vision_lens.files import FolderLock
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -139,11 +141,29 @@ def test_kill_at_every_stage_then_rerun_gives_identical_numbers(base, baseline, 
     assert (out / "aggregate_metrics.json").read_bytes() == baseline
 
 
-def test_two_runs_sharing_a_cache_both_finish_with_the_same_numbers(base, baseline, tmp_path):
+def read_until(process: subprocess.Popen, text: str) -> str:
+    """Read the process's stderr until a line holds ``text`` (or the process ends); return what was read."""
+    lines = []
+    while (line := process.stderr.readline()) and text not in line:
+        lines.append(line)
+    return "".join(lines) + line
+
+
+def test_two_runs_sharing_a_cache_wait_for_each_other_and_agree(base, baseline, tmp_path):
     cache = tmp_path / "cache"
+    # Both runs meet for sure: the test holds the fit cache's lock until both say they wait for it.
+    held = FolderLock(cache / "features" / fit_cache(base / "cache").name)
+    held.path.parent.mkdir(parents=True)
+    held.acquire()
     runs = [vision_lens(*run_args(base / "data", tmp_path / f"out{i}", cache), background=True) for i in range(2)]
+    try:
+        for run in runs:
+            assert "waiting for another run that is writing" in read_until(run, "waiting for another run")
+    finally:
+        held.release()
     errors = [run.communicate(timeout=300)[1] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], errors
+    assert sum("reusing 20 of 20 captured rows" in err for err in errors) == 1  # the second read the first's capture
     for i in range(2):
         assert (tmp_path / f"out{i}" / "aggregate_metrics.json").read_bytes() == baseline
     assert not list(cache.rglob("*.tmp"))
