@@ -133,8 +133,12 @@ def test_kill_at_every_stage_then_rerun_gives_identical_numbers(base, baseline, 
         assert main(["compare", str(out), "--out", str(tmp_path / "c.png")]) == 2
         assert main(["report", str(out)]) == 2
         assert main(["eval", *COMMON, "--data", str(base / "data"), "--lens", str(out), "--out", str(tmp_path / "e")]) == 2
+        expected = 3
+        if stage == "write":
+            assert main(["compare", str(out / "aggregate_metrics.json"), "--out", str(tmp_path / "c.png")]) == 2
+            expected += 1
         err = capsys.readouterr().err
-        assert err.count(f"{out} is an incomplete run") == 3 and "Traceback" not in err
+        assert err.count(f"{out} is an incomplete run") == expected and "Traceback" not in err
     rerun = vision_lens(*args)  # the same command, no --overwrite needed for a run that stopped
     assert rerun.returncode == 0, rerun.stderr
     assert manifest(out)["complete"] is True
@@ -340,7 +344,9 @@ def test_overwrite_removes_only_what_the_package_wrote(base, baseline, tmp_path,
     assert "refuses to touch: notes.txt" in err
     assert (out / "notes.txt").read_text() == "mine" and (out / "aggregate_metrics.json").read_bytes() == baseline
     (out / "notes.txt").unlink()
-    assert run_on(base / "data", out, tmp_path / "cache", "--overwrite") == 0
+    (out / "drafts").mkdir()  # an empty folder of the user's: not the package's to remove
+    assert run_on(base / "data", out, base / "cache", "--overwrite") == 0
+    assert (out / "drafts").is_dir() and (out / "aggregate_metrics.json").read_bytes() == baseline
 
 
 @pytest.mark.parametrize("inside", ["data", "cache"])

@@ -116,7 +116,8 @@ def prepare_output(out: str | Path, overwrite: bool, keep: Iterable[str | Path] 
             )
         for name in sorted(ours):
             (out / name).unlink()
-        for folder in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        emptied = {parent for name in ours for parent in (out / name).parents if parent != out and out in parent.parents}
+        for folder in sorted(emptied, key=lambda p: -len(p.parts)):  # deepest first; a user's empty folder stays
             if not any(folder.iterdir()):
                 folder.rmdir()
     try:
@@ -135,9 +136,9 @@ def mark_complete(out: str | Path) -> None:
 
 
 def require_complete(path: str | Path) -> None:
-    """Refuse a run folder whose manifest says its run did not finish."""
-    folder = Path(path)
-    manifest = read_manifest(folder) if folder.is_dir() else None
+    """Refuse a run folder (or a file in one) whose manifest says its run did not finish."""
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    manifest = read_manifest(folder)
     if manifest is not None and not manifest["complete"]:
         raise RunFolderError(f"{folder} is an incomplete run (it stopped before finishing); rerun the command that "
                              "writes it, or pass a finished run")
