@@ -8,36 +8,140 @@ A run folder holds::
     metrics.csv              one row per (lens, layer, metric)
     run.json                 settings and provenance
     lenses/<type>/           config.json + params.pt per fitted lens
+    vision-lens-manifest.json  {"complete": bool, "files": [...]}: written first, completed last
+
+The manifest makes two promises checkable. ``--overwrite`` removes only the
+files the package wrote (listed in the manifest; for a run that stopped early,
+the file names a run writes), and refuses a folder holding anything else, the
+data or the feature cache. ``complete`` is set last, so ``compare`` and
+``report`` can refuse a folder whose run was killed half-way. Folders written
+before the manifest existed are read as before.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import shutil
+import math
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
+from typing import Iterable
+
+from .files import write_text_atomic
 
 RESULT_FILES = ("aggregate_metrics.json", "batches.jsonl", "layers.json", "metrics.csv", "run.json")
+MANIFEST_NAME = "vision-lens-manifest.json"
+# Every file name a run, train or eval writes: what --overwrite may remove from a run that stopped
+# before it listed its files (the temporary files are those of files.write_text_atomic).
+WRITTEN_PATTERNS = (
+    *RESULT_FILES, "train.json", "report.html", "layerwise.png", "transfer_penalty.png",
+    "lenses/*/config.json", "lenses/*/params.pt", ".*.tmp", "lenses/*/.*.tmp",
+)
 
 
 class OutputExistsError(FileExistsError):
-    pass
+    """--out holds something the run must not replace; the message lists it and says what to do."""
 
 
-def prepare_output(out: str | Path, overwrite: bool) -> Path:
-    """Create ``out``; refuse to write into a non-empty folder unless ``overwrite``."""
+class RunFolderError(ValueError):
+    """A run folder or result file cannot be used: unwritable, incomplete or malformed (named in the message)."""
+
+
+def _files_under(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()} - {MANIFEST_NAME}
+
+
+def read_manifest(folder: str | Path) -> dict | None:
+    """The folder's manifest, or None where it has none (not written by vision-lens, or by an older version)."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(f"{path} is damaged ({exc}); check the folder by hand and remove it") from exc
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("complete"), bool)
+            and isinstance(manifest.get("files"), list)):
+        raise RunFolderError(f"{path} is damaged (expected {{\"complete\": bool, \"files\": [...]}}); check the "
+                             "folder by hand and remove it")
+    return manifest
+
+
+def _write_manifest(folder: Path, complete: bool, files: Iterable[str]) -> None:
+    write_text_atomic(folder / MANIFEST_NAME, json.dumps({"complete": complete, "files": sorted(files)}, indent=1))
+
+
+def written_by_package(folder: Path, manifest: dict) -> set[str]:
+    """The files in ``folder`` that the package wrote: listed in the manifest, or named as a run names them."""
+    present = _files_under(folder)
+    ours = present & set(manifest["files"])
+    if not manifest["complete"]:
+        ours |= {f for f in present if any(fnmatch(f, pattern) for pattern in WRITTEN_PATTERNS)}
+    return ours
+
+
+def _inside(path: str | Path, folder: Path) -> bool:
+    path = Path(path)
+    return path.exists() and path.resolve().is_relative_to(folder.resolve())
+
+
+def prepare_output(out: str | Path, overwrite: bool, keep: Iterable[str | Path] = ()) -> Path:
+    """Create ``out`` and its manifest (incomplete); check it is writable, before any compute.
+
+    A folder that is not empty is refused unless ``overwrite`` (or it is a run
+    that stopped early, whose own files a rerun replaces). Then only the files
+    the package wrote are removed, and the folder is refused, untouched, if it
+    holds anything else or any of ``keep`` (the data, the feature cache).
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out} is a file; pass a folder path")
     if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
+        manifest = read_manifest(out)
+        stopped_early = manifest is not None and not manifest["complete"]
+        if not (overwrite or stopped_early):
             raise OutputExistsError(
                 f"--out {out} already exists and is not empty; pass --overwrite to replace it, or choose another --out"
             )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+        ours = written_by_package(out, manifest) if manifest else set()
+        foreign = sorted(_files_under(out) - ours)
+        protected = [str(k) for k in keep if _inside(k, out)]
+        if foreign or protected:
+            listed = [f"{p} (--data or the feature cache)" for p in protected] + foreign[:20]
+            more = f" and {len(foreign) - 20} more" if len(foreign) > 20 else ""
+            raise OutputExistsError(
+                f"--out {out}: --overwrite removes only files vision-lens wrote there, and refuses to touch: "
+                f"{', '.join(listed)}{more}. Move them out of {out}, or choose another --out."
+            )
+        for name in sorted(ours):
+            (out / name).unlink()
+        emptied = {parent for name in ours for parent in (out / name).parents if parent != out and out in parent.parents}
+        for folder in sorted(emptied, key=lambda p: -len(p.parts)):  # deepest first; a user's empty folder stays
+            if not any(folder.iterdir()):
+                folder.rmdir()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_manifest(out, complete=False, files=[])
+    except OSError as exc:
+        raise RunFolderError(f"--out {out} is not writable ({exc.strerror or exc}); choose a folder you can "
+                             "write to") from exc
     return out
+
+
+def mark_complete(out: str | Path) -> None:
+    """Record every file in ``out`` as the package's and the run as complete; call it after the last write."""
+    out = Path(out)
+    _write_manifest(out, complete=True, files=_files_under(out))
+
+
+def require_complete(path: str | Path) -> None:
+    """Refuse a run folder (or a file in one) whose manifest says its run did not finish."""
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    manifest = read_manifest(folder)
+    if manifest is not None and not manifest["complete"]:
+        raise RunFolderError(f"{folder} is an incomplete run (it stopped before finishing); rerun the command that "
+                             "writes it, or pass a finished run")
 
 
 def layer_keys(keys) -> list[str]:
@@ -45,10 +149,19 @@ def layer_keys(keys) -> list[str]:
     return sorted(keys, key=lambda k: int(k.split("_")[1]))
 
 
+def undefined_as_null(obj):
+    """``obj`` with every NaN or infinite float replaced by None: an undefined value is null, never a number."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: undefined_as_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [undefined_as_null(v) for v in obj]
+    return obj
+
+
 def _dump(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(undefined_as_null(obj), indent=1, allow_nan=False))
 
 
 def tidy_rows(aggregate: dict, layers: dict[str, str]) -> list[dict]:
@@ -70,10 +183,12 @@ def tidy_rows(aggregate: dict, layers: dict[str, str]) -> list[dict]:
 
 
 def write_results(out: Path, aggregate: dict, batches: list[dict], layers: dict[str, str], run: dict) -> None:
+    """Write the result files; the folder counts as incomplete until ``mark_complete``."""
+    manifest = read_manifest(out)
+    _write_manifest(out, complete=False, files=manifest["files"] if manifest else [])
+    aggregate = undefined_as_null(aggregate)
     _dump(out / "aggregate_metrics.json", aggregate)
-    with open(out / "batches.jsonl", "w") as f:
-        json.dump(batches, f)
-        f.write("\n")
+    write_text_atomic(out / "batches.jsonl", json.dumps(undefined_as_null(batches), allow_nan=False) + "\n")
     _dump(out / "layers.json", layers)
     _dump(out / "run.json", run)
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -97,16 +212,78 @@ class RunResults:
         return [self.layers[k] for k in layer_keys(self.layers)]
 
 
+AGGREGATE_SCHEMA = (
+    '{lens: {metric: {"layer_k": number or null}, "layer_transfer": {kind: {"layer_i": {"layer_j": number or '
+    'null}}}}, "baseline": {metric: {"final": number or null}}}, as `vision-lens run` and `tuned-lens eval` write it'
+)
+
+
+def read_json(path: Path, expected: str):
+    """Parse ``path``; an unreadable or malformed file raises RunFolderError naming it and what was expected."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RunFolderError(f"{path} is not readable JSON ({exc}); expected {expected}") from exc
+
+
+def _is_value(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _is_layer_table(table, depth: int) -> bool:
+    """``{"layer_k": value}`` (depth 1) or ``{"layer_i": {"layer_j": value}}`` (depth 2), with integer k."""
+    if not isinstance(table, dict) or not table:
+        return False
+    keys_ok = all(isinstance(k, str) and k.startswith("layer_") and k[6:].isdigit() for k in table)
+    return keys_ok and all(_is_value(v) if depth == 1 else _is_layer_table(v, 1) for v in table.values())
+
+
+def check_aggregate(path: Path, aggregate) -> None:
+    """Raise RunFolderError naming ``path`` unless ``aggregate`` has the tuned-lens eval nesting and some data."""
+    def fail(problem: str):
+        raise RunFolderError(f"{path}: {problem}; expected {AGGREGATE_SCHEMA}")
+
+    if not isinstance(aggregate, dict):
+        fail(f"the top level is a {type(aggregate).__name__}, not an object")
+    has_values = False
+    for lens_type, metrics in aggregate.items():
+        if not isinstance(metrics, dict):
+            fail(f"{lens_type!r} is not an object of metrics")
+        for metric, table in metrics.items():
+            if lens_type == "baseline":
+                if not (isinstance(table, dict) and set(table) == {"final"} and _is_value(table["final"])):
+                    fail(f'baseline {metric!r} is not {{"final": number or null}}')
+            elif metric == "layer_transfer":
+                if not (isinstance(table, dict) and all(_is_layer_table(t, 2) for t in table.values())):
+                    fail(f"{lens_type}.layer_transfer is not a table of layer_i -> layer_j -> value")
+            elif not _is_layer_table(table, 1):
+                fail(f"{lens_type}.{metric} is not a table of layer_k -> number or null")
+            else:
+                has_values |= any(v is not None for v in table.values())
+    if not has_values:
+        fail("it holds no lens with a layer-wise value")
+
+
 def load_results(path: str | Path) -> RunResults:
-    """A run folder, or a bare ``aggregate_metrics.json`` (e.g. from ``tuned-lens eval``) named after its folder."""
+    """A run folder, or a bare ``aggregate_metrics.json`` (e.g. from ``tuned-lens eval``) named after its folder.
+
+    A malformed file raises RunFolderError naming it and what was expected.
+    """
     path = Path(path)
     if path.is_file():
-        return RunResults(path.parent, path.parent.name, json.loads(path.read_text()), {}, {})
+        aggregate = read_json(path, AGGREGATE_SCHEMA)
+        check_aggregate(path, aggregate)
+        return RunResults(path.parent, path.parent.name, aggregate, {}, {})
     agg = path / "aggregate_metrics.json"
     if not agg.is_file():
         raise FileNotFoundError(f"{path} holds no aggregate_metrics.json; pass a folder written by `vision-lens run`")
     layers_path, run_path = path / "layers.json", path / "run.json"
-    aggregate = json.loads(agg.read_text())
-    layers = json.loads(layers_path.read_text()) if layers_path.is_file() else {}
-    run = json.loads(run_path.read_text()) if run_path.is_file() else {}
+    aggregate = read_json(agg, AGGREGATE_SCHEMA)
+    check_aggregate(agg, aggregate)
+    layers = read_json(layers_path, '{"layer_k": block name}') if layers_path.is_file() else {}
+    if not (isinstance(layers, dict) and all(isinstance(v, str) for v in layers.values())):
+        raise RunFolderError(f'{layers_path}: expected {{"layer_k": block name}}')
+    run = read_json(run_path, "an object of run settings") if run_path.is_file() else {}
+    if not isinstance(run, dict):
+        raise RunFolderError(f"{run_path}: expected an object of run settings, not a {type(run).__name__}")
     return RunResults(path, run.get("model", path.name), aggregate, layers, run)

@@ -2,46 +2,80 @@
 
 Layout of a cache folder::
 
-    manifest.json      key (what was captured), shapes, and ``done``: rows written
-    block_<k>.npy      (n, dim_k) float32 memmap, pooled features of block k
+    manifest.json      key (what was captured), shapes, and ``chunks``: the committed batches
+    block_<k>.npy      (n, dim_k) float32, pooled features of block k
     logits.npy         (n, num_classes) float32, the model's own logits
     aux_<k>.npy        (n, num_classes) float32, the model's own classifier at block k, if any
     labels.npy         (n,) int64
+    lock               held (fcntl.flock) by the one run that writes this folder
 
-The folder name is a hash of the key, so changing the model, weights, data,
-subset or pooling never reuses a stale cache. Rows are written in order and
-``done`` is advanced (atomically) only after they are flushed, so a run killed
-at any point resumes from the last committed batch.
+The folder name is a hash of the key, so changing the model, weights, list of
+images, subset or pooling never reuses a stale cache. Rows are written in
+order; each commit records a chunk ``{"stop", "images", "arrays"}``: the rows
+it ends at, a hash of the content ids of its images, and a SHA-256 of its rows
+in every array. ``done`` (the rows committed) is advanced atomically only
+after the rows are flushed, so a run killed at any point resumes from the last
+committed batch.
+
+Opening checks every file's size and every committed chunk against the
+manifest and the current images. The rows from the first chunk that fails
+(damaged bytes, or images whose content changed) are captured again when the
+folder is writable; a read-only folder with such rows stops with a message.
+A truncated array file, or a manifest that cannot be read, cannot be trusted
+at all. Complete caches are opened read-only, so reading never changes them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from .files import FolderLock, write_text_atomic
+
+FORMAT_VERSION = 2
 
 
 class CacheError(RuntimeError):
-    """A cache folder is damaged or does not match its manifest."""
+    """A cache folder is damaged, does not match its manifest, or cannot be written."""
 
 
 def cache_key_hash(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    """The folder name of ``key``'s cache; a new format version never opens an old folder."""
+    return hashlib.sha256(json.dumps([FORMAT_VERSION, key], sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def images_digest(row_ids: Sequence[str] | None, start: int, stop: int) -> str:
+    """A hash of the content ids of rows ``start:stop`` ("" when the source gives none)."""
+    if row_ids is None:
+        return ""
+    return hashlib.sha256("\n".join(row_ids[start:stop]).encode()).hexdigest()
+
+
+def npy_file_problem(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    """What is wrong with the ``.npy`` file at ``path`` for an array of ``shape`` and ``dtype``; None if nothing.
+
+    Checked before memory-mapping: numpy would silently grow a truncated file with zeros.
+    """
+    if not path.is_file():
+        return f"{path.name} is missing"
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            header_shape, _, header_dtype = read_header(f)
+            offset = f.tell()
+    except (OSError, ValueError) as exc:
+        return f"{path.name} has no readable .npy header ({exc})"
+    if tuple(header_shape) != shape or header_dtype != dtype:
+        return f"{path.name} holds {tuple(header_shape)} {header_dtype}, expected {shape} {dtype}"
+    expected, actual = offset + int(np.prod(shape)) * dtype.itemsize, path.stat().st_size
+    return None if actual == expected else f"{path.name} is {actual} bytes, expected {expected}"
 
 
 @dataclass
@@ -54,6 +88,8 @@ class FeatureCache:
     logits: np.ndarray
     labels: np.ndarray
     aux_logits: dict[int, np.ndarray]
+    row_ids: Sequence[str] | None = None
+    lock: FolderLock | None = field(default=None, repr=False)
 
     @property
     def done(self) -> int:
@@ -63,46 +99,154 @@ class FeatureCache:
     def complete(self) -> bool:
         return self.done == len(self.labels)
 
+    @property
+    def _arrays(self) -> dict[str, np.ndarray]:
+        """Every array by file name stem, in a fixed order (the order of the chunk checksums)."""
+        arrays = {f"block_{k}": a for k, a in enumerate(self.features)}
+        arrays |= {"logits": self.logits, "labels": self.labels}
+        return arrays | {f"aux_{k}": a for k, a in sorted(self.aux_logits.items())}
+
     @classmethod
     def open(
-        cls, root: str | Path, key: dict, n: int, dims: list[int], num_classes: int, aux_blocks: tuple[int, ...] = ()
+        cls, root: str | Path, key: dict, n: int, dims: list[int], num_classes: int, aux_blocks: tuple[int, ...] = (),
+        row_ids: Sequence[str] | None = None,
     ) -> "FeatureCache":
-        """Open the cache for ``key`` under ``root``, creating it if needed.
+        """Open the cache for ``key`` under ``root``, creating it if needed; see the module docstring.
 
-        ``aux_blocks`` are the blocks that carry one of the model's own classifiers.
+        ``aux_blocks`` are the blocks that carry one of the model's own
+        classifiers. ``row_ids[i]`` is a content id of row i's image: committed
+        rows whose image changed since are captured again.
         """
         path = Path(root) / cache_key_hash(key)
-        manifest_path = path / "manifest.json"
         shapes = {f"block_{k}": [n, d] for k, d in enumerate(dims)} | {"logits": [n, num_classes], "labels": [n]}
         shapes |= {f"aux_{k}": [n, num_classes] for k in aux_blocks}
-        if manifest_path.exists():
-            try:
-                manifest = json.loads(manifest_path.read_text())
-            except json.JSONDecodeError as exc:
-                raise CacheError(f"feature cache {path} has a damaged manifest.json; delete {path} and rerun") from exc
-            if manifest.get("key") != key or manifest.get("shapes") != shapes:
-                raise CacheError(
-                    f"feature cache {path} was written for other settings than this run; delete {path} and rerun"
-                )
-            mode = "r+"
-        else:
+        lock = FolderLock(path)
+        try:
             path.mkdir(parents=True, exist_ok=True)
-            manifest = {"version": FORMAT_VERSION, "key": key, "shapes": shapes, "done": 0}
-            mode = "w+"
+            lock.acquire()  # held while this run may write; released once the cache is complete
+        except OSError as exc:
+            lock = None  # read-only: usable only if complete and intact
+            if not (path / "manifest.json").is_file():
+                raise CacheError(
+                    f"cannot create the feature cache {path} ({exc.strerror or exc}); make {Path(root)} writable "
+                    f"or pass --cache-dir a writable folder"
+                ) from exc
+        manifest = cls._read_manifest(path, key, shapes)
+        cache = cls._map(path, manifest or {"version": FORMAT_VERSION, "key": key, "shapes": shapes}, shapes, row_ids,
+                         lock)
+        if manifest is None:
+            cache._start_over(None)
+        else:
+            cache._verify()
+        if cache.complete:
+            cache._release()
+        elif cache.lock is None:
+            raise CacheError(f"feature cache {path} holds {cache.done} of {n} rows and is read-only; make it writable "
+                             f"so that the rest can be captured, or pass --cache-dir a writable folder")
+        return cache
+
+    @staticmethod
+    def _read_manifest(path: Path, key: dict, shapes: dict) -> dict | None:
+        manifest_path = path / "manifest.json"
+        if not manifest_path.exists():
+            return None
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            chunks = manifest["chunks"]
+            if not all(isinstance(c, dict) and {"stop", "images", "arrays"} <= set(c) for c in chunks):
+                raise ValueError("malformed chunk records")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CacheError(f"feature cache {path} has a damaged manifest.json; delete {path} and rerun ({exc})") from exc
+        if manifest.get("key") != key or manifest.get("shapes") != shapes:
+            raise CacheError(f"feature cache {path} was written for other settings than this run; delete {path} and rerun")
+        return manifest
+
+    @classmethod
+    def _map(cls, path: Path, manifest: dict, shapes: dict, row_ids, lock) -> "FeatureCache":
+        """Memory-map the arrays: read-only when complete or not writable; created when missing or truncated."""
+        manifest.setdefault("chunks", [])
+        manifest["done"] = manifest["chunks"][-1]["stop"] if manifest["chunks"] else 0
+        n = shapes["labels"][0]
+        dtypes = {name: np.dtype(np.int64 if name == "labels" else np.float32) for name in shapes}
+        fresh = not manifest["chunks"]  # nothing committed: the files are (re)created
+        problems = [] if fresh else [
+            problem for name, shape in shapes.items()
+            if (problem := npy_file_problem(path / f"{name}.npy", tuple(shape), dtypes[name]))
+        ]
+        if problems and lock is None:
+            raise CacheError(f"feature cache {path} is damaged ({'; '.join(problems)}) and read-only; "
+                             f"delete {path} or make it writable, then rerun")
+        if problems:
+            print(f"[vision-lens] feature cache {path} is damaged ({'; '.join(problems)}); capturing again",
+                  file=sys.stderr)
+            manifest["chunks"], manifest["done"], fresh = [], 0, True
+        complete = manifest["done"] == n
         arrays = {}
         for name, shape in shapes.items():
-            dtype = np.int64 if name == "labels" else np.float32
+            dtype, file = dtypes[name], path / f"{name}.npy"
+            mode = "r" if complete or lock is None else ("w+" if fresh else "r+")
             try:
-                arrays[name] = np.lib.format.open_memmap(path / f"{name}.npy", mode=mode, dtype=dtype, shape=tuple(shape))
+                arrays[name] = np.lib.format.open_memmap(file, mode=mode, dtype=dtype, shape=tuple(shape))
             except (OSError, ValueError) as exc:
                 raise CacheError(f"feature cache {path} is damaged ({name}.npy: {exc}); delete {path} and rerun") from exc
-            if arrays[name].shape != tuple(shape) or arrays[name].dtype != dtype:
-                raise CacheError(f"feature cache {path}: {name}.npy has the wrong shape; delete {path} and rerun")
-        if mode == "w+":
-            _write_json_atomic(manifest_path, manifest)
-        feats = [arrays[f"block_{k}"] for k in range(len(dims))]
-        aux = {k: arrays[f"aux_{k}"] for k in aux_blocks}
-        return cls(path, manifest, feats, arrays["logits"], arrays["labels"], aux)
+        feats = [arrays[f"block_{k}"] for k in range(sum(s.startswith("block_") for s in shapes))]
+        aux = {int(s[4:]): arrays[s] for s in shapes if s.startswith("aux_")}
+        cache = cls(path, manifest, feats, arrays["logits"], arrays["labels"], aux, row_ids, lock)
+        if problems:
+            cache._write_manifest()
+        return cache
+
+    def _chunk_checksum(self, start: int, stop: int) -> str:
+        digest = hashlib.sha256()
+        for array in self._arrays.values():
+            digest.update(np.ascontiguousarray(array[start:stop]).tobytes())
+        return digest.hexdigest()
+
+    def _verify(self) -> None:
+        """Keep the committed chunks up to the first one that is damaged or whose images changed."""
+        start = 0
+        for i, chunk in enumerate(self.manifest["chunks"]):
+            stop = chunk["stop"]
+            problem = None
+            if self.row_ids is not None and chunk["images"] and chunk["images"] != images_digest(self.row_ids, start, stop):
+                problem = f"images of rows {start}-{stop - 1} changed since they were captured"
+            elif chunk["arrays"] != self._chunk_checksum(start, stop):
+                problem = f"rows {start}-{stop - 1} do not match their checksum (damaged)"
+            if problem:
+                self._start_over(i, problem)
+                return
+            start = stop
+        if start:
+            print(f"[vision-lens] feature cache {self.path}: reusing {start} of {len(self.labels)} captured rows",
+                  file=sys.stderr)
+
+    def _start_over(self, chunk: int | None, problem: str = "") -> None:
+        """Drop the chunks from ``chunk`` on (all when None) so that capture writes them again."""
+        if self.lock is None and chunk is not None:
+            raise CacheError(f"feature cache {self.path}: {problem}, and the folder is read-only; make it writable "
+                             f"so that they are captured again, or delete it")
+        if chunk is not None:
+            print(f"[vision-lens] feature cache {self.path}: {problem}; capturing them again", file=sys.stderr)
+        self.manifest["chunks"] = self.manifest["chunks"][:chunk] if chunk is not None else []
+        was_complete = self.complete
+        self.manifest["done"] = self.manifest["chunks"][-1]["stop"] if self.manifest["chunks"] else 0
+        if was_complete:  # mapped read-only; the rows to capture again need write access
+            self._remap_writable()
+        self._write_manifest()
+
+    def _remap_writable(self) -> None:
+        arrays = {name: np.lib.format.open_memmap(self.path / f"{name}.npy", mode="r+") for name in self._arrays}
+        self.features = [arrays[f"block_{k}"] for k in range(len(self.features))]
+        self.logits, self.labels = arrays["logits"], arrays["labels"]
+        self.aux_logits = {k: arrays[f"aux_{k}"] for k in self.aux_logits}
+
+    def _write_manifest(self) -> None:
+        write_text_atomic(self.path / "manifest.json", json.dumps(self.manifest, indent=1))
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def write(
         self, start: int, features: list[np.ndarray], logits: np.ndarray, labels: np.ndarray,
@@ -118,8 +262,14 @@ class FeatureCache:
             self.aux_logits[k][start:stop] = src
 
     def commit(self, done: int) -> None:
-        """Flush the arrays, then record that the first ``done`` rows are final."""
-        for array in (*self.features, self.logits, self.labels, *self.aux_logits.values()):
+        """Flush the arrays, then record that the first ``done`` rows are final (with their checksums)."""
+        for array in self._arrays.values():
             array.flush()
+        start = self.done
+        self.manifest["chunks"].append(
+            {"stop": done, "images": images_digest(self.row_ids, start, done), "arrays": self._chunk_checksum(start, done)}
+        )
         self.manifest["done"] = done
-        _write_json_atomic(self.path / "manifest.json", self.manifest)
+        self._write_manifest()
+        if self.complete:
+            self._release()

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .adapters import ModelAdapter
 from .cache import FeatureCache
+from .checks import check_activations
 from .data import DataError, ImageSource, TransformedSubset
 from .readout import BlockPooling, FeatureLayout
 
@@ -64,9 +65,11 @@ class _SafeSubset(TransformedSubset):
             return exc
 
 
-def capture_key(adapter: ModelAdapter, source: ImageSource, indices: np.ndarray, layout: FeatureLayout) -> dict:
-    """What a cache depends on: model, weights, images, subset, feature layout and preprocessing."""
-    return {
+def capture_key(
+    adapter: ModelAdapter, source: ImageSource, indices: np.ndarray, layout: FeatureLayout, bf16: bool = False
+) -> dict:
+    """What a cache depends on: model, weights, images, subset, feature layout, preprocessing and precision."""
+    return ({"precision": "bf16"} if bf16 else {}) | {
         "model": adapter.name,
         "weights": adapter.weights_id,
         "data": source.fingerprint,
@@ -98,12 +101,15 @@ def capture(
     """
     dims = [layout.width(k) for k in range(len(layout.blocks))]
     aux_blocks = tuple(k for k, b in enumerate(adapter.blocks) if b.name in adapter.aux_classifiers)
-    key = capture_key(adapter, source, indices, layout) | ({"precision": "bf16"} if bf16 else {})
-    cache = FeatureCache.open(cache_root, key, len(indices), dims, adapter.num_classes, aux_blocks)
+    key = capture_key(adapter, source, indices, layout, bf16)
+    cache = FeatureCache.open(
+        cache_root, key, len(indices), dims, adapter.num_classes, aux_blocks,
+        row_ids=source.content_ids(indices, cache_root),
+    )
     if cache.complete:
         return cache
     loader = DataLoader(
-        _SafeSubset(source, indices[cache.done :], adapter.transform),
+        _SafeSubset(source, indices[cache.done :], adapter.transform, adapter.input_size),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
@@ -124,7 +130,9 @@ def capture(
                 logits = adapter.logits(images)
             feats = [p.float().cpu().numpy() for p in recorder.pooled]
             aux = {k: a.float().cpu().numpy() for k, a in recorder.aux_logits.items()}
-            cache.write(start, feats, logits.float().cpu().numpy(), label_map[labels.numpy()], aux)
+            logits = logits.float().cpu().numpy()
+            check_activations([b.name for b in adapter.blocks], feats, logits, start)
+            cache.write(start, feats, logits, label_map[labels.numpy()], aux)
             start += len(labels)
             cache.commit(start)
             bar.update(len(labels))

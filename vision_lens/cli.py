@@ -87,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
             out = compare_to_file(args["inputs"], args["out"], args["lens_types"])
         elif command == "report":
-            from .report import write_report
+            from .report import report_runs
 
-            out = write_report(args["runs"], args["out"])
+            out = report_runs(args["runs"], args["out"])
         elif command == "eval":
             opts = EvalOptions(**args)
             out = pipeline.evaluate(opts, Path(opts.lens))

@@ -26,8 +26,8 @@ import numpy as np
 import seaborn as sns
 from matplotlib.lines import Line2D
 
-from .artifacts import RunResults
 from .analysis import ResultsLike, as_results, has_transfer, layer_values, relative_depth
+from .artifacts import RunFolderError, RunResults, require_complete
 from .plotting import LENS_LABELS, LENS_STYLES, penalty_vs_distance
 
 COMPARED_METRICS = ("ce", "kl")
@@ -43,7 +43,7 @@ def normalised_layerwise(run: RunResults, metric: str, lens_type: str) -> tuple[
     values = layer_values(run.aggregate[lens_type][metric])
     defined = values[~np.isnan(values)]
     if not len(defined) or defined[0] == 0:
-        raise ValueError(f"{run.name}: {lens_type} {metric} has no nonzero first value to normalise by")
+        raise RunFolderError(f"{run.path} ({run.name}): {lens_type} {metric} has no nonzero first value to normalise by")
     return relative_depth(len(values)), values / defined[0]
 
 
@@ -57,6 +57,15 @@ def compare(
     Colour tells the run (its unit in brackets), line style the lens.
     """
     runs = as_results(results)
+    for run in runs:  # every legend entry must have data behind it
+        drawable = [f"{t}.{m}" for t in lens_types for m in metrics if m in run.aggregate.get(t, {})]
+        if not drawable and not has_transfer(run):
+            present = ", ".join(t for t in run.aggregate if t != "baseline") or "none"
+            raise RunFolderError(
+                f"{run.path} ({run.name}) has nothing to compare: no {'/'.join(metrics)} for the lenses "
+                f"{', '.join(lens_types)} and no tuned layer_transfer (its lenses: {present}); pass --lens-types "
+                "that it has, or another input"
+            )
     palette = sns.color_palette("colorblind")
     fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(5 * (len(metrics) + 1), 4.4))
     styles_used: list[str] = []
@@ -101,13 +110,22 @@ def compare(
 def compare_to_file(
     paths: Sequence[str | Path], out: str | Path, lens_types: Sequence[str] = ("tuned", "logit")
 ) -> Path:
-    """``vision-lens compare``: draw :func:`compare` for ``paths`` and save it to ``out`` (format from the suffix)."""
+    """``vision-lens compare``: draw :func:`compare` for ``paths`` and save it to ``out`` (format from the suffix).
+
+    Incomplete run folders and malformed inputs are refused with a message naming them.
+    """
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"no such result folder or aggregate_metrics.json: {', '.join(missing)}")
+    for path in paths:
+        require_complete(path)
     fig = compare(paths, lens_types)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=150)
+    except OSError as exc:
+        raise RunFolderError(f"--out {out} cannot be written ({exc.strerror or exc}); choose a writable path") from exc
+    finally:
+        plt.close(fig)
     return out

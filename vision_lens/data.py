@@ -1,13 +1,22 @@
 """Image sources: ImageFolder trees and torchvision's CIFAR-10, with seeded subsets.
 
 A source is a list of labelled images that can be loaded one by one, plus a
-fingerprint that changes whenever the list does (the feature cache keys on it).
+fingerprint that changes whenever the list of image names does (the feature
+cache keys on it), and per-image content ids (hashes of the bytes) with which
+the cache checks each captured row. Keying on names and checking rows on
+content means that fixing one broken file keeps every row captured before it.
+
+Content hashes of image files are kept in a small SQLite index beside the
+feature cache (``ContentHashIndex``), keyed by path, size and modification
+time, so a file is read and hashed once and a rescan only stats it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,17 +32,65 @@ class DataError(ValueError):
     """The data cannot be used as given; the message names the path and the fix."""
 
 
+class ContentHashIndex:
+    """SHA-256 of files, remembered by (path, size, mtime) in an SQLite file.
+
+    A file whose size or modification time changed is hashed again. Where the
+    index cannot be written (a read-only cache folder) hashes are computed and
+    not kept.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=60)
+            self.db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INT, mtime_ns INT, sha256 TEXT)")
+            self.writable = True
+        except (OSError, sqlite3.Error):
+            self.db = sqlite3.connect(":memory:")
+            self.db.execute("CREATE TABLE files (path TEXT PRIMARY KEY, size INT, mtime_ns INT, sha256 TEXT)")
+            self.writable = False
+
+    def hashes(self, paths: Sequence[Path]) -> list[str]:
+        """The SHA-256 of each file, read from the index where the file is unchanged."""
+        known = {row[0]: row[1:] for row in self.db.execute("SELECT path, size, mtime_ns, sha256 FROM files")}
+        out, fresh = [], []
+        for path in paths:
+            key = os.path.abspath(path)
+            try:
+                stat = os.stat(key)
+            except OSError as exc:
+                raise DataError(f"cannot read image {path} ({exc}); restore the file or remove it and rerun") from exc
+            entry = known.get(key)
+            if entry is None or entry[:2] != (stat.st_size, stat.st_mtime_ns):
+                entry = (stat.st_size, stat.st_mtime_ns, hashlib.sha256(Path(key).read_bytes()).hexdigest())
+                fresh.append((key, *entry))
+            out.append(entry[2])
+        if fresh:
+            try:
+                with self.db:
+                    self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", fresh)
+            except sqlite3.Error:  # e.g. read-only: the hashes are still right, only not kept
+                pass
+        return out
+
+
 class ImageSource:
     """Labelled images addressed by integer index."""
 
     classes: list[str]
     labels: np.ndarray  # (n,) int64, index into ``classes``
-    fingerprint: str  # changes whenever the list of images does
+    fingerprint: str  # changes whenever the list of image names does
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def load(self, index: int) -> Image.Image:
+        raise NotImplementedError
+
+    def content_ids(self, indices: Sequence[int], index_dir: str | Path) -> list[str]:
+        """A hash of each selected image's content; ``index_dir`` may hold a persistent hash index."""
         raise NotImplementedError
 
     def describe(self, index: int) -> str:
@@ -67,8 +124,8 @@ class ImageFolderSource(ImageSource):
             )
             if not files:
                 raise DataError(f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            for path in files:
-                digest.update(f"{name}/{path.name}:{path.stat().st_size}\n".encode())
+            for path in files:  # names only: contents are checked per row (content_ids)
+                digest.update(f"{name}/{path.name}\n".encode())
             paths += files
             labels += [label] * len(files)
         return cls(root, classes, paths, np.asarray(labels, dtype=np.int64), digest.hexdigest())
@@ -80,12 +137,16 @@ class ImageFolderSource(ImageSource):
                 return image.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(
-                f"cannot read image {path} ({exc.__class__.__name__}: {exc}). Replace or remove the file and "
-                f"rerun the same command: features captured so far are kept in the cache."
+                f"cannot read image {path} ({exc.__class__.__name__}: {exc}). Replace the file (same name) and "
+                f"rerun the same command: features captured so far are kept in the cache (removing the file "
+                f"changes the image list, which starts a new capture)."
             ) from exc
 
     def describe(self, index: int) -> str:
         return str(self.paths[index])
+
+    def content_ids(self, indices: Sequence[int], index_dir: str | Path) -> list[str]:
+        return ContentHashIndex(Path(index_dir) / "content-hashes.sqlite").hashes([self.paths[i] for i in indices])
 
 
 @dataclass
@@ -103,6 +164,9 @@ class ArraySource(ImageSource):
 
     def describe(self, index: int) -> str:
         return f"{self.name}[{index}]"
+
+    def content_ids(self, indices: Sequence[int], index_dir: str | Path) -> list[str]:
+        return [hashlib.sha256(self.images[i].tobytes()).hexdigest() for i in indices]
 
 
 def torchvision_cifar10(root: str | Path, split: str) -> ArraySource:
@@ -146,14 +210,31 @@ def select(n: int, limit: int | None, seed: int) -> np.ndarray:
 
 
 class TransformedSubset(torch.utils.data.Dataset):
-    """``(transform(image), label)`` for the selected indices of a source."""
+    """``(transform(image), label)`` for the selected indices of a source.
 
-    def __init__(self, source: ImageSource, indices: Sequence[int], transform: Callable):
+    ``input_size`` is the (height, width) the transform requires of raw images
+    (``ModelAdapter.input_size``); an image of another size stops the run with
+    its path and both sizes instead of crashing inside the model or giving
+    numbers for a wrong input.
+    """
+
+    def __init__(
+        self, source: ImageSource, indices: Sequence[int], transform: Callable, input_size: tuple[int, int] | None = None
+    ):
         self.source, self.indices, self.transform = source, np.asarray(indices), transform
+        self.input_size = input_size
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int):
         index = int(self.indices[i])
-        return self.transform(self.source.load(index)), int(self.source.labels[index])
+        image = self.source.load(index)
+        if self.input_size is not None and (image.height, image.width) != tuple(self.input_size):
+            height, width = self.input_size
+            raise DataError(
+                f"image {self.source.describe(index)} is {image.width}x{image.height} pixels but the model takes "
+                f"{width}x{height} images and its preprocessing does not resize; resize the image or pass data "
+                f"of the model's size"
+            )
+        return self.transform(image), int(self.source.labels[index])

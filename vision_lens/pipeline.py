@@ -23,9 +23,10 @@ from torch import Tensor
 
 from . import __version__
 from .adapters import ModelAdapter, create_adapter
-from .artifacts import prepare_output, write_results
+from .artifacts import mark_complete, prepare_output, require_complete, write_results
 from .cache import FeatureCache
 from .capture import capture
+from .checks import check_fit, preflight
 from .data import DataError, open_split, select
 from .fit import fit_lens
 from .lenses import LENS_TYPES, build_lenses
@@ -37,6 +38,13 @@ from .report import write_report
 
 FITTED_LENSES = ("tuned", "shared", "linear_probe")
 KL_FITTED = ("tuned", "shared")  # fitted to the model's output unless --loss ce; the probe always to labels
+
+
+def _prepare_output(opts: CommonOptions) -> Path | None:
+    """``--out``, checked and ready, on rank 0 (the one process that writes); None on the others."""
+    if rank_and_world()[0] != 0:
+        return None
+    return prepare_output(opts.out, opts.overwrite, keep=(opts.data, opts.cache_dir))
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -153,9 +161,12 @@ def train(
 ) -> Path | None:
     """Capture the fit split (unless ``fit`` is given) and fit a tuned lens, a shared tuned lens and a linear probe
     on every block. Under ``torchrun`` only rank 0 fits and writes; the others return None after capture."""
-    out = out or (prepare_output(opts.out, opts.overwrite) if rank_and_world()[0] == 0 else None)
+    out = out or _prepare_output(opts)
+    standalone = adapter is None  # else run() checked both splits and completes the folder after eval
     adapter = adapter or load_model(opts)
     layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
+    if standalone:
+        preflight(opts, adapter, (opts.fit_split,), layout)
     fit = fit or capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout)
     if fit is None:
         return None
@@ -173,6 +184,7 @@ def train(
         kl_target = logits if lens_type in KL_FITTED and opts.loss == "kl" else None
         loss = "kl" if kl_target is not None else "ce"
         per_block = fit_lens(lens, features, labels, kl_target, opts.fit_settings, desc=f"fit {lens_type} ({loss})")
+        check_fit(lens_type, lens, [r and r["loss_nats"] for r in per_block], list(layout.blocks))
         lens.config.fit = {
             "loss": loss, "images": len(labels), "split": opts.fit_split, **opts.fit_settings.to_dict(),
             "blocks": {name: record for name, record in zip(layout.blocks, per_block)},
@@ -180,6 +192,8 @@ def train(
         lens.save(out / "lenses" / lens_type)
         fits[lens_type] = lens.config.fit
     (out / "train.json").write_text(json.dumps(_run_info(opts, adapter, fit_images=len(labels), fit=fits), indent=1))
+    if standalone:
+        mark_complete(out)
     return out
 
 
@@ -189,8 +203,11 @@ def evaluate(
 ) -> Path | None:
     """Evaluate saved lenses (plus the logit lens) on the eval split (unless ``held_out`` is given) and write the
     result bundle. Under ``torchrun`` only rank 0 evaluates and writes; the others return None after capture."""
-    out = out or (prepare_output(opts.out, opts.overwrite) if rank_and_world()[0] == 0 else None)
-    adapter = adapter or load_model(opts)
+    out = out or _prepare_output(opts)
+    standalone = adapter is None  # else run() checked both splits
+    if standalone:
+        require_complete(lens_dir)
+        adapter = load_model(opts)
     fitted = {
         t: LENS_TYPES[t].load(lens_dir / "lenses" / t, adapter)
         for t in FITTED_LENSES if (lens_dir / "lenses" / t).is_dir()
@@ -202,6 +219,8 @@ def evaluate(
     layout = next(iter(layouts.values()))
     if any(other != layout for other in layouts.values()):
         raise ValueError(f"--lens {lens_dir}: its lenses were fitted on different feature layouts ({', '.join(layouts)})")
+    if standalone:
+        preflight(opts, adapter, (opts.eval_split,), layout)
     lenses = build_lenses(adapter, layout, ("logit",)) | fitted
     lenses = {t: lenses[t] for t in ("tuned", "shared", "logit", "linear_probe") if t in lenses}
     held_out = held_out or capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout)
@@ -218,6 +237,7 @@ def evaluate(
     write_results(out, aggregate, batches, layers, run_info)
     save_run_figures(out, out)
     write_report(out)
+    mark_complete(out)  # last: compare and report refuse a folder without it
     return out
 
 
@@ -228,9 +248,10 @@ def run(opts: RunOptions, out: Path | None = None) -> Path | None:
     the long work, and under ``torchrun`` every rank captures its shards of
     both splits while rank 0 alone fits, evaluates and writes.
     """
-    out = out or (prepare_output(opts.out, opts.overwrite) if rank_and_world()[0] == 0 else None)
+    out = out or _prepare_output(opts)
     adapter = load_model(opts)
     layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
+    preflight(opts, adapter, (opts.fit_split, opts.eval_split), layout)
     fit = capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout)
     held_out = capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout)
     if fit is None:

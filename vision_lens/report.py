@@ -18,7 +18,7 @@ from typing import Iterable
 import matplotlib.pyplot as plt
 
 from . import __version__
-from .artifacts import RunResults, layer_keys
+from .artifacts import RunFolderError, RunResults, layer_keys, require_complete
 from .compare import reported_unit
 from .analysis import ResultsLike, as_results, has_transfer
 from .plotting import LENS_LABELS, METRIC_LABELS, layerwise, penalty_vs_distance, transfer_heatmap
@@ -176,6 +176,20 @@ def write_report(results: ResultsLike | Iterable[ResultsLike], out: str | Path |
     """Write :func:`render_report` to ``out``; default: ``report.html`` in the run folder (one run) or cwd (several)."""
     runs = as_results(results)
     out = Path(out) if out else (runs[0].path if len(runs) == 1 else Path.cwd()) / REPORT_NAME
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(runs), encoding="utf-8")
+    page = render_report(runs)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise RunFolderError(f"cannot write the report {out} ({exc.strerror or exc}); pass --out a writable path") from exc
     return out
+
+
+def report_runs(runs: Iterable[str | Path], out: str | Path | None = None) -> Path:
+    """``vision-lens report``: :func:`write_report` for finished run folders; an incomplete one is refused."""
+    runs = list(runs)
+    for run in runs:
+        if not Path(run).exists():
+            raise FileNotFoundError(f"no such run folder: {run}")
+        require_complete(run)
+    return write_report(runs, out)

@@ -136,6 +136,10 @@ class ModelAdapter(abc.ABC):
     blocks: list[Block]
     class_names: list[str]
     weights_id: str = ""  # sha256 of the weights file, or of the random-init state dict
+    # The (height, width) that ``transform`` requires of raw images, or None where it resizes
+    # (and crops) any image to the model's input. Data loading stops on an image of another
+    # size, naming the file and both sizes.
+    input_size: tuple[int, int] | None = None
     # The model's own intermediate classifiers (e.g. GoogLeNet's aux1/aux2): block name ->
     # module mapping that block's full output map to logits. Reported beside the lenses.
     aux_classifiers: Mapping[str, nn.Module] = MappingProxyType({})

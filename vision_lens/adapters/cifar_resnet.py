@@ -26,6 +26,8 @@ PRETRAINED = {
     "resnet56": _URL + "resnet56-4bfd9763.th",
     "resnet110": _URL + "resnet110-1d1ed7c2.th",
 }
+# The published files' sha256 prefixes (in their names, as torch.hub checks them): weights known to take 32x32.
+PUBLISHED_SHA256_PREFIXES = tuple(url.rsplit("-", 1)[1].removesuffix(".th") for url in PRETRAINED.values())
 
 
 class OptionAShortcut(nn.Module):
@@ -90,6 +92,11 @@ class CifarResNet(nn.Module):
 
 
 class CifarResNetAdapter(ModelAdapter):
+    # The transform does not resize. The network is fully convolutional, but CIFAR-10 weights (published,
+    # or the random-init control) see 32x32 images; a checkpoint file of unknown origin may have been
+    # trained at another size (the demo's 16x16 digits), so its size is not checked.
+    input_size = (32, 32)
+
     def __init__(self, model: CifarResNet):
         self.model = model
         n = model.linear.out_features
@@ -133,5 +140,12 @@ def _published(arch: str) -> str:
     return PRETRAINED[arch]
 
 
+def _wrap(model: CifarResNet, arch: str, weights_id: str) -> CifarResNetAdapter:
+    adapter = CifarResNetAdapter(model)
+    if not weights_id.startswith(("random-init:", *PUBLISHED_SHA256_PREFIXES)):
+        adapter.input_size = None
+    return adapter
+
+
 # cifar:resnet{20,32,44,56,110} (any 6n+2 depth for random init or a local file, e.g. resnet14 for the demo).
-register_family("cifar", ModelFamily(_build, lambda model, arch, weights_id: CifarResNetAdapter(model), _published))
+register_family("cifar", ModelFamily(_build, _wrap, _published))

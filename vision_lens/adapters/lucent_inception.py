@@ -61,6 +61,8 @@ def devkit_synsets() -> list[tuple[str, str]]:
 class LucentInceptionV1Adapter(ModelAdapter):
     """lucent's InceptionV1 with its own preprocessing; outputs 1..1000 are the devkit classes."""
 
+    input_size = None  # the transform resizes and centre-crops any image to the model's input
+
     def __init__(self, model: InceptionV1):
         self.model = model
         synsets = devkit_synsets()

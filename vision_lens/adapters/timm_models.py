@@ -63,6 +63,7 @@ def _resnet_layout(model: nn.Module, name: str, input_side: int) -> list[Block]:
 
 class TimmResNetAdapter(ModelAdapter):
     """A timm ResNet-family classifier with its pretrained config's preprocessing."""
+    input_size = None  # the transform resizes and centre-crops any image to the model's input
 
     def __init__(self, model: nn.Module, blocks: list[Block]):
         self.model = model

@@ -120,6 +120,7 @@ def _torchvision_resnet_channels(model: models.ResNet) -> dict[str, int]:
 
 class TorchvisionAdapter(ModelAdapter):
     """A torchvision classifier with the published weights' preprocessing and category names."""
+    input_size = None  # the transform resizes and centre-crops any image to the model's input
 
     def __init__(
         self, model: nn.Module, published: models.WeightsEnum, aux_classifiers: dict[str, nn.Module] | None = None

@@ -1,0 +1,397 @@
+"""Fault injection: every fault ends in a clear message, never in wrong numbers or lost user files.
+
+Faults of a process (``kill -9``, two runs at once, missing permissions) run
+``python -m vision_lens`` as subprocesses; the others call the command line in
+process, which is the same code path without the seconds of a torch import.
+Everything runs on random-init ``cifar:resnet8`` and a few random images, with
+one uninterrupted run (``baseline``) as the reference: a fault that is
+recovered from must give its ``aggregate_metrics.json`` byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vision_lens.adapters import create_adapter
+from vision_lens.artifacts import MANIFEST_NAME, write_results
+from vision_lens.cli import main
+from vision_lens.files import FolderLock
+
+from .conftest import REPO, write_image_folder
+
+COMMON = ["--model", "cifar:resnet8", "--weights", "random", "--max-iter", "5", "--workers", "0", "--batch-size", "4"]
+EVAL_OPTIONS = [o for o in COMMON if o not in ("--max-iter", "5")]  # eval takes no fitting options
+SETPRIV = shutil.which("setpriv")
+NOBODY = [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups"] if SETPRIV else None
+
+# Runs the command line after arranging a SIGKILL at one stage: after the second committed batch of
+# capture, at the start of the second lens fit, or in the middle of writing the result files.
+KILL_AT = """
+import os, signal, sys
+import vision_lens.artifacts as artifacts, vision_lens.pipeline as pipeline
+from vision_lens.cache import FeatureCache
+from vision_lens.cli import main
+from vision_lens.files import FolderLock
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+stage = sys.argv[1]
+if stage == "capture":
+    commit = FeatureCache.commit
+    def commit_then_die(self, done):
+        commit(self, done)
+        if done >= 8:
+            die()
+    FeatureCache.commit = commit_then_die
+elif stage == "fit":
+    fit_lens, calls = pipeline.fit_lens, []
+    def second_fit_dies(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            die()
+        return fit_lens(*args, **kwargs)
+    pipeline.fit_lens = second_fit_dies
+elif stage == "write":
+    artifacts.tidy_rows = die  # called by write_results after aggregate_metrics.json is written
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def base():
+    """A folder every user can read (pytest's own temporary folders are root-only), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="vision-lens-faults-"))
+    path.chmod(0o755)
+    write_image_folder(path / "data" / "train", classes=10, per_class=2, seed=1)
+    write_image_folder(path / "data" / "test", classes=10, per_class=1, seed=2)
+    yield path
+    shutil.rmtree(path)
+
+
+def vision_lens(*args, user: list[str] | None = None, code: str | None = None, background: bool = False):
+    """``python -m vision_lens ARGS`` (or ``python -c CODE ARGS``) as a subprocess, optionally as another user.
+
+    Returns the finished process, or with ``background`` the running one.
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    if user:  # matplotlib and torch want a writable home
+        home = writable_dir(Path(tempfile.gettempdir()) / "vision-lens-faults-home")
+        env |= {"HOME": str(home), "MPLCONFIGDIR": str(home)}
+    command = [*(user or []), sys.executable, *(["-c", code] if code else ["-m", "vision_lens"]), *map(str, args)]
+    if background:
+        return subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, timeout=300)
+
+
+def run_args(data: Path, out: Path, cache: Path) -> list[str]:
+    return ["run", *COMMON, "--data", str(data), "--out", str(out), "--cache-dir", str(cache)]
+
+
+def writable_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o777)
+    return path
+
+
+@pytest.fixture(scope="module")
+def baseline(base) -> bytes:
+    """aggregate_metrics.json of an uninterrupted run (its cache, base/cache, is complete afterwards)."""
+    result = vision_lens(*run_args(base / "data", base / "baseline", base / "cache"))
+    assert result.returncode == 0, result.stderr
+    for path in (base / "cache").rglob("*"):  # readable by the unprivileged runs below
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return (base / "baseline" / "aggregate_metrics.json").read_bytes()
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / MANIFEST_NAME).read_text())
+
+
+def test_kill_at_every_stage_then_rerun_gives_identical_numbers(base, baseline, tmp_path, capsys):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = run_args(base / "data", out, cache)
+    for stage in ("capture", "fit", "write"):
+        killed = vision_lens(stage, *args, code=KILL_AT)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert manifest(out)["complete"] is False
+        if stage == "fit":
+            assert "reusing 8 of 20 captured rows" in killed.stderr  # the batches committed before the kill
+        if stage == "write":
+            assert (out / "aggregate_metrics.json").is_file()  # looks like a result, but is marked incomplete
+        assert main(["compare", str(out), "--out", str(tmp_path / "c.png")]) == 2
+        assert main(["report", str(out)]) == 2
+        assert main(["eval", *EVAL_OPTIONS, "--data", str(base / "data"), "--lens", str(out), "--out", str(tmp_path / "e")]) == 2
+        expected = 3
+        if stage == "write":
+            assert main(["compare", str(out / "aggregate_metrics.json"), "--out", str(tmp_path / "c.png")]) == 2
+            expected += 1
+        err = capsys.readouterr().err
+        assert err.count(f"{out} is an incomplete run") == expected and "Traceback" not in err
+    rerun = vision_lens(*args)  # the same command, no --overwrite needed for a run that stopped
+    assert rerun.returncode == 0, rerun.stderr
+    assert manifest(out)["complete"] is True
+    assert (out / "aggregate_metrics.json").read_bytes() == baseline
+
+
+def read_until(process: subprocess.Popen, text: str) -> str:
+    """Read the process's stderr until a line holds ``text`` (or the process ends); return what was read."""
+    lines = []
+    while (line := process.stderr.readline()) and text not in line:
+        lines.append(line)
+    return "".join(lines) + line
+
+
+def test_two_runs_sharing_a_cache_wait_for_each_other_and_agree(base, baseline, tmp_path):
+    cache = tmp_path / "cache"
+    # Both runs meet for sure: the test holds the fit cache's lock until both say they wait for it.
+    held = FolderLock(cache / "features" / fit_cache(base / "cache").name)
+    held.path.parent.mkdir(parents=True)
+    held.acquire()
+    runs = [vision_lens(*run_args(base / "data", tmp_path / f"out{i}", cache), background=True) for i in range(2)]
+    try:
+        for run in runs:
+            assert "waiting for another run that is writing" in read_until(run, "waiting for another run")
+    finally:
+        held.release()
+    errors = [run.communicate(timeout=300)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors
+    assert sum("reusing 20 of 20 captured rows" in err for err in errors) == 1  # the second read the first's capture
+    for i in range(2):
+        assert (tmp_path / f"out{i}" / "aggregate_metrics.json").read_bytes() == baseline
+    assert not list(cache.rglob("*.tmp"))
+
+
+@pytest.fixture
+def nobody(base):
+    if NOBODY is None:
+        pytest.skip("needs setpriv (util-linux) to run without the root capabilities that bypass file permissions")
+    return NOBODY
+
+
+def test_unwritable_out_stops_before_any_compute(base, nobody):
+    locked = base / "locked-out"  # root's, mode 755: not writable for nobody
+    locked.mkdir(exist_ok=True)
+    cache = writable_dir(base / "nobody-cache")
+    result = vision_lens(*run_args(base / "data", locked / "out", cache), user=nobody)
+    assert result.returncode == 2
+    assert f"--out {locked / 'out'} is not writable" in result.stderr and "Traceback" not in result.stderr
+    assert not (cache / "features").exists()  # nothing was captured
+
+
+def test_unwritable_cache_stops_before_any_compute(base, nobody):
+    locked = base / "locked-cache"
+    locked.mkdir(exist_ok=True)
+    outs = writable_dir(base / "nobody-outs")
+    result = vision_lens(*run_args(base / "data", outs / "a", locked), user=nobody)
+    assert result.returncode == 2
+    assert f"feature cache folder {locked / 'features'} is not writable" in result.stderr
+    assert "Traceback" not in result.stderr and "[vision-lens] train:" not in result.stderr
+
+
+def test_read_only_complete_cache_is_read(base, baseline, nobody):
+    outs = writable_dir(base / "nobody-outs")
+    result = vision_lens(*run_args(base / "data", outs / "from-read-only-cache", base / "cache"), user=nobody)
+    assert result.returncode == 0, result.stderr
+    assert (outs / "from-read-only-cache" / "aggregate_metrics.json").read_bytes() == baseline
+
+
+def test_read_only_damaged_cache_stops_with_a_message(base, baseline, nobody, tmp_path):
+    cache = base / "damaged-read-only-cache"  # root's: read-only for nobody
+    shutil.copytree(base / "cache", cache)
+    flip_bytes(fit_cache(cache) / "logits.npy")
+    outs = writable_dir(base / "nobody-outs")
+    result = vision_lens(*run_args(base / "data", outs / "from-damaged-cache", cache), user=nobody)
+    assert result.returncode == 2
+    assert "do not match their checksum (damaged), and the folder is read-only" in result.stderr
+    assert not (outs / "from-damaged-cache" / "aggregate_metrics.json").exists()
+
+
+def fit_cache(cache: Path) -> Path:
+    """The feature-cache folder of the fit split (20 images)."""
+    (folder,) = [m.parent for m in cache.glob("features/*/manifest.json")
+                 if json.loads(m.read_text())["shapes"]["labels"] == [20]]
+    return folder
+
+
+def truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 100)
+
+
+def flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-40:-30] = bytes(b ^ 0xFF for b in data[-40:-30])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, file, message", [
+    (truncate, "block_1.npy", "block_1.npy is"),
+    (flip_bytes, "logits.npy", "do not match their checksum (damaged)"),
+])
+def test_damaged_cache_rows_are_captured_again(base, baseline, tmp_path, capsys, damage, file, message):
+    cache = tmp_path / "cache"
+    shutil.copytree(base / "cache", cache)
+    damage(fit_cache(cache) / file)
+    assert main(run_args(base / "data", tmp_path / "out", cache)) == 0
+    err = capsys.readouterr().err
+    assert message in err and "capturing" in err
+    assert (tmp_path / "out" / "aggregate_metrics.json").read_bytes() == baseline
+
+
+def test_damaged_cache_manifest_stops_with_a_message(base, baseline, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    shutil.copytree(base / "cache", cache)
+    (fit_cache(cache) / "manifest.json").write_text('{"key": ')
+    assert main(run_args(base / "data", tmp_path / "out", cache)) == 2
+    assert "has a damaged manifest.json; delete" in capsys.readouterr().err
+
+
+@pytest.fixture
+def data_copy(base, tmp_path) -> Path:
+    shutil.copytree(base / "data", tmp_path / "data")
+    return tmp_path / "data"
+
+
+def run_on(data: Path, out: Path, cache: Path, *extra) -> int:
+    return main([*run_args(data, out, cache), *extra])
+
+
+def test_bad_image_keeps_the_captured_rows_for_the_rerun(data_copy, tmp_path, capsys):
+    bad = data_copy / "train" / "class_5" / "000.png"  # row 10: batches 0-3 and 4-7 are committed first
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
+    err = capsys.readouterr().err
+    assert f"cannot read image {bad}" in err and "Traceback" not in err
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(bad)  # fixed, under the same name
+    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 0
+    assert "reusing 8 of 20 captured rows" in capsys.readouterr().err
+
+
+def test_image_of_another_size_is_named_with_both_sizes(data_copy, tmp_path, capsys):
+    odd = data_copy / "train" / "class_2" / "001.png"
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(odd)
+    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
+    err = capsys.readouterr().err
+    assert f"image {odd} is 48x40 pixels but the model takes 32x32 images" in err
+
+
+def test_class_missing_from_the_eval_split_stops_before_capture(data_copy, tmp_path, capsys):
+    shutil.rmtree(data_copy / "test" / "class_9")
+    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
+    err = capsys.readouterr().err
+    assert "split 'test'" in err and "9 classes" in err
+    assert "[vision-lens] train:" not in err and not (tmp_path / "cache" / "features").exists()
+
+
+def test_different_class_sets_are_named(data_copy, tmp_path, capsys):
+    (data_copy / "test" / "class_9").rename(data_copy / "test" / "class_x")
+    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
+    assert "only in 'train': class_9; only in 'test': class_x" in capsys.readouterr().err
+
+
+def test_nan_activations_name_the_block(base, tmp_path, capsys):
+    model = create_adapter("cifar:resnet8", weights="random").model
+    state = model.state_dict()
+    state["layer2.0.bn1.running_var"] = -torch.ones_like(state["layer2.0.bn1.running_var"])  # sqrt(-1): NaN
+    ckpt = tmp_path / "nan.th"
+    torch.save({"state_dict": state}, ckpt)
+    args = ["run", *COMMON[2:], "--model", "cifar:resnet8", "--weights", str(ckpt), "--data", str(base / "data"),
+            "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 2
+    assert "block layer2.0: NaN or Inf activations" in capsys.readouterr().err
+
+
+def test_fit_with_nan_names_the_block():
+    from vision_lens.checks import NumericsError, check_fit
+    from vision_lens.lenses import build_lenses
+    from vision_lens.readout import FeatureLayout
+
+    adapter = create_adapter("cifar:resnet8", weights="random")
+    lens = build_lenses(adapter, FeatureLayout.of(adapter.blocks, 1), ("tuned",))["tuned"]
+    names = [b.name for b in adapter.blocks]
+    with pytest.raises(NumericsError, match="block layer1.0: the fit ended with loss nan"):
+        check_fit("tuned", lens, [0.1, float("nan"), 0.2, 0.3], names)
+    with torch.no_grad():
+        lens.params[2].linear.weight.fill_(float("inf"))
+    with pytest.raises(NumericsError, match="block layer2.0: NaN or Inf parameters"):
+        check_fit("tuned", lens, [0.1, 0.1, 0.2, 0.3], names)
+
+
+def test_undefined_values_are_written_as_null(tmp_path):
+    write_results(tmp_path, {"tuned": {"kl": {"layer_0": float("nan"), "layer_1": 1.0}}}, [{"x": float("inf")}],
+                  {"layer_0": "a", "layer_1": "b"}, {})
+    assert json.loads((tmp_path / "aggregate_metrics.json").read_text())["tuned"]["kl"]["layer_0"] is None
+    assert "NaN" not in (tmp_path / "batches.jsonl").read_text() and "Infinity" not in (tmp_path / "metrics.csv").read_text()
+
+
+def test_overwrite_removes_only_what_the_package_wrote(base, baseline, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(base / "baseline", out)
+    (out / "notes.txt").write_text("mine")
+    assert run_on(base / "data", out, base / "cache", "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "refuses to touch: notes.txt" in err
+    assert (out / "notes.txt").read_text() == "mine" and (out / "aggregate_metrics.json").read_bytes() == baseline
+    (out / "notes.txt").unlink()
+    (out / "drafts").mkdir()  # an empty folder of the user's: not the package's to remove
+    assert run_on(base / "data", out, base / "cache", "--overwrite") == 0
+    assert (out / "drafts").is_dir() and (out / "aggregate_metrics.json").read_bytes() == baseline
+
+
+@pytest.mark.parametrize("inside", ["data", "cache"])
+def test_overwrite_refuses_an_out_holding_the_data_or_the_cache(base, tmp_path, capsys, inside):
+    out = tmp_path / "out"
+    data, cache = out / "data", out / "cache"
+    shutil.copytree(base / "data", data)
+    if inside == "cache":
+        data = base / "data"
+        cache.mkdir()
+    assert run_on(data, out, cache, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "refuses to touch" in err and "(--data or the feature cache)" in err
+    assert len(list((out / "data").rglob("*.png")) if inside == "data" else [1]) and out.is_dir()
+
+
+BAD_INPUTS = {
+    "malformed.json": ('{"tuned": {"ce": ', "is not readable JSON"),
+    "list.json": ("[1, 2]", "the top level is a list"),
+    "empty.json": ("{}", "holds no lens with a layer-wise value"),
+    "no-data.json": ('{"tuned": {"ce": {}}}', "tuned.ce is not a table"),
+    "wrong-keys.json": ('{"tuned": {"ce": {"block1": 1.0}}}', "tuned.ce is not a table"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_compare_and_report_name_a_malformed_input(base, baseline, tmp_path, capsys, name):
+    text, problem = BAD_INPUTS[name]
+    folder = tmp_path / "run"
+    shutil.copytree(base / "baseline", folder)
+    (folder / "aggregate_metrics.json").write_text(text)
+    bad = tmp_path / name
+    bad.write_text(text)
+    assert main(["compare", str(base / "baseline"), str(bad), "--out", str(tmp_path / "c.png")]) == 2
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}" in err and f"{folder / 'aggregate_metrics.json'}" in err
+    assert err.count(problem) == 2 and "expected" in err and "Traceback" not in err
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_compare_refuses_an_input_with_nothing_to_draw(base, baseline, tmp_path, capsys):
+    probe_only = tmp_path / "probe.json"
+    probe_only.write_text(json.dumps({"linear_probe": json.loads(baseline)["linear_probe"]}))
+    assert main(["compare", str(base / "baseline"), str(probe_only), "--out", str(tmp_path / "c.png")]) == 2
+    assert "has nothing to compare" in capsys.readouterr().err

@@ -1,0 +1,158 @@
+"""Property tests (hypothesis) of the metric code: per_image_metrics, evaluate_lenses, transfer_penalty."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from vision_lens.adapters import create_adapter
+from vision_lens.capture import BlockRecorder
+from vision_lens.lenses import build_lenses
+from vision_lens.readout import FeatureLayout
+from vision_lens.metrics import evaluate_lenses, per_image_metrics, transfer_penalty
+
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+finite = st.floats(-30, 30, allow_nan=False, width=32)
+
+
+@st.composite
+def logits_and_labels(draw, max_rows: int = 12, max_classes: int = 7):
+    """(lens logits, model logits, labels) with some unlabelled rows (label -1)."""
+    n = draw(st.integers(1, max_rows))
+    c = draw(st.integers(2, max_classes))
+    lens = torch.from_numpy(draw(arrays(np.float32, (n, c), elements=finite)))
+    final = torch.from_numpy(draw(arrays(np.float32, (n, c), elements=finite)))
+    labels = torch.tensor(draw(st.lists(st.integers(-1, c - 1), min_size=n, max_size=n)))
+    return lens, final, labels
+
+
+@FAST
+@given(logits_and_labels())
+def test_kl_is_non_negative_and_zero_for_identical_inputs(data):
+    lens, final, labels = data
+    assert (per_image_metrics(lens, final, labels)["kl"] >= -1e-9).all()
+    same = per_image_metrics(final, final, labels)
+    assert torch.allclose(same["kl"], torch.zeros_like(same["kl"]), atol=1e-9)
+    assert (same["agree"] == 1).all()
+
+
+@FAST
+@given(logits_and_labels())
+def test_bits_are_nats_over_ln2(data):
+    lens, final, labels = data
+    bits = per_image_metrics(lens, final, labels)
+    lps, final_lps = lens.double().log_softmax(-1), final.double().log_softmax(-1)
+    nats_kl = (final_lps.exp() * (final_lps - lps)).sum(-1)
+    nats_entropy = -(lps.exp() * lps).sum(-1)
+    assert torch.allclose(bits["kl"] * math.log(2), nats_kl, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(bits["entropy"] * math.log(2), nats_entropy, rtol=1e-9, atol=1e-12)
+    labelled = labels >= 0
+    nats_ce = -lps[labelled, labels[labelled]]
+    assert torch.allclose(bits["ce"][labelled] * math.log(2), nats_ce, rtol=1e-9, atol=1e-12)
+    assert bits["ce"][~labelled].isnan().all()  # unlabelled images have no CE
+
+
+class RowLens(torch.nn.Module):
+    """A lens that decodes block k with its own fixed linear map (transfer: translator i on block j)."""
+
+    def __init__(self, weights: list[torch.Tensor]):
+        super().__init__()
+        self.weights = weights
+
+    def forward(self, features, k):
+        return features @ self.weights[k]
+
+    def transfer(self, features, index, translator):
+        return features @ self.weights[translator]
+
+
+@st.composite
+def lens_problems(draw):
+    """Features of 3 blocks, model logits, labels and a RowLens, for evaluate_lenses."""
+    n = draw(st.integers(2, 20))
+    c, d = 4, 3
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    features = [torch.randn(n, d, generator=gen) for _ in range(3)]
+    weights = [torch.randn(d, c, generator=gen) for _ in range(3)]
+    final = torch.randn(n, c, generator=gen) * 3
+    labels = torch.tensor(draw(st.lists(st.integers(-1, c - 1), min_size=n, max_size=n)))
+    return features, final, labels, RowLens(weights)
+
+
+def _evaluate(problem, order=None, batch_size=500):
+    features, final, labels, lens = problem
+    order = torch.arange(len(labels)) if order is None else order
+    aggregate, _ = evaluate_lenses({"tuned": lens}, [f[order] for f in features], final[order], labels[order],
+                                   batch_size=batch_size)
+    return aggregate
+
+
+def _assert_same_numbers(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_same_numbers(a[k], b[k])
+    elif a is None or b is None:
+        assert a is None and b is None
+    else:
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
+
+
+@FAST
+@given(lens_problems(), st.randoms(use_true_random=False))
+def test_evaluate_lenses_is_invariant_to_image_order(problem, rng):
+    order = list(range(len(problem[2])))
+    rng.shuffle(order)
+    _assert_same_numbers(_evaluate(problem), _evaluate(problem, torch.tensor(order)))
+
+
+@FAST
+@given(lens_problems(), st.integers(1, 25))
+def test_evaluate_lenses_is_invariant_to_batch_size(problem, batch_size):
+    _assert_same_numbers(_evaluate(problem), _evaluate(problem, batch_size=batch_size))
+
+
+@FAST
+@given(lens_problems())
+def test_penalty_diagonal_is_exactly_zero(problem):
+    penalty = _evaluate(problem)["tuned"]["layer_transfer"]["penalty"]
+    for k in penalty:
+        assert penalty[k][k] == 0.0 or (penalty[k][k] is None)
+
+
+@FAST
+@given(st.dictionaries(st.integers(0, 5), st.one_of(st.none(), finite), min_size=1))
+def test_transfer_penalty_diagonal_is_zero_and_none_propagates(diagonal):
+    keys = [f"layer_{k}" for k in sorted(diagonal)]
+    ce = {i: {j: (diagonal[int(j[6:])] if i == j else 1.5) for j in keys} for i in keys}
+    penalty = transfer_penalty(ce)
+    for i in keys:
+        for j in keys:
+            if ce[j][j] is None or ce[i][j] is None:
+                assert penalty[i][j] is None
+            elif i == j:
+                assert penalty[i][j] == 0.0
+            else:
+                assert penalty[i][j] == ce[i][j] - ce[j][j]
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 10_000))
+def test_logit_lens_is_exact_at_the_last_block(seed):
+    adapter = create_adapter("cifar:resnet8", weights="random", seed=seed)
+    layout = FeatureLayout.of(adapter.blocks, 1)
+    lens = build_lenses(adapter, layout, ("logit",))["logit"]
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad(), BlockRecorder(adapter, layout) as recorder:
+        final = adapter.logits(x)
+        last = len(adapter.blocks) - 1
+        decoded = lens(recorder.pooled[last], last)
+    assert torch.allclose(decoded, final, rtol=1e-5, atol=1e-5)
+    metrics = per_image_metrics(decoded, final, torch.zeros(3, dtype=torch.long))
+    assert (metrics["kl"].abs() < 1e-6).all() and (metrics["agree"] == 1).all()
