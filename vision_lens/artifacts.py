@@ -3,6 +3,7 @@
 A run folder holds::
 
     aggregate_metrics.json   nested as tuned-lens eval writes it (see vision_lens.metrics)
+    aggregate_metrics_ci.json  its 95 % bootstrap intervals, [low, high] leaves (when evaluated with intervals)
     batches.jsonl            per-batch means, one JSON list as tuned-lens writes it
     layers.json              {"layer_k": block name}
     metrics.csv              one row per (lens, layer, metric)
@@ -18,6 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+INTERVALS_FILE = "aggregate_metrics_ci.json"
 RESULT_FILES = ("aggregate_metrics.json", "batches.jsonl", "layers.json", "metrics.csv", "run.json")
 
 
@@ -69,8 +71,12 @@ def tidy_rows(aggregate: dict, layers: dict[str, str]) -> list[dict]:
     return rows
 
 
-def write_results(out: Path, aggregate: dict, batches: list[dict], layers: dict[str, str], run: dict) -> None:
+def write_results(
+    out: Path, aggregate: dict, batches: list[dict], layers: dict[str, str], run: dict, intervals: dict | None = None
+) -> None:
     _dump(out / "aggregate_metrics.json", aggregate)
+    if intervals is not None:
+        _dump(out / INTERVALS_FILE, intervals)
     with open(out / "batches.jsonl", "w") as f:
         json.dump(batches, f)
         f.write("\n")
@@ -91,6 +97,7 @@ class RunResults:
     aggregate: dict
     layers: dict[str, str]
     run: dict
+    intervals: dict | None = None  # aggregate_metrics_ci.json; None where absent (e.g. tuned-lens output)
 
     @property
     def block_names(self) -> list[str]:
@@ -109,4 +116,5 @@ def load_results(path: str | Path) -> RunResults:
     aggregate = json.loads(agg.read_text())
     layers = json.loads(layers_path.read_text()) if layers_path.is_file() else {}
     run = json.loads(run_path.read_text()) if run_path.is_file() else {}
-    return RunResults(path, run.get("model", path.name), aggregate, layers, run)
+    intervals = json.loads((path / INTERVALS_FILE).read_text()) if (path / INTERVALS_FILE).is_file() else None
+    return RunResults(path, run.get("model", path.name), aggregate, layers, run, intervals)
