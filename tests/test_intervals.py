@@ -12,7 +12,7 @@ from vision_lens import analysis
 from vision_lens.artifacts import RunResults, load_results, write_results
 from vision_lens.metrics import bootstrap_intervals, evaluate_lenses, mean_by_distance, pair_groups
 
-RESNET20_BLOCKS = ["stem"] + [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
+from .conftest import RESNET20_BLOCKS
 
 
 def test_intervals_cover_the_true_mean_at_about_the_nominal_rate():

@@ -31,6 +31,12 @@ def layer_values(by_layer: dict) -> np.ndarray:
     return np.array([np.nan if by_layer[k] is None else by_layer[k] for k in layer_keys(by_layer)], dtype=float)
 
 
+def interval_values(by_layer: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``{"layer_k": [low, high]}`` (``aggregate_metrics_ci.json``) in block order: ``(low, high)``, NaN where null."""
+    bounds = [by_layer[k] or [np.nan, np.nan] for k in layer_keys(by_layer)]
+    return tuple(np.array(bounds, dtype=float).reshape(-1, 2).T)
+
+
 def relative_depth(blocks: int) -> np.ndarray:
     """Block positions on [0, 1]: 0 = first lensed block, 1 = last."""
     return np.arange(blocks) / max(blocks - 1, 1)
