@@ -103,3 +103,52 @@ def resnet32_run(tmp_path_factory) -> Path:
     ])
     assert code == 0
     return out
+
+
+RESNET20_BLOCKS = ["stem"] + [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
+
+
+def write_synthetic_run(out: Path, images: int = 400, seed: int = 0) -> Path:
+    """A run folder over ResNet-20's block names from synthetic per-image values, with bootstrap intervals.
+
+    Accuracy and CE improve with depth; the transfer CE grows with |i - j| and doubles across stages;
+    the stem row is far worse than the rest (as in the real runs). Cell (3, 9) is undefined.
+    """
+    from vision_lens.artifacts import mark_complete, write_results
+    from vision_lens.metrics import bootstrap_intervals, pair_groups, transfer_penalty
+
+    rng = np.random.default_rng(seed)
+    blocks = len(RESNET20_BLOCKS)
+    depth = np.linspace(0, 1, blocks)
+    acc = (rng.random((images, blocks)) < 0.2 + 0.7 * depth).astype(np.float32)
+    ce = (3 - 2.5 * depth + rng.normal(0, 0.5, (images, blocks))).astype(np.float32)
+    rows, cols = np.indices((blocks, blocks))
+    extra = np.abs(rows - cols) * np.where(pair_groups(RESNET20_BLOCKS)["across_stage"], 2.0, 1.0)
+    extra[0] *= 5  # the stem's translator
+    transfer = (ce[:, None, :] + extra + rng.normal(0, 0.3, (images, blocks, blocks))).astype(np.float32)
+    transfer[:, rows == cols] = ce  # a translator on its own block is the lens
+    transfer[:, 3, 9] = np.nan
+    per_image = {"tuned": {"acc": acc, "ce": ce, "kl": ce / 2, "layer_transfer": {"ce": transfer}},
+                 "logit": {"acc": acc * 0.5, "ce": ce * 1.5, "kl": ce}}
+
+    def means(node):
+        if isinstance(node, dict):
+            return {k: means(v) for k, v in node.items()}
+        with np.errstate(invalid="ignore"):  # the undefined cell: NaN for every image
+            mean = np.nansum(node.astype(float), axis=0) / (~np.isnan(node)).sum(0)
+        if mean.ndim == 1:
+            return {f"layer_{k}": float(v) for k, v in enumerate(mean)}
+        return {f"layer_{i}": {f"layer_{j}": None if np.isnan(v) else float(v) for j, v in enumerate(row)}
+                for i, row in enumerate(mean)}
+
+    aggregate = means(per_image)
+    aggregate["tuned"]["layer_transfer"]["penalty"] = transfer_penalty(aggregate["tuned"]["layer_transfer"]["ce"])
+    aggregate["baseline"] = {"acc": {"final": 0.9}, "ce": {"final": 0.4}}
+    intervals = bootstrap_intervals(per_image, resamples=200, seed=seed, block_names=RESNET20_BLOCKS)
+    layers = {f"layer_{k}": name for k, name in enumerate(RESNET20_BLOCKS)}
+    run = {"model": "synthetic:resnet20", "blocks": RESNET20_BLOCKS, "num_classes": 10, "eval_images": images,
+           "options": {"eval_split": "test"}}
+    out.mkdir(parents=True, exist_ok=True)
+    write_results(out, aggregate, [], layers, run, intervals)
+    mark_complete(out)
+    return out

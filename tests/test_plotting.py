@@ -56,7 +56,7 @@ def test_layerwise_block_axis_draws_the_json(resnet20_run):
     run = load_results(resnet20_run)
     ax = plotting.layerwise(run, "acc")
     lines = lines_by_label(ax)
-    assert set(lines) == {"tuned lens", "shared tuned lens", "logit lens", "linear probe", "model output"}
+    assert set(lines) == {"tuned lens", "shared tuned lens", "logit lens", "linear probe", "model output", "chance (1/10)"}
     for lens_type in ("tuned", "shared", "logit", "linear_probe"):
         y = lines[plotting.LENS_LABELS[lens_type]].get_ydata()
         assert np.allclose(y, [aggregate[lens_type]["acc"][f"layer_{k}"] for k in range(10)])
@@ -173,7 +173,7 @@ def test_prediction_trajectory_tuned_lens_from_a_run(resnet20, resnet20_run):
 
 def test_prediction_trajectory_hatches_blocks_where_the_lens_is_undefined(resnet20):
     logit = build_lenses(resnet20, FeatureLayout.of(resnet20.blocks, 1), ("logit",))["logit"]
-    logit.config.has_path[1] = False  # as if block 1 had no identity path to the head
+    del logit.paths["1"]  # as if block 1 had no identity path to the head
     image = min((CIFAR / "test" / "cat").glob("*.png"))
     ax = plotting.prediction_trajectory(resnet20, logit, image)
     cells = ax.collections[0].get_array().reshape(11, 5)

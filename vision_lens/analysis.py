@@ -8,13 +8,14 @@ NaN where a value is undefined).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Union
 
 import numpy as np
 
 from .artifacts import RunResults, layer_keys, load_results
-from .metrics import transfer_penalty
+from .metrics import block_stage, mean_by_distance, pair_groups, transfer_penalty
 
 ResultsLike = Union[str, Path, RunResults]
 
@@ -28,6 +29,12 @@ def as_results(results: ResultsLike | Iterable[ResultsLike]) -> list[RunResults]
 def layer_values(by_layer: dict) -> np.ndarray:
     """``{"layer_k": v}`` in block order as floats, NaN where undefined."""
     return np.array([np.nan if by_layer[k] is None else by_layer[k] for k in layer_keys(by_layer)], dtype=float)
+
+
+def interval_values(by_layer: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``{"layer_k": [low, high]}`` (``aggregate_metrics_ci.json``) in block order: ``(low, high)``, NaN where null."""
+    bounds = [by_layer[k] or [np.nan, np.nan] for k in layer_keys(by_layer)]
+    return tuple(np.array(bounds, dtype=float).reshape(-1, 2).T)
 
 
 def relative_depth(blocks: int) -> np.ndarray:
@@ -66,20 +73,82 @@ def mean_diagonal_ce(run: RunResults, lens_type: str = "tuned") -> float:
     return float(np.nanmean(diagonal))
 
 
+@dataclass
+class DistanceProfile:
+    """The mean transfer penalty at each block distance, over one group of block pairs."""
+
+    distance: np.ndarray  # |i - j| = 0 .. blocks-1, or that over (blocks - 1) when relative
+    mean: np.ndarray  # NaN where the group has no defined cell at that distance
+    pairs: np.ndarray  # the number of defined (i, j) cells averaged at each distance
+    low: np.ndarray | None = None  # 95 % bootstrap interval of the mean (aggregate_metrics_ci.json), else None
+    high: np.ndarray | None = None
+
+
+def penalty_profiles(
+    run: RunResults, lens_type: str = "tuned", relative: bool = False, normalise: bool = False
+) -> dict[str, DistanceProfile]:
+    """The mean transfer penalty against block distance: over ``all`` cells, and split by stage.
+
+    ``within_stage`` holds the pairs ``i != j`` of one stage (same width and
+    resolution, joined by plain identity shortcuts), ``across_stage`` the rest;
+    the stage is the block name up to its first ``.``
+    (:func:`~vision_lens.metrics.block_stage`: ``stem``, ``layer1``, ...). Runs
+    without block names (tuned-lens output) have no stages and get ``all`` only.
+    Undefined cells are left out of means and counts. ``relative`` divides the
+    distance by ``blocks - 1``; ``normalise`` divides penalties by
+    :func:`mean_diagonal_ce` (then no interval is given: the bootstrap did not
+    resample that ratio). Intervals come from the run's
+    ``aggregate_metrics_ci.json`` where it has one.
+    """
+    matrix = transfer_matrix(run, "penalty", lens_type)
+    if normalise:
+        matrix = matrix / mean_diagonal_ce(run, lens_type)
+    groups = pair_groups(run.block_names) if run.block_names else {"all": None}
+    saved = None if normalise or run.intervals is None else (
+        run.intervals.get(lens_type, {}).get("layer_transfer", {}).get("penalty_by_distance"))
+    distance = relative_depth(len(matrix)) if relative else np.arange(len(matrix))
+    profiles = {}
+    for group, cells in groups.items():
+        means, counts = mean_by_distance(matrix, cells)
+        profile = DistanceProfile(distance, means, counts)
+        if saved and group in saved:
+            bounds = [saved[group][str(d)] or [np.nan, np.nan] for d in range(len(matrix))]
+            profile.low, profile.high = np.array(bounds, dtype=float).T
+        profiles[group] = profile
+    return profiles
+
+
 def penalty_by_distance(run: RunResults, lens_type: str = "tuned", normalise: bool = False) -> np.ndarray:
     """Mean transfer penalty over the cells with ``|i - j| = d``, for d = 0 .. blocks-1; null cells ignored.
 
     With ``normalise`` the penalties are divided by :func:`mean_diagonal_ce`,
     so runs reported in different units (bits per image, bits per byte) compare.
     """
-    matrix = transfer_matrix(run, "penalty", lens_type)
-    if normalise:
-        matrix = matrix / mean_diagonal_ce(run, lens_type)
-    rows, cols = np.indices(matrix.shape)
-    distance = np.abs(rows - cols)
-    means = []
-    for d in range(len(matrix)):
-        cells = matrix[distance == d]
-        cells = cells[~np.isnan(cells)]
-        means.append(cells.mean() if len(cells) else np.nan)
-    return np.array(means)
+    return penalty_profiles(run, lens_type, normalise=normalise)["all"].mean
+
+
+def stage_boundaries(run: RunResults) -> list[int]:
+    """Block indices k where a new stage starts (block k-1 and block k differ in
+    :func:`~vision_lens.metrics.block_stage`); none for runs without block names."""
+    stages = [block_stage(name) for name in run.block_names]
+    return [k for k in range(1, len(stages)) if stages[k] != stages[k - 1]]
+
+
+def chance_accuracy(run: RunResults) -> float | None:
+    """``1 / classes``: from run.json's ``eval_classes`` (classes in the eval data) if recorded, else its
+    ``num_classes`` (the model's outputs); None where run.json records neither."""
+    classes = run.run.get("eval_classes") or run.run.get("num_classes")
+    return 1 / classes if classes else None
+
+
+def reported_unit(run: RunResults) -> str:
+    """``bits per image`` for our runs (they carry run.json), ``bits per byte`` for tuned-lens output."""
+    return "bits per image" if run.run else "bits per byte"
+
+
+def eval_description(run: RunResults) -> str | None:
+    """``"test split, 10,000 images"`` from run.json; None where it records neither."""
+    split = run.run.get("options", {}).get("eval_split")
+    images = run.run.get("eval_images")
+    parts = ([f"{split} split"] if split else []) + ([f"{images:,} images"] if images else [])
+    return ", ".join(parts) or None

@@ -3,6 +3,7 @@
 A run folder holds::
 
     aggregate_metrics.json   nested as tuned-lens eval writes it (see vision_lens.metrics)
+    aggregate_metrics_ci.json  its 95 % bootstrap intervals, [low, high] leaves (when evaluated with intervals)
     batches.jsonl            per-batch means, one JSON list as tuned-lens writes it
     layers.json              {"layer_k": block name}
     metrics.csv              one row per (lens, layer, metric)
@@ -30,12 +31,13 @@ from typing import Iterable
 
 from .files import write_text_atomic
 
+INTERVALS_FILE = "aggregate_metrics_ci.json"
 RESULT_FILES = ("aggregate_metrics.json", "batches.jsonl", "layers.json", "metrics.csv", "run.json")
 MANIFEST_NAME = "vision-lens-manifest.json"
 # Every file name a run, train or eval writes: what --overwrite may remove from a run that stopped
 # before it listed its files (the temporary files are those of files.write_text_atomic).
 WRITTEN_PATTERNS = (
-    *RESULT_FILES, "train.json", "report.html", "layerwise.png", "transfer_penalty.png",
+    *RESULT_FILES, INTERVALS_FILE, "train.json", "report.html", "layerwise.png", "transfer_penalty.png",
     "lenses/*/config.json", "lenses/*/params.pt", ".*.tmp", "lenses/*/.*.tmp",
 )
 
@@ -182,12 +184,16 @@ def tidy_rows(aggregate: dict, layers: dict[str, str]) -> list[dict]:
     return rows
 
 
-def write_results(out: Path, aggregate: dict, batches: list[dict], layers: dict[str, str], run: dict) -> None:
+def write_results(
+    out: Path, aggregate: dict, batches: list[dict], layers: dict[str, str], run: dict, intervals: dict | None = None
+) -> None:
     """Write the result files; the folder counts as incomplete until ``mark_complete``."""
     manifest = read_manifest(out)
     _write_manifest(out, complete=False, files=manifest["files"] if manifest else [])
     aggregate = undefined_as_null(aggregate)
     _dump(out / "aggregate_metrics.json", aggregate)
+    if intervals is not None:
+        _dump(out / INTERVALS_FILE, undefined_as_null(intervals))
     write_text_atomic(out / "batches.jsonl", json.dumps(undefined_as_null(batches), allow_nan=False) + "\n")
     _dump(out / "layers.json", layers)
     _dump(out / "run.json", run)
@@ -206,6 +212,7 @@ class RunResults:
     aggregate: dict
     layers: dict[str, str]
     run: dict
+    intervals: dict | None = None  # aggregate_metrics_ci.json; None where absent (e.g. tuned-lens output)
 
     @property
     def block_names(self) -> list[str]:
@@ -286,4 +293,7 @@ def load_results(path: str | Path) -> RunResults:
     run = read_json(run_path, "an object of run settings") if run_path.is_file() else {}
     if not isinstance(run, dict):
         raise RunFolderError(f"{run_path}: expected an object of run settings, not a {type(run).__name__}")
-    return RunResults(path, run.get("model", path.name), aggregate, layers, run)
+    intervals_path = path / INTERVALS_FILE
+    intervals = read_json(intervals_path, "the nesting of aggregate_metrics.json with [low, high] leaves") \
+        if intervals_path.is_file() else None
+    return RunResults(path, run.get("model", path.name), aggregate, layers, run, intervals)

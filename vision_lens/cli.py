@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--lens-types", nargs="+", default=["tuned", "logit"],
                          choices=["tuned", "shared", "logit", "linear_probe"],
                          help="lenses drawn in the CE and KL panels (default: tuned logit)")
+    compare.add_argument("--label", action="append", dest="labels", metavar="NAME",
+                         help="name of an input in the legend; repeat once per input, in the order of the inputs "
+                         "(default: the model in run.json, or the folder name)")
     text = "rebuild report.html (plots, per-block metrics, provenance) for one run, or several side by side"
     report = sub.add_parser("report", help=text, description=text)
     report.add_argument("runs", nargs="+", metavar="DIR", help="run folders written by `vision-lens run` or `eval`")
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         elif command == "compare":
             from .compare import compare_to_file
 
-            out = compare_to_file(args["inputs"], args["out"], args["lens_types"])
+            out = compare_to_file(args["inputs"], args["out"], args["lens_types"], args["labels"])
         elif command == "report":
             from .report import report_runs
 

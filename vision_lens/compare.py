@@ -18,6 +18,7 @@ block; for us, the first and the last lensed block.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -31,12 +32,7 @@ from .artifacts import RunFolderError, RunResults, require_complete
 from .plotting import LENS_LABELS, LENS_STYLES, penalty_vs_distance
 
 COMPARED_METRICS = ("ce", "kl")
-
-
-def reported_unit(run: RunResults) -> str:
-    """``bits/image`` for our runs (they carry run.json), ``bits/byte`` for tuned-lens output."""
-    return "bits/image" if run.run else "bits/byte"
-
+MIN_FONT_SIZE = 8  # points, at the saved figure size
 
 def normalised_layerwise(run: RunResults, metric: str, lens_type: str) -> tuple[np.ndarray, np.ndarray]:
     """``(relative depth, metric / metric at the first defined layer)`` for one lens of one run."""
@@ -51,12 +47,19 @@ def compare(
     results: ResultsLike | Iterable[ResultsLike],
     lens_types: Sequence[str] = ("tuned", "logit"),
     metrics: Sequence[str] = COMPARED_METRICS,
+    labels: Sequence[str] | None = None,
 ) -> plt.Figure:
     """One figure: normalised CE and KL against relative depth, and the normalised transfer penalty.
 
-    Colour tells the run (its unit in brackets), line style the lens.
+    Colour tells the run, line style the lens. ``labels`` names the inputs, in
+    order (default: the model in run.json, or the folder name). Every panel,
+    and so the legend, is unitless.
     """
     runs = as_results(results)
+    if labels is not None:
+        if len(labels) != len(runs):
+            raise ValueError(f"{len(labels)} labels for {len(runs)} inputs; give one --label per input, in order")
+        runs = [dataclasses.replace(run, name=label) for run, label in zip(runs, labels)]
     for run in runs:  # every legend entry must have data behind it
         drawable = [f"{t}.{m}" for t in lens_types for m in metrics if m in run.aggregate.get(t, {})]
         if not drawable and not has_transfer(run):
@@ -82,6 +85,7 @@ def compare(
         ax.set_xlabel("relative depth (0 = first layer, 1 = last)")
         ax.set_ylabel(f"{metric.upper()} / {metric.upper()} at the first layer")
         ax.set_title(f"{metric.upper()}, normalised (unitless)", fontsize=10)
+        ax.tick_params(labelsize=MIN_FONT_SIZE + 1)
         ax.set_xlim(-0.03, 1.03)
         ax.grid(alpha=0.3)
     with_transfer = [i for i, run in enumerate(runs) if has_transfer(run)]
@@ -95,12 +99,12 @@ def compare(
                         transform=penalty_ax.transAxes)
     penalty_ax.set_title("tuned lens: transfer penalty, normalised (unitless)", fontsize=10)
 
-    run_handles = [Line2D([], [], color=palette[i % len(palette)], lw=2.5, label=f"{run.name} ({reported_unit(run)})")
-                   for i, run in enumerate(runs)]
+    # Every panel is unitless, so the legend names the inputs without a unit.
+    run_handles = [Line2D([], [], color=palette[i % len(palette)], lw=2.5, label=run.name) for i, run in enumerate(runs)]
     style_handles = [Line2D([], [], color="black", ls=LENS_STYLES.get(t, "-"), label=LENS_LABELS.get(t, t))
                      for t in styles_used]
     fig.legend(handles=run_handles + style_handles, loc="lower center", ncol=min(len(runs) + len(styles_used), 5),
-               frameon=False, fontsize=8)
+               frameon=False, fontsize=9)
     fig.suptitle("Lenses across models on normalised quantities: raw bits per image (vision) and bits per byte "
                  "(tuned-lens, LLMs) do not compare", fontsize=10)
     fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(runs) + len(styles_used) - 1) // 5), 1, 0.95))
@@ -108,7 +112,10 @@ def compare(
 
 
 def compare_to_file(
-    paths: Sequence[str | Path], out: str | Path, lens_types: Sequence[str] = ("tuned", "logit")
+    paths: Sequence[str | Path],
+    out: str | Path,
+    lens_types: Sequence[str] = ("tuned", "logit"),
+    labels: Sequence[str] | None = None,
 ) -> Path:
     """``vision-lens compare``: draw :func:`compare` for ``paths`` and save it to ``out`` (format from the suffix).
 
@@ -119,7 +126,7 @@ def compare_to_file(
         raise FileNotFoundError(f"no such result folder or aggregate_metrics.json: {', '.join(missing)}")
     for path in paths:
         require_complete(path)
-    fig = compare(paths, lens_types)
+    fig = compare(paths, lens_types, labels=labels)
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

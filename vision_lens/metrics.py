@@ -11,13 +11,18 @@ Shape of the result (``aggregate_metrics.json``)::
 block i's translator applied to block j's features and ``kl`` is
 KL(lens_j || translator i on block j), as in tuned-lens; ``penalty`` is
 ``ce[i][j] - ce[j][j]``. A value that is undefined (no identity path) is None.
+
+Uncertainty (``aggregate_metrics_ci.json``): :func:`bootstrap_intervals` resamples
+the evaluation images and gives 95 % percentile intervals, ``[low, high]``, in the
+same nesting, plus ``layer_transfer.penalty_by_distance`` (see :func:`pair_groups`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -25,6 +30,9 @@ from torch import Tensor, nn
 BITS_PER_NAT = 1 / math.log(2)
 LENS_METRICS = ("ce", "kl", "entropy", "acc", "agree", "top5")
 BASELINE_METRICS = ("ce", "entropy", "acc")
+INTERVAL_METRICS = ("acc", "ce", "kl")  # per block, for every lens; plus the transfer CE and penalty
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_LEVEL = 0.95
 
 
 def nats_to_bits(x):
@@ -61,13 +69,20 @@ def _layer(k: int) -> str:
 
 
 class _Means:
-    """Per-batch means (for batches.jsonl) and exact means over all images, with None where undefined."""
+    """Per-batch means (for batches.jsonl) and exact means over all images, with None where undefined.
 
-    def __init__(self):
+    With ``keep``, the per-image values of the paths it accepts are kept too (float32), for the bootstrap.
+    """
+
+    def __init__(self, keep: Callable[[tuple], bool] | None = None):
         self.sums: dict[tuple, float] = {}  # over valid (non-NaN) per-image values
         self.counts: dict[tuple, int] = {}
+        self.keep = keep
+        self.kept: dict[tuple, list[np.ndarray | None]] = {}
 
     def add(self, batch: dict, path: tuple, values: Tensor | None) -> None:
+        if self.keep is not None and self.keep(path):
+            self.kept.setdefault(path, []).append(None if values is None else values.float().cpu().numpy())
         node = batch
         for key in path[:-1]:
             node = node.setdefault(key, {})
@@ -90,6 +105,29 @@ class _Means:
             node[path[-1]] = total / self.counts[path] if self.counts[path] else None
         return out
 
+    def per_image(self, batch_sizes: list[int]) -> dict:
+        """The kept values nested like the aggregate, each ``{"layer_k": ...}`` level stacked into an array axis:
+        ``(images, blocks)`` per metric, ``(images, blocks, blocks)`` per transfer table, ``(images,)`` for baselines.
+        Undefined values (None) become NaN."""
+        nested: dict = {}
+        for path, parts in self.kept.items():
+            node = nested
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            filled = [np.full(size, np.nan, np.float32) if p is None else p for p, size in zip(parts, batch_sizes)]
+            node[path[-1]] = np.concatenate(filled)
+
+        def stack(node):
+            if isinstance(node, np.ndarray):
+                return node
+            if set(node) == {"final"}:
+                return node["final"]
+            if all(k.startswith("layer_") for k in node):  # insertion order is block order
+                return np.stack([stack(v) for v in node.values()], axis=1)
+            return {k: stack(v) for k, v in node.items()}
+
+        return stack(nested)
+
 
 @torch.no_grad()
 def evaluate_lenses(
@@ -100,18 +138,27 @@ def evaluate_lenses(
     batch_size: int = 500,
     transfer: tuple[str, ...] = ("tuned",),
     fixed_logits: Mapping[str, Mapping[int, Tensor]] | None = None,
-) -> tuple[dict, list[dict]]:
-    """Evaluate every lens on every block; returns ``(aggregate, batches)``.
+    intervals: bool = False,
+    block_names: Sequence[str] | None = None,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> tuple[dict, list[dict]] | tuple[dict, list[dict], dict]:
+    """Evaluate every lens on every block; returns ``(aggregate, batches)``, or ``(aggregate, batches, intervals)``.
 
     ``aggregate`` is the exact mean over images; ``batches`` holds the per-batch
     means, as tuned-lens writes to ``batches.jsonl``. Lenses named in
     ``transfer`` must have a ``transfer(features, index, translator)`` method.
     ``fixed_logits[name][k]`` are precomputed logits at block k (e.g. the
     model's auxiliary classifiers), reported like a lens that exists only there.
+    With ``intervals`` the per-image ``acc``, ``ce``, ``kl`` and transfer CE
+    are kept and :func:`bootstrap_intervals` (``resamples``, ``seed``;
+    ``block_names`` for the within/across-stage groups) is returned third,
+    for ``aggregate_metrics_ci.json``.
     """
     device = final_logits.device
     blocks = len(features)
-    means = _Means()
+    keep = (lambda path: path[1] in INTERVAL_METRICS or path[1:3] == ("layer_transfer", "ce")) if intervals else None
+    means = _Means(keep)
     batches: list[dict] = []
     for start in range(0, len(labels), batch_size):
         rows = slice(start, start + batch_size)
@@ -147,7 +194,10 @@ def evaluate_lenses(
     for lens_type in transfer:
         if lens_type in aggregate:
             aggregate[lens_type]["layer_transfer"]["penalty"] = transfer_penalty(aggregate[lens_type]["layer_transfer"]["ce"])
-    return aggregate, batches
+    if not intervals:
+        return aggregate, batches
+    batch_sizes = [len(labels[start : start + batch_size]) for start in range(0, len(labels), batch_size)]
+    return aggregate, batches, bootstrap_intervals(means.per_image(batch_sizes), resamples, seed, block_names)
 
 
 def transfer_penalty(ce: dict) -> dict:
@@ -156,3 +206,144 @@ def transfer_penalty(ce: dict) -> dict:
         i: {j: None if v is None or ce[j][j] is None else v - ce[j][j] for j, v in row.items()}
         for i, row in ce.items()
     }
+
+
+def block_stage(name: str) -> str:
+    """The stage of a block: its name up to the first ``.`` (``layer2.1`` -> ``layer2``; ``stem`` -> ``stem``).
+
+    For the CIFAR and torchvision/timm ResNets that is the ``layerS`` prefix: the
+    blocks of one stage have the same width and resolution and are joined by
+    plain identity shortcuts, while a stage change passes a strided shortcut.
+    ``stem`` is a stage of its own, and so is every block whose name has no
+    ``.`` (Inception's ``inception4a``, ``mixed4a``; tuned-lens's ``layer_k``).
+    """
+    return name.split(".", 1)[0]
+
+
+def pair_groups(block_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Boolean ``(blocks, blocks)`` masks of the transfer cells ``(i, j)``.
+
+    ``all``: every cell (the diagonal too, where the penalty is 0);
+    ``within_stage``: ``i != j`` in the same :func:`block_stage`; ``across_stage``: different stages.
+    """
+    stages = np.array([block_stage(n) for n in block_names])
+    same = stages[:, None] == stages[None, :]
+    return {
+        "all": np.ones_like(same),
+        "within_stage": same & ~np.eye(len(stages), dtype=bool),
+        "across_stage": ~same,
+    }
+
+
+def mean_by_distance(matrix: np.ndarray, cells: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``matrix[..., i, j]`` over the defined (non-NaN) cells with ``|i - j| = d``, for d = 0 .. blocks-1.
+
+    ``cells`` (a boolean ``(blocks, blocks)`` mask, e.g. from :func:`pair_groups`)
+    restricts the cells; leading axes (e.g. bootstrap resamples) are kept.
+    Returns ``(means, counts)``: NaN where no cell is defined, and the number of
+    defined cells at each distance.
+    """
+    blocks = matrix.shape[-1]
+    rows, cols = np.indices((blocks, blocks))
+    distance = np.abs(rows - cols)
+    cells = np.ones((blocks, blocks), dtype=bool) if cells is None else cells
+    means = np.full(matrix.shape[:-2] + (blocks,), np.nan)
+    counts = np.zeros(matrix.shape[:-2] + (blocks,), dtype=int)
+    for d in range(blocks):
+        values = matrix[..., cells & (distance == d)]
+        counts[..., d] = (~np.isnan(values)).sum(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 = NaN: no defined cell
+            means[..., d] = np.nansum(values, -1) / counts[..., d]
+    return means, counts
+
+
+def _resampled_means(columns: np.ndarray, resamples: int, seed: int, chunk: int = 100) -> np.ndarray:
+    """``(resamples, columns)``: each resample's mean of every column over the valid (non-NaN) images.
+
+    One draw of images with replacement per resample, the same for every column
+    (so paired differences keep their pairing), as counts per image: means are
+    then two matrix products, ``counts @ values / counts @ valid``.
+    """
+    images = len(columns)
+    valid = ~np.isnan(columns)
+    values = np.where(valid, columns, 0).astype(np.float32)
+    valid = valid.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    means = np.empty((resamples, columns.shape[1]))
+    for start in range(0, resamples, chunk):
+        rows = min(chunk, resamples - start)
+        draws = rng.integers(0, images, (rows, images)) + images * np.arange(rows)[:, None]
+        counts = np.bincount(draws.ravel(), minlength=rows * images).reshape(rows, images).astype(np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 = NaN: no valid image drawn
+            means[start : start + rows] = (counts @ values) / (counts @ valid)
+    return means
+
+
+def _intervals(samples: np.ndarray, level: float, key: Callable[[int], str] = _layer):
+    """The central ``level`` of ``samples`` over axis 0 as ``[low, high]``, nested as ``{key(k): ...}`` per further
+    axis (no further axis: the bare pair); None where undefined."""
+    tails = 100 * (1 - level) / 2
+    low, high = np.percentile(samples, [tails, 100 - tails], axis=0)
+
+    def nest(lo, hi):
+        if np.ndim(lo) == 0:
+            return None if np.isnan(lo) or np.isnan(hi) else [float(lo), float(hi)]
+        return {key(k): nest(lo[k], hi[k]) for k in range(len(lo))}
+
+    return nest(low, high)
+
+
+def bootstrap_intervals(
+    per_image: dict,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    block_names: Sequence[str] | None = None,
+    level: float = BOOTSTRAP_LEVEL,
+) -> dict:
+    """Percentile bootstrap intervals of the means in ``per_image``, resampling the evaluation images.
+
+    ``per_image`` is nested like the aggregate, with arrays of per-image values
+    in place of the ``{"layer_k": value}`` levels: ``{lens: {metric: (images,
+    blocks)}}``, ``{lens: {"layer_transfer": {"ce": (images, blocks, blocks)}}}``,
+    ``{"baseline": {metric: (images,)}}``; NaN where an image has no value
+    (unlabelled) and a whole column of NaN where a block is undefined. Every
+    resample draws the images with replacement once, for every value jointly,
+    and recomputes each mean; the interval is the central ``level`` of the
+    ``resamples`` means. A ``layer_transfer`` ``ce`` also gives its ``penalty``
+    ``ce[i][j] - ce[j][j]`` and ``penalty_by_distance``: per group of
+    :func:`pair_groups` (``all``; with ``block_names`` also ``within_stage``,
+    ``across_stage``), ``{"d": [low, high]}`` for the mean of
+    :func:`mean_by_distance` at distance d.
+
+    Returns the aggregate's nesting with ``[low, high]`` leaves, None where undefined.
+    """
+    leaves: list[tuple[tuple, np.ndarray]] = []
+
+    def collect(node: dict, path: tuple) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                collect(value, path + (key,))
+            else:
+                leaves.append((path + (key,), value))
+
+    collect(per_image, ())
+    images = len(leaves[0][1])
+    means = _resampled_means(np.concatenate([v.reshape(images, -1) for _, v in leaves], axis=1), resamples, seed)
+    out: dict = {}
+    offset = 0
+    for path, values in leaves:
+        width = int(np.prod(values.shape[1:], dtype=int))
+        samples = means[:, offset : offset + width].reshape((resamples,) + values.shape[1:])
+        offset += width
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = {"final": _intervals(samples, level)} if values.ndim == 1 else _intervals(samples, level)
+        if path[-2:] == ("layer_transfer", "ce"):
+            penalty = samples - np.diagonal(samples, axis1=1, axis2=2)[:, None, :]
+            node["penalty"] = _intervals(penalty, level)
+            groups = pair_groups(block_names) if block_names else {"all": None}
+            node["penalty_by_distance"] = {
+                group: _intervals(mean_by_distance(penalty, cells)[0], level, key=str) for group, cells in groups.items()
+            }
+    return out

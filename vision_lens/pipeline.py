@@ -26,7 +26,7 @@ from .adapters import ModelAdapter, create_adapter
 from .artifacts import mark_complete, prepare_output, require_complete, write_results
 from .cache import FeatureCache
 from .capture import capture
-from .checks import check_fit, preflight
+from .checks import check_fit
 from .data import DataError, open_split, select
 from .fit import fit_lens
 from .lenses import LENS_TYPES, build_lenses
@@ -34,6 +34,7 @@ from .readout import FeatureLayout
 from .metrics import evaluate_lenses
 from .options import CommonOptions, EvalOptions, RunOptions, default_cache_dir, resolve_device  # noqa: F401  (re-exported)
 from .plotting import save_run_figures
+from .preflight import preflight
 from .report import write_report
 
 FITTED_LENSES = ("tuned", "shared", "linear_probe")
@@ -85,9 +86,10 @@ class SplitFeatures:
     logits: Tensor
     labels: Tensor
     aux_logits: dict[int, Tensor]
+    classes: int  # the split's classes that are model outputs (for chance accuracy)
 
     @classmethod
-    def of(cls, caches: list[FeatureCache], device: str | torch.device) -> "SplitFeatures":
+    def of(cls, caches: list[FeatureCache], device: str | torch.device, classes: int) -> "SplitFeatures":
         """The caches' rows, in order (one cache, or the shards of a multi-process capture)."""
 
         def rows(arrays) -> Tensor:
@@ -98,6 +100,7 @@ class SplitFeatures:
             rows(c.logits for c in caches).to(device),
             rows(c.labels for c in caches).to(device),
             {k: rows(c.aux_logits[k] for c in caches) for k in caches[0].aux_logits},
+            classes,
         )
 
 
@@ -138,7 +141,8 @@ def capture_split(
         if rank != 0:
             return None
     # Rank 0 opens the other shards' complete caches (and would capture any shard a crashed rank left).
-    return SplitFeatures.of([own if r == rank else capture_shard(r) for r in range(world)], adapter.device)
+    caches = [own if r == rank else capture_shard(r) for r in range(world)]
+    return SplitFeatures.of(caches, adapter.device, int((label_map >= 0).sum()))
 
 
 def _run_info(opts: CommonOptions, adapter: ModelAdapter, **extra) -> dict:
@@ -148,6 +152,7 @@ def _run_info(opts: CommonOptions, adapter: ModelAdapter, **extra) -> dict:
         "weights_sha256": adapter.weights_id,
         "data": str(opts.data),
         "blocks": [b.name for b in adapter.blocks],
+        "num_classes": adapter.num_classes,
         "options": {k: v for k, v in asdict(opts).items() if k not in ("out", "cache_dir", "download_root")},
         "vision_lens": __version__,
         "torch": torch.__version__,
@@ -228,13 +233,16 @@ def evaluate(
         return None
     print(f"[vision-lens] evaluating {', '.join(lenses)} on {len(adapter.blocks)} blocks", file=sys.stderr)
     aux = held_out.aux_logits
-    aggregate, batches = evaluate_lenses(
-        lenses, held_out.features, held_out.logits, held_out.labels, fixed_logits={"aux_head": aux} if aux else None
+    aggregate, batches, intervals = evaluate_lenses(
+        lenses, held_out.features, held_out.logits, held_out.labels, fixed_logits={"aux_head": aux} if aux else None,
+        intervals=True, block_names=[b.name for b in adapter.blocks], seed=opts.seed,
     )
     layers = {f"layer_{k}": b.name for k, b in enumerate(adapter.blocks)}
     fit = {t: lens.config.fit for t, lens in lenses.items() if lens.config.fit}
-    run_info = _run_info(opts, adapter, eval_images=len(held_out.labels), lens=str(lens_dir), fit=fit)
-    write_results(out, aggregate, batches, layers, run_info)
+    run_info = _run_info(
+        opts, adapter, eval_images=len(held_out.labels), eval_classes=held_out.classes, lens=str(lens_dir), fit=fit
+    )
+    write_results(out, aggregate, batches, layers, run_info, intervals)
     save_run_figures(out, out)
     write_report(out)
     mark_complete(out)  # last: compare and report refuse a folder without it

@@ -27,14 +27,20 @@ import torch
 from PIL import Image
 
 from .adapters import ModelAdapter
+from .artifacts import RunResults
 from .analysis import (
     ResultsLike,
     as_results,
     block_names,
+    chance_accuracy,
+    eval_description,
     has_transfer,
+    interval_values,
     layer_values,
-    penalty_by_distance,
+    penalty_profiles,
     relative_depth,
+    reported_unit,
+    stage_boundaries,
     transfer_matrix,
 )
 from .capture import BlockRecorder
@@ -44,10 +50,11 @@ METRIC_LABELS = {
     "acc": "top-1 accuracy",
     "top5": "top-5 accuracy",
     "agree": "agreement with the model",
-    "ce": "cross-entropy (bits)",
-    "kl": "KL(model ‖ lens) (bits)",
-    "entropy": "entropy (bits)",
+    "ce": "cross-entropy",
+    "kl": "KL(model ‖ lens)",
+    "entropy": "entropy",
 }
+BITS_METRICS = ("ce", "kl", "entropy")
 LENS_LABELS = {
     "tuned": "tuned lens",
     "shared": "shared tuned lens",
@@ -58,6 +65,18 @@ LENS_LABELS = {
 LENS_STYLES = {"tuned": "-", "shared": "-.", "logit": "--", "linear_probe": ":", "aux_head": "-"}
 X_AXES = ("block", "relative_depth")
 UNDEFINED_HATCH = {"facecolor": "#e0e0e0", "hatch": "///", "edgecolor": "#9e9e9e"}
+HEATMAP_CLIP_PERCENTILE = 95
+HEATMAP_MAX_ANNOTATED = 24  # blocks; beyond that cell values no longer fit
+PAIR_GROUP_STYLES = {"all": ("-", "o", ""), "within_stage": ("-", "o", " · within stage"),
+                     "across_stage": ("--", "s", " · across stages")}
+
+
+def metric_label(metric: str, runs: Sequence[RunResults]) -> str:
+    """The metric's name, with the runs' unit for the metrics in bits (``bits per image`` for ours)."""
+    label = METRIC_LABELS.get(metric, metric)
+    if metric in BITS_METRICS:
+        label += f" ({' or '.join(sorted({reported_unit(r) for r in runs}))})"
+    return label
 
 
 def _hatch_undefined(ax: plt.Axes) -> None:
@@ -81,14 +100,17 @@ def layerwise(
     [0, 1] (0 = first lensed block, 1 = last). With one run the colour tells
     the lens; with several the colour tells the model and the line style the
     lens. Undefined values (e.g. the logit lens without an identity path) are
-    gaps, not zeros.
+    gaps, not zeros. Where a run has bootstrap intervals
+    (``aggregate_metrics_ci.json``), each line gets its shaded 95 % band. For
+    ``acc`` and ``top5`` chance (1/classes, resp. 5/classes, from run.json) is a
+    dotted line; with one run the x label names the eval split and its size.
     """
     if x not in X_AXES:
         raise ValueError(f"x must be one of {X_AXES}, got {x!r}")
     runs = as_results(results)
     ax = ax or plt.subplots(figsize=(7, 4))[1]
     palette = sns.color_palette("colorblind")
-    drawn = 0
+    drawn, banded = 0, False
     for r_i, run in enumerate(runs):
         for t_i, lens_type in enumerate(t for t in lens_types if t in run.aggregate):
             by_layer = run.aggregate[lens_type].get(metric)
@@ -99,10 +121,21 @@ def layerwise(
             label = LENS_LABELS.get(lens_type, lens_type) + (f" · {run.name}" if len(runs) > 1 else "")
             color = palette[(r_i if len(runs) > 1 else t_i) % len(palette)]
             ax.plot(xs, y, LENS_STYLES.get(lens_type, "-"), marker="o", ms=3.5, color=color, label=label)
+            bounds = (run.intervals or {}).get(lens_type, {}).get(metric)
+            if bounds:
+                low, high = interval_values(bounds)
+                ax.fill_between(xs, low, high, where=~np.isnan(low), color=color, alpha=0.2, lw=0,
+                                label="_nolegend_" if banded else "95% bootstrap interval")
+                banded = True
             drawn += 1
         baseline = run.aggregate.get("baseline", {}).get(metric, {}).get("final")
         if baseline is not None and len(runs) == 1:  # None: no image has a model class (lucent)
             ax.axhline(baseline, color="grey", lw=1, ls="-.", label="model output")
+    chances = {chance_accuracy(run) for run in runs} - {None}
+    for chance in sorted(chances) if metric in ("acc", "top5") else ():
+        guesses = 5 if metric == "top5" else 1
+        ax.axhline(min(1.0, guesses * chance), color="black", lw=1, ls=":",
+                   label=f"chance ({guesses}/{round(1 / chance)})")
     if not drawn:
         known = {m for run in runs for t in lens_types if t in run.aggregate for m in run.aggregate[t]}
         known = sorted(known - {"layer_transfer"})
@@ -116,7 +149,10 @@ def layerwise(
         ax.set_xlabel("block")
     else:
         ax.set_xlabel("block index")
-    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    evaluated = eval_description(runs[0]) if len(runs) == 1 else None
+    if evaluated:
+        ax.set_xlabel(f"{ax.get_xlabel()} (evaluated on the {evaluated})")
+    ax.set_ylabel(metric_label(metric, runs))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7 if drawn > 4 else 8, frameon=False)
     return ax
@@ -128,7 +164,12 @@ def transfer_heatmap(
     """Heatmap of the transfer matrix: train block on the rows, eval block on the columns.
 
     As in the tuned-lens paper's transfer figure. Undefined cells (no
-    identity path between the blocks) are hatched grey, not zero.
+    identity path between the blocks) are hatched grey, not zero. The colour
+    scale stops at the 95th percentile of the defined cells (the colour bar is
+    extended when larger cells exist), so a few extreme cells such as the
+    ``stem`` row do not wash out the rest; the printed values (up to 24
+    blocks) stay exact. Lines mark the stage boundaries (where
+    :func:`~vision_lens.metrics.block_stage` changes; runs with block names only).
     """
     (run,) = as_results(results)
     matrix = transfer_matrix(run, kind, lens_type)
@@ -136,19 +177,32 @@ def transfer_heatmap(
     ax = ax or plt.subplots(figsize=(6.5, 5.5))[1]
     _hatch_undefined(ax)
     undefined = np.isnan(matrix)
+    # With every cell undefined (no labels, no paths) there is no range to read off.
+    defined = matrix[~undefined] if not undefined.all() else np.array([0.0, 1.0])
+    vmax = float(np.percentile(defined, HEATMAP_CLIP_PERCENTILE))
+    clipped = defined.max() > vmax
+    name = "transfer penalty" if kind == "penalty" else kind.upper()
+    annotate = len(matrix) <= HEATMAP_MAX_ANNOTATED
     sns.heatmap(
         matrix,
         mask=undefined,
-        # With every cell undefined (no labels, no paths) there is no range to read off.
-        vmin=0 if undefined.all() else None,
-        vmax=1 if undefined.all() else None,
+        vmin=min(0.0, float(defined.min())),
+        vmax=vmax,
         cmap="rocket_r" if kind != "kl" else "mako_r",
+        annot=annotate,
+        fmt=".1f",
+        annot_kws={"fontsize": min(7.0, max(4.0, 70 / len(matrix)))},
         xticklabels=names,
         yticklabels=names,
         square=True,
-        cbar_kws={"label": f"{'transfer penalty' if kind == 'penalty' else kind.upper()} (bits)"},
+        cbar_kws={"label": f"{name} ({reported_unit(run)})"
+                           + (f"\ncolour clipped at the {HEATMAP_CLIP_PERCENTILE}th percentile" if clipped else ""),
+                  "extend": "max" if clipped else "neither"},
         ax=ax,
     )
+    for k in stage_boundaries(run):
+        ax.axhline(k, color="black", lw=0.8)
+        ax.axvline(k, color="black", lw=0.8)
     ax.set_xlabel("evaluated on block j")
     ax.set_ylabel("translator of block i")
     ax.tick_params(labelsize=7)
@@ -164,6 +218,8 @@ def penalty_vs_distance(
     lens_type: str = "tuned",
     relative: bool = False,
     normalise: bool = False,
+    stages: bool = False,
+    pair_counts: bool = True,
     colors: Sequence | None = None,
     ax: plt.Axes | None = None,
 ) -> plt.Axes:
@@ -172,25 +228,66 @@ def penalty_vs_distance(
     If representations drift gradually (the claim tested), the penalty grows
     with distance. ``relative`` puts distance on [0, 1] (a fraction of the
     model's depth) so models of different depth share the axis; ``normalise``
-    divides by the mean diagonal CE (see :func:`penalty_by_distance`).
-    ``colors`` gives one colour per run (default: the colorblind palette).
+    divides by the mean diagonal CE (see :func:`~vision_lens.analysis.penalty_profiles`).
+    ``stages`` draws two lines per run instead: pairs within one stage (solid)
+    and across stages (dashed). Where a run has bootstrap intervals
+    (``aggregate_metrics_ci.json``) and ``normalise`` is off, error bars show
+    the 95 % interval of each mean. ``pair_counts`` draws, as pale bars on a
+    right-hand axis, how many block pairs each mean averages. ``colors`` gives
+    one colour per run (default: the colorblind palette).
     """
     runs = as_results(results)
     ax = ax or plt.subplots(figsize=(6, 4))[1]
     colors = colors or sns.color_palette("colorblind", len(runs))
+    drawn = []  # (profile, colour) for the pair-count bars
     for run, color in zip(runs, colors):
-        means = penalty_by_distance(run, lens_type, normalise)
-        xs = relative_depth(len(means)) if relative else np.arange(len(means))
-        ax.plot(xs, means, "-o", ms=3.5, color=color, label=run.name)
+        profiles = penalty_profiles(run, lens_type, relative, normalise)
+        groups = [g for g in ("within_stage", "across_stage") if g in profiles] if stages else []
+        for group in groups or ["all"]:
+            profile = profiles[group]
+            line_style, marker, suffix = PAIR_GROUP_STYLES[group]
+            ax.plot(profile.distance, profile.mean, ls=line_style, marker=marker, ms=3.5, color=color,
+                    label=run.name + suffix)
+            if profile.low is not None:
+                # The interval itself, low to high: a percentile interval need not be centred on the mean.
+                shown = ~np.isnan(profile.low) & ~np.isnan(profile.mean)
+                ax.vlines(profile.distance[shown], profile.low[shown], profile.high[shown], color=color, lw=1)
+            drawn.append((profile, color, line_style))
     ax.set_xlabel("block distance |i − j| / (blocks − 1)" if relative else "block distance |i − j|")
-    ax.set_ylabel("mean transfer penalty / mean diagonal CE" if normalise else "mean transfer penalty (bits)")
+    ax.set_ylabel("mean transfer penalty / mean diagonal CE" if normalise
+                  else f"mean transfer penalty ({' or '.join(sorted({reported_unit(r) for r in runs}))})")
     if not relative:
         ax.xaxis.get_major_locator().set_params(integer=True)
     lens_name = LENS_LABELS.get(lens_type, lens_type)
-    ax.set_title(f"{lens_name}: translator i on block j, averaged over |i − j|", fontsize=10)
+    ax.set_title(f"Extra cross-entropy when block i's translator ({lens_name}) reads block j", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
+    if pair_counts:
+        _pair_count_bars(ax, drawn)
     return ax
+
+
+def _pair_count_bars(ax: plt.Axes, drawn: list) -> plt.Axes:
+    """Pale bars of the number of block pairs behind each mean, on a right-hand axis labelled ``block pairs``.
+
+    The bars fill the lowest quarter of the plot, behind the lines.
+    """
+    counts_ax = ax.twinx()
+    counts_ax.set_label("block pairs")
+    ax.set_zorder(counts_ax.get_zorder() + 1)  # lines over the bars
+    ax.patch.set_visible(False)
+    for n, (profile, color, line_style) in enumerate(drawn):
+        step = np.diff(profile.distance[:2])[0] if len(profile.distance) > 1 else 1.0
+        width = 0.8 * step / len(drawn)
+        offset = (n - (len(drawn) - 1) / 2) * width
+        counts_ax.bar(profile.distance + offset, profile.pairs, width=width, color=color, alpha=0.25,
+                      ls=line_style, edgecolor=color, lw=0.5)
+    highest = max((int(p.pairs.max()) for p, _, _ in drawn), default=1)
+    counts_ax.set_ylim(0, 4 * max(highest, 1))
+    counts_ax.set_yticks([0, highest])
+    counts_ax.set_ylabel("block pairs (bars)", fontsize=8)
+    counts_ax.tick_params(labelsize=8)
+    return counts_ax
 
 
 @torch.no_grad()
@@ -209,8 +306,21 @@ def lens_probabilities(
     return per_block, output.double().softmax(-1)[0].cpu()
 
 
+def image_folder_label(path: str | Path) -> str | None:
+    """The class of an image at ``root/<class>/<file>`` of an ImageFolder: the folder's name, when ``root`` holds
+    only folders, two or more (the class folders); None otherwise."""
+    folder = Path(path).resolve().parent
+    entries = list(folder.parent.iterdir())
+    return folder.name if len(entries) >= 2 and all(e.is_dir() for e in entries) else None
+
+
 def prediction_trajectory(
-    model: ModelAdapter, lens: SavedLens, image: Image.Image | str | Path, k: int = 5, ax: plt.Axes | None = None
+    model: ModelAdapter,
+    lens: SavedLens,
+    image: Image.Image | str | Path,
+    k: int = 5,
+    label: str | None = None,
+    ax: plt.Axes | None = None,
 ) -> plt.Axes:
     """Top-``k`` classes and their probabilities under ``lens`` at every block, for one image.
 
@@ -220,9 +330,17 @@ def prediction_trajectory(
     is a :class:`~vision_lens.adapters.ModelAdapter`; ``lens`` a lens loaded
     for it, e.g. ``TunedLens.load(run_dir / "lenses" / "tuned", model)``.
     Blocks where the lens is undefined are hatched. Without ``ax`` the input
-    image is drawn beside the heatmap.
+    image is drawn beside the heatmap. The image's file name and true
+    ``label`` are shown; for a path inside an ImageFolder the label defaults
+    to its class folder's name (:func:`image_folder_label`).
     """
-    image = Image.open(image) if isinstance(image, (str, Path)) else image
+    caption = []
+    if isinstance(image, (str, Path)):
+        caption.append(Path(image).name)
+        label = label or image_folder_label(image)
+        image = Image.open(image)
+    if label:
+        caption.append(f"true label: {label}")
     per_block, output = lens_probabilities(model, lens, image)
     rows = per_block + [output]
     k = min(k, len(output))
@@ -234,13 +352,14 @@ def prediction_trajectory(
             probs[r] = top.values.numpy()
             names[r] = [f"{model.class_names[c]}\n{v:.2f}" for c, v in zip(top.indices.tolist(), top.values.tolist())]
     labels = [b.name for b in model.blocks] + ["model output"]
-    if ax is None:
+    image_drawn = ax is None
+    if image_drawn:
         height = 0.42 * len(rows) + 1.4
         fig, (image_ax, ax) = plt.subplots(
             1, 2, figsize=(1.3 * k + 4.5, height), gridspec_kw={"width_ratios": [1.1, 0.9 * k + 1.6]}
         )
         image_ax.imshow(image.convert("RGB"))
-        image_ax.set_title("input", fontsize=9)
+        image_ax.set_title("\n".join(caption) or "input", fontsize=8)
         image_ax.axis("off")
     _hatch_undefined(ax)
     sns.heatmap(
@@ -253,6 +372,8 @@ def prediction_trajectory(
             ax.text(k / 2, r + 0.5, "undefined: no identity path", ha="center", va="center", fontsize=7,
                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
     ax.axhline(len(per_block), color="black", lw=1.5)  # separates the lens rows from the model's own output
+    if not image_drawn and caption:
+        ax.set_xlabel(", ".join(caption), fontsize=8)
     ax.tick_params(axis="y", labelsize=7, rotation=0)
     ax.tick_params(axis="x", labelsize=8, top=True, labeltop=True, bottom=False, labelbottom=False)
     ax.set_title(f"{model.name}: {LENS_LABELS.get(lens.lens_type, lens.lens_type)}, top-{k} classes at every block",
@@ -269,7 +390,8 @@ def save_run_figures(results: ResultsLike, out: str | Path) -> list[Path]:
     axes = fig.subplots(1, 2)
     layerwise(run, "acc", ax=axes[0])
     layerwise(run, "ce", ax=axes[1])
-    fig.suptitle(f"{run.name}: lenses at every block (eval split)")
+    evaluated = eval_description(run)
+    fig.suptitle(f"{run.name}: lenses at every block" + (f", evaluated on the {evaluated}" if evaluated else ""))
     fig.tight_layout()
     paths = [out / "layerwise.png"]
     fig.savefig(paths[0], dpi=150)

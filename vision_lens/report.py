@@ -18,9 +18,8 @@ from typing import Iterable
 import matplotlib.pyplot as plt
 
 from . import __version__
+from .analysis import ResultsLike, as_results, has_transfer, reported_unit
 from .artifacts import RunFolderError, RunResults, layer_keys, require_complete
-from .compare import reported_unit
-from .analysis import ResultsLike, as_results, has_transfer
 from .plotting import LENS_LABELS, METRIC_LABELS, layerwise, penalty_vs_distance, transfer_heatmap
 
 REPORT_NAME = "report.html"
@@ -32,7 +31,10 @@ h1 { font-size: 1.4rem; } h2 { font-size: 1.15rem; margin-top: 2rem; } h3 { font
 figure { margin: 0.8rem 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.85rem; color: #555; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }  /* wide tables scroll inside their box, not the page */
+.scroll table.metrics { white-space: nowrap; }
+table.provenance td { overflow-wrap: anywhere; }  /* long hashes and paths wrap */
+p.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.4rem 0.7rem; }
 table { border-collapse: collapse; font-size: 0.8rem; margin: 0.5rem 0; }
 th, td { border: 1px solid #ddd; padding: 0.2rem 0.45rem; text-align: right; }
 th { background: #f4f4f4; } th[colspan] { text-align: center; } td.name, th.name { text-align: left; }
@@ -72,8 +74,9 @@ def run_figures(run: RunResults) -> list[str]:
         transfer_heatmap(run, "penalty", ax=ax)
         figures.append(_figure(fig, "transfer penalty: translator of block i (rows) evaluated on block j (columns)"))
         fig, ax = plt.subplots(figsize=(6, 3.8))
-        penalty_vs_distance(run, ax=ax)
-        figures.append(_figure(fig, "mean transfer penalty against block distance |i − j|"))
+        penalty_vs_distance(run, stages=bool(run.block_names), ax=ax)
+        figures.append(_figure(fig, "mean transfer penalty against block distance |i − j|, within and across stages "
+                                    "(bars: block pairs per distance; error bars, where present: 95% bootstrap interval)"))
     return figures
 
 
@@ -132,7 +135,7 @@ def provenance_table(run: RunResults) -> str:
         for k, v in rows if v is not None
     )
     settings = html.escape(json.dumps(info, indent=1)) if info else "no run.json in this folder"
-    return (f'<table class="provenance">{body}</table>'
+    return (f'<div class="scroll"><table class="provenance">{body}</table></div>'
             f"<details><summary>all settings (run.json)</summary><pre>{settings}</pre></details>")
 
 
@@ -155,10 +158,14 @@ def comparison_section(runs: list[RunResults]) -> str:
     return f'<section><h2>All runs</h2>{"".join(figures)}</section>'
 
 
-def render_report(results: ResultsLike | Iterable[ResultsLike]) -> str:
-    """The HTML page for one run, or for several side by side under a comparison section."""
+def render_report(results: ResultsLike | Iterable[ResultsLike], note: str | None = None) -> str:
+    """The HTML page for one run, or for several side by side under a comparison section.
+
+    ``note`` is a line shown under the title (e.g. the demo's "digits demo, not a real result").
+    """
     runs = as_results(results)
     title = "vision-lens report: " + ", ".join(r.name for r in runs)
+    note_line = f'<p class="note">{html.escape(note)}</p>' if note else ""
     sections = [comparison_section(runs)] if len(runs) > 1 else []
     columns = f"repeat({len(runs)}, minmax(0, 1fr))"
     sections.append(f'<div class="runs" style="grid-template-columns: {columns}">'
@@ -167,16 +174,19 @@ def render_report(results: ResultsLike | Iterable[ResultsLike]) -> str:
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<link rel="icon" href="data:,">'  # no favicon request
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{''.join(sections)}"
+        f"<h1>{html.escape(title)}</h1>{note_line}{''.join(sections)}"
         f"<footer><small>written by vision-lens {__version__}</small></footer></body></html>\n"
     )
 
 
-def write_report(results: ResultsLike | Iterable[ResultsLike], out: str | Path | None = None) -> Path:
-    """Write :func:`render_report` to ``out``; default: ``report.html`` in the run folder (one run) or cwd (several)."""
+def write_report(
+    results: ResultsLike | Iterable[ResultsLike], out: str | Path | None = None, note: str | None = None
+) -> Path:
+    """Write :func:`render_report` (with ``note`` under the title) to ``out``; default: ``report.html`` in the run
+    folder (one run) or cwd (several)."""
     runs = as_results(results)
     out = Path(out) if out else (runs[0].path if len(runs) == 1 else Path.cwd()) / REPORT_NAME
-    page = render_report(runs)
+    page = render_report(runs, note)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(page, encoding="utf-8")

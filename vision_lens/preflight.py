@@ -1,0 +1,73 @@
+"""Everything that can be known before the first forward pass, checked with a message that names what to fix.
+
+The data layout of every split the command reads, that their classes match
+each other and the model, and that the feature cache can be written (or
+already holds complete captures to read). ``--out`` is checked by
+``artifacts.prepare_output``, before this.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from .cache import CacheError, cache_key_hash
+from .capture import capture_key
+from .data import DataError, ImageSource, open_split, select
+
+
+def _cache_is_complete(root: Path, key: dict, n: int) -> bool:
+    try:
+        return json.loads((root / cache_key_hash(key) / "manifest.json").read_text()).get("done") == n
+    except (OSError, ValueError):
+        return False
+
+
+def check_cache_root(root: Path, needed: Sequence[tuple[dict, int]]) -> None:
+    """Raise CacheError unless ``root`` is writable or already holds a complete cache for each (key, rows)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            return
+    except OSError as exc:
+        if all(_cache_is_complete(root, key, n) for key, n in needed):
+            return  # read-only but complete: usable for reading
+        raise CacheError(
+            f"feature cache folder {root} is not writable ({exc.strerror or exc}) and does not hold complete "
+            f"captures for this run; make it writable or pass --cache-dir a writable folder"
+        ) from exc
+
+
+def preflight(opts, adapter, splits: Sequence[str], layout) -> None:
+    """Check data, classes and the cache for ``splits`` of ``opts`` before any forward pass.
+
+    ``layout`` (a FeatureLayout) is what capture will keep, part of the cache key.
+    """
+    if opts.fit_split == opts.eval_split:
+        raise DataError(f"--fit-split and --eval-split are both {opts.fit_split!r}; lenses must be evaluated on "
+                        "held-out images")
+    sources: dict[str, ImageSource] = {split: open_split(opts.data, split, opts.download_root) for split in splits}
+    for split, source in sources.items():
+        try:
+            adapter.label_map(source.classes)
+        except ValueError as exc:
+            raise DataError(f"--data {opts.data}, split {split!r}: {exc}; pass data with the model's classes") from exc
+    (first, first_source), *others = sources.items()
+    for split, source in others:
+        if source.classes != first_source.classes:
+            only_first = sorted(set(first_source.classes) - set(source.classes))
+            only_this = sorted(set(source.classes) - set(first_source.classes))
+            raise DataError(
+                f"--data {opts.data}: splits {first!r} and {split!r} have different classes (only in {first!r}: "
+                f"{', '.join(only_first) or 'none'}; only in {split!r}: {', '.join(only_this) or 'none'}); "
+                "give every split the same class folders"
+            )
+    limits = {opts.fit_split: getattr(opts, "fit_limit", None), opts.eval_split: opts.eval_limit}
+    needed = []
+    for split, source in sources.items():
+        indices = select(len(source), limits.get(split), opts.seed)
+        key = capture_key(adapter, source, indices, layout, bf16=opts.precision == "bf16")
+        needed.append((key, len(indices)))
+    check_cache_root(Path(opts.cache_dir) / "features", needed)
