@@ -73,14 +73,19 @@ def main() -> None:
 
     heatmap_ax = plt.subplots(figsize=(7, 6))[1]
     save(plotting.transfer_heatmap(first, "penalty", ax=heatmap_ax), args.out / "transfer_penalty.png")
-    save(plotting.penalty_vs_distance(runs), args.out / "penalty_vs_distance.png")
+    save(plotting.penalty_vs_distance(runs, relative=True), args.out / "penalty_vs_distance.png")
+    stages_ax = plt.subplots(figsize=(7, 4.5))[1]
+    save(plotting.penalty_vs_distance(runs, stages=True, ax=stages_ax), args.out / "penalty_within_across_stages.png")
 
     adapter = create_adapter(first.run["model"], weights=first.run["weights"])
     lens = TunedLens.load(first.path / "lenses" / "tuned", adapter)
     save(plotting.prediction_trajectory(adapter, lens, args.image or first_eval_image(first.path)),
          args.out / "prediction_trajectory.png")
 
-    fig = compare([*runs, *args.llm])
+    labels = [load_results(r).name for r in runs] + [
+        "toy GPT-2 (format check)" if path == TOY_LLM else path.parent.name for path in args.llm
+    ]
+    fig = compare([*runs, *args.llm], labels=labels)
     fig.savefig(args.out / "compare_llm.png", dpi=150)
     plt.close(fig)
     print(f"wrote {args.out / 'compare_llm.png'}")
