@@ -44,3 +44,22 @@ def test_validation_split_is_seeded_disjoint_and_complete():
     assert sorted(torch.cat([fit, val]).tolist()) == list(range(100))
     again, _ = validation_split(100, 0.2, seed=3)
     assert torch.equal(fit, again)
+
+
+def test_translators_that_transfer_share_one_standardisation():
+    """A translator applied to another block's features meets them in the coordinates it was fitted in."""
+    from vision_lens.adapters import create_adapter
+    from vision_lens.lenses import build_lenses
+
+    adapter = create_adapter("cifar:resnet8", weights="random", seed=0)
+    layout = FeatureLayout.of(adapter.blocks, 1)
+    gen = torch.Generator().manual_seed(0)
+    features = [torch.rand(64, layout.width(k), generator=gen) * (k + 1) for k in range(len(adapter.blocks))]
+    final = torch.randn(64, 10, generator=gen)
+    lenses = build_lenses(adapter, layout, ["tuned", "linear_probe"])
+    fit_lens(lenses["tuned"], features, final.argmax(-1), final, FitSettings(max_iter=5))
+    fit_lens(lenses["linear_probe"], features, final.argmax(-1), settings=FitSettings(max_iter=5))
+    tuned = lenses["tuned"].params
+    assert all(torch.equal(t.mean, tuned[0].mean) and torch.equal(t.scale, tuned[0].scale) for t in tuned)
+    probe = lenses["linear_probe"].params  # never transferred: each block standardised on its own
+    assert not torch.allclose(probe[0].mean, probe[1].mean[: probe[0].mean.numel()])

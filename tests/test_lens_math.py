@@ -168,7 +168,7 @@ def test_tuned_lens_starts_as_logit_lens_and_reads_the_whole_block():
     translator = tuned.params[k]
     torch.nn.init.normal_(translator.linear.weight)
     torch.nn.init.normal_(translator.linear.bias)
-    translator.standardize(torch.randn(50, translator.mean.numel()))
+    translator.standardize(torch.randn(translator.mean.numel()), torch.rand(translator.mean.numel()) + 0.5)
     path = adapter.blocks[k].path
 
     def carried_whole(rows, j):
@@ -209,7 +209,7 @@ def test_lens_save_load_round_trip(tmp_path):
     tuned = build_lenses(adapter, layout, ["tuned"])["tuned"]
     for translator in tuned.params:
         torch.nn.init.normal_(translator.linear.weight)
-        translator.standardize(torch.rand(20, translator.mean.numel()))
+        translator.standardize(torch.rand(translator.mean.numel()), torch.rand(translator.mean.numel()) + 0.5)
     tuned.save(tmp_path / "tuned")
     assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == ["config.json", "params.pt"]
     loaded = TunedLens.load(tmp_path / "tuned", adapter)

@@ -114,6 +114,23 @@ def _minimise(module: nn.Module, objective: _Objective, blocks: list[int], rows:
     return losses, iterations
 
 
+@torch.no_grad()
+def input_statistics(lens: SavedLens, features: list[Tensor], rows: Tensor) -> dict[int, tuple[Tensor, Tensor]]:
+    """Per block, the mean and std of its translator inputs on ``rows``, pooled over each standardisation group."""
+    statistics = {}
+    for group in lens.standardization_groups():
+        total = squares = None
+        for k in group:  # running sums: a group's inputs never sit in memory at once
+            x = lens.fit_inputs(features[k].to(rows.device)[rows], k)[0].double()
+            total = x.sum(0) if total is None else total + x.sum(0)
+            squares = x.square().sum(0) if squares is None else squares + x.square().sum(0)
+        n = len(rows) * len(group)
+        mean = total / n
+        std = (squares / n - mean.square()).clamp(min=0).sqrt()
+        statistics |= {k: (mean.float(), std.float()) for k in group}
+    return statistics
+
+
 def validation_split(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """A seeded split of ``range(n)`` into (fit rows, validation rows), both sorted."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -151,14 +168,14 @@ def fit_lens(
         fit_part, val_part = validation_split(len(rows), settings.validation_fraction, settings.seed)
         fit_rows, val_rows = rows[fit_part.to(device)], rows[val_part.to(device)]
     final_logits = None if final_logits is None else final_logits.to(device)
+    # Statistics of the rows that choose the penalty: the validation rows stay unseen until scored.
+    statistics = input_statistics(lens, features, fit_rows if chosen_on_validation else rows)
     records: list[dict | None] = [None] * len(features)
     lens.train()
     for module, blocks in tqdm(lens.fit_groups(), desc=desc, unit="translator", dynamic_ncols=True):
         with torch.no_grad():  # what the translator reads is fixed: carry each block once
             inputs = {k: lens.fit_inputs(features[k].to(device), k) for k in blocks}
-        # Statistics of the rows that choose the penalty: the validation rows stay unseen until scored.
-        stat_rows = fit_rows if chosen_on_validation else rows
-        module.standardize(torch.cat([inputs[k][0][stat_rows] for k in blocks]))
+        module.standardize(*statistics[blocks[0]])
         objective = _Objective(lens, module, inputs, labels, final_logits, settings.chunk_size)
         record: dict = {"blocks": len(blocks)}
         weight_decay = settings.weight_decay

@@ -91,6 +91,10 @@ class SavedLens(nn.Module):
         """What fitting optimises: each module with the blocks whose loss it is fitted on."""
         return [(module, [k]) for k, module in enumerate(self.params)]
 
+    def standardization_groups(self) -> list[list[int]]:
+        """Blocks whose translator inputs share one standardisation (default: each block its own)."""
+        return [[k] for k in range(len(self.params))]
+
     def fit_inputs(self, features: Tensor, index: int) -> tuple[Tensor, Tensor | None]:
         """Block ``index`` as a translator sees it: ``(input, forwarded)``, see :meth:`decode`.
 
@@ -178,9 +182,11 @@ class Translator(nn.Module):
 
     Zero: a tuned lens starts as the logit lens, and weight decay pulls
     towards it. Standardising (``mean`` and ``scale`` are set once from the
-    fit images, see :meth:`standardize`) makes the L2 penalty treat every
-    input channel alike whatever its scale, and conditions L-BFGS well. It
-    is still one affine map, so transfer and sharing mean what they did.
+    fit images, see :meth:`SavedLens.standardization_groups`) conditions
+    L-BFGS well and makes the L2 penalty treat input channels alike. It is
+    still one affine map. Translators that are applied to other blocks
+    (transfer, sharing) all use one standardisation, so that a translator
+    meets another block's features in the coordinates it was fitted in.
     """
 
     def __init__(self, n_in: int, n_out: int):
@@ -192,10 +198,9 @@ class Translator(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     @torch.no_grad()
-    def standardize(self, inputs: Tensor) -> None:
-        """Set ``mean`` and ``scale`` from ``(N, n_in)`` fit inputs; constant inputs keep scale 1."""
-        self.mean.copy_(inputs.mean(0))
-        std = inputs.std(0)
+    def standardize(self, mean: Tensor, std: Tensor) -> None:
+        """Standardise inputs by ``mean`` and ``std``; a constant input channel (std ~ 0) keeps scale 1."""
+        self.mean.copy_(mean)
         self.scale.copy_(torch.where(std > 1e-6 * std.max().clamp(min=1e-12), std, torch.ones_like(std)))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -228,6 +233,11 @@ class TunedLens(Lens):
         d, layout = config.head_dim, self.layout
         for k, channels in enumerate(layout.channels):
             self.params.append(Translator(layout.slots * (d if layout.has_path(k) else channels), d))
+
+    def standardization_groups(self) -> list[list[int]]:
+        """All blocks with an identity path together (they meet each other's translators in transfer), the rest alone."""
+        with_path = [k for k in range(len(self.layout.blocks)) if self.layout.has_path(k)]
+        return [with_path] * bool(with_path) + [[k] for k in range(len(self.layout.blocks)) if k not in with_path]
 
     def fit_inputs(self, features: Tensor, index: int) -> tuple[Tensor, Tensor | None]:
         """``(W p_whole, P p_path)`` with an identity path; ``(p_whole, None)`` without one."""
