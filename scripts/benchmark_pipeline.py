@@ -9,13 +9,14 @@
   (loading the model, preparing the output folder). ``ratio = pipeline_s / floor_s``.
   The stages are timed by wrapping ``pipeline.train``, ``pipeline.evaluate`` and
   ``pipeline.capture_split``, which ``pipeline.run`` must reach through the module.
-* ``linear_probe``: per block, our linear probe (full-batch L-BFGS, as the pipeline
-  fits it) against scikit-learn's ``LogisticRegression`` with the same L2 penalty and
+* ``linear_probe``: per block, our linear probe as the pipeline fits it (the penalty
+  chosen on a held-out slice, then the refit: seven L-BFGS solves) against one
+  scikit-learn ``LogisticRegression`` at the penalty ours chose, with the same
   iteration limit, both on the cached fit features, scored on the cached eval
   features: accuracy and fit time.
 * ``capture_peak_rss``: the peak resident memory of the main process while it
-  captures the fit split, at two sizes (a quarter of the fit images, and all of
-  them), each in a fresh subprocess so the peaks do not mix (DataLoader workers,
+  captures the fit split, at two sizes (``--rss-sizes``; default a quarter of the fit
+  images, and all of them), each in a fresh subprocess so the peaks do not mix (DataLoader workers,
   separate processes, are not counted).
 * ``capture_bytes_per_image``: what storing every block's full output would take per
   image, against the pooled features and logits that capture keeps.
@@ -64,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-limit", type=int, default=None, help="eval images (default: the whole eval split)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading workers (default: 2)")
     # Internal: the subprocess that measures one capture's peak memory.
+    parser.add_argument("--rss-sizes", type=int, nargs="+", default=None,
+                        help="fit-split sizes whose capture peak memory is measured (default: a quarter and all "
+                             "of the fit images)")
     parser.add_argument("--capture-rss-of", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -97,21 +101,30 @@ def stopwatch():
 
 @contextmanager
 def timed_stages(opts: RunOptions):
-    """Wrap the pipeline's stage functions; yields {stage: seconds} and {capture stage: FeatureCache}."""
+    """Wrap the pipeline's stage functions; yields {stage: seconds} and {capture stage: SplitFeatures}.
+
+    Times are exclusive: a capture that runs inside ``train`` counts as capture, not as fitting,
+    whether ``run`` captures the splits itself or leaves it to ``train`` and ``evaluate``.
+    """
     seconds: dict[str, float] = {}
     caches: dict[str, object] = {}
     originals = {name: getattr(pipeline, name) for name in ("train", "evaluate", "capture_split")}
+    nested: list[float] = []  # per active wrapped call, the time spent in wrapped calls inside it
 
     def wrapped(name, fn):
         def call(*args, **kwargs):
+            nested.append(0.0)
             with stopwatch() as elapsed:
                 result = fn(*args, **kwargs)
+            inner = nested.pop()
+            if nested:
+                nested[-1] += elapsed["s"]
             stage = name
             if name == "capture_split":
                 split = args[2] if len(args) > 2 else kwargs["split"]
                 stage = "capture_fit" if split == opts.fit_split else "capture_eval"
                 caches[stage] = result
-            seconds[stage] = seconds.get(stage, 0.0) + elapsed["s"]
+            seconds[stage] = seconds.get(stage, 0.0) + elapsed["s"] - inner
             return result
 
         return call
@@ -132,10 +145,10 @@ def measure_pipeline(opts: RunOptions) -> tuple[dict, dict]:
 
     stages = {
         "capture_fit_s": seconds["capture_fit"],
-        "fit_lenses_s": seconds["train"] - seconds["capture_fit"],
+        "fit_lenses_s": seconds["train"],
         "capture_eval_s": seconds["capture_eval"],
-        "evaluate_write_s": seconds["evaluate"] - seconds["capture_eval"],
-        "setup_s": total["s"] - seconds["train"] - seconds["evaluate"],
+        "evaluate_write_s": seconds["evaluate"],
+        "setup_s": total["s"] - sum(seconds.values()),  # model loading and the checks before capture
     }
     return {"pipeline_s": total["s"], "stages": stages}, caches
 
@@ -278,7 +291,7 @@ def main() -> None:
         "floor_s": floor_s, **timings, "ratio": timings["pipeline_s"] / floor_s,
         "linear_probe": probes,
         "capture_bytes_per_image": bytes_per_image(opts, adapter, caches["capture_fit"]),
-        "capture_peak_rss": measure_capture_rss(args, [max(1, fit_images // 4), fit_images]),
+        "capture_peak_rss": measure_capture_rss(args, args.rss_sizes or [max(1, fit_images // 4), fit_images]),
         "versions": {"vision_lens": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
     print(json.dumps(report, indent=1))

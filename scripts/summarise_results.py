@@ -5,7 +5,7 @@
 For the first run it prints the README's per-block markdown table; for every run the
 baseline accuracy, the mean diagonal CE, the mean transfer penalty at block distance 1
 and at its maximum (all pairs, within one stage and across stages, with 95% bootstrap
-intervals), the shared lens's CE gap to the tuned lens, and the largest gap between
+intervals), the penalty of the last block's (zero) translator, the shared lens's KL (and CE) gap to the tuned lens, and the largest gap between
 the linear probe's and the tuned lens's accuracy. Everything is read from the JSON files.
 """
 
@@ -48,10 +48,20 @@ def headlines(run) -> list[str]:
         lines.append(f"  penalty {group}: d=1 {interval(profile, 1)} ({profile.pairs[1]} pairs); "
                      f"max at d={far} {interval(profile, far)} ({profile.pairs[far]} pairs) = "
                      f"{profile.mean[far] / diagonal:.1f}x the mean diagonal CE")
-    gap = [agg["shared"]["ce"][k] - agg["tuned"]["ce"][k] for k in agg["tuned"]["ce"]]
+    # The last block's translator is zero (its lens is the logit lens): a baseline any transfer should beat.
+    penalty = analysis.transfer_matrix(run, "penalty")
+    last = len(penalty) - 1
+    others = penalty[:last, :last][~np.eye(last, dtype=bool)]
+    beaten = int((others < np.repeat(penalty[last, :last][None], last, 0)[~np.eye(last, dtype=bool)]).sum())
+    lines.append(f"  last block's translator (= logit lens) on earlier blocks: {np.nanmin(penalty[last, :last]):.2f} to "
+                 f"{np.nanmax(penalty[last, :last]):.2f} bits; {beaten} of {others.size} other off-diagonal "
+                 "translator-block pairs do better")
+    # KL to the model is what both lenses are fitted on; CE against the labels can favour either.
+    kl_gap = [agg["shared"]["kl"][k] - agg["tuned"]["kl"][k] for k in agg["tuned"]["kl"]]
+    ce_gap = [agg["shared"]["ce"][k] - agg["tuned"]["ce"][k] for k in agg["tuned"]["ce"]]
     probe = [agg["linear_probe"]["acc"][k] - agg["tuned"]["acc"][k] for k in agg["tuned"]["acc"]]
-    lines.append(f"  shared - tuned CE: {min(gap):.2f} to {max(gap):.2f} bits; "
-                 f"probe - tuned acc: {min(probe):+.3f} to {max(probe):+.3f}")
+    lines.append(f"  shared - tuned KL: {min(kl_gap):.2f} to {max(kl_gap):.2f} bits (CE: {min(ce_gap):+.2f} to "
+                 f"{max(ce_gap):+.2f}); probe - tuned acc: {min(probe):+.3f} to {max(probe):+.3f}")
     return lines
 
 
