@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Full-scale CIFAR-10 runs behind results/cifar10-resnet*/: fit on all 50,000 train
-# images, evaluate on all 10,000 test images. About 5 minutes per model on 2 CPU cores.
+# images, evaluate on all 10,000 test images. About 10 minutes per model on 2 CPU cores.
 # Usage: scripts/cifar10_resnets.sh [resnet20 resnet32 resnet44]   (SHARED defaults to ../shared)
+# WEIGHTS=random runs the seeded random-init control instead, into results/cifar10-<arch>-random-init/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
 for arch in "${@:-resnet20}"; do
-  weights=$(ls "$SHARED"/weights/cifar10-resnets/"$arch"-*.th)
+  if [ "${WEIGHTS:-}" = random ]; then
+    weights=random out="results/cifar10-$arch-random-init"
+  else
+    weights=$(ls "$SHARED"/weights/cifar10-resnets/"$arch"-*.th) out="results/cifar10-$arch"
+  fi
   vision-lens run --model "cifar:$arch" --weights "$weights" --data "$SHARED/data/cifar10" \
-    --out "results/cifar10-$arch" --overwrite
+    --out "$out" --overwrite
 done
