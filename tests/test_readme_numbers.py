@@ -42,7 +42,7 @@ def test_resnet20_table_matches_the_committed_results():
     assert checked >= 10 * 6
 
 
-@pytest.mark.parametrize("run", ["cifar10-resnet20", "cifar10-resnet32", "cifar10-resnet44"])
+@pytest.mark.parametrize("run", ["cifar10-resnet20", "cifar10-resnet32", "cifar10-resnet44", "cifar10-resnet20-random-init"])
 def test_quoted_baseline_accuracy_matches(run):
     text = (REPO / "README.md").read_text()
     baseline = json.loads((REPO / "results" / run / "aggregate_metrics.json").read_text())["baseline"]["acc"]["final"]
