@@ -30,6 +30,10 @@ PRETRAINED = {
 PUBLISHED_SHA256_PREFIXES = tuple(url.rsplit("-", 1)[1].removesuffix(".th") for url in PRETRAINED.values())
 
 
+def class_names(n: int) -> list[str]:
+    return CIFAR10_CLASSES if n == 10 else [str(i) for i in range(n)]
+
+
 class OptionAShortcut(nn.Module):
     """Identity shortcut across a stage change: subsample by 2, zero-pad channels."""
 
@@ -99,8 +103,7 @@ class CifarResNetAdapter(ModelAdapter):
 
     def __init__(self, model: CifarResNet):
         self.model = model
-        n = model.linear.out_features
-        self.class_names = CIFAR10_CLASSES if n == 10 else [str(i) for i in range(n)]
+        self.class_names = class_names(model.linear.out_features)
         read = path_reader(model)
         # The option-A shortcut that carries stage s into stage s+1 sits in that stage's first block,
         # and each one keeps every 2nd pixel.
@@ -117,7 +120,12 @@ class CifarResNetAdapter(ModelAdapter):
 
     @property
     def transform(self):
-        return transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+        return cifar_transform()
+
+
+def cifar_transform() -> transforms.Compose:
+    """The published CIFAR-10 checkpoints' preprocessing: no resize, ImageNet mean and std."""
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
 
 
 def _depth(arch: str) -> int:
@@ -126,7 +134,11 @@ def _depth(arch: str) -> int:
     return int(arch[6:])
 
 
-def _build(arch: str, state: dict | None, num_classes: int | None) -> CifarResNet:
+def _build(arch: str, state: dict | None, num_classes: int | None) -> nn.Module:
+    if arch == "inceptionv1":
+        from . import cifar_inception  # imports this module's transform: import it when asked for
+
+        return cifar_inception.build(state, num_classes)
     # A checkpoint decides its class count; the pipeline checks it against the data.
     if state is not None and "linear.weight" in state:
         num_classes = state["linear.weight"].shape[0]
@@ -134,18 +146,27 @@ def _build(arch: str, state: dict | None, num_classes: int | None) -> CifarResNe
 
 
 def _published(arch: str) -> str:
+    if arch == "inceptionv1":
+        raise WeightsError("cifar:inceptionv1 has no published weights; train them with "
+                           "scripts/train_cifar_inception.py and pass --weights PATH, or --weights random")
     _depth(arch)
     if arch not in PRETRAINED:
         raise WeightsError(f"--model cifar:{arch} has no published weights; pass --weights PATH or --weights random")
     return PRETRAINED[arch]
 
 
-def _wrap(model: CifarResNet, arch: str, weights_id: str) -> CifarResNetAdapter:
-    adapter = CifarResNetAdapter(model)
+def _wrap(model: nn.Module, arch: str, weights_id: str) -> ModelAdapter:
+    if arch == "inceptionv1":
+        from . import cifar_inception
+
+        adapter = cifar_inception.CifarInceptionAdapter(model, class_names(model.fc.out_features))
+    else:
+        adapter = CifarResNetAdapter(model)
     if not weights_id.startswith(("random-init:", *PUBLISHED_SHA256_PREFIXES)):
         adapter.input_size = None
     return adapter
 
 
-# cifar:resnet{20,32,44,56,110} (any 6n+2 depth for random init or a local file, e.g. resnet14 for the demo).
+# cifar:resnet{20,32,44,56,110} (any 6n+2 depth for random init or a local file, e.g. resnet14 for the demo),
+# and cifar:inceptionv1 (GoogLeNet's topology for 32x32 inputs, see cifar_inception.py).
 register_family("cifar", ModelFamily(_build, _wrap, _published))

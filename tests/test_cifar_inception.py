@@ -1,0 +1,61 @@
+"""cifar:inceptionv1: GoogLeNet's blocks for 32x32 inputs, its training script (one smoke step), and a lens run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import torch
+
+from vision_lens.adapters import create_adapter
+from vision_lens.capture import BlockRecorder
+from vision_lens.cli import main
+from vision_lens.lenses import build_lenses
+from vision_lens.readout import FeatureLayout
+
+from .conftest import REPO
+
+BLOCKS = ["conv1", "conv2", "conv3", "inception3a", "inception3b", "inception4a", "inception4b", "inception4c",
+          "inception4d", "inception4e", "inception5a", "inception5b"]
+
+
+def load_training_script():
+    spec = importlib.util.spec_from_file_location("train_cifar_inception", REPO / "scripts" / "train_cifar_inception.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_blocks_aux_heads_and_an_exact_logit_lens_at_the_last_block():
+    adapter = create_adapter("cifar:inceptionv1", weights="random", seed=0)
+    assert [b.name for b in adapter.blocks] == BLOCKS
+    assert [b.path is None for b in adapter.blocks] == [True] * 11 + [False]
+    assert set(adapter.aux_classifiers) == {"inception4a", "inception4d"}
+    layout = FeatureLayout.of(adapter.blocks, 1)
+    with torch.no_grad(), BlockRecorder(adapter, layout) as recorder:
+        logits = adapter.logits(torch.randn(2, 3, 32, 32))
+    assert [p.shape[1] for p in recorder.pooled] == [b.channels for b in adapter.blocks]
+    lens = build_lenses(adapter, layout, ["logit"])["logit"]
+    torch.testing.assert_close(lens(recorder.pooled[-1], len(BLOCKS) - 1), logits, atol=1e-5, rtol=1e-5)
+
+
+def test_training_script_smoke_step_gives_a_checkpoint_the_pipeline_runs(tmp_path, tiny_data):
+    script = load_training_script()
+    checkpoint = tmp_path / "inception.th"
+    args = script.parse_args(["--data", str(tiny_data), "--out", str(checkpoint), "--width", "0.25", "--epochs", "1",
+                              "--batch-size", "4", "--workers", "0", "--max-steps", "1", "--fp16"])
+    summary = script.train(args)
+    assert summary["steps"] == 1 and 0 <= summary["test_acc"] <= 1
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["state_dict"]["fc.weight"].dtype == torch.float16 and float(saved["state_dict"]["width"]) == 0.25
+
+    adapter = create_adapter("cifar:inceptionv1", weights=str(checkpoint))
+    assert adapter.blocks[0].channels == 16  # 64 at width 1
+    out = tmp_path / "run"
+    code = main(["run", "--model", "cifar:inceptionv1", "--weights", str(checkpoint), "--data", str(tiny_data),
+                 "--out", str(out), "--workers", "0", "--max-iter", "3"])
+    assert code == 0
+    aggregate = json.loads((out / "aggregate_metrics.json").read_text())
+    # The trained auxiliary classifiers are reported at their blocks, beside the lenses.
+    assert {k for k, v in aggregate["aux_head"]["acc"].items() if v is not None} == {"layer_5", "layer_8"}
+    assert aggregate["logit"]["acc"]["layer_0"] is None and aggregate["logit"]["kl"]["layer_11"] < 1e-4
