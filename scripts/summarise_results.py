@@ -50,11 +50,11 @@ def headlines(run) -> list[str]:
                      f"{profile.mean[far] / diagonal:.1f}x the mean diagonal CE")
     # The last block's translator is zero (its lens is the logit lens): a baseline any transfer should beat.
     penalty = analysis.transfer_matrix(run, "penalty")
-    last = len(penalty) - 1
-    others = penalty[:last, :last][~np.eye(last, dtype=bool)]
-    beaten = int((others < np.repeat(penalty[last, :last][None], last, 0)[~np.eye(last, dtype=bool)]).sum())
-    lines.append(f"  last block's translator (= logit lens) on earlier blocks: {np.nanmin(penalty[last, :last]):.2f} to "
-                 f"{np.nanmax(penalty[last, :last]):.2f} bits; {beaten} of {others.size} other off-diagonal "
+    baseline, others = penalty[-1, :-1], penalty[:-1, :-1]  # row: the last translator; others vs it, per column
+    off_diagonal = ~np.eye(len(others), dtype=bool)
+    beaten = int((others < baseline)[off_diagonal].sum())
+    lines.append(f"  last block's translator (= logit lens) on earlier blocks: {np.nanmin(baseline):.2f} to "
+                 f"{np.nanmax(baseline):.2f} bits; {beaten} of {off_diagonal.sum()} other off-diagonal "
                  "translator-block pairs do better")
     # KL to the model is what both lenses are fitted on; CE against the labels can favour either.
     kl_gap = [agg["shared"]["kl"][k] - agg["tuned"]["kl"][k] for k in agg["tuned"]["kl"]]

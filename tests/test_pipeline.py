@@ -187,6 +187,7 @@ def test_pretrained_download_failure_says_how_to_pass_a_file(monkeypatch):
 def test_demo_runs_offline(tmp_path):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "3"]) == 0
     agg = json.loads((tmp_path / "demo" / "aggregate_metrics.json").read_text())
+    assert "vision-lens demo: sklearn digits" in (tmp_path / "demo" / "report.html").read_text()  # says what it is
     assert agg["baseline"]["acc"]["final"] > 0.5  # a ResNet-14 learns the digits in a few epochs
     assert agg["tuned"]["agree"]["layer_6"] > 0.95
 

@@ -70,7 +70,6 @@ def demo(out: str, overwrite: bool = False, epochs: int = 5, seed: int = 0, devi
     from .artifacts import prepare_output
     from .options import RunOptions
     from .pipeline import run
-    from .report import write_report
 
     out_path = prepare_output(out, overwrite)
     inputs = out_path / "demo-inputs"
@@ -81,8 +80,6 @@ def demo(out: str, overwrite: bool = False, epochs: int = 5, seed: int = 0, devi
         opts = RunOptions(
             model="cifar:resnet14", data=str(data), out=str(out_path), weights=str(checkpoint), seed=seed, device=device,
         )
-        run(opts, out_path)
-    # The report says what this is: a smoke test on digits, not a result.
-    write_report(out_path, note=f"vision-lens demo: sklearn digits and a ResNet-14 trained here for {epochs} epochs, "
-                                "a smoke test of the pipeline, not a result")
-    return out_path
+        # The report says what this is: a smoke test on digits, not a result.
+        return run(opts, out_path, report_note=f"vision-lens demo: sklearn digits and a ResNet-14 trained here for "
+                                               f"{epochs} epochs, a smoke test of the pipeline, not a result")

@@ -155,18 +155,17 @@ class Lens(SavedLens, abc.ABC):
         self.unembed.eval()  # frozen: a norm inside it must keep its eval behaviour while lenses fit
         return self
 
-    def carry(self, features: Tensor, index: int) -> tuple[Tensor, Tensor] | None:
-        """Block ``index`` in the head's space: ``(P(p_path), W p_whole)``, or None without an identity path.
+    def forwarded(self, features: Tensor, index: int) -> Tensor | None:
+        """``P(p_path)``: what the network forwards from block ``index`` to the head (the logit lens's input,
+        ``(N, D)``), or None without an identity path."""
+        path = self.paths[str(index)] if str(index) in self.paths else None
+        return None if path is None else path(self.layout.path_input(features, index))
 
-        The first is what the network forwards to the head (the logit lens's
-        input, ``(N, D)``); the second the whole-block vectors carried slot by
-        slot by the path's channel map, ``(N, slots * D)``.
-        """
-        if str(index) not in self.paths:
-            return None
-        path = self.paths[str(index)]
+    def carried_whole(self, features: Tensor, index: int) -> Tensor:
+        """``W p_whole``: the whole-block vectors carried slot by slot into the head's space by the path's channel
+        map, ``(N, slots * D)``; block ``index`` must have an identity path."""
         whole = self.layout.whole(features, index).view(len(features), self.layout.slots, -1)
-        return path(self.layout.path_input(features, index)), (whole @ path.weight.T).flatten(1)
+        return (whole @ self.paths[str(index)].weight.T).flatten(1)
 
     @abc.abstractmethod
     def transform_hidden(self, features: Tensor, index: int) -> Tensor | None:
@@ -213,8 +212,7 @@ class LogitLens(Lens):
     lens_type = "logit"
 
     def transform_hidden(self, features: Tensor, index: int) -> Tensor | None:
-        carried = self.carry(features, index)
-        return None if carried is None else carried[0]
+        return self.forwarded(features, index)
 
 
 class TunedLens(Lens):
@@ -241,8 +239,10 @@ class TunedLens(Lens):
 
     def fit_inputs(self, features: Tensor, index: int) -> tuple[Tensor, Tensor | None]:
         """``(W p_whole, P p_path)`` with an identity path; ``(p_whole, None)`` without one."""
-        carried = self.carry(features, index)
-        return (self.layout.whole(features, index), None) if carried is None else (carried[1], carried[0])
+        forwarded = self.forwarded(features, index)
+        if forwarded is None:
+            return self.layout.whole(features, index), None
+        return self.carried_whole(features, index), forwarded
 
     @staticmethod
     def hidden(translator: nn.Module, inputs: Tensor, forwarded: Tensor | None) -> Tensor:

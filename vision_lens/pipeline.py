@@ -34,7 +34,7 @@ from .readout import FeatureLayout
 from .metrics import evaluate_lenses
 from .options import CommonOptions, EvalOptions, RunOptions, default_cache_dir, resolve_device  # noqa: F401  (re-exported)
 from .plotting import save_run_figures
-from .preflight import preflight
+from .preflight import label_map, preflight
 from .report import write_report
 
 FITTED_LENSES = ("tuned", "shared", "linear_probe")
@@ -114,13 +114,8 @@ def capture_split(
     into its own resumable cache; after a barrier, rank 0 loads all shards in
     order and the other ranks get None.
     """
-    if opts.fit_split == opts.eval_split:
-        raise DataError(f"--fit-split and --eval-split are both {split!r}; lenses must be evaluated on held-out images")
     source = open_split(opts.data, split, opts.download_root)
-    try:
-        label_map = adapter.label_map(source.classes)
-    except ValueError as exc:
-        raise DataError(f"--data {opts.data}, split {split!r}: {exc}; pass data with the model's classes") from exc
+    classes = label_map(opts, adapter, split, source)
     indices = select(len(source), limit, opts.seed)
     rank, world = rank_and_world()
     shards = np.array_split(indices, world)
@@ -130,7 +125,7 @@ def capture_split(
 
     def capture_shard(r: int) -> FeatureCache:
         return capture(
-            adapter, source, shards[r], Path(opts.cache_dir) / "features", label_map, layout,
+            adapter, source, shards[r], Path(opts.cache_dir) / "features", classes, layout,
             batch_size=opts.batch_size, workers=opts.workers, desc=f"capture {split}" + (f" [{r}]" if world > 1 else ""),
             bf16=opts.precision == "bf16",
         )
@@ -142,7 +137,7 @@ def capture_split(
             return None
     # Rank 0 opens the other shards' complete caches (and would capture any shard a crashed rank left).
     caches = [own if r == rank else capture_shard(r) for r in range(world)]
-    return SplitFeatures.of(caches, adapter.device, int((label_map >= 0).sum()))
+    return SplitFeatures.of(caches, adapter.device, int((classes >= 0).sum()))
 
 
 def _run_info(opts: CommonOptions, adapter: ModelAdapter, **extra) -> dict:
@@ -204,10 +199,11 @@ def train(
 
 def evaluate(
     opts: CommonOptions, lens_dir: Path, out: Path | None = None, adapter: ModelAdapter | None = None,
-    held_out: SplitFeatures | None = None,
+    held_out: SplitFeatures | None = None, report_note: str | None = None,
 ) -> Path | None:
     """Evaluate saved lenses (plus the logit lens) on the eval split (unless ``held_out`` is given) and write the
-    result bundle. Under ``torchrun`` only rank 0 evaluates and writes; the others return None after capture."""
+    result bundle (``report_note`` under the report's title). Under ``torchrun`` only rank 0 evaluates and writes;
+    the others return None after capture."""
     out = out or _prepare_output(opts)
     standalone = adapter is None  # else run() checked both splits
     if standalone:
@@ -244,12 +240,12 @@ def evaluate(
     )
     write_results(out, aggregate, batches, layers, run_info, intervals)
     save_run_figures(out, out)
-    write_report(out)
+    write_report(out, note=report_note)
     mark_complete(out)  # last: compare and report refuse a folder without it
     return out
 
 
-def run(opts: RunOptions, out: Path | None = None) -> Path | None:
+def run(opts: RunOptions, out: Path | None = None, report_note: str | None = None) -> Path | None:
     """``train`` then ``evaluate`` into one output folder.
 
     Both splits are captured before any fit, so a data error surfaces before
@@ -265,4 +261,4 @@ def run(opts: RunOptions, out: Path | None = None) -> Path | None:
     if fit is None:
         return None
     train(opts, out, adapter, fit)
-    return evaluate(opts, out, out, adapter, held_out)
+    return evaluate(opts, out, out, adapter, held_out, report_note)

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from .cache import CacheError, cache_key_hash
 from .capture import capture_key
 from .data import DataError, ImageSource, open_split, select
@@ -40,6 +42,15 @@ def check_cache_root(root: Path, needed: Sequence[tuple[dict, int]]) -> None:
         ) from exc
 
 
+def label_map(opts, adapter, split: str, source: ImageSource) -> np.ndarray:
+    """The model output of each class of ``source`` (the ``split`` of ``opts.data``); a DataError naming both if the
+    classes do not fit the model."""
+    try:
+        return adapter.label_map(source.classes)
+    except ValueError as exc:
+        raise DataError(f"--data {opts.data}, split {split!r}: {exc}; pass data with the model's classes") from exc
+
+
 def preflight(opts, adapter, splits: Sequence[str], layout) -> None:
     """Check data, classes and the cache for ``splits`` of ``opts`` before any forward pass.
 
@@ -50,10 +61,7 @@ def preflight(opts, adapter, splits: Sequence[str], layout) -> None:
                         "held-out images")
     sources: dict[str, ImageSource] = {split: open_split(opts.data, split, opts.download_root) for split in splits}
     for split, source in sources.items():
-        try:
-            adapter.label_map(source.classes)
-        except ValueError as exc:
-            raise DataError(f"--data {opts.data}, split {split!r}: {exc}; pass data with the model's classes") from exc
+        label_map(opts, adapter, split, source)
     (first, first_source), *others = sources.items()
     for split, source in others:
         if source.classes != first_source.classes:

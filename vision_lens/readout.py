@@ -69,10 +69,6 @@ class IdentityPath(nn.Module):
         """The path of a block whose output already is the head's input."""
         return cls(torch.eye(channels), torch.zeros(channels))
 
-    @property
-    def head_dim(self) -> int:
-        return self.weight.shape[0]
-
     def forward(self, pooled: Tensor) -> Tensor:
         """``(..., channels) -> (..., head_dim)``."""
         return pooled @ self.weight.T + self.bias

@@ -17,6 +17,8 @@ lenses at their blocks.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,7 +26,6 @@ from torchvision.models.googlenet import BasicConv2d, Inception, InceptionAux
 
 from ..readout import Block, IdentityPath
 from .base import ModelAdapter, WeightsError
-from .cifar_resnet import cifar_transform
 
 # GoogLeNet's (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj) per inception block.
 INCEPTIONS = {
@@ -84,9 +85,10 @@ class CifarInceptionV1(nn.Module):
 class CifarInceptionAdapter(ModelAdapter):
     input_size = (32, 32)  # the transform does not resize; cifar_resnet's family wrapper relaxes it for files
 
-    def __init__(self, model: CifarInceptionV1, class_names: list[str]):
+    def __init__(self, model: CifarInceptionV1, class_names: list[str], transform: Callable):
         self.model = model
         self.class_names = class_names
+        self._transform = transform  # the CIFAR family's, shared with its ResNets
         self.aux_classifiers = {block: model.get_submodule(aux) for block, aux in AUX_AT.items()}
         self.blocks = []
         for name in BLOCKS:
@@ -102,8 +104,8 @@ class CifarInceptionAdapter(ModelAdapter):
         return self.model.fc
 
     @property
-    def transform(self):
-        return cifar_transform()
+    def transform(self) -> Callable:
+        return self._transform
 
 
 def build(state: dict | None, num_classes: int | None) -> CifarInceptionV1:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchvision import transforms
 
 from ..readout import Block
+from . import cifar_inception
 from .base import ModelAdapter, ModelFamily, WeightsError, path_reader, register_family
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -136,8 +137,6 @@ def _depth(arch: str) -> int:
 
 def _build(arch: str, state: dict | None, num_classes: int | None) -> nn.Module:
     if arch == "inceptionv1":
-        from . import cifar_inception  # imports this module's transform: import it when asked for
-
         return cifar_inception.build(state, num_classes)
     # A checkpoint decides its class count; the pipeline checks it against the data.
     if state is not None and "linear.weight" in state:
@@ -157,9 +156,7 @@ def _published(arch: str) -> str:
 
 def _wrap(model: nn.Module, arch: str, weights_id: str) -> ModelAdapter:
     if arch == "inceptionv1":
-        from . import cifar_inception
-
-        adapter = cifar_inception.CifarInceptionAdapter(model, class_names(model.fc.out_features))
+        adapter = cifar_inception.CifarInceptionAdapter(model, class_names(model.fc.out_features), cifar_transform())
     else:
         adapter = CifarResNetAdapter(model)
     if not weights_id.startswith(("random-init:", *PUBLISHED_SHA256_PREFIXES)):
