@@ -63,3 +63,63 @@ def test_translators_that_transfer_share_one_standardisation():
     assert all(torch.equal(t.mean, tuned[0].mean) and torch.equal(t.scale, tuned[0].scale) for t in tuned)
     probe = lenses["linear_probe"].params  # never transferred: each block standardised on its own
     assert not torch.allclose(probe[0].mean, probe[1].mean[: probe[0].mean.numel()])
+
+
+def test_solving_every_block_at_once_reaches_each_blocks_own_optimum():
+    """The batched solve against each module minimised alone, through the lens's own forward pass."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from vision_lens.adapters import create_adapter
+    from vision_lens.lenses import build_lenses
+
+    adapter = create_adapter("cifar:resnet8", weights="random", seed=0)
+    layout = FeatureLayout.of(adapter.blocks, 1)
+    gen = torch.Generator().manual_seed(0)
+    features = [torch.rand(1000, layout.width(k), generator=gen) * (k + 1) for k in range(len(adapter.blocks))]
+    final = torch.randn(1000, 10, generator=gen) * 2
+    labels = torch.randint(0, 10, (1000,), generator=gen)
+    lenses = build_lenses(adapter, layout, ["tuned", "linear_probe"])
+    wd = 1e-2
+    for lens_type, target in (("tuned", final), ("linear_probe", None)):
+        lens = lenses[lens_type]
+        fit_lens(lens, features, labels, target, FitSettings(max_iter=500, weight_decay=wd))
+
+        def objective(lens, k):
+            logits = lens(features[k], k)
+            if target is None:
+                loss = F.cross_entropy(logits, labels)
+            else:
+                loss = F.kl_div(logits.log_softmax(-1), target.log_softmax(-1), log_target=True, reduction="batchmean")
+            return loss + wd / 2 * sum(p.square().sum() for p in lens.params[k].linear.parameters())
+
+        for k in range(len(adapter.blocks)):
+            alone = copy.deepcopy(lens)
+            linear = alone.params[k].linear
+            torch.nn.init.zeros_(linear.weight), torch.nn.init.zeros_(linear.bias)
+            optimizer = torch.optim.LBFGS(list(linear.parameters()), max_iter=500, line_search_fn="strong_wolfe",
+                                          tolerance_grad=1e-9, tolerance_change=1e-12)
+
+            def closure():
+                optimizer.zero_grad()
+                loss = objective(alone, k)
+                loss.backward()
+                return loss
+
+            optimizer.step(closure)
+            # Equal objectives to float32 precision; the logits then agree (the weights only up to flat directions).
+            assert closure().item() <= objective(lens, k) + 1e-5
+            with torch.no_grad():
+                torch.testing.assert_close(lens(features[k], k), alone(features[k], k), atol=2e-2, rtol=1e-2)
+
+
+def test_modules_stack_by_shape_and_active_inputs():
+    from vision_lens.fit import _solve_plan, _stacks
+
+    shapes = [(1, 10)] * 5 + [(2, 10)]
+    stacks = _stacks(shapes, [64, 60, 16, 15, 32, 32])
+    assert stacks == [[0, 1], [4], [2, 3], [5]]  # 60 >= 0.75 * 64 stacks with 64; 32 does not; (2, 10) apart
+    assert _solve_plan([[0, 1]], [10 * 64] * 2, 6) == [([0, 1], list(range(6)))]
+    huge = 2**24  # one module's grid over the parameter budget: the grid is split
+    assert _solve_plan([[0]], [huge // 2], 6) == [([0], [0, 1]), ([0], [2, 3]), ([0], [4, 5])]

@@ -102,9 +102,17 @@ class SavedLens(nn.Module):
         """
         raise NotImplementedError
 
-    def decode(self, translator: nn.Module, inputs: Tensor, forwarded: Tensor | None) -> Tensor:
-        """Logits from ``translator`` applied to ``inputs``, plus the ``forwarded`` part where there is one."""
-        raise NotImplementedError
+    @property
+    def head(self) -> nn.Linear | None:
+        """The fixed linear map from a translator's output to logits (None: the output is the logits).
+
+        The logits are ``translator(input) @ head.weight.T + base_logits(forwarded)``.
+        """
+        return None
+
+    def base_logits(self, forwarded: Tensor | None) -> Tensor | None:
+        """What the logits add to the head's map of a translator's output (None: nothing)."""
+        return None
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -192,6 +200,7 @@ class Translator(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_in))
         self.register_buffer("scale", torch.ones(n_in))
+        self.varying = torch.ones(n_in, dtype=torch.bool)  # inputs that vary on the fit images
         self.linear = nn.Linear(n_in, n_out)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
@@ -199,8 +208,9 @@ class Translator(nn.Module):
     @torch.no_grad()
     def standardize(self, mean: Tensor, std: Tensor) -> None:
         """Standardise inputs by ``mean`` and ``std``; a constant input channel (std ~ 0) keeps scale 1."""
+        self.varying = std > 1e-6 * std.max().clamp(min=1e-12)
         self.mean.copy_(mean)
-        self.scale.copy_(torch.where(std > 1e-6 * std.max().clamp(min=1e-12), std, torch.ones_like(std)))
+        self.scale.copy_(torch.where(self.varying, std, torch.ones_like(std)))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear((x - self.mean) / self.scale)
@@ -248,8 +258,19 @@ class TunedLens(Lens):
     def hidden(translator: nn.Module, inputs: Tensor, forwarded: Tensor | None) -> Tensor:
         return translator(inputs) if forwarded is None else forwarded + translator(inputs)
 
-    def decode(self, translator: nn.Module, inputs: Tensor, forwarded: Tensor | None) -> Tensor:
-        return self.unembed(self.hidden(translator, inputs, forwarded))
+    @property
+    def head(self) -> nn.Linear:
+        if not isinstance(self.unembed, nn.Linear):  # fitting solves through an affine head
+            raise TypeError(f"tuned lenses need a linear unembedding (nn.Linear); this model's is "
+                            f"{type(self.unembed).__name__}")
+        return self.unembed
+
+    def base_logits(self, forwarded: Tensor | None) -> Tensor:
+        """``unembed(forwarded)``, or the head's bias where nothing is forwarded."""
+        if forwarded is not None:
+            return self.unembed(forwarded)
+        bias = self.head.bias
+        return torch.zeros(self.head.out_features, device=self.head.weight.device) if bias is None else bias.detach()
 
     def translate(self, features: Tensor, index: int, translator: int) -> Tensor | None:
         """Apply translator ``translator`` to block ``index``'s features (transfer when they differ).
@@ -310,9 +331,6 @@ class LinearProbe(SavedLens):
 
     def fit_inputs(self, features: Tensor, index: int) -> tuple[Tensor, None]:
         return self.layout.whole(features, index), None
-
-    def decode(self, translator: nn.Module, inputs: Tensor, forwarded: None = None) -> Tensor:
-        return translator(inputs)
 
     def forward(self, features: Tensor, index: int) -> Tensor:
         return self.params[index](self.layout.whole(features, index))
