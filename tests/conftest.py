@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -20,6 +22,14 @@ SHARED = Path(os.environ.get("VISION_LENS_SHARED", REPO.parent / "shared"))
 CIFAR = SHARED / "data" / "cifar10"
 RESNET_WEIGHTS = SHARED / "weights" / "cifar10-resnets"
 RESNET20 = RESNET_WEIGHTS / "resnet20-12fca82f.th"
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def require_shared() -> None:

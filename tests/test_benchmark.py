@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 
 from vision_lens import pipeline
+from vision_lens.fit import PENALTY_GRID
 
-from .conftest import REPO
+from .conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_pipeline", REPO / "scripts" / "benchmark_pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_pipeline")
 
 
 def test_benchmark_times_every_stage_and_compares_the_probes(benchmark, tiny_data, tmp_path):
@@ -32,5 +29,8 @@ def test_benchmark_times_every_stage_and_compares_the_probes(benchmark, tiny_dat
     adapter = pipeline.load_model(opts)
     assert benchmark.measure_floor(opts, adapter) > 0
     probes = benchmark.compare_linear_probes(opts, adapter, caches)
-    assert [p["block"] for p in probes] == [b.name for b in adapter.blocks]
-    assert all(0 <= p["ours_acc"] <= 1 and 0 <= p["sklearn_acc"] <= 1 for p in probes)
+    assert probes["blocks"] == [b.name for b in adapter.blocks]
+    same = probes["same_penalty"]
+    assert same["weight_decay"] in PENALTY_GRID and same["speedup"] > 0
+    for acc in (probes["search"]["acc"], same["ours_acc"], same["sklearn_acc"]):
+        assert len(acc) == len(adapter.blocks) and all(0 <= a <= 1 for a in acc)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,5 +272,8 @@ class FeatureCache:
         )
         self.manifest["done"] = done
         self._write_manifest()
+        for array in self._arrays.values():  # written pages are on disk: unmap them, so memory stays flat
+            if isinstance(getattr(array, "_mmap", None), mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+                array._mmap.madvise(mmap.MADV_DONTNEED)
         if self.complete:
             self._release()

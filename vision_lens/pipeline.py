@@ -104,15 +104,16 @@ class SplitFeatures:
         )
 
 
-def capture_split(
+def capture_shards(
     adapter: ModelAdapter, opts: CommonOptions, split: str, limit: int | None, layout: FeatureLayout
-) -> SplitFeatures | None:
-    """Capture one split into the feature cache (reused or resumed when it exists) and load it.
+) -> tuple[list[FeatureCache], int] | None:
+    """Capture one split into the feature cache (reused or resumed when it exists), without loading it.
 
     Under ``torchrun`` each of the N processes captures one of N disjoint,
     contiguous shards of the split (every image exactly once, no padding), each
-    into its own resumable cache; after a barrier, rank 0 loads all shards in
-    order and the other ranks get None.
+    into its own resumable cache; after a barrier, rank 0 gets all shards' caches
+    in order, with the number of the split's classes that are model outputs, and
+    the other ranks get None.
     """
     source = open_split(opts.data, split, opts.download_root)
     classes = label_map(opts, adapter, split, source)
@@ -136,8 +137,18 @@ def capture_split(
         if rank != 0:
             return None
     # Rank 0 opens the other shards' complete caches (and would capture any shard a crashed rank left).
-    caches = [own if r == rank else capture_shard(r) for r in range(world)]
-    return SplitFeatures.of(caches, adapter.device, int((classes >= 0).sum()))
+    return [own if r == rank else capture_shard(r) for r in range(world)], int((classes >= 0).sum())
+
+
+def capture_split(
+    adapter: ModelAdapter, opts: CommonOptions, split: str, limit: int | None, layout: FeatureLayout
+) -> SplitFeatures | None:
+    """:func:`capture_shards`, then the split loaded into memory (on rank 0; None on the others)."""
+    captured = capture_shards(adapter, opts, split, limit, layout)
+    if captured is None:
+        return None
+    caches, classes = captured
+    return SplitFeatures.of(caches, adapter.device, classes)
 
 
 def _run_info(opts: CommonOptions, adapter: ModelAdapter, **extra) -> dict:
@@ -166,7 +177,7 @@ def train(
     adapter = adapter or load_model(opts)
     layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
     if standalone:
-        preflight(opts, adapter, (opts.fit_split,), layout)
+        preflight(opts, adapter, (opts.fit_split,), layout, rank_and_world()[1])
     fit = fit or capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout)
     if fit is None:
         return None
@@ -221,7 +232,7 @@ def evaluate(
     if any(other != layout for other in layouts.values()):
         raise ValueError(f"--lens {lens_dir}: its lenses were fitted on different feature layouts ({', '.join(layouts)})")
     if standalone:
-        preflight(opts, adapter, (opts.eval_split,), layout)
+        preflight(opts, adapter, (opts.eval_split,), layout, rank_and_world()[1])
     lenses = build_lenses(adapter, layout, ("logit",)) | fitted
     lenses = {t: lenses[t] for t in ("tuned", "shared", "logit", "linear_probe") if t in lenses}
     held_out = held_out or capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout)
@@ -255,7 +266,7 @@ def run(opts: RunOptions, out: Path | None = None, report_note: str | None = Non
     out = out or _prepare_output(opts)
     adapter = load_model(opts)
     layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
-    preflight(opts, adapter, (opts.fit_split, opts.eval_split), layout)
+    preflight(opts, adapter, (opts.fit_split, opts.eval_split), layout, rank_and_world()[1])
     fit = capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout)
     held_out = capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout)
     if fit is None:

@@ -51,10 +51,11 @@ def label_map(opts, adapter, split: str, source: ImageSource) -> np.ndarray:
         raise DataError(f"--data {opts.data}, split {split!r}: {exc}; pass data with the model's classes") from exc
 
 
-def preflight(opts, adapter, splits: Sequence[str], layout) -> None:
+def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> None:
     """Check data, classes and the cache for ``splits`` of ``opts`` before any forward pass.
 
-    ``layout`` (a FeatureLayout) is what capture will keep, part of the cache key.
+    ``layout`` (a FeatureLayout) is what capture will keep, part of the cache key; ``shards`` is the number of
+    processes that capture (``torchrun``), each shard into its own cache.
     """
     if opts.fit_split == opts.eval_split:
         raise DataError(f"--fit-split and --eval-split are both {opts.fit_split!r}; lenses must be evaluated on "
@@ -76,6 +77,6 @@ def preflight(opts, adapter, splits: Sequence[str], layout) -> None:
     needed = []
     for split, source in sources.items():
         indices = select(len(source), limits.get(split), opts.seed)
-        key = capture_key(adapter, source, indices, layout, bf16=opts.precision == "bf16")
-        needed.append((key, len(indices)))
+        for shard in np.array_split(indices, shards):
+            needed.append((capture_key(adapter, source, shard, layout, bf16=opts.precision == "bf16"), len(shard)))
     check_cache_root(Path(opts.cache_dir) / "features", needed)
