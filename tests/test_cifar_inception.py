@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import torch
@@ -13,17 +12,10 @@ from vision_lens.cli import main
 from vision_lens.lenses import build_lenses
 from vision_lens.readout import FeatureLayout
 
-from .conftest import REPO
+from .conftest import load_script
 
 BLOCKS = ["conv1", "conv2", "conv3", "inception3a", "inception3b", "inception4a", "inception4b", "inception4c",
           "inception4d", "inception4e", "inception5a", "inception5b"]
-
-
-def load_training_script():
-    spec = importlib.util.spec_from_file_location("train_cifar_inception", REPO / "scripts" / "train_cifar_inception.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_blocks_aux_heads_and_an_exact_logit_lens_at_the_last_block():
@@ -40,7 +32,7 @@ def test_blocks_aux_heads_and_an_exact_logit_lens_at_the_last_block():
 
 
 def test_training_script_smoke_step_gives_a_checkpoint_the_pipeline_runs(tmp_path, tiny_data):
-    script = load_training_script()
+    script = load_script("train_cifar_inception")
     checkpoint = tmp_path / "inception.th"
     args = script.parse_args(["--data", str(tiny_data), "--out", str(checkpoint), "--width", "0.25", "--epochs", "1",
                               "--batch-size", "4", "--workers", "0", "--max-steps", "1", "--fp16"])

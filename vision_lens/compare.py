@@ -27,12 +27,19 @@ import numpy as np
 import seaborn as sns
 from matplotlib.lines import Line2D
 
-from .analysis import ResultsLike, as_results, has_transfer, layer_values, relative_depth
+from .analysis import ResultsLike, as_results, has_transfer, layer_values, relative_depth, transfer_matrix
 from .artifacts import RunFolderError, RunResults, require_complete
 from .plotting import LENS_LABELS, LENS_STYLES, penalty_vs_distance
 
 COMPARED_METRICS = ("ce", "kl")
 MIN_FONT_SIZE = 8  # points, at the saved figure size
+
+
+def defined_transfer(run: RunResults) -> bool:
+    """Whether any translator is defined on another block than its own (not so without identity paths)."""
+    matrix = transfer_matrix(run, "penalty")
+    return bool(np.isfinite(matrix[~np.eye(len(matrix), dtype=bool)]).any())
+
 
 def normalised_layerwise(run: RunResults, metric: str, lens_type: str) -> tuple[np.ndarray, np.ndarray]:
     """``(relative depth, metric / metric at the first defined layer)`` for one lens of one run."""
@@ -77,6 +84,8 @@ def compare(
             for lens_type in lens_types:
                 if metric not in run.aggregate.get(lens_type, {}):
                     continue
+                if np.isfinite(layer_values(run.aggregate[lens_type][metric])).sum() < 2:
+                    continue  # defined at one block only (an Inception's logit lens): no curve to normalise
                 x, y = normalised_layerwise(run, metric, lens_type)
                 ax.plot(x, y, LENS_STYLES.get(lens_type, "-"), marker="o", ms=3, color=palette[r_i % len(palette)],
                         label=f"{lens_type} · {run.name}")
@@ -88,7 +97,7 @@ def compare(
         ax.tick_params(labelsize=MIN_FONT_SIZE + 1)
         ax.set_xlim(-0.03, 1.03)
         ax.grid(alpha=0.3)
-    with_transfer = [i for i, run in enumerate(runs) if has_transfer(run)]
+    with_transfer = [i for i, run in enumerate(runs) if has_transfer(run) and defined_transfer(run)]
     penalty_ax = axes[-1]
     if with_transfer:
         penalty_vs_distance([runs[i] for i in with_transfer], relative=True, normalise=True,

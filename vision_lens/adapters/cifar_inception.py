@@ -4,8 +4,10 @@ GoogLeNet's block structure and names (``conv1`` .. ``conv3``, ``inception3a`` .
 ``inception5b``, auxiliary classifiers ``aux1`` after ``inception4a`` and ``aux2``
 after ``inception4d``), built from torchvision's own ``Inception``,
 ``InceptionAux`` and ``BasicConv2d`` modules. Adapted to 32x32 inputs: the stem
-keeps the full resolution (3x3 convolutions, no early max-pools), so the
-inception stages see 32x32, 16x16 and 8x8 maps. ``width`` scales every
+keeps the full resolution (3x3 convolutions) and max-pools once after ``conv3``,
+as GoogLeNet's ``maxpool2`` does, so the inception stages see 16x16, 8x8 and 4x4
+maps (the resolutions of a CIFAR ResNet's stages, halved: that keeps training
+within reach of a CPU). ``width`` scales every
 channel count (1.0 is GoogLeNet's); a checkpoint carries its own width.
 Train one with ``scripts/train_cifar_inception.py``.
 
@@ -35,9 +37,12 @@ INCEPTIONS = {
     "inception4e": (256, 160, 320, 32, 128, 128), "inception5a": (256, 160, 320, 32, 128, 128),
     "inception5b": (384, 192, 384, 48, 128, 128),
 }
-POOL_AFTER = ("inception3b", "inception4e")  # where GoogLeNet halves the resolution
+POOL_AFTER = ("conv3", "inception3b", "inception4e")  # where GoogLeNet halves the resolution
 AUX_AT = {"inception4a": "aux1", "inception4d": "aux2"}
 BLOCKS = ("conv1", "conv2", "conv3", *INCEPTIONS)
+
+
+RANDOM_INIT_WIDTH = 0.5  # the width scripts/train_cifar_inception.py trains by default: random init matches it
 
 
 def scaled(channels: int, width: float) -> int:
@@ -64,8 +69,7 @@ class CifarInceptionV1(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
 
     def _features(self, x: Tensor, aux: list[Tensor] | None) -> Tensor:
-        x = self.conv3(self.conv2(self.conv1(x)))
-        for name in INCEPTIONS:
+        for name in BLOCKS:
             x = getattr(self, name)(x)
             if aux is not None and name in AUX_AT:
                 aux.append(getattr(self, AUX_AT[name])(x))
@@ -109,9 +113,10 @@ class CifarInceptionAdapter(ModelAdapter):
 
 
 def build(state: dict | None, num_classes: int | None) -> CifarInceptionV1:
-    """Random init (``state`` None) at width 1, or shaped like the checkpoint ``state`` (its width and classes)."""
+    """Random init (``state`` None) at ``RANDOM_INIT_WIDTH``, or shaped like the checkpoint ``state`` (its width
+    and classes)."""
     if state is None:
-        return CifarInceptionV1(num_classes or 10)
+        return CifarInceptionV1(num_classes or 10, RANDOM_INIT_WIDTH)
     if "width" not in state or "fc.weight" not in state:
         raise WeightsError("no width or fc.weight, so not a checkpoint of cifar:inceptionv1 "
                            "(scripts/train_cifar_inception.py writes them)")
