@@ -120,6 +120,7 @@ def test_modules_stack_by_shape_and_active_inputs():
     shapes = [(1, 10)] * 5 + [(2, 10)]
     stacks = _stacks(shapes, [64, 60, 16, 15, 32, 32])
     assert stacks == [[0, 1], [4], [2, 3], [5]]  # 60 >= 0.75 * 64 stacks with 64; 32 does not; (2, 10) apart
-    assert _solve_plan([[0, 1]], [10 * 64] * 2, 6) == [([0, 1], list(range(6)))]
-    huge = 2**24  # one module's grid over the parameter budget: the grid is split
-    assert _solve_plan([[0]], [huge // 2], 6) == [([0], [0, 1]), ([0], [2, 3]), ([0], [4, 5])]
+    assert _solve_plan([[0, 1], [4]], [10 * 64] * 5) == [[0, 1], [4]]
+    budget = 2**24  # a stack over the parameter budget is split, down to one module per solve
+    assert _solve_plan([[0, 1, 2]], [budget // 2] * 3) == [[0, 1], [2]]
+    assert _solve_plan([[0, 1]], [budget * 2] * 2) == [[0], [1]]

@@ -12,9 +12,11 @@ whole fit split at the chosen strength.
 The modules' problems are separable, so L-BFGS minimises their sum at once and
 each module reaches the optimum it would reach alone. Modules with the same
 outputs are stacked (narrower inputs padded with zeros, which leaves each
-optimum as it is) and every grid penalty is solved beside the others, so one
-batched matrix product per pass serves them all, and logits are computed as
-``x (U A)^T``, never in the head's wider input space. ``SOLVE_PARAMETERS``
+optimum as it is), so one batched matrix product per pass serves them all, and
+logits are computed as ``x (U A)^T``, never in the head's wider input space.
+The grid is swept from strong to weak, each solve warm-started from the
+previous optimum: one joint solve of all penalties from zero converged too
+slowly on small fit splits, where the weak penalties are ill-conditioned. ``SOLVE_PARAMETERS``
 bounds how many parameters one solve holds, so that ImageNet-sized translators
 are solved a few at a time.
 """
@@ -87,7 +89,7 @@ class _Targets:
 
 
 class _Solve:
-    """Modules of one shape at some grid penalties, stacked: weights ``(G, L, out, D)``, biases ``(G, L, out)``.
+    """Modules stacked, each at ``L`` penalties: weights ``(G, L, out, D)``, biases ``(G, L, out)``.
 
     ``inputs`` ``(G, D, R)`` are standardised, one column per row; ``base`` ``(G, C, R)`` (or None) is added to
     the logits. Row ``j * n + i`` of a module shows image ``images[i]`` at the module's ``j``-th block.
@@ -100,7 +102,7 @@ class _Solve:
         self.inputs, self.base, self.targets, self.head = inputs, base, targets, head
         self.blocks = inputs.shape[2] // len(images)
         self.images = images.repeat(self.blocks)
-        self.weight, self.bias, self.penalty = weight.requires_grad_(), bias.requires_grad_(), penalty
+        self.weight, self.bias, self.penalty = weight, bias, penalty
         g, l, out = weight.shape[:3]
         classes = out if head is None else head.shape[0]
         size = max(1, CHUNK_ELEMENTS // (g * l * classes))
@@ -121,7 +123,8 @@ class _Solve:
         return self.targets.losses(logits, self.images[rows])
 
     def minimise(self, max_iter: int) -> int:
-        """L-BFGS on the sum over modules and penalties; returns the iterations used."""
+        """L-BFGS on the sum over modules and penalties, in place; returns the iterations used."""
+        self.weight.requires_grad_(), self.bias.requires_grad_()
         optimizer = torch.optim.LBFGS([self.weight, self.bias], lr=1, max_iter=max_iter, history_size=20,
                                       line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
         rows = self.inputs.shape[2]
@@ -190,17 +193,13 @@ def _stacks(shapes: list[tuple[int, int]], active: list[int]) -> list[list[int]]
     return stacks
 
 
-def _solve_plan(stacks: list[list[int]], sizes: list[int], penalties: int) -> list[tuple[list[int], list[int]]]:
-    """(modules, grid penalties) per solve, each within ``SOLVE_PARAMETERS``; ``sizes``: parameters per module."""
-    plan: list[tuple[list[int], list[int]]] = []
+def _solve_plan(stacks: list[list[int]], sizes: list[int]) -> list[list[int]]:
+    """The modules of each solve: a stack, split to keep each solve within ``SOLVE_PARAMETERS`` (``sizes``:
+    parameters per module; a module over the budget is solved alone)."""
+    plan = []
     for members in stacks:
-        size = sizes[members[0]]
-        per_solve = SOLVE_PARAMETERS // (size * penalties)
-        if per_solve >= 1:
-            plan += [(members[i:i + per_solve], list(range(penalties))) for i in range(0, len(members), per_solve)]
-        else:  # one module's whole grid is too big: split the grid
-            step = max(1, SOLVE_PARAMETERS // size)
-            plan += [([m], list(range(p, min(p + step, penalties)))) for m in members for p in range(0, penalties, step)]
+        per_solve = max(1, SOLVE_PARAMETERS // sizes[members[0]])
+        plan += [members[i:i + per_solve] for i in range(0, len(members), per_solve)]
     return plan
 
 
@@ -268,26 +267,30 @@ def fit_lens(
     biases = [torch.zeros(len(grid), shapes[m][1]) for m in range(len(groups))]
     validation = torch.zeros(len(groups), len(grid))
     sizes = [shapes[m][1] * width[m] for m in range(len(groups))]
-    plan = _solve_plan(stacks, sizes, len(grid)) if chosen_on_validation else []
-    final_plan = _solve_plan(stacks, sizes, 1)
-    with tqdm(total=len(plan) + len(final_plan), desc=desc, unit="solve", dynamic_ncols=True) as bar:
-        for members, penalties in plan:  # the grid, on the fit part
-            solve = _Solve(*stacked(members, fit_rows), fit_rows, targets, head,
-                           torch.zeros(len(members), len(penalties), shapes[members[0]][1], width[members[0]],
-                                       device=device),
-                           torch.zeros(len(members), len(penalties), shapes[members[0]][1], device=device),
-                           torch.tensor([[grid[p] for p in penalties]] * len(members), device=device))
-            solve.minimise(settings.max_iter)
-            scored = _Solve(*stacked(members, val_rows), val_rows, targets, head, solve.weight.detach(),
-                            solve.bias.detach(), solve.penalty)
-            losses = scored.block_losses().mean(1).cpu()  # a module's loss: the mean over its blocks
-            for i, m in enumerate(members):
-                validation[m, penalties] = losses[i]
-                weights[m][penalties] = solve.weight[i].detach().cpu()
-                biases[m][penalties] = solve.bias[i].detach().cpu()
-            bar.update()
+    plan = _solve_plan(stacks, sizes)
+    with tqdm(total=len(plan) * (len(grid) * chosen_on_validation + 1), desc=desc, unit="solve",
+              dynamic_ncols=True) as bar:
+        for members in plan if chosen_on_validation else []:  # the grid, strong to weak, on the fit part
+            out, d = shapes[members[0]][1], width[members[0]]
+            inputs, base = stacked(members, fit_rows)
+            val_inputs, val_base = stacked(members, val_rows)
+            weight = torch.zeros(len(members), 1, out, d, device=device)
+            bias = torch.zeros(len(members), 1, out, device=device)
+            for p, wd in enumerate(grid):  # each solve starts from the previous (stronger) one's optimum
+                solve = _Solve(inputs, base, fit_rows, targets, head, weight, bias,
+                               torch.full((len(members), 1), wd, device=device))
+                solve.minimise(settings.max_iter)
+                weight, bias = solve.weight.detach(), solve.bias.detach()
+                scored = _Solve(val_inputs, val_base, val_rows, targets, head, weight, bias, solve.penalty)
+                losses = scored.block_losses()[..., 0].mean(1).cpu()  # a module's loss: the mean over its blocks
+                for i, m in enumerate(members):
+                    validation[m, p] = losses[i]
+                    weights[m][p] = weight[i, 0].cpu()
+                    biases[m][p] = bias[i, 0].cpu()
+                weight, bias = weight.clone(), bias.clone()
+                bar.update()
         chosen = validation.argmin(1) if chosen_on_validation else torch.zeros(len(groups), dtype=torch.long)
-        for members, _ in final_plan:  # the chosen penalty, on every fit image, from the grid's solution
+        for members in plan:  # the chosen penalty, on every fit image, from the grid's solution
             solve = _Solve(*stacked(members, rows), rows, targets, head,
                            torch.stack([weights[m][chosen[m]] for m in members])[:, None].to(device),
                            torch.stack([biases[m][chosen[m]] for m in members])[:, None].to(device),
