@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Full-scale CIFAR-10 runs behind results/cifar10-resnet*/: fit on all 50,000 train
-# images, evaluate on all 10,000 test images. About 10 minutes per model on 2 CPU cores.
-# Usage: scripts/cifar10_resnets.sh [resnet20 resnet32 resnet44]   (SHARED defaults to ../shared)
+# Full-scale CIFAR-10 runs behind results/cifar10-*/: fit on all 50,000 train images,
+# evaluate on all 10,000 test images. About 5-10 minutes per model on 2 CPU cores.
+# Usage: scripts/cifar10_runs.sh [resnet20 resnet32 resnet44 inceptionv1]   (SHARED defaults to ../shared)
+# The ResNets are the public checkpoints under $SHARED/weights/cifar10-resnets; inceptionv1 is the
+# checkpoint committed under results/checkpoints/ (scripts/train_cifar_inception.py wrote it).
 # WEIGHTS=random runs the seeded random-init control instead, into results/cifar10-<arch>-random-init/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +11,8 @@ SHARED=${SHARED:-../shared}
 for arch in "${@:-resnet20}"; do
   if [ "${WEIGHTS:-}" = random ]; then
     weights=random out="results/cifar10-$arch-random-init"
+  elif [ "$arch" = inceptionv1 ]; then
+    weights=results/checkpoints/cifar10-inceptionv1.th out="results/cifar10-$arch"
   else
     weights=$(ls "$SHARED"/weights/cifar10-resnets/"$arch"-*.th) out="results/cifar10-$arch"
   fi

@@ -12,6 +12,7 @@ trajectory reloads the first run's model from the weights path in its run.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from vision_lens.compare import compare
 from vision_lens.lenses import TunedLens
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_RUNS = [REPO / "results" / f"cifar10-{arch}" for arch in ("resnet20", "resnet32", "resnet44")]
+DEFAULT_RUNS = [REPO / "results" / f"cifar10-{arch}" for arch in ("resnet20", "resnet32", "resnet44", "inceptionv1")]
 TOY_LLM = REPO / "tests" / "data" / "tiny-gpt2-tuned-lens" / "aggregate_metrics.json"
 
 
@@ -46,7 +47,8 @@ def save(ax_or_fig, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", type=Path,
-                        help="run folders (default: those of the committed results/cifar10-resnet{20,32,44} that are complete)")
+                        help="run folders (default: the committed results/cifar10-{resnet20,resnet32,resnet44,inceptionv1} "
+                             "that are complete); a sibling <run>-random-init folder enters the random-init figure")
     parser.add_argument("--llm", nargs="*", type=Path, default=[TOY_LLM],
                         help="aggregate_metrics.json files from `tuned-lens eval` for the comparison "
                              "(default: the toy GPT-2 test fixture, a format check rather than a real LLM)")
@@ -81,6 +83,17 @@ def main() -> None:
     lens = TunedLens.load(first.path / "lenses" / "tuned", adapter)
     save(plotting.prediction_trajectory(adapter, lens, args.image or first_eval_image(first.path)),
          args.out / "prediction_trajectory.png")
+
+    # The random-init control: each trained run beside its random-init twin, where one is committed.
+    pairs = [(run, run.with_name(run.name + "-random-init")) for run in runs]
+    pairs = [(t, r) for t, r in pairs if (r / "aggregate_metrics.json").is_file()]
+    if pairs:
+        named = [dataclasses.replace(load_results(path), name=f"{load_results(path).name}{suffix}")
+                 for pair in pairs for path, suffix in zip(pair, (" trained", " random init"))]
+        control_ax = plt.subplots(figsize=(7, 4.5))[1]
+        plotting.layerwise(named, "acc", x="relative_depth", lens_types=("linear_probe",), ax=control_ax)
+        control_ax.set_title("linear probe: trained against random-init weights")
+        save(control_ax, args.out / "random_init_control.png")
 
     labels = [load_results(r).name for r in runs] + [
         "toy GPT-2 (format check)" if path == TOY_LLM else path.parent.name for path in args.llm

@@ -1,12 +1,15 @@
-"""Print the numbers the README quotes, from committed run folders: the per-block table and the headlines.
+"""Print the numbers the READMEs quote, from committed run folders.
 
     python scripts/summarise_results.py results/cifar10-resnet20 results/cifar10-resnet32 results/cifar10-resnet44
+    python scripts/summarise_results.py --findings results/cifar10-resnet20 ...  # results/README.md's tables
 
 For the first run it prints the README's per-block markdown table; for every run the
 baseline accuracy, the mean diagonal CE, the mean transfer penalty at block distance 1
 and at its maximum (all pairs, within one stage and across stages, with 95% bootstrap
 intervals), the penalty of the last block's (zero) translator, the shared lens's KL (and CE) gap to the tuned lens, and the largest gap between
-the linear probe's and the tuned lens's accuracy. Everything is read from the JSON files.
+the linear probe's and the tuned lens's accuracy. With ``--findings`` it prints the
+tables of ``results/README.md`` instead (see :func:`findings`). Everything is read
+from the JSON files.
 """
 
 from __future__ import annotations
@@ -41,34 +44,136 @@ def interval(profile, d: int) -> str:
 
 def headlines(run) -> list[str]:
     agg = run.aggregate
-    diagonal = analysis.mean_diagonal_ce(run)
-    lines = [f"{run.name}: baseline acc {agg['baseline']['acc']['final']:.4f}; mean diagonal CE {diagonal:.2f} bits"]
-    for group, profile in analysis.penalty_profiles(run).items():
-        far = int(np.nanargmax(np.where(profile.pairs > 0, profile.mean, np.nan)))
-        lines.append(f"  penalty {group}: d=1 {interval(profile, 1)} ({profile.pairs[1]} pairs); "
-                     f"max at d={far} {interval(profile, far)} ({profile.pairs[far]} pairs) = "
-                     f"{profile.mean[far] / diagonal:.1f}x the mean diagonal CE")
-    # The last block's translator is zero (its lens is the logit lens): a baseline any transfer should beat.
-    penalty = analysis.transfer_matrix(run, "penalty")
-    baseline, others = penalty[-1, :-1], penalty[:-1, :-1]  # row: the last translator; others vs it, per column
-    off_diagonal = ~np.eye(len(others), dtype=bool)
-    beaten = int((others < baseline)[off_diagonal].sum())
-    lines.append(f"  last block's translator (= logit lens) on earlier blocks: {np.nanmin(baseline):.2f} to "
-                 f"{np.nanmax(baseline):.2f} bits; {beaten} of {off_diagonal.sum()} other off-diagonal "
-                 "translator-block pairs do better")
+    lines = [f"{run.name}: baseline acc {agg['baseline']['acc']['final']:.4f}"]
+    if not analysis.defined_transfer(run):
+        lines.append("  no transfer: no block shares a space with another (no identity paths)")
+    else:
+        diagonal = analysis.mean_diagonal_ce(run)
+        lines[0] += f"; mean diagonal CE {diagonal:.2f} bits"
+        for group, profile in analysis.penalty_profiles(run).items():
+            far = int(np.nanargmax(np.where(profile.pairs > 0, profile.mean, np.nan)))
+            lines.append(f"  penalty {group}: d=1 {interval(profile, 1)} ({profile.pairs[1]} pairs); "
+                         f"max at d={far} {interval(profile, far)} ({profile.pairs[far]} pairs) = "
+                         f"{profile.mean[far] / diagonal:.1f}x the mean diagonal CE")
+        # The last block's translator is zero (its lens is the logit lens): a baseline any transfer should beat.
+        penalty = analysis.transfer_matrix(run, "penalty")
+        baseline, others = penalty[-1, :-1], penalty[:-1, :-1]  # row: the last translator; others vs it, per column
+        off_diagonal = ~np.eye(len(others), dtype=bool)
+        beaten = int((others < baseline)[off_diagonal].sum())
+        lines.append(f"  last block's translator (= logit lens) on earlier blocks: {np.nanmin(baseline):.2f} to "
+                     f"{np.nanmax(baseline):.2f} bits; {beaten} of {off_diagonal.sum()} other off-diagonal "
+                     "translator-block pairs do better")
     # KL to the model is what both lenses are fitted on; CE against the labels can favour either.
-    kl_gap = [agg["shared"]["kl"][k] - agg["tuned"]["kl"][k] for k in agg["tuned"]["kl"]]
-    ce_gap = [agg["shared"]["ce"][k] - agg["tuned"]["ce"][k] for k in agg["tuned"]["ce"]]
+    both = [k for k in agg["tuned"]["kl"] if agg["shared"]["kl"][k] is not None]
+    kl_gap = [agg["shared"]["kl"][k] - agg["tuned"]["kl"][k] for k in both]
+    ce_gap = [agg["shared"]["ce"][k] - agg["tuned"]["ce"][k] for k in both]
     probe = [agg["linear_probe"]["acc"][k] - agg["tuned"]["acc"][k] for k in agg["tuned"]["acc"]]
     lines.append(f"  shared - tuned KL: {min(kl_gap):.2f} to {max(kl_gap):.2f} bits (CE: {min(ce_gap):+.2f} to "
                  f"{max(ce_gap):+.2f}); probe - tuned acc: {min(probe):+.3f} to {max(probe):+.3f}")
     return lines
 
 
+DEPTHS = (0.25, 0.5, 0.75, 1.0)
+
+
+def depth_block(blocks: int, depth: float) -> int:
+    """The block nearest to ``depth`` on the relative-depth axis (ties go deeper)."""
+    return int(np.floor(depth * (blocks - 1) + 0.5))
+
+
+def with_interval(run, lens: str, metric: str, layer: str, digits: int) -> str:
+    value = run.aggregate.get(lens, {}).get(metric, {}).get(layer)
+    if value is None:
+        return "—"
+    bounds = (run.intervals or {}).get(lens, {}).get(metric, {}).get(layer)
+    return f"{value:.{digits}f}" + (f" [{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]" if bounds else "")
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def depth_table(runs) -> str:
+    """Accuracy and CE (bits per image) of the tuned lens and the probe at 25/50/75/100 % relative depth."""
+    rows = []
+    for run in runs:
+        layers = layer_keys(run.layers)
+        for depth in DEPTHS:
+            k = depth_block(len(layers), depth)
+            rows.append([run.path.name, f"{depth:.0%}", f"`{run.block_names[k]}`"] + [
+                with_interval(run, lens, metric, layers[k], 3 if metric == "acc" else 2)
+                for metric in ("acc", "ce") for lens in ("tuned", "linear_probe")])
+    return markdown(["run", "depth", "block", "tuned acc", "probe acc", "tuned CE", "probe CE"], rows)
+
+
+def transfer_table(runs) -> str:
+    """Per run with transfer: the lenses' own CE, and the mean penalty of neighbouring and of the most distant
+    block pairs, within a stage and across stages (bits per image, 95 % bootstrap intervals)."""
+    rows = []
+    for run in runs:
+        if not analysis.defined_transfer(run):
+            continue
+        cells = [run.path.name, f"{analysis.mean_diagonal_ce(run):.2f}"]
+        profiles = analysis.penalty_profiles(run)
+        for group in ("within_stage", "across_stage"):
+            profile = profiles[group]
+            defined = np.flatnonzero(profile.pairs > 0)
+            near, far = defined.min(), defined.max()
+            cells += [f"{interval(profile, near)} (d={near}, {profile.pairs[near]} pairs)",
+                      f"{interval(profile, far)} (d={far}, {profile.pairs[far]} pairs)"]
+        rows.append(cells)
+    return markdown(["run", "lens's own CE", "within stage: nearest", "within stage: most distant",
+                     "across stages: nearest", "across stages: most distant"], rows)
+
+
+def shared_table(runs) -> str:
+    """The shared lens against the tuned lens, over the blocks where both are defined: KL to the model (bits) and
+    accuracy, mean [smallest, largest]."""
+    rows = []
+    for run in runs:
+        agg = run.aggregate
+        both = [k for k in agg["tuned"]["kl"] if agg["shared"]["kl"].get(k) is not None
+                and agg["tuned"]["kl"][k] is not None]
+        if len(both) < 2:  # only the last block: no shared space to test
+            rows.append([run.path.name, "—", "—", f"{len(both)}"])
+            continue
+        kl = np.array([agg["shared"]["kl"][k] - agg["tuned"]["kl"][k] for k in both])
+        acc = np.array([agg["shared"]["acc"][k] - agg["tuned"]["acc"][k] for k in both])
+        rows.append([run.path.name, f"{kl.mean():.2f} [{kl.min():.2f}, {kl.max():.2f}]",
+                     f"{acc.mean():+.3f} [{acc.min():+.3f}, {acc.max():+.3f}]", f"{len(both)}"])
+    return markdown(["run", "shared − tuned KL (bits)", "shared − tuned acc", "blocks"], rows)
+
+
+def aux_table(runs) -> str:
+    """The model's own auxiliary classifiers against the lenses at their blocks."""
+    rows = []
+    for run in runs:
+        aux = run.aggregate.get("aux_head", {}).get("acc", {})
+        for layer, value in aux.items():
+            if value is not None:
+                k = layer_keys(run.layers).index(layer)
+                rows.append([run.path.name, f"`{run.block_names[k]}`", with_interval(run, "aux_head", "acc", layer, 3)]
+                            + [with_interval(run, lens, "acc", layer, 3) for lens in ("tuned", "linear_probe")])
+    return markdown(["run", "block", "aux head acc", "tuned acc", "probe acc"], rows)
+
+
+def findings(runs) -> str:
+    """``results/README.md``'s tables, in its order: depth (every run), then transfer, shared lens and aux heads
+    (trained runs only: a random model's tuned lens follows noise)."""
+    trained = [run for run in runs if run.run.get("weights") != "random"]
+    return "\n\n".join([depth_table(runs), transfer_table(trained), shared_table(trained), aux_table(trained)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders written by `vision-lens run`")
-    runs = analysis.as_results(parser.parse_args().runs)
+    parser.add_argument("--findings", action="store_true", help="print the tables of results/README.md")
+    args = parser.parse_args()
+    runs = analysis.as_results(args.runs)
+    if args.findings:
+        print(findings(runs))
+        return
     print(table(runs[0]), end="\n\n")
     for run in runs:
         print("\n".join(headlines(run)))

@@ -52,6 +52,15 @@ def has_transfer(run: RunResults, lens_type: str = "tuned") -> bool:
     return "layer_transfer" in run.aggregate.get(lens_type, {})
 
 
+def defined_transfer(run: RunResults, lens_type: str = "tuned") -> bool:
+    """Whether any translator of the run is defined on another block than its own (not so without identity
+    paths, e.g. in an Inception)."""
+    if not has_transfer(run, lens_type):
+        return False
+    matrix = transfer_matrix(run, "penalty", lens_type)
+    return bool(np.isfinite(matrix[~np.eye(len(matrix), dtype=bool)]).any())
+
+
 def transfer_matrix(run: RunResults, kind: str = "penalty", lens_type: str = "tuned") -> np.ndarray:
     """``layer_transfer[kind]`` as an array: rows = translator's block, columns = eval block; NaN = undefined.
 

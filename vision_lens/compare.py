@@ -27,18 +27,12 @@ import numpy as np
 import seaborn as sns
 from matplotlib.lines import Line2D
 
-from .analysis import ResultsLike, as_results, has_transfer, layer_values, relative_depth, transfer_matrix
+from .analysis import ResultsLike, as_results, defined_transfer, has_transfer, layer_values, relative_depth
 from .artifacts import RunFolderError, RunResults, require_complete
 from .plotting import LENS_LABELS, LENS_STYLES, penalty_vs_distance
 
 COMPARED_METRICS = ("ce", "kl")
 MIN_FONT_SIZE = 8  # points, at the saved figure size
-
-
-def defined_transfer(run: RunResults) -> bool:
-    """Whether any translator is defined on another block than its own (not so without identity paths)."""
-    matrix = transfer_matrix(run, "penalty")
-    return bool(np.isfinite(matrix[~np.eye(len(matrix), dtype=bool)]).any())
 
 
 def normalised_layerwise(run: RunResults, metric: str, lens_type: str) -> tuple[np.ndarray, np.ndarray]:
