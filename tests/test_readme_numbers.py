@@ -42,9 +42,32 @@ def test_resnet20_table_matches_the_committed_results():
     assert checked >= 10 * 6
 
 
-@pytest.mark.parametrize("run", ["cifar10-resnet20", "cifar10-resnet32", "cifar10-resnet44", "cifar10-resnet20-random-init"])
-def test_quoted_baseline_accuracy_matches(run):
-    text = (REPO / "README.md").read_text()
+@pytest.mark.parametrize("run, page", [
+    ("cifar10-resnet20", "README.md"), ("cifar10-resnet32", "README.md"), ("cifar10-resnet44", "README.md"),
+    ("cifar10-inceptionv1", "README.md"), ("cifar10-resnet20-random-init", "results/README.md"),
+    ("cifar10-inceptionv1-random-init", "results/README.md"),
+])
+def test_quoted_baseline_accuracy_matches(run, page):
+    text = (REPO / page).read_text()
     baseline = json.loads((REPO / "results" / run / "aggregate_metrics.json").read_text())["baseline"]["acc"]["final"]
     assert f"{baseline:.4f}" in text
     assert re.search(rf"results/{run}", text)
+
+
+def test_quoted_benchmark_matches_its_json():
+    bench = json.loads((REPO / "results" / "benchmark" / "cifar10-resnet20-cpu.json").read_text())
+    text = " ".join((REPO / "README.md").read_text().split())  # line breaks as spaces
+    assert f"floor {bench['floor_s']:.1f} s, pipeline {bench['pipeline_s']:.1f} s, **ratio {bench['ratio']:.2f}**" in text
+    stages = bench["stages"]
+    capture = stages["capture_fit_s"] + stages["capture_eval_s"]
+    assert f"capture of both splits {capture:.1f} s ({capture / bench['floor_s']:.2f}x the floor" in text
+    assert f"fitting the three lenses {stages['fit_lenses_s']:.1f} s" in text
+    same = bench["linear_probe"]["same_penalty"]
+    assert f"ours took {same['ours_fit_s']:.2f} s against {same['sklearn_fit_s']:.2f} s" in text
+    assert f"**{same['speedup']:.1f}x faster**" in text
+    better = sum(o > s for o, s in zip(same["ours_acc"], same["sklearn_acc"]))
+    assert f"more accurate at {better} of the {len(same['ours_acc'])} blocks" in text
+    small, large = bench["capture_peak_rss"]
+    growth = large["peak_mb"] / small["peak_mb"] - 1
+    assert f"{small['peak_mb']:,.0f} MiB for {small['images']:,} images and {large['peak_mb']:,.0f} MiB for " \
+           f"{large['images']:,} (**{growth:+.1%}" in text.replace(" %", "%")
