@@ -81,15 +81,15 @@ class _Targets:
         return cls(labels, log_probs.exp().T.contiguous(), -(log_probs.exp() * log_probs).sum(-1))
 
     def losses(self, logits: Tensor, images: Tensor) -> Tensor:
-        """Loss (nats) of ``logits`` ``(G, L, C, r)`` whose columns show ``images`` ``(r,)``: ``(G, L, r)``."""
-        log_probs = logits.log_softmax(2)
+        """Loss (nats) of ``logits`` ``(G, C, r)`` whose columns show ``images`` ``(r,)``: ``(G, r)``."""
+        log_probs = logits.log_softmax(1)
         if self.probs is None:
-            return -log_probs.gather(2, self.labels[images].expand(*logits.shape[:2], 1, -1))[:, :, 0]
-        return -(log_probs * self.probs[:, images]).sum(2) - self.entropy[images]
+            return -log_probs.gather(1, self.labels[images].expand(len(logits), 1, -1))[:, 0]
+        return -(log_probs * self.probs[:, images]).sum(1) - self.entropy[images]
 
 
 class _Solve:
-    """Modules stacked, each at ``L`` penalties: weights ``(G, L, out, D)``, biases ``(G, L, out)``.
+    """Modules stacked, each with its own penalty ``(G,)``: weights ``(G, out, D)``, biases ``(G, out)``.
 
     ``inputs`` ``(G, D, R)`` are standardised, one column per row; ``base`` ``(G, C, R)`` (or None) is added to
     the logits. Row ``j * n + i`` of a module shows image ``images[i]`` at the module's ``j``-th block.
@@ -103,27 +103,26 @@ class _Solve:
         self.blocks = inputs.shape[2] // len(images)
         self.images = images.repeat(self.blocks)
         self.weight, self.bias, self.penalty = weight, bias, penalty
-        g, l, out = weight.shape[:3]
+        g, out = weight.shape[:2]
         classes = out if head is None else head.shape[0]
-        size = max(1, CHUNK_ELEMENTS // (g * l * classes))
+        size = max(1, CHUNK_ELEMENTS // (g * classes))
         self.chunks = [slice(s, s + size) for s in range(0, inputs.shape[2], size)]
 
     def effective(self) -> tuple[Tensor, Tensor]:
-        """Weights and biases from standardised inputs straight to logits: ``(G, L, C, D)``, ``(G, L, C)``."""
+        """Weights and biases from standardised inputs straight to logits: ``(G, C, D)``, ``(G, C)``."""
         if self.head is None:
             return self.weight, self.bias
-        return torch.einsum("co,glod->glcd", self.head, self.weight), self.bias @ self.head.T
+        return torch.einsum("co,god->gcd", self.head, self.weight), self.bias @ self.head.T
 
     def row_losses(self, weight: Tensor, bias: Tensor, rows: slice) -> Tensor:
-        """Loss (nats) per module, penalty and row of ``rows``, ``(G, L, r)``, of the effective maps."""
-        g, l, c, d = weight.shape
-        logits = torch.bmm(weight.reshape(g, l * c, d), self.inputs[:, :, rows]).view(g, l, c, -1) + bias[..., None]
+        """Loss (nats) per module and row of ``rows``, ``(G, r)``, of the effective maps."""
+        logits = torch.bmm(weight, self.inputs[:, :, rows]) + bias[..., None]
         if self.base is not None:
-            logits = logits + self.base[:, None, :, rows]
+            logits = logits + self.base[:, :, rows]
         return self.targets.losses(logits, self.images[rows])
 
     def minimise(self, max_iter: int) -> int:
-        """L-BFGS on the sum over modules and penalties, in place; returns the iterations used."""
+        """L-BFGS on the sum over modules, in place; returns the iterations used."""
         self.weight.requires_grad_(), self.bias.requires_grad_()
         optimizer = torch.optim.LBFGS([self.weight, self.bias], lr=1, max_iter=max_iter, history_size=20,
                                       line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
@@ -140,7 +139,7 @@ class _Solve:
                 loss.backward()
                 total += loss.detach()
             torch.autograd.backward([weight, bias], [leaves[0].grad, leaves[1].grad])
-            penalty = (self.penalty / 2 * (self.weight.square().sum((2, 3)) + self.bias.square().sum(2))).sum()
+            penalty = (self.penalty / 2 * (self.weight.square().sum((1, 2)) + self.bias.square().sum(1))).sum()
             penalty.backward()
             return total + penalty.detach()
 
@@ -149,9 +148,9 @@ class _Solve:
 
     @torch.no_grad()
     def block_losses(self) -> Tensor:
-        """Mean loss (nats) per module, block and penalty: ``(G, blocks, L)``."""
-        losses = torch.cat([self.row_losses(*self.effective(), chunk) for chunk in self.chunks], 2)
-        return losses.view(*losses.shape[:2], self.blocks, -1).mean(3).transpose(1, 2)
+        """Mean loss (nats) per module and block: ``(G, blocks)``."""
+        losses = torch.cat([self.row_losses(*self.effective(), chunk) for chunk in self.chunks], 1)
+        return losses.view(len(losses), self.blocks, -1).mean(2)
 
 
 @torch.no_grad()
@@ -274,35 +273,35 @@ def fit_lens(
             out, d = shapes[members[0]][1], width[members[0]]
             inputs, base = stacked(members, fit_rows)
             val_inputs, val_base = stacked(members, val_rows)
-            weight = torch.zeros(len(members), 1, out, d, device=device)
-            bias = torch.zeros(len(members), 1, out, device=device)
+            weight = torch.zeros(len(members), out, d, device=device)
+            bias = torch.zeros(len(members), out, device=device)
             for p, wd in enumerate(grid):  # each solve starts from the previous (stronger) one's optimum
                 solve = _Solve(inputs, base, fit_rows, targets, head, weight, bias,
-                               torch.full((len(members), 1), wd, device=device))
+                               torch.full((len(members),), wd, device=device))
                 solve.minimise(settings.max_iter)
                 weight, bias = solve.weight.detach(), solve.bias.detach()
                 scored = _Solve(val_inputs, val_base, val_rows, targets, head, weight, bias, solve.penalty)
-                losses = scored.block_losses()[..., 0].mean(1).cpu()  # a module's loss: the mean over its blocks
+                losses = scored.block_losses().mean(1).cpu()  # a module's loss: the mean over its blocks
                 for i, m in enumerate(members):
                     validation[m, p] = losses[i]
-                    weights[m][p] = weight[i, 0].cpu()
-                    biases[m][p] = bias[i, 0].cpu()
+                    weights[m][p] = weight[i].cpu()
+                    biases[m][p] = bias[i].cpu()
                 weight, bias = weight.clone(), bias.clone()
                 bar.update()
         chosen = validation.argmin(1) if chosen_on_validation else torch.zeros(len(groups), dtype=torch.long)
         for members in plan:  # the chosen penalty, on every fit image, from the grid's solution
             solve = _Solve(*stacked(members, rows), rows, targets, head,
-                           torch.stack([weights[m][chosen[m]] for m in members])[:, None].to(device),
-                           torch.stack([biases[m][chosen[m]] for m in members])[:, None].to(device),
-                           torch.tensor([[grid[chosen[m]]] for m in members], device=device))
+                           torch.stack([weights[m][chosen[m]] for m in members]).to(device),
+                           torch.stack([biases[m][chosen[m]] for m in members]).to(device),
+                           torch.tensor([grid[chosen[m]] for m in members], device=device))
             iterations = solve.minimise(settings.max_iter)
-            losses = solve.block_losses()[..., 0].cpu()
+            losses = solve.block_losses().cpu()
             for i, m in enumerate(members):
                 module, blocks = groups[m]
                 with torch.no_grad():
                     module.linear.weight.zero_()
-                    module.linear.weight[:, columns[m]] = solve.weight[i, 0, :, :len(columns[m])]
-                    module.linear.bias.copy_(solve.bias[i, 0])
+                    module.linear.weight[:, columns[m]] = solve.weight[i, :, :len(columns[m])]
+                    module.linear.bias.copy_(solve.bias[i])
                 record: dict = {"blocks": len(blocks)}
                 if chosen_on_validation:
                     record["validation_loss_nats"] = {repr(wd): float(v) for wd, v in zip(grid, validation[m])}
