@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,6 +227,6 @@ def test_image_missing_after_the_scan_is_named(tmp_path):
     from vision_lens.data import DataError
 
     source = ImageFolderSource.scan(write_image_folder(tmp_path / "imgs", classes=2, per_class=2))
-    source.paths[1].unlink()
+    Path(source.paths[1]).unlink()
     with pytest.raises(DataError, match=f"cannot read image {source.paths[1]}"):
         source.load(1)
