@@ -35,6 +35,7 @@ from .lenses import SavedLens
 PENALTY_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 SOLVE_PARAMETERS = 2**24  # per solve; L-BFGS keeps about 45 copies (history 20)
 CHUNK_ELEMENTS = 2**25  # logits held at once in a pass over the rows
+REFRESH_ITERATIONS = 25  # L-BFGS iterations between rebuilds of a solve's coordinates
 STACK_FILL = 0.75  # modules stack when their active inputs are within this fraction of the stack's widest
 
 
@@ -82,75 +83,168 @@ class _Targets:
 
     def losses(self, logits: Tensor, images: Tensor) -> Tensor:
         """Loss (nats) of ``logits`` ``(G, C, r)`` whose columns show ``images`` ``(r,)``: ``(G, r)``."""
+        return self.losses_and_gradients(logits, images)[0]
+
+    def losses_and_gradients(self, logits: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`losses`, and their gradients with respect to ``logits``: softmax minus target, ``(G, C, r)``."""
         log_probs = logits.log_softmax(1)
+        gradients = log_probs.exp()
         if self.probs is None:
-            return -log_probs.gather(1, self.labels[images].expand(len(logits), 1, -1))[:, 0]
-        return -(log_probs * self.probs[:, images]).sum(1) - self.entropy[images]
+            labels = self.labels[images].expand(len(logits), 1, -1)
+            losses = -log_probs.gather(1, labels)[:, 0]
+            gradients.scatter_(1, labels, (-losses).exp()[:, None] - 1)
+            return losses, gradients
+        probs = self.probs[:, images]
+        return -(log_probs * probs).sum(1) - self.entropy[images], gradients.sub_(probs)
+
+    def mean(self, images: Tensor, classes: int) -> Tensor:
+        """The mean target distribution over ``images``: ``(C,)``."""
+        if self.probs is None:
+            return torch.bincount(self.labels[images], minlength=classes).float() / len(images)
+        return self.probs[:, images].mean(1)
 
 
-class _Solve:
-    """Modules stacked, each with its own penalty ``(G,)``: weights ``(G, out, D)``, biases ``(G, out)``.
+def _logits(weight: Tensor, inputs: Tensor, bias: Tensor | None = None, base: Tensor | None = None):
+    """``weight @ inputs (+ bias) (+ base)`` in chunks of rows: yields (rows, logits ``(G, C, r)``).
 
-    ``inputs`` ``(G, D, R)`` are standardised, one column per row; ``base`` ``(G, C, R)`` (or None) is added to
-    the logits. Row ``j * n + i`` of a module shows image ``images[i]`` at the module's ``j``-th block.
-    ``head`` ``(C, out)`` maps outputs to logits (None: outputs are logits). Classes lie along a middle
-    dimension, rows along the last, so the softmax runs over long contiguous rows (3x faster for 10 classes).
+    Classes lie along the middle dimension and rows along the last, so the softmax runs over long contiguous
+    rows (3x faster for 10 classes than classes last)."""
+    size = max(1, CHUNK_ELEMENTS // (weight.shape[0] * weight.shape[1]))
+    for start in range(0, inputs.shape[2], size):
+        rows = slice(start, start + size)
+        logits = torch.bmm(weight, inputs[:, :, rows])
+        if bias is not None:
+            logits += bias[..., None]
+        if base is not None:
+            logits += base[:, :, rows]
+        yield rows, logits
+
+
+@torch.no_grad()
+def block_losses(targets: _Targets, images: Tensor, inputs: Tensor, base: Tensor | None, head: Tensor | None,
+                 weight: Tensor, bias: Tensor) -> Tensor:
+    """Mean loss (nats) per module and block of modules ``weight`` ``(G, out, D)``, ``bias`` ``(G, out)`` on
+    ``inputs`` ``(G, D, R)`` (row ``j * n + i`` shows ``images[i]`` at a module's ``j``-th block): ``(G, blocks)``."""
+    if head is not None:  # straight to logits, never through the head's wider input space
+        weight, bias = torch.einsum("co,god->gcd", head, weight), bias @ head.T
+    blocks = inputs.shape[2] // len(images)
+    images = images.repeat(blocks)
+    losses = torch.cat([targets.losses(logits, images[rows]) for rows, logits in _logits(weight, inputs, bias, base)], 1)
+    return losses.view(len(weight), blocks, -1).mean(2)
+
+
+def _output_basis(head: Tensor | None, targets: _Targets, images: Tensor, classes: int) -> tuple[Tensor, Tensor]:
+    """``head = to_logits @ to_outputs.T``, ``to_logits`` ``(C, r)`` and ``to_outputs`` ``(out, r)`` with orthonormal
+    columns along span(V) (``head = U S V^T``; no head: the identity), rotated to the eigenvectors of the softmax's
+    curvature at the mean target over ``images``, as seen through ``U S``."""
+    if head is None:
+        left = right = torch.eye(classes, device=targets.labels.device, dtype=torch.float64)
+    else:
+        u, s, vh = torch.linalg.svd(head.double(), full_matrices=False)
+        left, right = u * s, vh.T
+    mean = targets.mean(images, classes).double()
+    basis = torch.linalg.eigh(left.T @ (torch.diag(mean) - torch.outer(mean, mean)) @ left).eigenvectors
+    return (left @ basis).float(), (right @ basis).float()
+
+
+class _Problem:
+    """Modules stacked (weights ``(G, out, D)``, biases ``(G, out)``), solved together by :meth:`minimise`.
+
+    ``inputs`` ``(G, D, R)`` are standardised, one column per row; row ``j * n + i`` of a module shows
+    ``images[i]`` at its ``j``-th block; ``base`` ``(G, C, R)`` (or None) is added to the logits; ``basis``
+    (:func:`_output_basis`) factors the head that maps outputs to logits.
+
+    The loss sees a module only through ``head [A b] [x; 1]`` and the penalty is ``|[A b]|^2``, so the optimum
+    lies in span(V) (``head = U S V^T``) on the output side and in the span of the rows' ``[x; 1]`` on the input
+    side. L-BFGS runs in coordinates ``Z`` with ``[A b] = V P Z Q^T``: ``V P`` the output basis (curvatures
+    ``omega`` at the solve's start), Q the eigenbasis of the rows' second moments, each row weighted by its
+    softmax curvature at the start (``m``). The penalised objective's curvature is then about
+    ``omega_i m_j + penalty`` per coordinate, and each coordinate is scaled by its square root: a change of
+    variables that leaves every optimum where it is, and on correlated features and confident predictions
+    reaches it in a fraction of the iterations.
     """
 
     def __init__(self, inputs: Tensor, base: Tensor | None, images: Tensor, targets: _Targets,
-                 head: Tensor | None, weight: Tensor, bias: Tensor, penalty: Tensor):
-        self.inputs, self.base, self.targets, self.head = inputs, base, targets, head
-        self.blocks = inputs.shape[2] // len(images)
-        self.images = images.repeat(self.blocks)
-        self.weight, self.bias, self.penalty = weight, bias, penalty
-        g, out = weight.shape[:2]
-        classes = out if head is None else head.shape[0]
-        size = max(1, CHUNK_ELEMENTS // (g * classes))
-        self.chunks = [slice(s, s + size) for s in range(0, inputs.shape[2], size)]
-
-    def effective(self) -> tuple[Tensor, Tensor]:
-        """Weights and biases from standardised inputs straight to logits: ``(G, C, D)``, ``(G, C)``."""
-        if self.head is None:
-            return self.weight, self.bias
-        return torch.einsum("co,god->gcd", self.head, self.weight), self.bias @ self.head.T
-
-    def row_losses(self, weight: Tensor, bias: Tensor, rows: slice) -> Tensor:
-        """Loss (nats) per module and row of ``rows``, ``(G, r)``, of the effective maps."""
-        logits = torch.bmm(weight, self.inputs[:, :, rows]) + bias[..., None]
-        if self.base is not None:
-            logits = logits + self.base[:, :, rows]
-        return self.targets.losses(logits, self.images[rows])
-
-    def minimise(self, max_iter: int) -> int:
-        """L-BFGS on the sum over modules, in place; returns the iterations used."""
-        self.weight.requires_grad_(), self.bias.requires_grad_()
-        optimizer = torch.optim.LBFGS([self.weight, self.bias], lr=1, max_iter=max_iter, history_size=20,
-                                      line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
-        rows = self.inputs.shape[2]
-
-        def closure() -> Tensor:
-            optimizer.zero_grad(set_to_none=True)
-            weight, bias = self.effective()
-            # The chunks backpropagate into the effective maps; those go through the head once.
-            leaves = weight.detach().requires_grad_(), bias.detach().requires_grad_()
-            total = torch.zeros((), device=weight.device)
-            for chunk in self.chunks:
-                loss = self.row_losses(*leaves, chunk).sum() / rows
-                loss.backward()
-                total += loss.detach()
-            torch.autograd.backward([weight, bias], [leaves[0].grad, leaves[1].grad])
-            penalty = (self.penalty / 2 * (self.weight.square().sum((1, 2)) + self.bias.square().sum(1))).sum()
-            penalty.backward()
-            return total + penalty.detach()
-
-        optimizer.step(closure)
-        return int(optimizer.state[self.weight].get("n_iter", 0))
+                 basis: tuple[Tensor, Tensor]):
+        self.inputs, self.base, self.targets = inputs, base, targets
+        self.images = images.repeat(inputs.shape[2] // len(images))
+        self.to_logits, self.to_outputs = basis
 
     @torch.no_grad()
-    def block_losses(self) -> Tensor:
-        """Mean loss (nats) per module and block: ``(G, blocks)``."""
-        losses = torch.cat([self.row_losses(*self.effective(), chunk) for chunk in self.chunks], 1)
-        return losses.view(len(losses), self.blocks, -1).mean(2)
+    def _curvature(self, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Under effective maps ``weight`` ``(G, C, D + 1)``: ``omega`` ``(G, r)``, the softmax's mean curvature
+        along each output basis vector, and Q ``(G, D + 1, k)`` with the second moments ``m`` ``(G, k)`` of the
+        rows' ``[x; 1]``, each row weighted by its softmax curvature ``1 - |p|^2``. k = D + 1, or the rows'
+        count where smaller (the span of the rows: the loss is blind to the rest)."""
+        g, d, rows = self.inputs.shape
+        omega = torch.zeros(g, self.to_logits.shape[1], device=weight.device)
+        traces = []
+        for _, logits in self._chunks(weight):
+            probs = logits.softmax(1)
+            traces.append(1 - probs.square().sum(1))
+            omega += probs.sum(2) @ self.to_logits.square() - (self.to_logits.T @ probs).square().sum(2)
+        traces = torch.cat(traces, 1)
+        scaled = torch.cat([self.inputs, self.inputs.new_ones(g, 1, rows)], 1)
+        scaled *= (traces / traces.sum(1, keepdim=True).clamp(min=1e-30)).sqrt()[:, None]
+        if rows > d + 1:
+            moments, basis = torch.linalg.eigh(torch.bmm(scaled, scaled.transpose(1, 2)).double())
+        else:  # through the Gram matrix: its eigenvectors, mapped back, span the rows
+            moments, basis = torch.linalg.eigh(torch.bmm(scaled.transpose(1, 2), scaled).double())
+            spanning = moments > 1e-10 * moments.amax(1, keepdim=True).clamp(min=1e-300)  # the rest map to zero
+            moments = moments * spanning
+            basis = torch.bmm(scaled.double(), basis) * (spanning / moments.clamp(min=1e-300).sqrt())[:, None]
+        return (omega / rows).clamp(min=0), basis.float(), moments.clamp(min=0).float()
+
+    def _chunks(self, weight: Tensor):
+        """Logits of effective maps ``weight`` ``(G, C, D + 1)`` (bias last), in chunks of rows."""
+        yield from _logits(weight[..., :-1], self.inputs, weight[..., -1], self.base)
+
+    def minimise(self, weight: Tensor, bias: Tensor, penalty: Tensor, max_iter: int) -> tuple[Tensor, Tensor, int]:
+        """L-BFGS on the modules' summed objectives, each its mean loss plus ``penalty / 2 |[A b]|^2`` (penalty
+        ``(G,)``), from ``weight``, ``bias``; returns the optimum's weights, biases and the iterations used.
+
+        The coordinates are rebuilt at the current point every ``REFRESH_ITERATIONS`` iterations: far from the
+        start (a weak penalty on nearly separable images) the softmax's curvature shrinks by orders of magnitude.
+        """
+        affine = self.to_outputs.T @ torch.cat([weight, bias[..., None]], 2)  # (G, r, D + 1)
+        used = 0
+        while used < max_iter:
+            limit = min(REFRESH_ITERATIONS, max_iter - used)
+            affine, iterations = self._solve(affine, penalty, limit)
+            used += iterations
+            if iterations < limit:  # stopped at its tolerance
+                break
+        affine = self.to_outputs @ affine
+        return affine[..., :-1].contiguous(), affine[..., -1].contiguous(), used
+
+    def _solve(self, start: Tensor, penalty: Tensor, max_iter: int) -> tuple[Tensor, int]:
+        """:meth:`minimise` in one set of coordinates, built at ``start`` ``(G, r, D + 1)``."""
+        to_logits = self.to_logits
+        curvatures, rotation, moments = self._curvature(to_logits @ start)
+        curvature = curvatures[:, :, None] * moments[:, None, :] + penalty[:, None, None]
+        scale = curvature.clamp(min=max(1e-8 * float(curvature.max()), 1e-30)).rsqrt()  # floor: no curvature, no penalty
+        scaled = (start @ rotation / scale).requires_grad_()
+        rows = self.inputs.shape[2]
+
+        @torch.no_grad()
+        def objective() -> Tensor:
+            # Gradients by hand: autograd's bookkeeping cost more than the arithmetic on these small problems.
+            coordinates = scaled * scale
+            weight = to_logits @ coordinates @ rotation.transpose(1, 2)
+            gradient, total = torch.zeros_like(weight), torch.zeros((), device=weight.device)
+            for chunk, logits in self._chunks(weight):
+                losses, logit_gradients = self.targets.losses_and_gradients(logits, self.images[chunk])
+                total += losses.sum()
+                gradient[..., :-1].baddbmm_(logit_gradients, self.inputs[:, :, chunk].transpose(1, 2))
+                gradient[..., -1] += logit_gradients.sum(2)
+            gradient = to_logits.T @ gradient @ rotation / rows + penalty[:, None, None] * coordinates
+            scaled.grad = gradient * scale
+            return total / rows + (penalty / 2 * coordinates.square().sum((1, 2))).sum()
+
+        optimizer = torch.optim.LBFGS([scaled], lr=1, max_iter=max_iter, history_size=20,
+                                      line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
+        optimizer.step(objective)
+        return (scaled * scale).detach() @ rotation.transpose(1, 2), int(optimizer.state[scaled].get("n_iter", 0))
 
 
 @torch.no_grad()
@@ -241,6 +335,8 @@ def fit_lens(
     # get weight 0 at the optimum: leaving them out is exact.
     columns = [module.varying.nonzero()[:, 0] for module, _ in groups]
     shapes = [(len(b), m.linear.out_features) for m, b in groups]
+    basis = _output_basis(head, targets, fit_rows if chosen_on_validation else rows,
+                          shapes[0][1] if head is None else len(head))
     stacks = _stacks(shapes, [len(c) for c in columns])
     width = {m: len(columns[stack[0]]) for stack in stacks for m in stack}  # a stack's inputs: its widest module's
 
@@ -270,38 +366,35 @@ def fit_lens(
     with tqdm(total=len(plan) * (len(grid) * chosen_on_validation + 1), desc=desc, unit="solve",
               dynamic_ncols=True) as bar:
         for members in plan if chosen_on_validation else []:  # the grid, strong to weak, on the fit part
-            out, d = shapes[members[0]][1], width[members[0]]
-            inputs, base = stacked(members, fit_rows)
+            problem = _Problem(*stacked(members, fit_rows), fit_rows, targets, basis)
             val_inputs, val_base = stacked(members, val_rows)
-            weight = torch.zeros(len(members), out, d, device=device)
-            bias = torch.zeros(len(members), out, device=device)
+            weight = torch.zeros(len(members), shapes[members[0]][1], width[members[0]], device=device)
+            bias = torch.zeros(len(members), shapes[members[0]][1], device=device)
             for p, wd in enumerate(grid):  # each solve starts from the previous (stronger) one's optimum
-                solve = _Solve(inputs, base, fit_rows, targets, head, weight, bias,
-                               torch.full((len(members),), wd, device=device))
-                solve.minimise(settings.max_iter)
-                weight, bias = solve.weight.detach(), solve.bias.detach()
-                scored = _Solve(val_inputs, val_base, val_rows, targets, head, weight, bias, solve.penalty)
-                losses = scored.block_losses().mean(1).cpu()  # a module's loss: the mean over its blocks
+                weight, bias, _ = problem.minimise(weight, bias, torch.full((len(members),), wd, device=device),
+                                                   settings.max_iter)
+                # A module's validation loss: the mean over its blocks.
+                losses = block_losses(targets, val_rows, val_inputs, val_base, head, weight, bias).mean(1).cpu()
                 for i, m in enumerate(members):
                     validation[m, p] = losses[i]
                     weights[m][p] = weight[i].cpu()
                     biases[m][p] = bias[i].cpu()
-                weight, bias = weight.clone(), bias.clone()
                 bar.update()
+            del problem
         chosen = validation.argmin(1) if chosen_on_validation else torch.zeros(len(groups), dtype=torch.long)
         for members in plan:  # the chosen penalty, on every fit image, from the grid's solution
-            solve = _Solve(*stacked(members, rows), rows, targets, head,
-                           torch.stack([weights[m][chosen[m]] for m in members]).to(device),
-                           torch.stack([biases[m][chosen[m]] for m in members]).to(device),
-                           torch.tensor([grid[chosen[m]] for m in members], device=device))
-            iterations = solve.minimise(settings.max_iter)
-            losses = solve.block_losses().cpu()
+            inputs, base = stacked(members, rows)
+            weight, bias, iterations = _Problem(inputs, base, rows, targets, basis).minimise(
+                torch.stack([weights[m][chosen[m]] for m in members]).to(device),
+                torch.stack([biases[m][chosen[m]] for m in members]).to(device),
+                torch.tensor([grid[chosen[m]] for m in members], device=device), settings.max_iter)
+            losses = block_losses(targets, rows, inputs, base, head, weight, bias).cpu()
             for i, m in enumerate(members):
                 module, blocks = groups[m]
                 with torch.no_grad():
                     module.linear.weight.zero_()
-                    module.linear.weight[:, columns[m]] = solve.weight[i, :, :len(columns[m])]
-                    module.linear.bias.copy_(solve.bias[i])
+                    module.linear.weight[:, columns[m]] = weight[i, :, :len(columns[m])]
+                    module.linear.bias.copy_(bias[i])
                 record: dict = {"blocks": len(blocks)}
                 if chosen_on_validation:
                     record["validation_loss_nats"] = {repr(wd): float(v) for wd, v in zip(grid, validation[m])}
