@@ -55,13 +55,24 @@ def per_image_metrics(logits: Tensor, final_logits: Tensor, labels: Tensor) -> d
         return x.masked_fill(unlabelled, float("nan"))
 
     return {
-        "ce": labelled(nats_to_bits(F.nll_loss(lps, y, reduction="none"))),
-        "kl": nats_to_bits((final_lps.exp() * (final_lps - lps)).sum(-1)),
+        "ce": _cross_entropy(lps, labels),
+        "kl": _kl(final_lps, lps),
         "entropy": nats_to_bits(-(lps.exp() * lps).sum(-1)),
         "acc": labelled((pred == y).double()),
         "agree": (pred == final_lps.argmax(-1)).double(),
         "top5": labelled((top == y[:, None]).any(-1).double()),
     }
+
+
+def _cross_entropy(log_probs: Tensor, labels: Tensor) -> Tensor:
+    """Per-image cross-entropy (bits) against ``labels``; NaN where unlabelled (-1)."""
+    ce = nats_to_bits(F.nll_loss(log_probs, labels.clamp(min=0), reduction="none"))
+    return ce.masked_fill(labels < 0, float("nan"))
+
+
+def _kl(target_log_probs: Tensor, log_probs: Tensor) -> Tensor:
+    """Per-image KL(target || prediction), bits."""
+    return nats_to_bits((target_log_probs.exp() * (target_log_probs - log_probs)).sum(-1))
 
 
 def _layer(k: int) -> str:
@@ -176,14 +187,14 @@ def evaluate_lenses(
                     means.add(batch, (lens_type, m, _layer(j)), None if values is None else values[m])
             if lens_type in transfer:
                 lens = lenses[lens_type]
+                own_lps = [None if logits is None else logits.double().log_softmax(-1) for logits in own]
                 for i in range(blocks):
                     for j in range(blocks):
                         logits = None if own[j] is None else lens.transfer(feats[j], j, i)
                         ce = kl = None
                         if logits is not None:
-                            lps, lps_j = logits.double().log_softmax(-1), own[j].double().log_softmax(-1)
-                            ce = per_image_metrics(logits, final, y)["ce"]
-                            kl = nats_to_bits((lps_j.exp() * (lps_j - lps)).sum(-1))
+                            lps = logits.double().log_softmax(-1)
+                            ce, kl = _cross_entropy(lps, y), _kl(own_lps[j], lps)
                         means.add(batch, (lens_type, "layer_transfer", "ce", _layer(i), _layer(j)), ce)
                         means.add(batch, (lens_type, "layer_transfer", "kl", _layer(i), _layer(j)), kl)
         values = per_image_metrics(final, final, y)
