@@ -135,6 +135,20 @@ def test_penalty_vs_distance_ignores_null_cells(resnet20_run):
     assert np.isnan(y[9]) and not np.isnan(y[:9]).any()  # |i - j| = 9 only links block 0, which is undefined
 
 
+def test_penalty_vs_distance_leaves_out_a_run_without_transfers(resnet20_run):
+    """A run where no translator reads another block (e.g. an Inception) gets no line and no legend entry."""
+    run = load_results(resnet20_run)
+    closed = copy.deepcopy(run)
+    closed.name = "no shared space"
+    for table in closed.aggregate["tuned"]["layer_transfer"].values():
+        for i, row in table.items():
+            for j in row:
+                row[j] = row[j] if i == j else None
+    ax = plotting.penalty_vs_distance([run, closed])
+    assert set(lines_by_label(ax)) == {"cifar:resnet20"}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cifar:resnet20"]
+
+
 @pytest.fixture(scope="module")
 def resnet20():
     require_shared()  # module fixtures run before the per-test marker check

@@ -33,6 +33,7 @@ from .analysis import (
     as_results,
     block_names,
     chance_accuracy,
+    defined_transfer,
     eval_description,
     has_transfer,
     interval_values,
@@ -241,6 +242,8 @@ def penalty_vs_distance(
     colors = colors or sns.color_palette("colorblind", len(runs))
     drawn = []  # (profile, colour) for the pair-count bars
     for run, color in zip(runs, colors):
+        if not defined_transfer(run, lens_type):  # no translator reads another block: nothing to draw
+            continue
         profiles = penalty_profiles(run, lens_type, relative, normalise)
         groups = [g for g in ("within_stage", "across_stage") if g in profiles] if stages else []
         for group in groups or ["all"]:
@@ -261,7 +264,8 @@ def penalty_vs_distance(
     lens_name = LENS_LABELS.get(lens_type, lens_type)
     ax.set_title(f"Extra cross-entropy when block i's translator ({lens_name}) reads block j", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
+    if drawn:
+        ax.legend(fontsize=8, frameon=False)
     if pair_counts:
         _pair_count_bars(ax, drawn)
     return ax

@@ -18,7 +18,7 @@ from typing import Iterable
 import matplotlib.pyplot as plt
 
 from . import __version__
-from .analysis import ResultsLike, as_results, has_transfer, reported_unit
+from .analysis import ResultsLike, as_results, defined_transfer, has_transfer, reported_unit
 from .artifacts import RunFolderError, RunResults, layer_keys, require_complete
 from .plotting import LENS_LABELS, METRIC_LABELS, layerwise, penalty_vs_distance, transfer_heatmap
 
@@ -73,6 +73,7 @@ def run_figures(run: RunResults) -> list[str]:
         fig, ax = plt.subplots(figsize=(6.5, 5.5))
         transfer_heatmap(run, "penalty", ax=ax)
         figures.append(_figure(fig, "transfer penalty: translator of block i (rows) evaluated on block j (columns)"))
+    if defined_transfer(run):
         fig, ax = plt.subplots(figsize=(6, 3.8))
         penalty_vs_distance(run, stages=bool(run.block_names), ax=ax)
         figures.append(_figure(fig, "mean transfer penalty against block distance |i − j|, within and across stages "
@@ -150,7 +151,7 @@ def comparison_section(runs: list[RunResults]) -> str:
     layerwise(runs, "acc", x="relative_depth", lens_types=("tuned", "logit"), ax=axes[0])
     layerwise(runs, "kl", x="relative_depth", lens_types=("tuned", "logit"), ax=axes[1])
     figures = [_figure(fig, "accuracy and KL against relative depth")]
-    transfer_runs = [r for r in runs if has_transfer(r)]
+    transfer_runs = [r for r in runs if defined_transfer(r)]
     if transfer_runs:
         fig, ax = plt.subplots(figsize=(6.5, 4))
         penalty_vs_distance(transfer_runs, relative=True, ax=ax)
