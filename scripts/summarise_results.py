@@ -6,8 +6,9 @@
 For the first run it prints the README's per-block markdown table; for every run the
 baseline accuracy, the mean diagonal CE, the mean transfer penalty at block distance 1
 and at its maximum (all pairs, within one stage and across stages, with 95% bootstrap
-intervals), the penalty of the last block's (zero) translator, the shared lens's KL (and CE) gap to the tuned lens, and the largest gap between
-the linear probe's and the tuned lens's accuracy. With ``--findings`` it prints the
+intervals), the penalty of the last block's (zero) translator, the shared lens's KL (and
+CE) gap to the tuned lens, the largest gap between the linear probe's and the tuned lens's
+accuracy, and the most L-BFGS iterations any final solve of each lens took. With ``--findings`` it prints the
 tables of ``results/README.md`` instead (see :func:`findings`). Everything is read
 from the JSON files.
 """
@@ -70,6 +71,12 @@ def headlines(run) -> list[str]:
     probe = [agg["linear_probe"]["acc"][k] - agg["tuned"]["acc"][k] for k in agg["tuned"]["acc"]]
     lines.append(f"  shared - tuned KL: {min(kl_gap):.2f} to {max(kl_gap):.2f} bits (CE: {min(ce_gap):+.2f} to "
                  f"{max(ce_gap):+.2f}); probe - tuned acc: {min(probe):+.3f} to {max(probe):+.3f}")
+    fits = run.run.get("fit")  # vision-lens runs record their fits in run.json; tuned-lens output does not
+    if fits:
+        most = {lens: max(b["iterations"] for b in fit["blocks"].values() if b) for lens, fit in fits.items()}
+        limit = next(iter(fits.values()))["max_iter"]
+        lines.append("  L-BFGS iterations of the final solves, at most: "
+                     + ", ".join(f"{SHORT.get(lens, lens)} {n}" for lens, n in most.items()) + f" (limit {limit})")
     return lines
 
 
