@@ -21,11 +21,11 @@
 * ``capture_bytes_per_image``: what storing every block's full output would take per
   image, against the pooled features and logits that capture keeps.
 
-The model is loaded once before either is timed, so neither pays the one-off
-imports (torchvision), which a plain pass needs as much as the pipeline; the
-pipeline's own imports (matplotlib and seaborn, for the figures) are counted. The
-floor runs after the pipeline, so it meets a warm page cache and allocator: the
-ratio errs high rather than low. Example::
+Neither pays the process's one-off imports: the package (with matplotlib and
+seaborn) is imported and the model loaded once before either is timed. From a
+shell they take about 3.5 s, of which torch and torchvision, which a plain pass
+needs too, take 3.4 s. The floor runs after the pipeline, so it meets a warm
+page cache and allocator: the ratio errs high rather than low. Example::
 
     python scripts/benchmark_pipeline.py --model cifar:resnet20 \\
         --weights ../shared/weights/cifar10-resnets/resnet20-12fca82f.th \\
@@ -297,7 +297,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         opts = run_options(args, Path(tmp) / "out", Path(tmp) / "cache")
-        adapter = pipeline.load_model(opts)  # the one-off imports (torchvision), before either is timed
+        adapter = pipeline.load_model(opts)  # the one-off imports (the model's family), before either is timed
         timings, caches = measure_pipeline(opts)
         floor_s = measure_floor(opts, adapter)
         probes = compare_linear_probes(opts, adapter, caches)
