@@ -16,9 +16,11 @@ optimum as it is), so one batched matrix product per pass serves them all, and
 logits are computed as ``x (U A)^T``, never in the head's wider input space.
 The grid is swept from strong to weak, each solve warm-started from the
 previous optimum: one joint solve of all penalties from zero converged too
-slowly on small fit splits, where the weak penalties are ill-conditioned. ``SOLVE_PARAMETERS``
-bounds how many parameters one solve holds, so that ImageNet-sized translators
-are solved a few at a time.
+slowly on small fit splits, where the weak penalties are ill-conditioned. Each
+solve runs in coordinates scaled by a Kronecker model of its Hessian (see
+:class:`_Problem`), which takes it to its tolerance in tens of iterations.
+``SOLVE_PARAMETERS`` bounds how many parameters one solve holds, so that
+ImageNet-sized translators are solved a few at a time.
 """
 
 from __future__ import annotations
