@@ -11,9 +11,10 @@
   ``pipeline.capture_split``, which ``pipeline.run`` must reach through the module.
 * ``linear_probe``: our linear probe on every block as the pipeline fits it (the
   penalty chosen per block on a held-out slice, then the refit), and ours against
-  scikit-learn's ``LogisticRegression`` at one penalty for every block (the same
-  objective and iteration limit), on the cached fit features, scored on the cached
-  eval features: fit times and accuracies.
+  scikit-learn's ``LogisticRegression`` at one penalty for every block (the same loss,
+  L2 strength and iteration limit; scikit-learn on the raw features with its bias
+  unpenalised, ours on standardised features), on the cached fit features, scored on
+  the cached eval features: fit times and accuracies.
 * ``capture_peak_rss``: the peak resident memory of the main process while it
   captures the fit split, at two sizes (``--rss-sizes``; default a quarter of the fit
   images, and all of them), each in a fresh subprocess so the peaks do not mix (DataLoader workers,
@@ -182,8 +183,8 @@ def compare_linear_probes(opts: RunOptions, adapter, caches: dict) -> dict:
     """Our linear probe on every block against scikit-learn's ``LogisticRegression`` on the same cached features.
 
     ``search``: ours as the pipeline fits it (the penalty chosen per block on a held-out slice, then the refit).
-    ``same_penalty``: ours and scikit-learn at one penalty for every block (a median of the chosen ones),
-    the same objective and iteration limit, so the same work; scored on the cached eval features.
+    ``same_penalty``: ours and scikit-learn at one penalty for every block (a median of the chosen ones) and
+    the same iteration limit; scored on the cached eval features.
     """
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
@@ -209,8 +210,8 @@ def compare_linear_probes(opts: RunOptions, adapter, caches: dict) -> dict:
     sklearn_s, sklearn_acc = 0.0, []
     for k, block in enumerate(adapter.blocks):
         width = layout.slots * block.channels  # the whole-block part, as the probe reads it
-        # The same objective: mean cross-entropy + weight_decay / 2 * |W|^2 (sklearn leaves the bias unpenalised),
-        # on the raw features, as a user would call it.
+        # The same loss and strength: mean cross-entropy + weight_decay / 2 * |W|^2 (sklearn leaves the bias
+        # unpenalised), on the raw features, as a user would call it; ours penalises standardised weights.
         sklearn = LogisticRegression(C=1 / (weight_decay * len(y_fit)), max_iter=opts.max_iter)
         with warnings.catch_warnings(), threadpool_limits(torch.get_num_threads()), stopwatch() as theirs:
             warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter: the accuracies are reported

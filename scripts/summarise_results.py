@@ -8,9 +8,9 @@ baseline accuracy, the mean diagonal CE, the mean transfer penalty at block dist
 and at its maximum (all pairs, within one stage and across stages, with 95% bootstrap
 intervals), the penalty of the last block's (zero) translator, the shared lens's KL (and
 CE) gap to the tuned lens, the largest gap between the linear probe's and the tuned lens's
-accuracy, and the most L-BFGS iterations any final solve of each lens took. With ``--findings`` it prints the
-tables of ``results/README.md`` instead (see :func:`findings`). Everything is read
-from the JSON files.
+accuracy, and the most L-BFGS iterations any final solve of each lens took. With
+``--findings`` it prints the tables of ``results/README.md`` instead (see :func:`findings`).
+Everything is read from the JSON files.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ SHORT = {"linear_probe": "probe"}
 def table(run) -> str:
     header = ["block"] + [f"{SHORT.get(lens, lens)} {metric.upper() if metric != 'acc' else metric}"
                           for lens, metric in TABLE]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for layer, block in zip(layer_keys(run.layers), run.block_names):
         values = [run.aggregate[lens][metric][layer] for lens, metric in TABLE]
-        lines.append(f"| `{block}` | " + " | ".join("—" if v is None else f"{v:.3f}" for v in values) + " |")
-    return "\n".join(lines)
+        rows.append([f"`{block}`"] + ["—" if v is None else f"{v:.3f}" for v in values])
+    return markdown(header, rows)
 
 
 def interval(profile, d: int) -> str:

@@ -91,7 +91,7 @@ def compare(
         ax.tick_params(labelsize=MIN_FONT_SIZE + 1)
         ax.set_xlim(-0.03, 1.03)
         ax.grid(alpha=0.3)
-    with_transfer = [i for i, run in enumerate(runs) if has_transfer(run) and defined_transfer(run)]
+    with_transfer = [i for i, run in enumerate(runs) if defined_transfer(run)]
     penalty_ax = axes[-1]
     if with_transfer:
         penalty_vs_distance([runs[i] for i in with_transfer], relative=True, normalise=True,
