@@ -275,7 +275,8 @@ def capture_rss(args: argparse.Namespace) -> dict:
         if before is not None:
             Path("/proc/self/clear_refs").write_text("5")
         layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
-        (cache,), _ = pipeline.capture_shards(adapter, opts, opts.fit_split, args.capture_rss_of, layout)
+        source = open_split(opts.data, opts.fit_split, opts.download_root)
+        (cache,), _ = pipeline.capture_shards(adapter, opts, opts.fit_split, args.capture_rss_of, layout, source)
         # Off Linux the peak is that of the whole process, imports included.
         peak = rss_mb("VmHWM") or max_rss_mb()
         return {"images": len(cache.labels), "before_capture_mb": before, "peak_mb": peak}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -59,6 +60,9 @@ def test_every_run_writes_a_self_contained_report(resnet20_run):
     parts = PageParts(page)
     run = json.loads((resnet20_run / "run.json").read_text())
     assert len(parts.images) == 4 and all(src.startswith("data:image/png;base64,") for src in parts.images)
+    # The figures the run saved as files are embedded as they are, not drawn a second time.
+    for saved in ("layerwise.png", "transfer_penalty.png"):
+        assert "data:image/png;base64," + base64.b64encode((resnet20_run / saved).read_bytes()).decode() in parts.images
     assert parts.external == []  # nothing to fetch: no scripts, stylesheets or remote images
     assert parts.table_rows == [10]
     text = " ".join(parts.text)
@@ -70,9 +74,12 @@ def test_every_run_writes_a_self_contained_report(resnet20_run):
 def test_report_command_rebuilds_one_run_in_place_and_several_side_by_side(resnet20_run, resnet32_run, tmp_path):
     single = tmp_path / "resnet20"
     shutil.copytree(resnet20_run, single)
-    (single / "report.html").unlink()
+    for name in ("report.html", "layerwise.png", "transfer_penalty.png"):  # without the saved figures: drawn
+        (single / name).unlink()
     assert main(["report", str(single)]) == 0
-    assert PageParts((single / "report.html").read_text()).table_rows == [10]
+    parts = PageParts((single / "report.html").read_text())
+    assert parts.table_rows == [10] and len(parts.images) == 4
+    assert all(len(src) > 10_000 for src in parts.images)
 
     both = tmp_path / "both.html"
     assert main(["report", str(resnet20_run), str(resnet32_run), "--out", str(both)]) == 0

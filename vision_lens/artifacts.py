@@ -34,10 +34,11 @@ from .files import write_text_atomic
 INTERVALS_FILE = "aggregate_metrics_ci.json"
 RESULT_FILES = ("aggregate_metrics.json", "batches.jsonl", "layers.json", "metrics.csv", "run.json")
 MANIFEST_NAME = "vision-lens-manifest.json"
+LAYERWISE_FIGURE, TRANSFER_FIGURE = "layerwise.png", "transfer_penalty.png"  # plotting.save_run_figures
 # Every file name a run, train or eval writes: what --overwrite may remove from a run that stopped
 # before it listed its files (the temporary files are those of files.write_text_atomic).
 WRITTEN_PATTERNS = (
-    *RESULT_FILES, INTERVALS_FILE, "train.json", "report.html", "layerwise.png", "transfer_penalty.png",
+    *RESULT_FILES, INTERVALS_FILE, "train.json", "report.html", LAYERWISE_FIGURE, TRANSFER_FIGURE,
     "lenses/*/config.json", "lenses/*/params.pt", ".*.tmp", "lenses/*/.*.tmp",
 )
 

@@ -27,7 +27,7 @@ from .artifacts import mark_complete, prepare_output, require_complete, write_re
 from .cache import FeatureCache
 from .capture import capture
 from .checks import check_fit
-from .data import DataError, open_split, select
+from .data import DataError, ImageSource, select
 from .fit import fit_lens
 from .lenses import LENS_TYPES, build_lenses
 from .readout import FeatureLayout
@@ -105,9 +105,11 @@ class SplitFeatures:
 
 
 def capture_shards(
-    adapter: ModelAdapter, opts: CommonOptions, split: str, limit: int | None, layout: FeatureLayout
+    adapter: ModelAdapter, opts: CommonOptions, split: str, limit: int | None, layout: FeatureLayout,
+    source: ImageSource,
 ) -> tuple[list[FeatureCache], int] | None:
-    """Capture one split into the feature cache (reused or resumed when it exists), without loading it.
+    """Capture one split (its images: ``source``) into the feature cache (reused or resumed when it exists),
+    without loading it.
 
     Under ``torchrun`` each of the N processes captures one of N disjoint,
     contiguous shards of the split (every image exactly once, no padding), each
@@ -115,7 +117,6 @@ def capture_shards(
     in order, with the number of the split's classes that are model outputs, and
     the other ranks get None.
     """
-    source = open_split(opts.data, split, opts.download_root)
     classes = label_map(opts, adapter, split, source)
     indices = select(len(source), limit, opts.seed)
     rank, world = rank_and_world()
@@ -141,10 +142,11 @@ def capture_shards(
 
 
 def capture_split(
-    adapter: ModelAdapter, opts: CommonOptions, split: str, limit: int | None, layout: FeatureLayout
+    adapter: ModelAdapter, opts: CommonOptions, split: str, limit: int | None, layout: FeatureLayout,
+    source: ImageSource,
 ) -> SplitFeatures | None:
     """:func:`capture_shards`, then the split loaded into memory (on rank 0; None on the others)."""
-    captured = capture_shards(adapter, opts, split, limit, layout)
+    captured = capture_shards(adapter, opts, split, limit, layout, source)
     if captured is None:
         return None
     caches, classes = captured
@@ -176,9 +178,9 @@ def train(
     standalone = adapter is None  # else run() checked both splits and completes the folder after eval
     adapter = adapter or load_model(opts)
     layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
-    if standalone:
-        preflight(opts, adapter, (opts.fit_split,), layout, rank_and_world()[1])
-    fit = fit or capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout)
+    if fit is None:
+        (source,) = preflight(opts, adapter, (opts.fit_split,), layout, rank_and_world()[1]).values()
+        fit = capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout, source)
     if fit is None:
         return None
     features, logits, labels = fit.features, fit.logits, fit.labels
@@ -231,11 +233,11 @@ def evaluate(
     layout = next(iter(layouts.values()))
     if any(other != layout for other in layouts.values()):
         raise ValueError(f"--lens {lens_dir}: its lenses were fitted on different feature layouts ({', '.join(layouts)})")
-    if standalone:
-        preflight(opts, adapter, (opts.eval_split,), layout, rank_and_world()[1])
     lenses = build_lenses(adapter, layout, ("logit",)) | fitted
     lenses = {t: lenses[t] for t in ("tuned", "shared", "logit", "linear_probe") if t in lenses}
-    held_out = held_out or capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout)
+    if held_out is None:
+        (source,) = preflight(opts, adapter, (opts.eval_split,), layout, rank_and_world()[1]).values()
+        held_out = capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout, source)
     if held_out is None:
         return None
     print(f"[vision-lens] evaluating {', '.join(lenses)} on {len(adapter.blocks)} blocks", file=sys.stderr)
@@ -266,9 +268,9 @@ def run(opts: RunOptions, out: Path | None = None, report_note: str | None = Non
     out = out or _prepare_output(opts)
     adapter = load_model(opts)
     layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
-    preflight(opts, adapter, (opts.fit_split, opts.eval_split), layout, rank_and_world()[1])
-    fit = capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout)
-    held_out = capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout)
+    sources = preflight(opts, adapter, (opts.fit_split, opts.eval_split), layout, rank_and_world()[1])
+    fit = capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout, sources[opts.fit_split])
+    held_out = capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout, sources[opts.eval_split])
     if fit is None:
         return None
     train(opts, out, adapter, fit)

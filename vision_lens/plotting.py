@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from .adapters import ModelAdapter
-from .artifacts import RunResults
+from .artifacts import LAYERWISE_FIGURE, TRANSFER_FIGURE, RunResults
 from .analysis import (
     ResultsLike,
     as_results,
@@ -397,12 +397,12 @@ def save_run_figures(results: ResultsLike, out: str | Path) -> list[Path]:
     evaluated = eval_description(run)
     fig.suptitle(f"{run.name}: lenses at every block" + (f", evaluated on the {evaluated}" if evaluated else ""))
     fig.tight_layout()
-    paths = [out / "layerwise.png"]
+    paths = [out / LAYERWISE_FIGURE]
     fig.savefig(paths[0], dpi=150)
     if has_transfer(run):
         fig = Figure(figsize=(7, 6))
         transfer_heatmap(run, "penalty", ax=fig.subplots())
         fig.tight_layout()
-        paths.append(out / "transfer_penalty.png")
+        paths.append(out / TRANSFER_FIGURE)
         fig.savefig(paths[-1], dpi=150)
     return paths

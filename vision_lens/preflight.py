@@ -51,8 +51,9 @@ def label_map(opts, adapter, split: str, source: ImageSource) -> np.ndarray:
         raise DataError(f"--data {opts.data}, split {split!r}: {exc}; pass data with the model's classes") from exc
 
 
-def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> None:
-    """Check data, classes and the cache for ``splits`` of ``opts`` before any forward pass.
+def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> dict[str, ImageSource]:
+    """Check data, classes and the cache for ``splits`` of ``opts`` before any forward pass; returns the
+    splits' image sources, for capture.
 
     ``layout`` (a FeatureLayout) is what capture will keep, part of the cache key; ``shards`` is the number of
     processes that capture (``torchrun``), each shard into its own cache.
@@ -80,3 +81,4 @@ def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> 
         for shard in np.array_split(indices, shards):
             needed.append((capture_key(adapter, source, shard, layout, bf16=opts.precision == "bf16"), len(shard)))
     check_cache_root(Path(opts.cache_dir) / "features", needed)
+    return sources

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 
 from . import __version__
 from .analysis import ResultsLike, as_results, defined_transfer, has_transfer, reported_unit
-from .artifacts import RunFolderError, RunResults, layer_keys, require_complete
+from .artifacts import LAYERWISE_FIGURE, TRANSFER_FIGURE, RunFolderError, RunResults, layer_keys, require_complete
 from .plotting import LENS_LABELS, METRIC_LABELS, layerwise, penalty_vs_distance, transfer_heatmap
 
 REPORT_NAME = "report.html"
@@ -51,33 +51,52 @@ def png_data_uri(fig: plt.Figure) -> str:
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _data_uri(buffer.getvalue())
 
 
-def _figure(fig: plt.Figure, caption: str) -> str:
-    return (f'<figure><img src="{png_data_uri(fig)}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _saved_png_uri(path: Path) -> str | None:
+    """The PNG file at ``path`` as a data URI; None where there is no such file."""
+    try:
+        return _data_uri(path.read_bytes())
+    except OSError:
+        return None
+
+
+def _figure(uri: str, caption: str) -> str:
+    return f'<figure><img src="{uri}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
 
 
 def run_figures(run: RunResults) -> list[str]:
-    """The run's plots as ``<figure>`` elements."""
+    """The run's plots as ``<figure>`` elements. The two that the run folder holds as files
+    (``save_run_figures``, drawn from the same results) are embedded from there, not drawn again."""
     figures = []
     present = [m for m in FIGURE_METRICS if any(m in v for k, v in run.aggregate.items() if k != "baseline")]
     for pair in (present[i : i + 2] for i in range(0, len(present), 2)):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for ax, metric in zip(axes, pair):
-            layerwise(run, metric, ax=ax)
-        axes[-1].set_visible(len(pair) == 2)
-        figures.append(_figure(fig, " and ".join(METRIC_LABELS[m] for m in pair) + " at every block"))
+        uri = _saved_png_uri(run.path / LAYERWISE_FIGURE) if pair == ["acc", "ce"] else None
+        if uri is None:
+            fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+            for ax, metric in zip(axes, pair):
+                layerwise(run, metric, ax=ax)
+            axes[-1].set_visible(len(pair) == 2)
+            uri = png_data_uri(fig)
+        figures.append(_figure(uri, " and ".join(METRIC_LABELS[m] for m in pair) + " at every block"))
     if has_transfer(run):
-        fig, ax = plt.subplots(figsize=(6.5, 5.5))
-        transfer_heatmap(run, "penalty", ax=ax)
-        figures.append(_figure(fig, "transfer penalty: translator of block i (rows) evaluated on block j (columns)"))
+        uri = _saved_png_uri(run.path / TRANSFER_FIGURE)
+        if uri is None:
+            fig, ax = plt.subplots(figsize=(6.5, 5.5))
+            transfer_heatmap(run, "penalty", ax=ax)
+            uri = png_data_uri(fig)
+        figures.append(_figure(uri, "transfer penalty: translator of block i (rows) evaluated on block j (columns)"))
     if defined_transfer(run):
         fig, ax = plt.subplots(figsize=(6, 3.8))
         penalty_vs_distance(run, stages=bool(run.block_names), ax=ax)
-        figures.append(_figure(fig, "mean transfer penalty against block distance |i − j|, within and across stages "
-                                    "(bars: block pairs per distance; error bars, where present: 95% bootstrap interval)"))
+        figures.append(_figure(png_data_uri(fig), "mean transfer penalty against block distance |i − j|, within and "
+                                                  "across stages (bars: block pairs per distance; error bars, where "
+                                                  "present: 95% bootstrap interval)"))
     return figures
 
 
@@ -150,12 +169,12 @@ def comparison_section(runs: list[RunResults]) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     layerwise(runs, "acc", x="relative_depth", lens_types=("tuned", "logit"), ax=axes[0])
     layerwise(runs, "kl", x="relative_depth", lens_types=("tuned", "logit"), ax=axes[1])
-    figures = [_figure(fig, "accuracy and KL against relative depth")]
+    figures = [_figure(png_data_uri(fig), "accuracy and KL against relative depth")]
     transfer_runs = [r for r in runs if defined_transfer(r)]
     if transfer_runs:
         fig, ax = plt.subplots(figsize=(6.5, 4))
         penalty_vs_distance(transfer_runs, relative=True, ax=ax)
-        figures.append(_figure(fig, "mean transfer penalty against block distance as a fraction of depth"))
+        figures.append(_figure(png_data_uri(fig), "mean transfer penalty against block distance as a fraction of depth"))
     return f'<section><h2>All runs</h2>{"".join(figures)}</section>'
 
 
