@@ -15,6 +15,7 @@ from vision_lens.adapters import create_adapter
 from vision_lens.capture import BlockRecorder
 from vision_lens.lenses import build_lenses
 from vision_lens.readout import FeatureLayout
+from vision_lens import metrics
 from vision_lens.metrics import evaluate_lenses, per_image_metrics, transfer_penalty
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -116,6 +117,23 @@ def test_evaluate_lenses_is_invariant_to_image_order(problem, rng):
 @given(lens_problems(), st.integers(1, 25))
 def test_evaluate_lenses_is_invariant_to_batch_size(problem, batch_size):
     _assert_same_numbers(_evaluate(problem), _evaluate(problem, batch_size=batch_size))
+
+
+@FAST
+@given(lens_problems(), st.integers(1, 7), st.integers(1, 3))
+def test_batches_do_not_depend_on_how_many_a_chunk_holds(problem, batch_size, per_chunk):
+    """Lenses run on chunks of whole batches; batches.jsonl's means are still those of each batch alone."""
+    features, final, labels, lens = problem
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(metrics, "EVAL_CHUNK_ELEMENTS", per_chunk * batch_size * final.shape[1])
+        aggregate, batches = evaluate_lenses({"tuned": lens}, features, final, labels, batch_size=batch_size)
+    assert len(batches) == math.ceil(len(labels) / batch_size)
+    for k, batch in enumerate(batches):
+        rows = slice(k * batch_size, (k + 1) * batch_size)
+        alone = evaluate_lenses({"tuned": lens}, [f[rows] for f in features], final[rows], labels[rows])[0]
+        del alone["tuned"]["layer_transfer"]["penalty"]  # an aggregate's, not a batch's
+        _assert_same_numbers(batch, alone)
+    _assert_same_numbers(aggregate, _evaluate(problem))
 
 
 @FAST

@@ -33,6 +33,7 @@ BASELINE_METRICS = ("ce", "entropy", "acc")
 INTERVAL_METRICS = ("acc", "ce", "kl")  # per block, for every lens; plus the transfer CE and penalty
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_LEVEL = 0.95
+EVAL_CHUNK_ELEMENTS = 2**21  # logits of one lens at one block held at once during evaluation
 
 
 def nats_to_bits(x):
@@ -82,51 +83,59 @@ def _layer(k: int) -> str:
 class _Means:
     """Per-batch means (for batches.jsonl) and exact means over all images, with None where undefined.
 
-    With ``keep``, the per-image values of the paths it accepts are kept too (float32), for the bootstrap.
+    Values arrive a chunk of consecutive whole batches of ``batch_size`` images at a time (the last batch may
+    be partial). With ``keep``, the per-image values of the paths it accepts are kept too (float32), for the
+    bootstrap.
     """
 
-    def __init__(self, keep: Callable[[tuple], bool] | None = None):
-        self.sums: dict[tuple, float] = {}  # over valid (non-NaN) per-image values
-        self.counts: dict[tuple, int] = {}
+    def __init__(self, batch_size: int, keep: Callable[[tuple], bool] | None = None):
+        self.batch_size = batch_size
+        self.sums: dict[tuple, list[Tensor]] = {}  # per batch, the sum of the valid (non-NaN) per-image values
+        self.counts: dict[tuple, list[Tensor]] = {}
         self.keep = keep
-        self.kept: dict[tuple, list[np.ndarray | None]] = {}
+        self.kept: dict[tuple, list[np.ndarray]] = {}
 
-    def add(self, batch: dict, path: tuple, values: Tensor | None) -> None:
+    def add(self, path: tuple, values: Tensor | None, images: int) -> None:
+        """Per-image ``values`` ``(images,)`` of one chunk at ``path``; None: undefined for every image."""
+        if values is None:
+            values = torch.full((images,), float("nan"), dtype=torch.float64)
         if self.keep is not None and self.keep(path):
-            self.kept.setdefault(path, []).append(None if values is None else values.float().cpu().numpy())
-        node = batch
+            self.kept.setdefault(path, []).append(values.float().cpu().numpy())
+        by_batch = F.pad(values.double(), (0, -images % self.batch_size), value=float("nan")).view(-1, self.batch_size)
+        valid = ~by_batch.isnan()
+        self.sums.setdefault(path, []).append(torch.where(valid, by_batch, 0).sum(1).cpu())
+        self.counts.setdefault(path, []).append(valid.sum(1).cpu())
+
+    @staticmethod
+    def _set(tree: dict, path: tuple, value) -> None:
         for key in path[:-1]:
-            node = node.setdefault(key, {})
-        valid = None if values is None else values[~values.isnan()]
-        self.sums.setdefault(path, 0.0)
-        self.counts.setdefault(path, 0)
-        if valid is None or len(valid) == 0:
-            node[path[-1]] = None
-            return
-        node[path[-1]] = float(valid.mean())
-        self.sums[path] += float(valid.sum())
-        self.counts[path] += len(valid)
+            tree = tree.setdefault(key, {})
+        tree[path[-1]] = value
 
     def aggregate(self) -> dict:
         out: dict = {}
-        for path, total in self.sums.items():
-            node = out
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            node[path[-1]] = total / self.counts[path] if self.counts[path] else None
+        for path, sums in self.sums.items():
+            total, count = float(torch.cat(sums).sum()), int(torch.cat(self.counts[path]).sum())
+            self._set(out, path, total / count if count else None)
         return out
 
-    def per_image(self, batch_sizes: list[int]) -> dict:
+    def batches(self) -> list[dict]:
+        """One ``{lens: {metric: {"layer_k": mean}}}`` per batch, as tuned-lens writes to batches.jsonl."""
+        out: list[dict] = []
+        for path, sums in self.sums.items():
+            sums, counts = torch.cat(sums), torch.cat(self.counts[path])
+            out = out or [{} for _ in range(len(sums))]
+            for batch, total, count in zip(out, sums.tolist(), counts.tolist()):
+                self._set(batch, path, total / count if count else None)
+        return out
+
+    def per_image(self) -> dict:
         """The kept values nested like the aggregate, each ``{"layer_k": ...}`` level stacked into an array axis:
         ``(images, blocks)`` per metric, ``(images, blocks, blocks)`` per transfer table, ``(images,)`` for baselines.
-        Undefined values (None) become NaN."""
+        Undefined values (None) are NaN."""
         nested: dict = {}
         for path, parts in self.kept.items():
-            node = nested
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            filled = [np.full(size, np.nan, np.float32) if p is None else p for p, size in zip(parts, batch_sizes)]
-            node[path[-1]] = np.concatenate(filled)
+            self._set(nested, path, np.concatenate(parts))
 
         def stack(node):
             if isinstance(node, np.ndarray):
@@ -156,26 +165,27 @@ def evaluate_lenses(
 ) -> tuple[dict, list[dict]] | tuple[dict, list[dict], dict]:
     """Evaluate every lens on every block; returns ``(aggregate, batches)``, or ``(aggregate, batches, intervals)``.
 
-    ``aggregate`` is the exact mean over images; ``batches`` holds the per-batch
-    means, as tuned-lens writes to ``batches.jsonl``. Lenses named in
-    ``transfer`` must have a ``transfer(features, index, translator)`` method.
-    ``fixed_logits[name][k]`` are precomputed logits at block k (e.g. the
-    model's auxiliary classifiers), reported like a lens that exists only there.
-    With ``intervals`` the per-image ``acc``, ``ce``, ``kl`` and transfer CE
-    are kept and :func:`bootstrap_intervals` (``resamples``, ``seed``;
-    ``block_names`` for the within/across-stage groups) is returned third,
-    for ``aggregate_metrics_ci.json``.
+    ``aggregate`` is the exact mean over images; ``batches`` holds the means over
+    each ``batch_size`` images, as tuned-lens writes to ``batches.jsonl`` (the
+    lenses run on chunks of whole batches, as many as ``EVAL_CHUNK_ELEMENTS``
+    logits allow). Lenses named in ``transfer`` must have a ``transfer(features,
+    index, translator)`` method. ``fixed_logits[name][k]`` are precomputed logits
+    at block k (e.g. the model's auxiliary classifiers), reported like a lens that
+    exists only there. With ``intervals`` the per-image ``acc``, ``ce``, ``kl``
+    and transfer CE are kept and :func:`bootstrap_intervals` (``resamples``,
+    ``seed``; ``block_names`` for the within/across-stage groups) is returned
+    third, for ``aggregate_metrics_ci.json``.
     """
     device = final_logits.device
     blocks = len(features)
     keep = (lambda path: path[1] in INTERVAL_METRICS or path[1:3] == ("layer_transfer", "ce")) if intervals else None
-    means = _Means(keep)
-    batches: list[dict] = []
-    for start in range(0, len(labels), batch_size):
-        rows = slice(start, start + batch_size)
+    means = _Means(batch_size, keep)
+    chunk = batch_size * max(1, EVAL_CHUNK_ELEMENTS // (batch_size * final_logits.shape[1]))
+    for start in range(0, len(labels), chunk):
+        rows = slice(start, start + chunk)
         y, final = labels[rows].to(device), final_logits[rows].to(device)
+        images = len(y)
         feats = [f[rows].to(device) for f in features]
-        batch: dict = {}
         decoders = {t: (lambda j, lens=lens: lens(feats[j], j)) for t, lens in lenses.items()}
         for name, by_block in (fixed_logits or {}).items():
             decoders[name] = lambda j, by_block=by_block: by_block[j][rows].to(device) if j in by_block else None
@@ -184,7 +194,7 @@ def evaluate_lenses(
             for j, logits in enumerate(own):
                 values = None if logits is None else per_image_metrics(logits, final, y)
                 for m in LENS_METRICS:
-                    means.add(batch, (lens_type, m, _layer(j)), None if values is None else values[m])
+                    means.add((lens_type, m, _layer(j)), None if values is None else values[m], images)
             if lens_type in transfer:
                 lens = lenses[lens_type]
                 own_lps = [None if logits is None else logits.double().log_softmax(-1) for logits in own]
@@ -195,20 +205,18 @@ def evaluate_lenses(
                         if logits is not None:
                             lps = logits.double().log_softmax(-1)
                             ce, kl = _cross_entropy(lps, y), _kl(own_lps[j], lps)
-                        means.add(batch, (lens_type, "layer_transfer", "ce", _layer(i), _layer(j)), ce)
-                        means.add(batch, (lens_type, "layer_transfer", "kl", _layer(i), _layer(j)), kl)
+                        means.add((lens_type, "layer_transfer", "ce", _layer(i), _layer(j)), ce, images)
+                        means.add((lens_type, "layer_transfer", "kl", _layer(i), _layer(j)), kl, images)
         values = per_image_metrics(final, final, y)
         for m in BASELINE_METRICS:
-            means.add(batch, ("baseline", m, "final"), values[m])
-        batches.append(batch)
+            means.add(("baseline", m, "final"), values[m], images)
     aggregate = means.aggregate()
     for lens_type in transfer:
         if lens_type in aggregate:
             aggregate[lens_type]["layer_transfer"]["penalty"] = transfer_penalty(aggregate[lens_type]["layer_transfer"]["ce"])
     if not intervals:
-        return aggregate, batches
-    batch_sizes = [len(labels[start : start + batch_size]) for start in range(0, len(labels), batch_size)]
-    return aggregate, batches, bootstrap_intervals(means.per_image(batch_sizes), resamples, seed, block_names)
+        return aggregate, means.batches()
+    return aggregate, means.batches(), bootstrap_intervals(means.per_image(), resamples, seed, block_names)
 
 
 def transfer_penalty(ce: dict) -> dict:
