@@ -51,8 +51,8 @@ def die(*args, **kwargs):
 stage = sys.argv[1]
 if stage == "capture":
     commit = FeatureCache.commit
-    def commit_then_die(self, done):
-        commit(self, done)
+    def commit_then_die(self, done, *args):
+        commit(self, done, *args)
         if done >= 8:
             die()
     FeatureCache.commit = commit_then_die
@@ -278,6 +278,18 @@ def test_bad_image_keeps_the_captured_rows_for_the_rerun(data_copy, tmp_path, ca
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(bad)  # fixed, under the same name
     assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 0
     assert "reusing 8 of 20 captured rows" in capsys.readouterr().err
+
+
+def test_an_image_changed_under_its_name_is_captured_again(data_copy, tmp_path, capsys):
+    assert run_on(data_copy, tmp_path / "first", tmp_path / "cache") == 0
+    changed = data_copy / "train" / "class_0" / "000.png"  # row 0, in the first batch of 4
+    Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(changed)
+    capsys.readouterr()
+    assert run_on(data_copy, tmp_path / "again", tmp_path / "cache") == 0
+    assert "images of rows 0-3 changed since they were captured; capturing them again" in capsys.readouterr().err
+    assert run_on(data_copy, tmp_path / "fresh", tmp_path / "fresh-cache") == 0
+    result = "aggregate_metrics.json"
+    assert (tmp_path / "again" / result).read_bytes() == (tmp_path / "fresh" / result).read_bytes()
 
 
 def test_image_of_another_size_is_named_with_both_sizes(data_copy, tmp_path, capsys):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +32,11 @@ class CrashingSource(ImageFolderSource):
     crash_at: int | None = None
     loads: int = 0
 
-    def load(self, index):
+    def load_with_content_id(self, index):
         if self.crash_at is not None and self.loads >= self.crash_at:
             raise Crash("simulated crash")
         self.loads += 1
-        return super().load(index)
+        return super().load_with_content_id(index)
 
 
 def test_cache_resumes_after_a_crash(tmp_path):
@@ -54,10 +57,16 @@ def test_cache_resumes_after_a_crash(tmp_path):
     fresh = capture(adapter, ImageFolderSource.scan(root), indices, tmp_path / "fresh", labels, FeatureLayout.of(adapter.blocks, 1), batch_size=7, workers=0)
     for a, b in zip([*resumed.features, resumed.logits, resumed.labels], [*fresh.features, fresh.logits, fresh.labels]):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    # A complete cache is reused without touching the images.
+    # A complete cache is reused without touching the images: the loader's hashes of the bytes it decoded are in
+    # the hash index, each under the file's size and mtime, so checking the rows' images only stats the files.
     source.loads = 0
     capture(adapter, source, indices, tmp_path / "cache", labels, FeatureLayout.of(adapter.blocks, 1), batch_size=4, workers=0)
     assert source.loads == 0
+    with sqlite3.connect(tmp_path / "cache" / "content-hashes.sqlite") as db:
+        index = {path: entry for path, *entry in db.execute("SELECT path, size, mtime_ns, sha256 FROM files")}
+    for path in source.paths:
+        stat = os.stat(path)
+        assert index[os.path.abspath(path)] == [stat.st_size, stat.st_mtime_ns, hashlib.sha256(Path(path).read_bytes()).hexdigest()]
 
 
 def test_cache_key_changes_with_settings(tmp_path):

@@ -12,7 +12,8 @@ Layout of a cache folder::
 The folder name is a hash of the key, so changing the model, weights, list of
 images, subset or pooling never reuses a stale cache. Rows are written in
 order; each commit records a chunk ``{"stop", "images", "arrays"}``: the rows
-it ends at, a hash of the content ids of its images, and a SHA-256 of its rows
+it ends at, a hash of the content ids of the images they were computed from
+(hashes of the bytes the loader decoded), and a SHA-256 of its rows
 in every array. ``done`` (the rows committed) is advanced atomically only
 after the rows are flushed, so a run killed at any point resumes from the last
 committed batch.
@@ -33,7 +34,7 @@ import mmap
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -51,11 +52,11 @@ def cache_key_hash(key: dict) -> str:
     return hashlib.sha256(json.dumps([FORMAT_VERSION, key], sort_keys=True).encode()).hexdigest()[:20]
 
 
-def images_digest(row_ids: Sequence[str] | None, start: int, stop: int) -> str:
-    """A hash of the content ids of rows ``start:stop`` ("" when the source gives none)."""
-    if row_ids is None:
+def images_digest(content_ids: Sequence[str] | None) -> str:
+    """A hash of the content ids of a chunk's rows ("" when the source gives none)."""
+    if content_ids is None:
         return ""
-    return hashlib.sha256("\n".join(row_ids[start:stop]).encode()).hexdigest()
+    return hashlib.sha256("\n".join(content_ids).encode()).hexdigest()
 
 
 def npy_file_problem(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
@@ -89,7 +90,7 @@ class FeatureCache:
     logits: np.ndarray
     labels: np.ndarray
     aux_logits: dict[int, np.ndarray]
-    row_ids: Sequence[str] | None = None
+    content_ids: Callable[[int], Sequence[str]] | None = None
     lock: FolderLock | None = field(default=None, repr=False)
 
     @property
@@ -110,13 +111,14 @@ class FeatureCache:
     @classmethod
     def open(
         cls, root: str | Path, key: dict, n: int, dims: list[int], num_classes: int, aux_blocks: tuple[int, ...] = (),
-        row_ids: Sequence[str] | None = None,
+        content_ids: Callable[[int], Sequence[str]] | None = None,
     ) -> "FeatureCache":
         """Open the cache for ``key`` under ``root``, creating it if needed; see the module docstring.
 
         ``aux_blocks`` are the blocks that carry one of the model's own
-        classifiers. ``row_ids[i]`` is a content id of row i's image: committed
-        rows whose image changed since are captured again.
+        classifiers. ``content_ids(n)`` gives the content ids of the first n rows'
+        images now (called only to check committed rows): rows whose image changed
+        since they were captured are captured again.
         """
         path = Path(root) / cache_key_hash(key)
         shapes = {f"block_{k}": [n, d] for k, d in enumerate(dims)} | {"logits": [n, num_classes], "labels": [n]}
@@ -133,8 +135,8 @@ class FeatureCache:
                     f"or pass --cache-dir a writable folder"
                 ) from exc
         manifest = cls._read_manifest(path, key, shapes)
-        cache = cls._map(path, manifest or {"version": FORMAT_VERSION, "key": key, "shapes": shapes}, shapes, row_ids,
-                         lock)
+        cache = cls._map(path, manifest or {"version": FORMAT_VERSION, "key": key, "shapes": shapes}, shapes,
+                         content_ids, lock)
         if manifest is None:
             cache._start_over(None)
         else:
@@ -163,7 +165,7 @@ class FeatureCache:
         return manifest
 
     @classmethod
-    def _map(cls, path: Path, manifest: dict, shapes: dict, row_ids, lock) -> "FeatureCache":
+    def _map(cls, path: Path, manifest: dict, shapes: dict, content_ids, lock) -> "FeatureCache":
         """Memory-map the arrays: read-only when complete or not writable; created when missing or truncated."""
         manifest.setdefault("chunks", [])
         manifest["done"] = manifest["chunks"][-1]["stop"] if manifest["chunks"] else 0
@@ -192,7 +194,7 @@ class FeatureCache:
                 raise CacheError(f"feature cache {path} is damaged ({name}.npy: {exc}); delete {path} and rerun") from exc
         feats = [arrays[f"block_{k}"] for k in range(sum(s.startswith("block_") for s in shapes))]
         aux = {int(s[4:]): arrays[s] for s in shapes if s.startswith("aux_")}
-        cache = cls(path, manifest, feats, arrays["logits"], arrays["labels"], aux, row_ids, lock)
+        cache = cls(path, manifest, feats, arrays["logits"], arrays["labels"], aux, content_ids, lock)
         if problems:
             cache._write_manifest()
         return cache
@@ -206,10 +208,13 @@ class FeatureCache:
     def _verify(self) -> None:
         """Keep the committed chunks up to the first one that is damaged or whose images changed."""
         start = 0
-        for i, chunk in enumerate(self.manifest["chunks"]):
+        chunks = self.manifest["chunks"]
+        checked = any(chunk["images"] for chunk in chunks) and self.content_ids is not None
+        content_ids = self.content_ids(chunks[-1]["stop"]) if checked else None
+        for i, chunk in enumerate(chunks):
             stop = chunk["stop"]
             problem = None
-            if self.row_ids is not None and chunk["images"] and chunk["images"] != images_digest(self.row_ids, start, stop):
+            if checked and chunk["images"] and chunk["images"] != images_digest(content_ids[start:stop]):
                 problem = f"images of rows {start}-{stop - 1} changed since they were captured"
             elif chunk["arrays"] != self._chunk_checksum(start, stop):
                 problem = f"rows {start}-{stop - 1} do not match their checksum (damaged)"
@@ -262,13 +267,14 @@ class FeatureCache:
         for k, src in (aux_logits or {}).items():
             self.aux_logits[k][start:stop] = src
 
-    def commit(self, done: int) -> None:
-        """Flush the arrays, then record that the first ``done`` rows are final (with their checksums)."""
+    def commit(self, done: int, content_ids: Sequence[str] | None = None) -> None:
+        """Flush the arrays, then record that the first ``done`` rows are final, with their checksums and those
+        of ``content_ids``, the content ids of the images of the rows since the last commit."""
         for array in self._arrays.values():
             array.flush()
         start = self.done
         self.manifest["chunks"].append(
-            {"stop": done, "images": images_digest(self.row_ids, start, done), "arrays": self._chunk_checksum(start, done)}
+            {"stop": done, "images": images_digest(content_ids), "arrays": self._chunk_checksum(start, done)}
         )
         self.manifest["done"] = done
         self._write_manifest()

@@ -52,8 +52,11 @@ class BlockRecorder:
 
 
 def _collate(items):
+    """``(images, labels, [(content id, stamp), ...])``, or the first DataError of the batch."""
     errors = [item for item in items if isinstance(item, DataError)]
-    return errors[0] if errors else default_collate(items)
+    if errors:
+        return errors[0]
+    return *default_collate([item[:2] for item in items]), [item[2] for item in items]
 
 
 class _SafeSubset(TransformedSubset):
@@ -104,36 +107,42 @@ def capture(
     key = capture_key(adapter, source, indices, layout, bf16)
     cache = FeatureCache.open(
         cache_root, key, len(indices), dims, adapter.num_classes, aux_blocks,
-        row_ids=source.content_ids(indices, cache_root),
+        content_ids=lambda n: source.content_ids(indices[:n], cache_root),
     )
     if cache.complete:
         return cache
     loader = DataLoader(
-        _SafeSubset(source, indices[cache.done :], adapter.transform, adapter.input_size),
+        _SafeSubset(source, indices[cache.done :], adapter.transform, adapter.input_size, content_ids=True),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=adapter.device.type == "cuda",
     )
-    start = cache.done
+    first = start = cache.done
+    captured = []  # (content id, stamp) of each captured image, kept in the source's hash index at the end
     # channels_last is what GPU convolution kernels prefer; it changes no value, only the layout.
     memory_format = torch.channels_last if adapter.device.type == "cuda" else torch.preserve_format
     with BlockRecorder(adapter, layout) as recorder, tqdm(
         total=len(indices), initial=start, desc=desc, unit="img", dynamic_ncols=True
     ) as bar:
-        for batch in loader:
-            if isinstance(batch, DataError):
-                raise batch
-            images, labels = batch
-            images = images.to(adapter.device, non_blocking=True, memory_format=memory_format)
-            with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = adapter.logits(images)
-            feats = [p.float().cpu().numpy() for p in recorder.pooled]
-            aux = {k: a.float().cpu().numpy() for k, a in recorder.aux_logits.items()}
-            logits = logits.float().cpu().numpy()
-            check_activations([b.name for b in adapter.blocks], feats, logits, start)
-            cache.write(start, feats, logits, label_map[labels.numpy()], aux)
-            start += len(labels)
-            cache.commit(start)
-            bar.update(len(labels))
+        try:
+            for batch in loader:
+                if isinstance(batch, DataError):
+                    raise batch
+                images, labels, content = batch
+                images = images.to(adapter.device, non_blocking=True, memory_format=memory_format)
+                with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = adapter.logits(images)
+                feats = [p.float().cpu().numpy() for p in recorder.pooled]
+                aux = {k: a.float().cpu().numpy() for k, a in recorder.aux_logits.items()}
+                logits = logits.float().cpu().numpy()
+                check_activations([b.name for b in adapter.blocks], feats, logits, start)
+                cache.write(start, feats, logits, label_map[labels.numpy()], aux)
+                start += len(labels)
+                cache.commit(start, [content_id for content_id, _ in content])
+                captured += content
+                bar.update(len(labels))
+        finally:
+            ids, stamps = zip(*captured) if captured else ((), ())
+            source.remember_content_ids(indices[first:start], ids, stamps, cache_root)
     return cache

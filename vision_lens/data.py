@@ -6,14 +6,17 @@ cache keys on it), and per-image content ids (hashes of the bytes) with which
 the cache checks each captured row. Keying on names and checking rows on
 content means that fixing one broken file keeps every row captured before it.
 
-Content hashes of image files are kept in a small SQLite index beside the
-feature cache (``ContentHashIndex``), keyed by path, size and modification
-time, so a file is read and hashed once and a rescan only stats it.
+Capture hashes each file in the loader worker that reads it, from the bytes it
+decodes (``load_with_content_id``), and keeps the hashes in a small SQLite index
+beside the feature cache (``ContentHashIndex``), keyed by path, size and
+modification time: checking a captured cache later stats each file and reads
+only those that changed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sqlite3
@@ -67,13 +70,19 @@ class ContentHashIndex:
                 entry = (stat.st_size, stat.st_mtime_ns, hashlib.sha256(Path(key).read_bytes()).hexdigest())
                 fresh.append((key, *entry))
             out.append(entry[2])
-        if fresh:
-            try:
-                with self.db:
-                    self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", fresh)
-            except sqlite3.Error:  # e.g. read-only: the hashes are still right, only not kept
-                pass
+        self.remember(fresh)
         return out
+
+    def remember(self, entries: Sequence[tuple[str, int, int, str]]) -> None:
+        """Keep ``(path, size, mtime_ns, sha256)`` entries; the stat must be taken before the bytes were read."""
+        if not entries:
+            return
+        try:
+            with self.db:
+                self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)",
+                                    [(os.path.abspath(path), *rest) for path, *rest in entries])
+        except sqlite3.Error:  # e.g. read-only: the hashes are still right, only not kept
+            pass
 
 
 class ImageSource:
@@ -89,9 +98,19 @@ class ImageSource:
     def load(self, index: int) -> Image.Image:
         raise NotImplementedError
 
+    def load_with_content_id(self, index: int) -> tuple[Image.Image, str, tuple[int, int] | None]:
+        """:meth:`load`, with the content id (as :meth:`content_ids` gives it) of the bytes decoded, and where the
+        image is a file, its (size, mtime_ns) from before they were read (for :meth:`remember_content_ids`)."""
+        raise NotImplementedError
+
     def content_ids(self, indices: Sequence[int], index_dir: str | Path) -> list[str]:
         """A hash of each selected image's content; ``index_dir`` may hold a persistent hash index."""
         raise NotImplementedError
+
+    def remember_content_ids(self, indices: Sequence[int], ids: Sequence[str], stamps: Sequence, index_dir: str | Path
+                             ) -> None:
+        """Keep ids and stamps from :meth:`load_with_content_id` in the index under ``index_dir``, if the source
+        has one, so that :meth:`content_ids` need not read those images again."""
 
     def describe(self, index: int) -> str:
         """Where image ``index`` comes from, for error messages."""
@@ -135,9 +154,23 @@ class ImageFolderSource(ImageSource):
         return cls(root, classes, paths, np.asarray(labels, dtype=np.int64), digest.hexdigest())
 
     def load(self, index: int) -> Image.Image:
+        return self._decode(index, self.paths[index])
+
+    def load_with_content_id(self, index: int) -> tuple[Image.Image, str, tuple[int, int]]:
         path = self.paths[index]
         try:
-            with Image.open(path) as image:
+            with open(path, "rb") as f:
+                stat = os.fstat(f.fileno())  # before reading: a later change gets a new stamp, so is read again
+                data = f.read()
+        except OSError as exc:
+            raise DataError(f"cannot read image {path} ({exc}); restore the file or remove it and rerun") from exc
+        image = self._decode(index, io.BytesIO(data))
+        return image, hashlib.sha256(data).hexdigest(), (stat.st_size, stat.st_mtime_ns)
+
+    def _decode(self, index: int, file) -> Image.Image:
+        path = self.paths[index]
+        try:
+            with Image.open(file) as image:
                 return image.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(
@@ -150,7 +183,15 @@ class ImageFolderSource(ImageSource):
         return self.paths[index]
 
     def content_ids(self, indices: Sequence[int], index_dir: str | Path) -> list[str]:
-        return ContentHashIndex(Path(index_dir) / "content-hashes.sqlite").hashes([self.paths[i] for i in indices])
+        return self._index(index_dir).hashes([self.paths[i] for i in indices])
+
+    def remember_content_ids(self, indices: Sequence[int], ids: Sequence[str], stamps: Sequence, index_dir: str | Path
+                             ) -> None:
+        self._index(index_dir).remember([(self.paths[i], *stamp, id_) for i, id_, stamp in zip(indices, ids, stamps)])
+
+    @staticmethod
+    def _index(index_dir: str | Path) -> ContentHashIndex:
+        return ContentHashIndex(Path(index_dir) / "content-hashes.sqlite")
 
 
 @dataclass
@@ -165,6 +206,9 @@ class ArraySource(ImageSource):
 
     def load(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index])
+
+    def load_with_content_id(self, index: int) -> tuple[Image.Image, str, None]:
+        return self.load(index), hashlib.sha256(self.images[index].tobytes()).hexdigest(), None
 
     def describe(self, index: int) -> str:
         return f"{self.name}[{index}]"
@@ -214,7 +258,8 @@ def select(n: int, limit: int | None, seed: int) -> np.ndarray:
 
 
 class TransformedSubset(torch.utils.data.Dataset):
-    """``(transform(image), label)`` for the selected indices of a source.
+    """``(transform(image), label)`` for the selected indices of a source; with ``content_ids``,
+    ``(transform(image), label, (content id, stamp))`` (see ``ImageSource.load_with_content_id``).
 
     ``input_size`` is the (height, width) the transform requires of raw images
     (``ModelAdapter.input_size``); an image of another size stops the run with
@@ -223,17 +268,22 @@ class TransformedSubset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, source: ImageSource, indices: Sequence[int], transform: Callable, input_size: tuple[int, int] | None = None
+        self, source: ImageSource, indices: Sequence[int], transform: Callable, input_size: tuple[int, int] | None = None,
+        content_ids: bool = False,
     ):
         self.source, self.indices, self.transform = source, np.asarray(indices), transform
         self.input_size = input_size
+        self.content_ids = content_ids
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int):
         index = int(self.indices[i])
-        image = self.source.load(index)
+        if self.content_ids:
+            image, *content = self.source.load_with_content_id(index)
+        else:
+            image = self.source.load(index)
         if self.input_size is not None and (image.height, image.width) != tuple(self.input_size):
             height, width = self.input_size
             raise DataError(
@@ -241,4 +291,5 @@ class TransformedSubset(torch.utils.data.Dataset):
                 f"{width}x{height} images and its preprocessing does not resize; resize the image or pass data "
                 f"of the model's size"
             )
-        return self.transform(image), int(self.source.labels[index])
+        item = self.transform(image), int(self.source.labels[index])
+        return (*item, tuple(content)) if self.content_ids else item
