@@ -23,6 +23,9 @@ from .data import DataError, ImageSource, TransformedSubset
 from .readout import BlockPooling, FeatureLayout
 
 
+REMEMBER_EVERY = 4096  # captured images' content ids held before they are written to the hash index
+
+
 class BlockRecorder:
     """Forward hooks that pool every block's output as the model runs."""
 
@@ -49,6 +52,13 @@ class BlockRecorder:
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def _remember(source: ImageSource, pending: list[tuple], index_dir: str | Path) -> None:
+    """Put the ``(index, content id, stamp)`` entries of ``pending`` into the source's hash index, and empty it."""
+    if pending:
+        source.remember_content_ids(*zip(*pending), index_dir)
+    pending.clear()
 
 
 def _collate(items):
@@ -118,8 +128,8 @@ def capture(
         collate_fn=_collate,
         pin_memory=adapter.device.type == "cuda",
     )
-    first = start = cache.done
-    captured = []  # (content id, stamp) of each captured image, kept in the source's hash index at the end
+    start = cache.done
+    pending: list[tuple] = []  # (index, content id, stamp) of captured images not yet in the source's hash index
     # channels_last is what GPU convolution kernels prefer; it changes no value, only the layout.
     memory_format = torch.channels_last if adapter.device.type == "cuda" else torch.preserve_format
     with BlockRecorder(adapter, layout) as recorder, tqdm(
@@ -138,11 +148,13 @@ def capture(
                 logits = logits.float().cpu().numpy()
                 check_activations([b.name for b in adapter.blocks], feats, logits, start)
                 cache.write(start, feats, logits, label_map[labels.numpy()], aux)
+                ids, stamps = zip(*content)
+                cache.commit(start + len(labels), ids)
+                pending += zip(indices[start : start + len(labels)], ids, stamps)
+                if len(pending) >= REMEMBER_EVERY:
+                    _remember(source, pending, cache_root)
                 start += len(labels)
-                cache.commit(start, [content_id for content_id, _ in content])
-                captured += content
                 bar.update(len(labels))
         finally:
-            ids, stamps = zip(*captured) if captured else ((), ())
-            source.remember_content_ids(indices[first:start], ids, stamps, cache_root)
+            _remember(source, pending, cache_root)
     return cache
