@@ -2,13 +2,16 @@
 """The whole pipeline against its floor, in one process and one run; prints JSON.
 
 * ``floor_s``: a plain DataLoader (the same decoding, transforms, batch size and
-  workers) and a forward pass with no hooks, over the fit and the eval images;
-  timed once before and once after the pipeline (``floor_runs_s``), and the mean
-  of the two, so that neither side gains from the state the other leaves.
+  workers) and a forward pass with no hooks, over the fit and the eval images.
 * ``pipeline_s``: ``pipeline.run`` with a fresh feature cache, and its stages:
   capture of the fit split, fitting the lenses, capture of the eval split,
   evaluation and writing (metrics, figures, report); ``setup_s`` is the rest
-  (loading the model, preparing the output folder). ``ratio = pipeline_s / floor_s``.
+  (loading the model, preparing the output folder).
+* The two alternate, ``--repeats`` pipeline runs each between two floor passes
+  (floor, pipeline, floor, pipeline, ..., floor; every time in
+  ``floor_runs_s`` and ``pipeline_runs_s``), and ``floor_s``, ``pipeline_s`` and
+  the stages are means, so that neither side gains from when it ran or from the
+  state the other leaves. ``ratio = pipeline_s / floor_s``.
   The stages are timed by wrapping ``pipeline.train``, ``pipeline.evaluate`` and
   ``pipeline.capture_split``, which ``pipeline.run`` must reach through the module.
 * ``linear_probe``: our linear probe on every block as the pipeline fits it (the
@@ -30,8 +33,8 @@ shell they take about 3.5 s, of which torch and torchvision, which a plain pass
 needs too, take 3.4 s. Both meet a warm page cache: every selected image file
 is read once before anything is timed (here, reading the 20k CIFAR files took
 3.3 s from disk and 0.4 s from the page cache). On the 2-core development
-machine one floor pass over the same 20k CIFAR images took from 17.7 to 25.5 s
-in runs of one evening, which is why it is timed twice. Example::
+machine one floor pass over the same 20k CIFAR images took from 17.7 to 30.8 s
+within one evening, which is why the two sides alternate. Example::
 
     python scripts/benchmark_pipeline.py --model cifar:resnet20 \\
         --weights ../shared/weights/cifar10-resnets/resnet20-12fca82f.th \\
@@ -74,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fit-limit", type=int, default=None, help="fit images (default: the whole fit split)")
     parser.add_argument("--eval-limit", type=int, default=None, help="eval images (default: the whole eval split)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading workers (default: 2)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="pipeline runs, each between two floor passes (default: 2)")
     # Internal: the subprocess that measures one capture's peak memory.
     parser.add_argument("--rss-sizes", type=int, nargs="+", default=None,
                         help="fit-split sizes whose capture peak memory is measured (default: a quarter and all "
@@ -154,6 +159,16 @@ def warm_page_cache(opts: RunOptions) -> None:
         source = open_split(opts.data, split, opts.download_root)
         for index in select(len(source), limit, opts.seed) if isinstance(source, ImageFolderSource) else ():
             Path(source.paths[index]).read_bytes()
+
+
+def mean_timings(floor_runs: list[float], pipeline_runs: list[dict]) -> dict:
+    """``floor_s``, ``pipeline_s`` and the stages as means over the runs (each run's time kept), and ``ratio``."""
+    floor_s = sum(floor_runs) / len(floor_runs)
+    pipeline_s = sum(run["pipeline_s"] for run in pipeline_runs) / len(pipeline_runs)
+    stages = {stage: sum(run["stages"][stage] for run in pipeline_runs) / len(pipeline_runs)
+              for stage in pipeline_runs[0]["stages"]}
+    return {"floor_s": floor_s, "pipeline_s": pipeline_s, "stages": stages, "ratio": pipeline_s / floor_s,
+            "floor_runs_s": floor_runs, "pipeline_runs_s": [run["pipeline_s"] for run in pipeline_runs]}
 
 
 def measure_pipeline(opts: RunOptions) -> tuple[dict, dict]:
@@ -314,16 +329,18 @@ def main() -> None:
         opts = run_options(args, Path(tmp) / "out", Path(tmp) / "cache")
         adapter = pipeline.load_model(opts)  # the one-off imports (the model's family), before either is timed
         warm_page_cache(opts)
-        floor_runs = [measure_floor(opts, adapter)]
-        timings, caches = measure_pipeline(opts)
-        floor_runs.append(measure_floor(opts, adapter))
-        floor_s = sum(floor_runs) / len(floor_runs)
+        floor_runs, runs = [measure_floor(opts, adapter)], []
+        for repeat in range(args.repeats):
+            run_opts = run_options(args, Path(tmp) / f"out-{repeat}", Path(tmp) / f"cache-{repeat}")
+            runs.append(measure_pipeline(run_opts))
+            floor_runs.append(measure_floor(opts, adapter))
+        timings, caches = runs[-1]
         probes = compare_linear_probes(opts, adapter, caches)
         fit_images, eval_images = (len(caches[c].labels) for c in ("capture_fit", "capture_eval"))
     report = {
         "model": args.model, "weights": args.weights, "data": args.data, "fit_images": fit_images,
         "eval_images": eval_images, "workers": args.workers, "device": opts.device, "torch_threads": threads,
-        "floor_s": floor_s, "floor_runs_s": floor_runs, **timings, "ratio": timings["pipeline_s"] / floor_s,
+        **mean_timings(floor_runs, [timings for timings, _ in runs]),
         "linear_probe": probes,
         "capture_bytes_per_image": bytes_per_image(opts, adapter, caches["capture_fit"]),
         "capture_peak_rss": measure_capture_rss(args, args.rss_sizes or [max(1, fit_images // 4), fit_images]),

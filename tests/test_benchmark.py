@@ -26,6 +26,11 @@ def test_benchmark_times_every_stage_and_compares_the_probes(benchmark, tiny_dat
     assert set(stages) == {"capture_fit_s", "fit_lenses_s", "capture_eval_s", "evaluate_write_s", "setup_s"}
     assert all(s >= 0 for s in stages.values())
     assert sum(stages.values()) == pytest.approx(timings["pipeline_s"])
+    twice = {"pipeline_s": 2 * timings["pipeline_s"], "stages": {k: 2 * v for k, v in stages.items()}}
+    means = benchmark.mean_timings([1.0, 2.0, 3.0], [timings, twice])
+    assert means["floor_s"] == 2.0 and means["pipeline_s"] == pytest.approx(1.5 * timings["pipeline_s"])
+    assert means["ratio"] == pytest.approx(means["pipeline_s"] / 2.0)
+    assert sum(means["stages"].values()) == pytest.approx(means["pipeline_s"])
     adapter = pipeline.load_model(opts)
     assert benchmark.measure_floor(opts, adapter) > 0
     probes = benchmark.compare_linear_probes(opts, adapter, caches)
