@@ -16,7 +16,7 @@ from vision_lens.adapters import create_adapter
 from vision_lens.cache import FeatureCache
 from vision_lens.capture import capture, capture_key
 from vision_lens.cli import main
-from vision_lens.data import ImageFolderSource, select
+from vision_lens.data import DataError, ImageFolderSource, select
 from vision_lens.readout import FeatureLayout
 
 from .conftest import write_image_folder
@@ -67,6 +67,15 @@ def test_cache_resumes_after_a_crash(tmp_path):
     for path in source.paths:
         stat = os.stat(path)
         assert index[os.path.abspath(path)] == [stat.st_size, stat.st_mtime_ns, hashlib.sha256(Path(path).read_bytes()).hexdigest()]
+
+
+def test_an_image_gone_after_the_scan_is_named(tmp_path):
+    source = ImageFolderSource.scan(write_image_folder(tmp_path / "imgs", classes=2, per_class=2))
+    image, content_id, (size, _) = source.load_with_content_id(0)
+    assert content_id == hashlib.sha256(Path(source.paths[0]).read_bytes()).hexdigest() and size > 0
+    Path(source.paths[1]).unlink()
+    with pytest.raises(DataError, match=rf"cannot read image {source.paths[1]} .*Replace the file \(same name\)"):
+        source.load_with_content_id(1)
 
 
 def test_cache_key_changes_with_settings(tmp_path):

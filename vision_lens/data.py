@@ -163,21 +163,25 @@ class ImageFolderSource(ImageSource):
                 stat = os.fstat(f.fileno())  # before reading: a later change gets a new stamp, so is read again
                 data = f.read()
         except OSError as exc:
-            raise DataError(f"cannot read image {path} ({exc}); restore the file or remove it and rerun") from exc
+            raise self._unreadable(path, exc) from exc
         image = self._decode(index, io.BytesIO(data))
         return image, hashlib.sha256(data).hexdigest(), (stat.st_size, stat.st_mtime_ns)
 
     def _decode(self, index: int, file) -> Image.Image:
-        path = self.paths[index]
+        """Image ``index`` decoded from ``file`` (its path, or its bytes)."""
         try:
             with Image.open(file) as image:
                 return image.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(
-                f"cannot read image {path} ({exc.__class__.__name__}: {exc}). Replace the file (same name) and "
-                f"rerun the same command: features captured so far are kept in the cache (removing the file "
-                f"changes the image list, which starts a new capture)."
-            ) from exc
+            raise self._unreadable(self.paths[index], exc) from exc
+
+    @staticmethod
+    def _unreadable(path: str, exc: Exception) -> DataError:
+        return DataError(
+            f"cannot read image {path} ({exc.__class__.__name__}: {exc}). Replace the file (same name) and "
+            f"rerun the same command: features captured so far are kept in the cache (removing the file "
+            f"changes the image list, which starts a new capture)."
+        )
 
     def describe(self, index: int) -> str:
         return self.paths[index]
