@@ -2,7 +2,9 @@
 """The whole pipeline against its floor, in one process and one run; prints JSON.
 
 * ``floor_s``: a plain DataLoader (the same decoding, transforms, batch size and
-  workers) and a forward pass with no hooks, over the fit and the eval images.
+  workers) and a forward pass with no hooks, over the fit and the eval images (the
+  folders are scanned once, before anything is timed; the pipeline's scan counts in
+  its setup).
 * ``pipeline_s``: ``pipeline.run`` with a fresh feature cache, and its stages:
   capture of the fit split, fitting the lenses, capture of the eval split,
   evaluation and writing (metrics, figures, report); ``setup_s`` is the rest
@@ -64,7 +66,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vision_lens import __version__, pipeline
-from vision_lens.data import ImageFolderSource, TransformedSubset, open_split, select
+from vision_lens.data import ImageFolderSource, ImageSource, TransformedSubset, open_split, select
 from vision_lens.fit import fit_lens
 from vision_lens.lenses import LensConfig, LinearProbe
 from vision_lens.readout import FeatureLayout
@@ -156,11 +158,19 @@ def timed_stages(opts: RunOptions):
             setattr(pipeline, name, fn)
 
 
-def warm_page_cache(opts: RunOptions) -> None:
-    """Read every selected image file of both splits once, so that neither side is timed reading from disk."""
+def selected_images(opts: RunOptions) -> list[tuple[ImageSource, np.ndarray]]:
+    """The source and the selected indices of the fit split, then of the eval split, as the pipeline selects them."""
+    selected = []
     for split, limit in ((opts.fit_split, opts.fit_limit), (opts.eval_split, opts.eval_limit)):
         source = open_split(opts.data, split, opts.download_root)
-        for index in select(len(source), limit, opts.seed) if isinstance(source, ImageFolderSource) else ():
+        selected.append((source, select(len(source), limit, opts.seed)))
+    return selected
+
+
+def warm_page_cache(selected: list[tuple[ImageSource, np.ndarray]]) -> None:
+    """Read every selected image file once, so that neither side is timed reading from disk."""
+    for source, indices in selected:
+        for index in indices if isinstance(source, ImageFolderSource) else ():
             Path(source.paths[index]).read_bytes()
 
 
@@ -194,12 +204,11 @@ def measure_pipeline(opts: RunOptions) -> tuple[dict, dict]:
 
 
 @torch.no_grad()
-def measure_floor(opts: RunOptions, adapter) -> float:
-    """Decode, transform and forward the fit and eval images with no hooks and nothing kept."""
+def measure_floor(selected: list[tuple[ImageSource, np.ndarray]], opts: RunOptions, adapter) -> float:
+    """Decode, transform and forward the ``selected`` images with no hooks and nothing kept."""
     with stopwatch() as elapsed:
-        for split, limit in ((opts.fit_split, opts.fit_limit), (opts.eval_split, opts.eval_limit)):
-            source = open_split(opts.data, split, opts.download_root)
-            dataset = TransformedSubset(source, select(len(source), limit, opts.seed), adapter.transform)
+        for source, indices in selected:
+            dataset = TransformedSubset(source, indices, adapter.transform)
             loader = DataLoader(dataset, batch_size=opts.batch_size, num_workers=opts.workers,
                                 pin_memory=adapter.device.type == "cuda")
             for images, _ in loader:
@@ -342,12 +351,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         opts = run_options(args, Path(tmp) / "out", Path(tmp) / "cache")
         adapter = pipeline.load_model(opts)  # the one-off imports (the model's family), before either is timed
-        warm_page_cache(opts)
-        floor_runs, runs = [measure_floor(opts, adapter)], []
+        selected = selected_images(opts)
+        warm_page_cache(selected)
+        floor_runs, runs = [measure_floor(selected, opts, adapter)], []
         for repeat in range(args.repeats):
             run_opts = run_options(args, Path(tmp) / f"out-{repeat}", Path(tmp) / f"cache-{repeat}")
             runs.append(measure_pipeline(run_opts))
-            floor_runs.append(measure_floor(opts, adapter))
+            floor_runs.append(measure_floor(selected, opts, adapter))
         timings, caches = runs[-1]
         probes = compare_linear_probes(opts, adapter, caches)
         fit_images, eval_images = (len(caches[c].labels) for c in ("capture_fit", "capture_eval"))

@@ -32,7 +32,7 @@ def test_benchmark_times_every_stage_and_compares_the_probes(benchmark, tiny_dat
     assert means["ratio"] == pytest.approx(means["pipeline_s"] / 2.0)
     assert sum(means["stages"].values()) == pytest.approx(means["pipeline_s"])
     adapter = pipeline.load_model(opts)
-    assert benchmark.measure_floor(opts, adapter) > 0
+    assert benchmark.measure_floor(benchmark.selected_images(opts), opts, adapter) > 0
     probes = benchmark.compare_linear_probes(opts, adapter, caches)
     assert probes["blocks"] == [b.name for b in adapter.blocks]
     same = probes["same_penalty"]
