@@ -1,8 +1,11 @@
-"""bf16 autocast during capture changes pooled features and logits only within bfloat16 rounding."""
+"""The GPU path on CPU: bf16 autocast changes pooled features and logits only within bfloat16
+rounding, and a channels_last input changes no value beyond float32 summation order."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from vision_lens.adapters import create_adapter
 from vision_lens.capture import capture
@@ -26,3 +29,26 @@ def test_bf16_capture_stays_close_to_fp32_and_float32(tmp_path):
         # bfloat16 keeps 8 significant bits: relative error of a few 1e-3 per op, a few 1e-2 through the net.
         np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05 * np.abs(a).max())
         assert not np.array_equal(a, b)  # autocast did run in bf16
+
+
+@pytest.mark.parametrize("model", ["cifar:resnet8", "cifar:inceptionv1"])
+def test_channels_last_capture_keeps_every_value(tmp_path, model):
+    adapter = create_adapter(model, weights="random", seed=0)
+    source = ImageFolderSource.scan(write_image_folder(tmp_path / "imgs", classes=2, per_class=4))
+    layout = FeatureLayout.of(adapter.blocks, 2)
+    args = (adapter, source, np.arange(8), np.arange(10), layout)
+    plain = capture(args[0], args[1], args[2], tmp_path / "plain", *args[3:], batch_size=4, workers=0)
+    spatial = []  # for each block output map larger than 1x1 that reached a hook: is it channels_last?
+    hooks = [adapter.model.get_submodule(b.module).register_forward_hook(
+        lambda m, i, out: spatial.append(out.is_contiguous(memory_format=torch.channels_last))
+        if out.shape[-1] > 1 else None) for b in adapter.blocks]
+    try:
+        last = capture(args[0], args[1], args[2], tmp_path / "last", *args[3:], batch_size=4, workers=0,
+                       channels_last=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert spatial and all(spatial)  # the hooks pooled channels_last maps
+    assert last.path.name == plain.path.name  # the layout is not part of the cache key
+    for a, b in zip([*plain.features, plain.logits], [*last.features, last.logits]):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5 * np.abs(a).max())

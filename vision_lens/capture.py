@@ -92,6 +92,17 @@ def capture_key(
     }
 
 
+def input_memory_format(device: torch.device, channels_last: bool | None = None) -> torch.memory_format:
+    """The layout of the backbone's input: ``channels_last`` if asked, or by default on CUDA.
+
+    GPU convolution kernels prefer it, and convolutions keep their input's layout,
+    so every block's output (and what its hook pools) is in it too.
+    """
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    return torch.channels_last if channels_last else torch.preserve_format
+
+
 @torch.no_grad()
 def capture(
     adapter: ModelAdapter,
@@ -104,13 +115,16 @@ def capture(
     workers: int = 2,
     desc: str = "capture",
     bf16: bool = False,
+    channels_last: bool | None = None,
 ) -> FeatureCache:
     """Capture ``source[indices]`` into the cache under ``cache_root``, resuming if possible.
 
     ``label_map[c]`` is the model output index of the source's class ``c``;
     ``layout`` says what is kept of each block (it is part of the cache key).
     ``bf16`` runs the backbone under bfloat16 autocast (for GPUs; it is part of
-    the cache key too); pooling and the cache stay float32.
+    the cache key too); pooling and the cache stay float32. ``channels_last``
+    (default: on CUDA devices) hands the backbone its input in that memory
+    layout; it changes no value, so it is not part of the key.
     """
     dims = [layout.width(k) for k in range(len(layout.blocks))]
     aux_blocks = tuple(k for k, b in enumerate(adapter.blocks) if b.name in adapter.aux_classifiers)
@@ -130,8 +144,7 @@ def capture(
     )
     start = cache.done
     pending: list[tuple] = []  # (index, content id, stamp) of captured images not yet in the source's hash index
-    # channels_last is what GPU convolution kernels prefer; it changes no value, only the layout.
-    memory_format = torch.channels_last if adapter.device.type == "cuda" else torch.preserve_format
+    memory_format = input_memory_format(adapter.device, channels_last)
     with BlockRecorder(adapter, layout) as recorder, tqdm(
         total=len(indices), initial=start, desc=desc, unit="img", dynamic_ncols=True
     ) as bar:
