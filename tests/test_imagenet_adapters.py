@@ -19,11 +19,11 @@ from torch import nn
 
 from vision_lens.adapters import ModelAdapter, WeightsError, create_adapter
 from vision_lens.adapters.base import file_sha256
-from vision_lens.adapters.lucent_inception import devkit_synsets
 from vision_lens.capture import BlockRecorder
 from vision_lens.cli import main
 from vision_lens.lenses import LensConfig, LogitLens
 from vision_lens.readout import FeatureLayout
+from vision_lens.resources import devkit_synsets
 
 from .conftest import write_image_folder
 

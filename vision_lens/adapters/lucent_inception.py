@@ -29,7 +29,6 @@ Differences from torchvision's GoogLeNet that the adapter handles:
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Sequence
 
 import numpy as np
@@ -38,6 +37,7 @@ from torch import Tensor, nn
 from torchvision import transforms
 
 from ..readout import Block, IdentityPath
+from ..resources import devkit_synsets
 from .base import ModelAdapter, ModelFamily, register_family
 
 BLOCKS = (
@@ -50,12 +50,6 @@ INPUT_SIDE = 224
 LUCID_RANGE = transforms.Normalize(mean=[117 / 255] * 3, std=[1 / 255] * 3)
 OUTPUTS = 1008
 FIRST_CLASS_OUTPUT = 1  # output 0 is a dummy; outputs 1001..1007 are unused
-
-
-def devkit_synsets() -> list[tuple[str, str]]:
-    """The 1,000 ILSVRC-2012 classes in devkit order (ID 1 first), as ``(synset, first WordNet name)``."""
-    text = resources.files("vision_lens.resources").joinpath("ilsvrc2012_devkit_synsets.txt").read_text()
-    return [(line[:9], line[10:].split(",")[0]) for line in text.splitlines() if line.strip()]
 
 
 class LucentInceptionV1Adapter(ModelAdapter):
