@@ -2,7 +2,9 @@
 """The whole pipeline against its floor, in one process and one run; prints JSON.
 
 * ``floor_s``: a plain DataLoader (the same decoding, transforms, batch size and
-  workers) and a forward pass with no hooks, over the fit and the eval images (the
+  workers) and a forward pass with no hooks, the input sent to the device as capture
+  sends it (pinned memory, ``channels_last`` on CUDA, ``--precision``), over the fit
+  and the eval images (the
   folders are scanned once, before anything is timed; the pipeline's scan counts in
   its setup).
 * ``pipeline_s``: ``pipeline.run`` with a fresh feature cache, and its stages:
@@ -13,7 +15,8 @@
   (floor, pipeline, floor, pipeline, ..., floor; every time in
   ``floor_runs_s`` and ``pipeline_runs_s``), and ``floor_s``, ``pipeline_s`` and
   the stages are means, so that neither side gains from when it ran or from the
-  state the other leaves. ``ratio = pipeline_s / floor_s``.
+  state the other leaves. ``ratio = pipeline_s / floor_s``; ``images_per_s`` is
+  the fit and eval images over each mean.
   The stages are timed by wrapping ``pipeline.train``, ``pipeline.evaluate`` and
   ``pipeline.capture_split``, which ``pipeline.run`` must reach through the module.
 * ``linear_probe``: our linear probe on every block as the pipeline fits it (the
@@ -21,7 +24,8 @@
   scikit-learn's ``LogisticRegression`` at one penalty for every block (the same loss,
   L2 strength and iteration limit; scikit-learn on the raw features with its bias
   unpenalised, ours on standardised features), on the cached fit features, scored on
-  the cached eval features: fit times and accuracies.
+  the cached eval features: fit times and accuracies (``--no-sklearn`` leaves
+  scikit-learn out: at ImageNet's 1,000 classes it takes minutes per block).
 * ``capture_peak_rss``: the peak resident memory of the main process while it
   captures the fit split, at two sizes (``--rss-sizes``; default a quarter of the fit
   images, and all of them), each in a fresh subprocess so the peaks do not mix (DataLoader workers,
@@ -66,6 +70,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vision_lens import __version__, pipeline
+from vision_lens.capture import input_memory_format
 from vision_lens.data import ImageFolderSource, ImageSource, TransformedSubset, open_split, select
 from vision_lens.fit import fit_lens
 from vision_lens.lenses import LensConfig, LinearProbe
@@ -79,11 +84,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="cifar:resnet20", help="model as family:arch (default: cifar:resnet20)")
     parser.add_argument("--weights", default="random", help="checkpoint path, 'pretrained' or 'random' (default)")
     parser.add_argument("--data", required=True, help="dataset root with one ImageFolder per split, as for `vision-lens run`")
+    parser.add_argument("--fit-split", default="train", help="split folder of the fit images (default: train)")
+    parser.add_argument("--eval-split", default="test", help="split folder of the eval images (default: test)")
     parser.add_argument("--fit-limit", type=int, default=None, help="fit images (default: the whole fit split)")
     parser.add_argument("--eval-limit", type=int, default=None, help="eval images (default: the whole eval split)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading workers (default: 2)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="backbone precision of the floor and of capture (default: fp32)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="pipeline runs, each between two floor passes (default: 2)")
+    parser.add_argument("--sklearn", action=argparse.BooleanOptionalAction, default=True,
+                        help="compare the linear probe with scikit-learn's (default: yes; at ImageNet's 1,000 "
+                             "classes scikit-learn takes minutes per block)")
     # Internal: the subprocess that measures one capture's peak memory.
     parser.add_argument("--rss-sizes", type=int, nargs="+", default=None,
                         help="fit-split sizes whose capture peak memory is measured (default: a quarter and all "
@@ -95,9 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_options(args: argparse.Namespace, out: Path, cache_dir: Path) -> RunOptions:
     """The options of the measured run: a fresh cache; torchvision downloads stay in the usual place."""
     return RunOptions(
-        model=args.model, weights=args.weights, data=args.data, out=str(out), fit_limit=args.fit_limit,
-        eval_limit=args.eval_limit, workers=args.workers, cache_dir=str(cache_dir),
-        download_root=str(Path(default_cache_dir()) / "datasets"),
+        model=args.model, weights=args.weights, data=args.data, out=str(out), fit_split=args.fit_split,
+        eval_split=args.eval_split, fit_limit=args.fit_limit, eval_limit=args.eval_limit, workers=args.workers,
+        precision=args.precision, cache_dir=str(cache_dir), download_root=str(Path(default_cache_dir()) / "datasets"),
     )
 
 
@@ -205,14 +217,19 @@ def measure_pipeline(opts: RunOptions) -> tuple[dict, dict]:
 
 @torch.no_grad()
 def measure_floor(selected: list[tuple[ImageSource, np.ndarray]], opts: RunOptions, adapter) -> float:
-    """Decode, transform and forward the ``selected`` images with no hooks and nothing kept."""
+    """Decode, transform and forward the ``selected`` images with no hooks and nothing kept.
+
+    The input goes to the device as capture sends it (pinned memory, memory layout, precision).
+    """
     with stopwatch() as elapsed:
         for source, indices in selected:
             dataset = TransformedSubset(source, indices, adapter.transform)
             loader = DataLoader(dataset, batch_size=opts.batch_size, num_workers=opts.workers,
                                 pin_memory=adapter.device.type == "cuda")
             for images, _ in loader:
-                adapter.logits(images.to(adapter.device, non_blocking=True))
+                images = images.to(adapter.device, non_blocking=True, memory_format=input_memory_format(adapter.device))
+                with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
+                    adapter.logits(images)
     return elapsed["s"]
 
 
@@ -223,16 +240,13 @@ def labelled(cache) -> tuple[list[np.ndarray], np.ndarray]:
     return [np.asarray(f)[keep] for f in cache.features], labels[keep]
 
 
-def compare_linear_probes(opts: RunOptions, adapter, caches: dict) -> dict:
+def compare_linear_probes(opts: RunOptions, adapter, caches: dict, sklearn: bool = True) -> dict:
     """Our linear probe on every block against scikit-learn's ``LogisticRegression`` on the same cached features.
 
     ``search``: ours as the pipeline fits it (the penalty chosen per block on a held-out slice, then the refit).
     ``same_penalty``: ours and scikit-learn at one penalty for every block (a median of the chosen ones) and
-    the same iteration limit; scored on the cached eval features.
+    the same iteration limit; scored on the cached eval features. Only with ``sklearn``.
     """
-    from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
-
     layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
     x_fit, y_fit = labelled(caches["capture_fit"])
     x_eval, y_eval = labelled(caches["capture_eval"])
@@ -249,6 +263,12 @@ def compare_linear_probes(opts: RunOptions, adapter, caches: dict) -> dict:
         return elapsed["s"], acc, records
 
     search_s, search_acc, records = ours(opts.fit_settings)
+    search = {"fit_s": search_s, "acc": search_acc, "weight_decay": [r["weight_decay"] for r in records]}
+    if not sklearn:
+        return {"search": search, "blocks": [b.name for b in adapter.blocks]}
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
     weight_decay = sorted(r["weight_decay"] for r in records)[len(records) // 2]
     fixed_s, fixed_acc, _ = ours(dataclasses.replace(opts.fit_settings, weight_decay=weight_decay))
     sklearn_s, sklearn_acc = 0.0, []
@@ -263,7 +283,7 @@ def compare_linear_probes(opts: RunOptions, adapter, caches: dict) -> dict:
         sklearn_s += theirs["s"]
         sklearn_acc.append(float(sklearn.score(x_eval[k][:, :width], y_eval)))
     return {
-        "search": {"fit_s": search_s, "acc": search_acc, "weight_decay": [r["weight_decay"] for r in records]},
+        "search": search,
         "same_penalty": {
             "weight_decay": weight_decay, "ours_fit_s": fixed_s, "ours_acc": fixed_acc,
             "sklearn_fit_s": sklearn_s, "sklearn_acc": sklearn_acc, "speedup": sklearn_s / fixed_s,
@@ -358,13 +378,16 @@ def main() -> None:
             run_opts = run_options(args, Path(tmp) / f"out-{repeat}", Path(tmp) / f"cache-{repeat}")
             runs.append(measure_pipeline(run_opts))
             floor_runs.append(measure_floor(selected, opts, adapter))
-        timings, caches = runs[-1]
-        probes = compare_linear_probes(opts, adapter, caches)
+        _, caches = runs[-1]
+        probes = compare_linear_probes(opts, adapter, caches, args.sklearn)
         fit_images, eval_images = (len(caches[c].labels) for c in ("capture_fit", "capture_eval"))
+    means = mean_timings(floor_runs, [timings for timings, _ in runs])
     report = {
         "model": args.model, "weights": args.weights, "data": args.data, "fit_images": fit_images,
-        "eval_images": eval_images, "workers": args.workers, "device": opts.device, "torch_threads": threads,
-        **mean_timings(floor_runs, [timings for timings, _ in runs]),
+        "eval_images": eval_images, "workers": args.workers, "device": opts.device,
+        "accelerator": torch.cuda.get_device_name() if adapter.device.type == "cuda" else None,
+        "precision": args.precision, "torch_threads": threads, **means,
+        "images_per_s": {side: (fit_images + eval_images) / means[f"{side}_s"] for side in ("floor", "pipeline")},
         "linear_probe": probes,
         "capture_bytes_per_image": bytes_per_image(opts, adapter, caches["capture_fit"]),
         "capture_peak_rss": measure_capture_rss(args, args.rss_sizes or [max(1, fit_images // 4), fit_images]),

@@ -1,14 +1,21 @@
-"""scripts/benchmark_pipeline.py still sees every stage of the pipeline it times (tiny model and data)."""
+"""scripts/benchmark_pipeline.py still sees every stage of the pipeline it times, and the GPU benchmark's
+driver (scripts/benchmark_gpu.sh, scripts/make_synthetic_images.py) runs end to end (tiny model and data)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from vision_lens import pipeline
 from vision_lens.fit import PENALTY_GRID
+from vision_lens.resources import devkit_synsets
 
-from .conftest import load_script
+from .conftest import REPO, load_script
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +46,42 @@ def test_benchmark_times_every_stage_and_compares_the_probes(benchmark, tiny_dat
     assert same["weight_decay"] in PENALTY_GRID and same["speedup"] > 0
     for acc in (probes["search"]["acc"], same["ours_acc"], same["sklearn_acc"]):
         assert len(acc) == len(adapter.blocks) and all(0 <= a <= 1 for a in acc)
+
+
+def test_probe_comparison_can_leave_scikit_learn_out(benchmark, tiny_data, tmp_path):
+    args = benchmark.parse_args(["--model", "cifar:resnet8", "--data", str(tiny_data), "--workers", "0",
+                                 "--no-sklearn"])
+    opts = benchmark.run_options(args, tmp_path / "out", tmp_path / "cache")
+    _, caches = benchmark.measure_pipeline(opts)
+    probes = benchmark.compare_linear_probes(opts, pipeline.load_model(opts), caches, args.sklearn)
+    assert set(probes) == {"search", "blocks"} and len(probes["search"]["acc"]) == len(probes["blocks"])
+
+
+def test_gpu_benchmark_script_runs_end_to_end_on_synthetic_jpegs(tmp_path):
+    """scripts/benchmark_gpu.sh as a device session would run it, on a tiny model and data, on the CPU."""
+    data = tmp_path / "synthetic"
+    make = [sys.executable, str(REPO / "scripts" / "make_synthetic_images.py"), "--classes", "10", "--size", "32",
+            "--fit-per-class", "2", "--eval-per-class", "1", "--workers", "1"]
+    written = json.loads(subprocess.run([*make, "--out", str(data)], capture_output=True, text=True,
+                                        check=True).stdout)
+    assert written["images"] == 30 and written["mean_bytes"] > 0
+    subprocess.run([*make, "--out", str(tmp_path / "again")], capture_output=True, text=True, check=True)
+    synsets = [synset for synset, _ in devkit_synsets()[:10]]
+    assert {p.name for p in (data / "train").iterdir()} == set(synsets)
+    first = Path("val", synsets[0], "0.JPEG")
+    assert (data / first).read_bytes() == (tmp_path / "again" / first).read_bytes()  # seeded
+    refused = subprocess.run([*make, "--out", str(data)], capture_output=True, text=True)
+    assert refused.returncode == 2 and f"--out {data} exists" in refused.stderr
+
+    out = tmp_path / "gpu"
+    env = {**os.environ, "DATA": str(data), "WORKERS": "0", "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "benchmark_gpu.sh"), str(out), "cifar:resnet8"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stdout + (out / "resnet8-fp32.log").read_text()[-2000:]
+    report = json.loads((out / "resnet8-fp32.json").read_text())
+    assert (report["fit_images"], report["eval_images"], report["precision"]) == (20, 10, "fp32")
+    assert len(report["floor_runs_s"]) == 2 and len(report["pipeline_runs_s"]) == 1
+    assert report["images_per_s"]["floor"] == pytest.approx(30 / report["floor_s"])
+    assert "same_penalty" not in report["linear_probe"]
+    assert "torch" in (out / "environment.txt").read_text()
+    assert "ratio" in done.stdout
