@@ -30,9 +30,12 @@
   captures the fit split, at two sizes (``--rss-sizes``; default a quarter of the fit
   images, and all of them), each in a fresh subprocess so the peaks do not mix (DataLoader workers,
   separate processes, are not counted). The sizes alternate, ``--repeats`` times each; ``peak_mb``
-  is the mean of the peaks in ``peak_runs_mb``: glibc's heap behind torch's activations grows
-  by about 200 MiB over a capture of 50k CIFAR images and plateaus, by a different amount in every
-  run (``malloc_trim`` after every batch kept it flat, at 20 % more capture time).
+  is the mean of the peaks in ``peak_runs_mb``. The largest size's subprocess then captures it
+  again, into fresh caches, up to ``--rss-rounds`` times in all, and ``peak_rounds_mb`` holds its
+  peak after each round: glibc's heap behind torch's activations grows over the first tens of
+  thousands of CIFAR images and plateaus, at a height that differs by up to 300 MiB between
+  runs, so whether memory grows with the number of images shows best within one process
+  (``malloc_trim`` after every batch kept it flat, at 20 % more capture time).
 * ``capture_bytes_per_image``: what storing every block's full output would take per
   image, against the pooled features and logits that capture keeps.
 
@@ -96,11 +99,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sklearn", action=argparse.BooleanOptionalAction, default=True,
                         help="compare the linear probe with scikit-learn's (default: yes; at ImageNet's 1,000 "
                              "classes scikit-learn takes minutes per block)")
-    # Internal: the subprocess that measures one capture's peak memory.
     parser.add_argument("--rss-sizes", type=int, nargs="+", default=None,
                         help="fit-split sizes whose capture peak memory is measured (default: a quarter and all "
                              "of the fit images)")
+    parser.add_argument("--rss-rounds", type=int, default=3,
+                        help="captures of the largest --rss-sizes in one process, each into a fresh cache, with "
+                             "the peak after each (default: 3)")
+    # Internal: the subprocess that measures the peak memory of capture.
     parser.add_argument("--capture-rss-of", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--capture-rounds", type=int, default=1, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -327,10 +334,11 @@ def max_rss_mb() -> float:
 
 
 def capture_rss(args: argparse.Namespace) -> dict:
-    """In this (fresh) process: load the model, capture ``args.capture_rss_of`` fit images, report the peak.
+    """In this (fresh) process: load the model, capture ``args.capture_rss_of`` fit images
+    ``args.capture_rounds`` times, each into a fresh cache, and report the peak after each round.
 
     Importing torch alone takes about 1 GB of resident memory, so the peak is reset
-    (Linux: ``5 > /proc/self/clear_refs``) after loading: ``peak_mb`` is the peak during capture.
+    (Linux: ``5 > /proc/self/clear_refs``) after loading: ``peak_mb`` is the peak during the first capture.
     """
     with tempfile.TemporaryDirectory() as tmp:
         opts = run_options(args, Path(tmp) / "out", Path(tmp) / "cache")
@@ -340,17 +348,24 @@ def capture_rss(args: argparse.Namespace) -> dict:
             Path("/proc/self/clear_refs").write_text("5")
         layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
         source = open_split(opts.data, opts.fit_split, opts.download_root)
-        (cache,), _ = pipeline.capture_shards(adapter, opts, opts.fit_split, args.capture_rss_of, layout, source)
-        # Off Linux the peak is that of the whole process, imports included.
-        peak = rss_mb("VmHWM") or max_rss_mb()
-        return {"images": len(cache.labels), "before_capture_mb": before, "peak_mb": peak}
+        peaks = []
+        for n in range(args.capture_rounds):
+            fresh = dataclasses.replace(opts, cache_dir=str(Path(tmp) / f"cache-{n}"))
+            (cache,), _ = pipeline.capture_shards(adapter, fresh, opts.fit_split, args.capture_rss_of, layout, source)
+            # Off Linux the peak is that of the whole process, imports included.
+            peaks.append(rss_mb("VmHWM") or max_rss_mb())
+        return {"images": len(cache.labels), "before_capture_mb": before, "peak_mb": peaks[0], "peak_rounds_mb": peaks}
 
 
 def measure_capture_rss(args: argparse.Namespace, sizes: list[int]) -> list[dict]:
+    """Each size's capture peak, ``args.repeats`` subprocesses each, alternating; the largest size's
+    subprocesses capture it ``args.rss_rounds`` times (``peak_rounds_mb``: one list per subprocess)."""
     runs: dict[int, list[dict]] = {size: [] for size in sizes}
     for _ in range(args.repeats):
         for size in sizes:
-            command = [sys.executable, __file__, *sys.argv[1:], "--capture-rss-of", str(size)]
+            rounds = args.rss_rounds if size == max(sizes) else 1
+            command = [sys.executable, __file__, *sys.argv[1:], "--capture-rss-of", str(size),
+                       "--capture-rounds", str(rounds)]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             runs[size].append(json.loads(done.stdout.splitlines()[-1]))
     return [
@@ -358,6 +373,7 @@ def measure_capture_rss(args: argparse.Namespace, sizes: list[int]) -> list[dict
          "before_capture_mb": mean([r["before_capture_mb"] for r in runs[size]]),
          "peak_mb": mean([r["peak_mb"] for r in runs[size]]),
          "peak_runs_mb": [r["peak_mb"] for r in runs[size]]}
+        | ({"peak_rounds_mb": [r["peak_rounds_mb"] for r in runs[size]]} if size == max(sizes) else {})
         for size in sizes
     ]
 

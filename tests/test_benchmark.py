@@ -83,5 +83,9 @@ def test_gpu_benchmark_script_runs_end_to_end_on_synthetic_jpegs(tmp_path):
     assert len(report["floor_runs_s"]) == 2 and len(report["pipeline_runs_s"]) == 1
     assert report["images_per_s"]["floor"] == pytest.approx(30 / report["floor_s"])
     assert "same_penalty" not in report["linear_probe"]
+    small, large = report["capture_peak_rss"]
+    assert (small["images"], large["images"]) == (5, 20) and "peak_rounds_mb" not in small
+    assert [len(rounds) for rounds in large["peak_rounds_mb"]] == [3]  # --rss-rounds, in each of --repeats (1)
+    assert all(r[0] <= r[1] <= r[2] for r in large["peak_rounds_mb"])  # peaks after each round, in one process
     assert "torch" in (out / "environment.txt").read_text()
     assert "ratio" in done.stdout
