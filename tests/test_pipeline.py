@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import sqlite3
 from pathlib import Path
 
@@ -76,6 +77,20 @@ def test_an_image_gone_after_the_scan_is_named(tmp_path):
     Path(source.paths[1]).unlink()
     with pytest.raises(DataError, match=rf"cannot read image {source.paths[1]} .*Replace the file \(same name\)"):
         source.load_with_content_id(1)
+
+
+def test_capture_returns_the_free_heap_every_few_batches(tmp_path, monkeypatch):
+    from vision_lens import capture as capture_module
+
+    trims = []
+    monkeypatch.setattr(capture_module, "_malloc_trim", trims.append)
+    monkeypatch.setattr(capture_module, "TRIM_EVERY", 2)
+    adapter = create_adapter("cifar:resnet8", weights="random", seed=0)
+    source = ImageFolderSource.scan(write_image_folder(tmp_path / "imgs", classes=2, per_class=5))
+    capture(adapter, source, np.arange(10), tmp_path / "cache", np.arange(2), FeatureLayout.of(adapter.blocks, 1),
+            batch_size=2, workers=0)
+    assert trims == [0, 0]  # batches 2 and 4 of 5
+    assert (capture_module._heap_trimmer() is not None) == (platform.libc_ver()[0] == "glibc")
 
 
 def test_cache_key_changes_with_settings(tmp_path):

@@ -7,6 +7,7 @@ sub-grid average that its identity path reads) and keeps only that row.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 from pathlib import Path
 
@@ -24,6 +25,22 @@ from .readout import BlockPooling, FeatureLayout
 
 
 REMEMBER_EVERY = 4096  # captured images' content ids held before they are written to the hash index
+TRIM_EVERY = 16  # batches between returns of the free heap to the OS
+
+
+def _heap_trimmer():
+    """glibc's ``malloc_trim``, or None under another C library."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+# Under glibc the heap behind torch's per-batch activations fragments: over 350k CIFAR images one
+# capture's resident memory rose 550 MiB above its start, and plateaued there after 200k. Returning the
+# free pages every TRIM_EVERY batches held a 350k capture to 360 MiB, for about 2 % of capture time
+# (after every batch: 20 %).
+_malloc_trim = _heap_trimmer()
 
 
 class BlockRecorder:
@@ -142,7 +159,7 @@ def capture(
         collate_fn=_collate,
         pin_memory=adapter.device.type == "cuda",
     )
-    start = cache.done
+    start, batches = cache.done, 0
     pending: list[tuple] = []  # (index, content id, stamp) of captured images not yet in the source's hash index
     memory_format = input_memory_format(adapter.device, channels_last)
     with BlockRecorder(adapter, layout) as recorder, tqdm(
@@ -168,6 +185,9 @@ def capture(
                     _remember(source, pending, cache_root)
                 start += len(labels)
                 bar.update(len(labels))
+                batches += 1
+                if _malloc_trim is not None and batches % TRIM_EVERY == 0:
+                    _malloc_trim(0)
         finally:
             _remember(source, pending, cache_root)
     return cache
