@@ -32,10 +32,10 @@
   separate processes, are not counted). The sizes alternate, ``--repeats`` times each; ``peak_mb``
   is the mean of the peaks in ``peak_runs_mb``. The largest size's subprocess then captures it
   again, into fresh caches, up to ``--rss-rounds`` times in all, and ``peak_rounds_mb`` holds its
-  peak after each round: glibc's heap behind torch's activations grows over the first tens of
-  thousands of CIFAR images and plateaus, at a height that differs by up to 300 MiB between
-  runs, so whether memory grows with the number of images shows best within one process
-  (``malloc_trim`` after every batch kept it flat, at 20 % more capture time).
+  peak after each round: glibc's heap behind torch's activations fragments as images pass and
+  plateaus, at a height that differs by a few hundred MiB between runs (capture returns the
+  free heap every 16 batches, which lowers it), so whether memory grows with the number of
+  images shows best within one process.
 * ``capture_bytes_per_image``: what storing every block's full output would take per
   image, against the pooled features and logits that capture keeps.
 
