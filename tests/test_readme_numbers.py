@@ -71,3 +71,6 @@ def test_quoted_benchmark_matches_its_json():
     growth = large["peak_mb"] / small["peak_mb"] - 1
     assert f"{small['peak_mb']:,.0f} MiB for {small['images']:,} images and {large['peak_mb']:,.0f} MiB for " \
            f"{large['images']:,} (**{growth:+.1%}" in text.replace(" %", "%")
+    rounds = large["peak_rounds_mb"]
+    assert f"{len(rounds[0]) * large['images']:,} images in all, raised it to " + \
+           " and ".join(f"{r[-1]:,.0f}" for r in rounds) + " MiB" in text
