@@ -166,3 +166,42 @@ def test_preconditioned_solve_reaches_the_optimum_in_few_iterations():
                 float(p.square().sum()) for p in probe.params[0].linear.parameters())
         assert ours <= _direct_optimum(probe, x, y, wd) + 1e-5, (images, channels)
         assert record["iterations"] < 50, record
+
+
+def test_symmetric_eigh_holds_where_lapack_eigh_fails_to_converge():
+    """A label mean spread over 81 of 1,000 classes: the softmax curvature has 920 exactly zero and 80 exactly
+    equal eigenvalues, on which this torch's LAPACK eigh fails to converge (a ResNet-50 run on 100 synthetic
+    ImageNet images stopped there)."""
+    from vision_lens.fit import _symmetric_eigh
+
+    mean = torch.zeros(1000, dtype=torch.float64)
+    mean[torch.arange(81) * 12] = 1 / 81
+    curvature = torch.diag(mean) - torch.outer(mean, mean)
+    values, vectors = _symmetric_eigh(curvature)
+    torch.testing.assert_close(curvature @ vectors, vectors * values)
+    torch.testing.assert_close(vectors.T @ vectors, torch.eye(1000, dtype=torch.float64))
+
+
+def test_the_svd_fallback_is_an_eigendecomposition_and_moves_no_optimum(monkeypatch):
+    from vision_lens.fit import _symmetric_eigh
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(400, 6, generator=gen)
+    y = torch.multinomial((x @ torch.randn(6, 4, generator=gen)).softmax(-1), 1, generator=gen)[:, 0]
+    settings = FitSettings(weight_decay=1e-3, max_iter=200)
+    with_eigh = probe_for(6, 4)
+    fit_lens(with_eigh, [x], y, settings=settings)
+
+    def failing(matrix):
+        raise torch.linalg.LinAlgError("forced")
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing)
+    a = torch.randn(3, 5, 5, generator=gen, dtype=torch.float64)
+    matrices = a @ a.transpose(1, 2)
+    values, vectors = _symmetric_eigh(matrices)
+    torch.testing.assert_close(matrices @ vectors, vectors * values[:, None])
+    torch.testing.assert_close(vectors.transpose(1, 2) @ vectors, torch.eye(5, dtype=torch.float64).expand(3, 5, 5))
+    with_svd = probe_for(6, 4)
+    fit_lens(with_svd, [x], y, settings=settings)  # every solve preconditioned through the SVD
+    for p, q in zip(with_eigh.parameters(), with_svd.parameters()):  # the same optimum, to the solver's tolerance
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-3)

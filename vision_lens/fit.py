@@ -135,6 +135,20 @@ def block_losses(targets: _Targets, images: Tensor, inputs: Tensor, base: Tensor
     return losses.view(len(weight), blocks, -1).mean(2)
 
 
+def _symmetric_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues and orthonormal eigenvectors of symmetric positive semi-definite ``matrix`` (batched too).
+
+    LAPACK's eigh can fail to converge on exactly repeated eigenvalues: the label mean of 81 fit images of
+    81 classes among 1,000 made it fail. For such a matrix the SVD is an eigendecomposition (the values in
+    descending rather than ascending order, which no caller relies on), and it converges there.
+    """
+    try:
+        return torch.linalg.eigh(matrix)
+    except torch.linalg.LinAlgError:
+        vectors, values, _ = torch.linalg.svd(matrix)
+        return values, vectors
+
+
 def _output_basis(head: Tensor | None, targets: _Targets, images: Tensor, classes: int) -> tuple[Tensor, Tensor]:
     """``head = to_logits @ to_outputs.T``, ``to_logits`` ``(C, r)`` and ``to_outputs`` ``(out, r)`` with orthonormal
     columns along span(V) (``head = U S V^T``; no head: the identity), rotated to the eigenvectors of the softmax's
@@ -145,7 +159,7 @@ def _output_basis(head: Tensor | None, targets: _Targets, images: Tensor, classe
         u, s, vh = torch.linalg.svd(head.double(), full_matrices=False)
         left, right = u * s, vh.T
     mean = targets.mean(images, classes).double()
-    basis = torch.linalg.eigh(left.T @ (torch.diag(mean) - torch.outer(mean, mean)) @ left).eigenvectors
+    _, basis = _symmetric_eigh(left.T @ (torch.diag(mean) - torch.outer(mean, mean)) @ left)
     return (left @ basis).float(), (right @ basis).float()
 
 
@@ -189,9 +203,9 @@ class _Problem:
         scaled = torch.cat([self.inputs, self.inputs.new_ones(g, 1, rows)], 1)
         scaled *= (traces / traces.sum(1, keepdim=True).clamp(min=1e-30)).sqrt()[:, None]
         if rows > d + 1:
-            moments, basis = torch.linalg.eigh(torch.bmm(scaled, scaled.transpose(1, 2)).double())
+            moments, basis = _symmetric_eigh(torch.bmm(scaled, scaled.transpose(1, 2)).double())
         else:  # through the Gram matrix: its eigenvectors, mapped back, span the rows
-            moments, basis = torch.linalg.eigh(torch.bmm(scaled.transpose(1, 2), scaled).double())
+            moments, basis = _symmetric_eigh(torch.bmm(scaled.transpose(1, 2), scaled).double())
             spanning = moments > 1e-10 * moments.amax(1, keepdim=True).clamp(min=1e-300)  # the rest map to zero
             moments = moments * spanning
             basis = torch.bmm(scaled.double(), basis) * (spanning / moments.clamp(min=1e-300).sqrt())[:, None]
