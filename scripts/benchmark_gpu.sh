@@ -6,7 +6,7 @@
 # Writes OUT/environment.txt, and per model OUT/<arch>-<precision>.json (the benchmark's JSON) and
 # OUT/<arch>-<precision>.log (its stderr). A model that fails or passes MODEL_TIMEOUT leaves its log, and
 # the next model still runs. Environment knobs, with their defaults: DATA (a fresh temporary folder),
-# FIT_PER_CLASS=10, EVAL_PER_CLASS=5, WORKERS (every CPU), PRECISION=fp32 (or bf16), MODEL_TIMEOUT=240
+# FIT_PER_CLASS=10, EVAL_PER_CLASS=5, WORKERS (every CPU), PRECISION=fp32 (or bf16), MODEL_TIMEOUT=270
 # seconds, FIT_LIMIT / EVAL_LIMIT (default: every image) and PYTHON=python3.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +41,7 @@ for model in "$@"; do
   echo "== $model ($precision)"
   # One repeat: on a GPU the floor's passes barely vary, and the device time is short.
   # scikit-learn is left out: at 1,000 classes it takes minutes per block.
-  timeout "${MODEL_TIMEOUT:-240}" "$python" scripts/benchmark_pipeline.py --model "$model" --weights random \
+  timeout "${MODEL_TIMEOUT:-270}" "$python" scripts/benchmark_pipeline.py --model "$model" --weights random \
     --data "$data" --fit-split train --eval-split val --workers "$workers" --precision "$precision" \
     --repeats 1 --no-sklearn "${limits[@]}" > "$out/$name.json" 2> "$out/$name.log"
   rc=$?
