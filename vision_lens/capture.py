@@ -32,7 +32,7 @@ def _heap_trimmer():
     """glibc's ``malloc_trim``, or None under another C library."""
     try:
         return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows has no CDLL(None)
         return None
 
 
