@@ -228,13 +228,14 @@ def measure_floor(selected: list[tuple[ImageSource, np.ndarray]], opts: RunOptio
 
     The input goes to the device as capture sends it (pinned memory, memory layout, precision).
     """
+    memory_format = input_memory_format(adapter.device)
     with stopwatch() as elapsed:
         for source, indices in selected:
             dataset = TransformedSubset(source, indices, adapter.transform)
             loader = DataLoader(dataset, batch_size=opts.batch_size, num_workers=opts.workers,
                                 pin_memory=adapter.device.type == "cuda")
             for images, _ in loader:
-                images = images.to(adapter.device, non_blocking=True, memory_format=input_memory_format(adapter.device))
+                images = images.to(adapter.device, non_blocking=True, memory_format=memory_format)
                 with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
                     adapter.logits(images)
     return elapsed["s"]

@@ -36,15 +36,17 @@ def test_channels_last_capture_keeps_every_value(tmp_path, model):
     adapter = create_adapter(model, weights="random", seed=0)
     source = ImageFolderSource.scan(write_image_folder(tmp_path / "imgs", classes=2, per_class=4))
     layout = FeatureLayout.of(adapter.blocks, 2)
-    args = (adapter, source, np.arange(8), np.arange(10), layout)
-    plain = capture(args[0], args[1], args[2], tmp_path / "plain", *args[3:], batch_size=4, workers=0)
+
+    def capture_into(root, **kw):
+        return capture(adapter, source, np.arange(8), root, np.arange(2), layout, batch_size=4, workers=0, **kw)
+
+    plain = capture_into(tmp_path / "plain")
     spatial = []  # for each block output map larger than 1x1 that reached a hook: is it channels_last?
     hooks = [adapter.model.get_submodule(b.module).register_forward_hook(
         lambda m, i, out: spatial.append(out.is_contiguous(memory_format=torch.channels_last))
         if out.shape[-1] > 1 else None) for b in adapter.blocks]
     try:
-        last = capture(args[0], args[1], args[2], tmp_path / "last", *args[3:], batch_size=4, workers=0,
-                       channels_last=True)
+        last = capture_into(tmp_path / "last", channels_last=True)
     finally:
         for hook in hooks:
             hook.remove()

@@ -159,14 +159,14 @@ def capture(
         collate_fn=_collate,
         pin_memory=adapter.device.type == "cuda",
     )
-    start, batches = cache.done, 0
+    start = cache.done
     pending: list[tuple] = []  # (index, content id, stamp) of captured images not yet in the source's hash index
     memory_format = input_memory_format(adapter.device, channels_last)
     with BlockRecorder(adapter, layout) as recorder, tqdm(
         total=len(indices), initial=start, desc=desc, unit="img", dynamic_ncols=True
     ) as bar:
         try:
-            for batch in loader:
+            for batches, batch in enumerate(loader, 1):
                 if isinstance(batch, DataError):
                     raise batch
                 images, labels, content = batch
@@ -185,7 +185,6 @@ def capture(
                     _remember(source, pending, cache_root)
                 start += len(labels)
                 bar.update(len(labels))
-                batches += 1
                 if _malloc_trim is not None and batches % TRIM_EVERY == 0:
                     _malloc_trim(0)
         finally:

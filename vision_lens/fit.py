@@ -139,8 +139,8 @@ def _symmetric_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
     """Eigenvalues and orthonormal eigenvectors of symmetric positive semi-definite ``matrix`` (batched too).
 
     LAPACK's eigh can fail to converge on exactly repeated eigenvalues: the softmax curvature at a label mean
-    spread evenly over 80 of 1,000 classes made it fail. For such a matrix the SVD is an eigendecomposition (the values in
-    descending rather than ascending order, which no caller relies on), and it converges there.
+    spread evenly over 80 of 1,000 classes made it fail. For such a matrix the SVD is an eigendecomposition
+    (the values in descending rather than ascending order, which no caller relies on), and it converges there.
     """
     try:
         return torch.linalg.eigh(matrix)
