@@ -401,7 +401,7 @@ def main() -> None:
     means = mean_timings(floor_runs, [timings for timings, _ in runs])
     report = {
         "model": args.model, "weights": args.weights, "data": args.data, "fit_images": fit_images,
-        "eval_images": eval_images, "workers": args.workers, "device": opts.device,
+        "eval_images": eval_images, "workers": args.workers, "batch_size": opts.batch_size, "device": opts.device,
         "accelerator": torch.cuda.get_device_name() if adapter.device.type == "cuda" else None,
         "precision": args.precision, "torch_threads": threads, **means,
         "images_per_s": {side: (fit_images + eval_images) / means[f"{side}_s"] for side in ("floor", "pipeline")},

@@ -44,3 +44,27 @@ def test_torch_threads_are_capped_at_the_usable_cores(monkeypatch):
         torch.set_num_threads(1)  # a lower setting (OMP_NUM_THREADS=1) is kept
         assert threads.limit_torch_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_batch_size_defaults_to_the_device():
+    from vision_lens.options import RunOptions, default_batch_size
+    from vision_lens.pipeline import load_model
+
+    assert default_batch_size("cpu") == 64 and default_batch_size("cuda:1") == 256
+    opts = RunOptions(model="cifar:resnet8", weights="random", data="data", out="out", device="cpu")
+    load_model(opts)
+    assert opts.batch_size == 64  # resolved before capture, so that run.json records it
+    given = RunOptions(model="cifar:resnet8", weights="random", data="data", out="out", device="cpu", batch_size=7)
+    load_model(given)
+    assert given.batch_size == 7
+
+
+@pytest.mark.parametrize("flag, value", [("--batch-size", "0"), ("--workers", "-1")])
+def test_impossible_batch_size_or_workers_is_named(flag, value, tmp_path, capsys):
+    from vision_lens.cli import main
+
+    args = ["run", "--model", "cifar:resnet8", "--weights", "random", "--data", str(tmp_path / "data"),
+            "--out", str(tmp_path / "out"), flag, value]
+    assert main(args) == 2
+    assert f"vision-lens run: error: {flag} {value}: give " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

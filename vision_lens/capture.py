@@ -21,6 +21,7 @@ from .adapters import ModelAdapter
 from .cache import FeatureCache
 from .checks import check_activations
 from .data import DataError, ImageSource, TransformedSubset
+from .options import default_batch_size
 from .readout import BlockPooling, FeatureLayout
 
 
@@ -36,10 +37,10 @@ def _heap_trimmer():
         return None
 
 
-# Under glibc the heap behind torch's per-batch activations fragments: over 350k CIFAR images one
-# capture's resident memory rose 550 MiB above its start, and plateaued there after 200k. Returning the
-# free pages every TRIM_EVERY batches held a 350k capture to 360 MiB, for about 2 % of capture time
-# (after every batch: 20 %).
+# Under glibc the heap behind torch's per-batch activations fragments: over 350k CIFAR images at 256 per
+# batch one capture's resident memory rose 550 MiB above its start, and plateaued there after 200k.
+# Returning the free pages every TRIM_EVERY batches held a 350k capture to 360 MiB, for about 2 % of
+# capture time (after every batch: 20 %). Smaller batches, the CPU default now, fragment it less.
 _malloc_trim = _heap_trimmer()
 
 
@@ -128,7 +129,7 @@ def capture(
     cache_root: str | Path,
     label_map: np.ndarray,
     layout: FeatureLayout,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     workers: int = 2,
     desc: str = "capture",
     bf16: bool = False,
@@ -141,7 +142,8 @@ def capture(
     ``bf16`` runs the backbone under bfloat16 autocast (for GPUs; it is part of
     the cache key too); pooling and the cache stay float32. ``channels_last``
     (default: on CUDA devices) hands the backbone its input in that memory
-    layout; it changes no value, so it is not part of the key.
+    layout; it changes no value, so it is not part of the key. ``batch_size``
+    defaults to :func:`~vision_lens.options.default_batch_size` of the device.
     """
     dims = [layout.width(k) for k in range(len(layout.blocks))]
     aux_blocks = tuple(k for k, b in enumerate(adapter.blocks) if b.name in adapter.aux_classifiers)
@@ -154,7 +156,7 @@ def capture(
         return cache
     loader = DataLoader(
         _SafeSubset(source, indices[cache.done :], adapter.transform, adapter.input_size, content_ids=True),
-        batch_size=batch_size,
+        batch_size=batch_size or default_batch_size(adapter.device.type),
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=adapter.device.type == "cuda",

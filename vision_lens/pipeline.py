@@ -32,7 +32,9 @@ from .fit import fit_lens
 from .lenses import LENS_TYPES, build_lenses
 from .readout import FeatureLayout
 from .metrics import evaluate_lenses
-from .options import CommonOptions, EvalOptions, RunOptions, default_cache_dir, resolve_device  # noqa: F401  (re-exported)
+from .options import (  # noqa: F401  (re-exported)
+    CommonOptions, EvalOptions, RunOptions, default_batch_size, default_cache_dir, resolve_device,
+)
 from .plotting import save_run_figures
 from .preflight import label_map, preflight
 from .report import write_report
@@ -72,8 +74,10 @@ def stop_processes() -> None:
 
 
 def load_model(opts: CommonOptions) -> ModelAdapter:
-    """The adapter on ``opts.device``; ``auto`` is resolved here, and kept in ``opts`` for run.json."""
+    """The adapter on ``opts.device``; ``auto`` and the default batch size are resolved here, and kept in ``opts``
+    for run.json."""
     opts.device = resolve_device(opts.device)
+    opts.batch_size = opts.batch_size or default_batch_size(opts.device)
     _start_processes(opts)
     return create_adapter(opts.model, weights=opts.weights, seed=opts.seed).to(opts.device)
 
