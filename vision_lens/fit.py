@@ -85,19 +85,24 @@ class _Targets:
 
     def losses(self, logits: Tensor, images: Tensor) -> Tensor:
         """Loss (nats) of ``logits`` ``(G, C, r)`` whose columns show ``images`` ``(r,)``: ``(G, r)``."""
-        return self.losses_and_gradients(logits, images)[0]
+        return self._losses(logits.log_softmax(1), images)
 
     def losses_and_gradients(self, logits: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`losses`, and their gradients with respect to ``logits``: softmax minus target, ``(G, C, r)``."""
         log_probs = logits.log_softmax(1)
-        gradients = log_probs.exp()
-        if self.probs is None:
-            labels = self.labels[images].expand(len(logits), 1, -1)
-            losses = -log_probs.gather(1, labels)[:, 0]
-            gradients.scatter_(1, labels, (-losses).exp()[:, None] - 1)
+        losses, gradients = self._losses(log_probs, images), log_probs.exp()
+        if self.probs is None:  # the label's probability is exp(-loss)
+            gradients.scatter_(1, self._labels(images, len(logits)), (-losses).exp()[:, None] - 1)
             return losses, gradients
-        probs = self.probs[:, images]
-        return -(log_probs * probs).sum(1) - self.entropy[images], gradients.sub_(probs)
+        return losses, gradients.sub_(self.probs[:, images])
+
+    def _labels(self, images: Tensor, modules: int) -> Tensor:
+        return self.labels[images].expand(modules, 1, -1)
+
+    def _losses(self, log_probs: Tensor, images: Tensor) -> Tensor:
+        if self.probs is None:
+            return -log_probs.gather(1, self._labels(images, len(log_probs)))[:, 0]
+        return -(log_probs * self.probs[:, images]).sum(1) - self.entropy[images]
 
     def mean(self, images: Tensor, classes: int) -> Tensor:
         """The mean target distribution over ``images``: ``(C,)``."""
