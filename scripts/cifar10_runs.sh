@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Full-scale CIFAR-10 runs behind results/cifar10-*/: fit on all 50,000 train images,
 # evaluate on all 10,000 test images. On 2 CPU cores the six runs of results/README.md took 9 minutes with
-# the features already cached; a first capture of the 60,000 images adds about 70 s for ResNet-20 (the
-# capture rate of results/benchmark/cifar10-resnet20-cpu.json), more for the deeper models.
+# the features already cached, and 25 minutes capturing every split afresh (an empty VISION_LENS_CACHE).
 # Usage: scripts/cifar10_runs.sh [resnet20 resnet32 resnet44 inceptionv1]   (SHARED defaults to ../shared)
 # The ResNets are the public checkpoints under $SHARED/weights/cifar10-resnets; inceptionv1 is the
 # checkpoint committed under results/checkpoints/ (scripts/train_cifar_inception.py wrote it).
