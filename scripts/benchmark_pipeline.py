@@ -92,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fit-limit", type=int, default=None, help="fit images (default: the whole fit split)")
     parser.add_argument("--eval-limit", type=int, default=None, help="eval images (default: the whole eval split)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading workers (default: 2)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass, for capture and the floor alike (default: capture's, "
+                             "64 on the CPU and 256 on a GPU)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="backbone precision of the floor and of capture (default: fp32)")
     parser.add_argument("--repeats", type=int, default=2,
@@ -116,7 +119,8 @@ def run_options(args: argparse.Namespace, out: Path, cache_dir: Path) -> RunOpti
     return RunOptions(
         model=args.model, weights=args.weights, data=args.data, out=str(out), fit_split=args.fit_split,
         eval_split=args.eval_split, fit_limit=args.fit_limit, eval_limit=args.eval_limit, workers=args.workers,
-        precision=args.precision, cache_dir=str(cache_dir), download_root=str(Path(default_cache_dir()) / "datasets"),
+        batch_size=args.batch_size, precision=args.precision, cache_dir=str(cache_dir),
+        download_root=str(Path(default_cache_dir()) / "datasets"),
     )
 
 

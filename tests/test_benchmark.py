@@ -24,10 +24,12 @@ def benchmark():
 
 
 def test_benchmark_times_every_stage_and_compares_the_probes(benchmark, tiny_data, tmp_path):
-    args = benchmark.parse_args(["--model", "cifar:resnet8", "--data", str(tiny_data), "--workers", "0"])
+    args = benchmark.parse_args(["--model", "cifar:resnet8", "--data", str(tiny_data), "--workers", "0",
+                                 "--batch-size", "16"])
     opts = benchmark.run_options(args, tmp_path / "out", tmp_path / "cache")
     timings, caches = benchmark.measure_pipeline(opts)
     assert (tmp_path / "out" / "aggregate_metrics.json").is_file()
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["options"]["batch_size"] == 16
     assert [len(caches[c].labels) for c in ("capture_fit", "capture_eval")] == [40, 20]
     stages = timings["stages"]
     assert set(stages) == {"capture_fit_s", "fit_lenses_s", "capture_eval_s", "evaluate_write_s", "setup_s"}

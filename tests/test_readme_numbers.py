@@ -74,3 +74,20 @@ def test_quoted_benchmark_matches_its_json():
     rounds = large["peak_rounds_mb"]
     assert f"{len(rounds[0]) * large['images']:,} images in all, raised it to " + \
            " and ".join(f"{r[-1]:,.0f}" for r in rounds) + " MiB" in text
+
+
+def test_quoted_batch256_benchmark_matches_its_json():
+    bench = json.loads((REPO / "results" / "benchmark" / "cifar10-resnet20-cpu-batch256.json").read_text())
+    default = json.loads((REPO / "results" / "benchmark" / "cifar10-resnet20-cpu.json").read_text())
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert bench["batch_size"] == 256 and default["batch_size"] == 64
+    capture = [b["stages"]["capture_fit_s"] + b["stages"]["capture_eval_s"] for b in (bench, default)]
+    assert f"capture of both splits took {capture[0]:.1f} s against {capture[1]:.1f} s" in text
+    small, large = bench["capture_peak_rss"]
+    runs = " and ".join(f"{r:,.0f}" for r in small["peak_runs_mb"]) + ", " + \
+        " and ".join(f"{r:,.0f}" for r in large["peak_runs_mb"])
+    assert f"peaked at {small['peak_mb']:,.0f} MiB for {small['images']:,} images and {large['peak_mb']:,.0f} MiB " \
+           f"for {large['images']:,} (runs {runs} MiB) and at " + \
+           " and ".join(f"{r[-1]:,.0f}" for r in large["peak_rounds_mb"]) + " MiB after" in text
+    growth = large["peak_mb"] / small["peak_mb"] - 1
+    assert f"({growth:+.1%} here;" in text.replace(" %", "%")
