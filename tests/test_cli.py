@@ -47,7 +47,8 @@ def test_torch_threads_are_capped_at_the_usable_cores(monkeypatch):
 
 
 def test_batch_size_defaults_to_the_device():
-    from vision_lens.options import RunOptions, default_batch_size
+    from vision_lens.capture import default_batch_size
+    from vision_lens.options import RunOptions
     from vision_lens.pipeline import load_model
 
     assert default_batch_size("cpu") == 64 and default_batch_size("cuda:1") == 256

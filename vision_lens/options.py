@@ -25,15 +25,6 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def default_batch_size(device: str) -> int:
-    """Images per capture forward pass when none is given: 64 on the CPU, 256 on an accelerator.
-
-    On the CPU a batch's activations live in the process heap: a larger batch raises the peak memory of
-    capture, and makes the heap fragment more as images pass, for no gain in speed there.
-    """
-    return 64 if str(device).split(":")[0] == "cpu" else 256
-
-
 def _opt(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 

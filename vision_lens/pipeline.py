@@ -25,16 +25,14 @@ from . import __version__
 from .adapters import ModelAdapter, create_adapter
 from .artifacts import mark_complete, prepare_output, require_complete, write_results
 from .cache import FeatureCache
-from .capture import capture
+from .capture import capture, default_batch_size
 from .checks import check_fit
 from .data import DataError, ImageSource, select
 from .fit import fit_lens
 from .lenses import LENS_TYPES, build_lenses
 from .readout import FeatureLayout
 from .metrics import evaluate_lenses
-from .options import (  # noqa: F401  (re-exported)
-    CommonOptions, EvalOptions, RunOptions, default_batch_size, default_cache_dir, resolve_device,
-)
+from .options import CommonOptions, EvalOptions, RunOptions, default_cache_dir, resolve_device  # noqa: F401  (re-exported)
 from .plotting import save_run_figures
 from .preflight import label_map, preflight
 from .report import write_report
