@@ -24,6 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vision_lens import capture
 from vision_lens.adapters import create_adapter
 from vision_lens.artifacts import MANIFEST_NAME, write_results
 from vision_lens.cli import main
@@ -40,7 +41,7 @@ NOBODY = [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups"] if SETPRI
 # capture, at the start of the second lens fit, or in the middle of writing the result files.
 KILL_AT = """
 import os, signal, sys
-import vision_lens.artifacts as artifacts, vision_lens.pipeline as pipeline
+import vision_lens.artifacts as artifacts, vision_lens.capture as capture, vision_lens.pipeline as pipeline
 from vision_lens.cache import FeatureCache
 from vision_lens.cli import main
 from vision_lens.files import FolderLock
@@ -49,6 +50,7 @@ def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 stage = sys.argv[1]
+capture.COMMIT_BYTES = 0  # a commit after every batch
 if stage == "capture":
     commit = FeatureCache.commit
     def commit_then_die(self, done, *args):
@@ -280,7 +282,8 @@ def test_bad_image_keeps_the_captured_rows_for_the_rerun(data_copy, tmp_path, ca
     assert "reusing 8 of 20 captured rows" in capsys.readouterr().err
 
 
-def test_an_image_changed_under_its_name_is_captured_again(data_copy, tmp_path, capsys):
+def test_an_image_changed_under_its_name_is_captured_again(data_copy, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(capture, "COMMIT_BYTES", 0)  # a chunk per batch of 4 rows
     assert run_on(data_copy, tmp_path / "first", tmp_path / "cache") == 0
     changed = data_copy / "train" / "class_0" / "000.png"  # row 0, in the first batch of 4
     Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(changed)

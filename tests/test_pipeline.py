@@ -15,6 +15,7 @@ import torch
 
 from vision_lens.adapters import create_adapter
 from vision_lens.cache import FeatureCache
+from vision_lens import capture as capture_module
 from vision_lens.capture import capture, capture_key
 from vision_lens.cli import main
 from vision_lens.data import DataError, ImageFolderSource, select
@@ -40,6 +41,17 @@ class CrashingSource(ImageFolderSource):
         return super().load_with_content_id(index)
 
 
+def test_capture_commits_every_commit_bytes_of_rows(tmp_path, monkeypatch):
+    adapter = create_adapter("cifar:resnet8", weights="random", seed=0)
+    source = ImageFolderSource.scan(write_image_folder(tmp_path / "imgs", classes=10, per_class=2))
+    layout = FeatureLayout.of(adapter.blocks, 1)
+    row = 4 * (sum(layout.width(k) for k in range(len(adapter.blocks))) + adapter.num_classes) + 8  # int64 label
+    monkeypatch.setattr(capture_module, "COMMIT_BYTES", 7 * row)  # a commit once 7 rows are written
+    cache = capture(adapter, source, np.arange(20), tmp_path / "cache", np.arange(10), layout, batch_size=4, workers=0)
+    assert cache.row_bytes == row
+    assert [chunk["stop"] for chunk in cache.manifest["chunks"]] == [8, 16, 20]  # whole batches; the rest at the end
+
+
 def test_cache_resumes_after_a_crash(tmp_path):
     adapter = create_adapter("cifar:resnet8", weights="random", seed=0)
     root = write_image_folder(tmp_path / "imgs", classes=10, per_class=3)
@@ -50,7 +62,7 @@ def test_cache_resumes_after_a_crash(tmp_path):
     with pytest.raises(Crash):
         capture(adapter, source, indices, tmp_path / "cache", labels, FeatureLayout.of(adapter.blocks, 1), batch_size=4, workers=0)
     manifest = json.loads(next((tmp_path / "cache").glob("*/manifest.json")).read_text())
-    assert manifest["done"] == 12  # three whole batches were committed before the crash
+    assert manifest["done"] == 12  # the three whole batches written before the crash are committed
     source.crash_at, source.loads = None, 0
     resumed = capture(adapter, source, indices, tmp_path / "cache", labels, FeatureLayout.of(adapter.blocks, 1), batch_size=4, workers=0)
     assert source.loads == len(indices) - 12  # only the rest was loaded again

@@ -2,7 +2,7 @@
 
 Layout of a cache folder::
 
-    manifest.json      key (what was captured), shapes, and ``chunks``: the committed batches
+    manifest.json      key (what was captured), shapes, and ``chunks``: the committed rows
     block_<k>.npy      (n, dim_k) float32, pooled features of block k
     logits.npy         (n, num_classes) float32, the model's own logits
     aux_<k>.npy        (n, num_classes) float32, the model's own classifier at block k, if any
@@ -16,7 +16,7 @@ it ends at, a hash of the content ids of the images they were computed from
 (hashes of the bytes the loader decoded), and a SHA-256 of its rows
 in every array. ``done`` (the rows committed) is advanced atomically only
 after the rows are written to the mapped files, so a run killed at any point
-resumes from the last committed batch: the kernel's page cache keeps the rows
+resumes from the last commit: the kernel's page cache keeps the rows
 of a process that dies. They are not forced to disk (msync cost 0.17 s per
 10k-image CIFAR split); should a machine crash lose rows the manifest lists,
 their chunk's checksum no longer matches and they are captured again.
@@ -103,6 +103,11 @@ class FeatureCache:
     @property
     def complete(self) -> bool:
         return self.done == len(self.labels)
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row in all the arrays together."""
+        return sum(a.dtype.itemsize * int(np.prod(a.shape[1:])) for a in self._arrays.values())
 
     @property
     def _arrays(self) -> dict[str, np.ndarray]:

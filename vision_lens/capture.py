@@ -25,6 +25,9 @@ from .readout import BlockPooling, FeatureLayout
 
 
 REMEMBER_EVERY = 4096  # captured images' content ids held before they are written to the hash index
+# Rows written between commits. Each commit rewrites the manifest, whose chunk list grows with the commits:
+# once per 64-image batch, 50k CIFAR images spent 2.5 s of a 58 s capture there, and it grows as n².
+COMMIT_BYTES = 8 * 2**20
 TRIM_EVERY = 16  # batches between returns of the free heap to the OS
 
 
@@ -145,6 +148,9 @@ def capture(
 ) -> FeatureCache:
     """Capture ``source[indices]`` into the cache under ``cache_root``, resuming if possible.
 
+    Rows are committed every ``COMMIT_BYTES`` of them, and when capture stops,
+    by an error too: a rerun resumes from there.
+
     ``label_map[c]`` is the model output index of the source's class ``c``;
     ``layout`` says what is kept of each block (it is part of the cache key).
     ``bf16`` runs the backbone under bfloat16 autocast (for GPUs; it is part of
@@ -170,6 +176,8 @@ def capture(
         pin_memory=adapter.device.type == "cuda",
     )
     start = cache.done
+    commit_rows = max(1, COMMIT_BYTES // cache.row_bytes)
+    uncommitted: list[str] = []  # content ids of the rows written since the last commit
     pending: list[tuple] = []  # (index, content id, stamp) of captured images not yet in the source's hash index
     memory_format = input_memory_format(adapter.device, channels_last)
     with BlockRecorder(adapter, layout) as recorder, tqdm(
@@ -189,14 +197,19 @@ def capture(
                 check_activations([b.name for b in adapter.blocks], feats, logits, start)
                 cache.write(start, feats, logits, label_map[labels.numpy()], aux)
                 ids, stamps = zip(*content)
-                cache.commit(start + len(labels), ids)
+                uncommitted += ids
                 pending += zip(indices[start : start + len(labels)], ids, stamps)
+                start += len(labels)
+                if start - cache.done >= commit_rows:
+                    cache.commit(start, uncommitted)
+                    uncommitted.clear()
                 if len(pending) >= REMEMBER_EVERY:
                     _remember(source, pending, cache_root)
-                start += len(labels)
                 bar.update(len(labels))
                 if _malloc_trim is not None and batches % TRIM_EVERY == 0:
                     _malloc_trim(0)
         finally:
+            if start > cache.done:  # the rows written before the end, or before an error, are kept
+                cache.commit(start, uncommitted)
             _remember(source, pending, cache_root)
     return cache
