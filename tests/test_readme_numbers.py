@@ -90,4 +90,4 @@ def test_quoted_batch256_benchmark_matches_its_json():
            f"for {large['images']:,} (runs {runs} MiB) and at " + \
            " and ".join(f"{r[-1]:,.0f}" for r in large["peak_rounds_mb"]) + " MiB after" in text
     growth = large["peak_mb"] / small["peak_mb"] - 1
-    assert f"({growth:+.1%} here;" in text.replace(" %", "%")
+    assert f"its growth, {growth:+.1%} here," in text.replace(" %", "%")
