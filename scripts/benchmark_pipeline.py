@@ -33,9 +33,9 @@
   is the mean of the peaks in ``peak_runs_mb``. The largest size's subprocess then captures it
   again, into fresh caches, up to ``--rss-rounds`` times in all, and ``peak_rounds_mb`` holds its
   peak after each round: glibc's heap behind torch's activations fragments as images pass and
-  plateaus, at a height that differs by a few hundred MiB between runs (capture returns the
-  free heap every 16 batches, which lowers it), so whether memory grows with the number of
-  images shows best within one process.
+  plateaus, at a height that differs between runs and grows with the batch size (``--batch-size``;
+  capture returns the free heap every 16 batches, which lowers it), so whether memory grows with
+  the number of images shows best within one process.
 * ``capture_bytes_per_image``: what storing every block's full output would take per
   image, against the pooled features and logits that capture keeps.
 
@@ -73,7 +73,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vision_lens import __version__, pipeline
-from vision_lens.capture import input_memory_format
+from vision_lens.capture import backbone_logits, input_memory_format
 from vision_lens.data import ImageFolderSource, ImageSource, TransformedSubset, open_split, select
 from vision_lens.fit import fit_lens
 from vision_lens.lenses import LensConfig, LinearProbe
@@ -239,9 +239,7 @@ def measure_floor(selected: list[tuple[ImageSource, np.ndarray]], opts: RunOptio
             loader = DataLoader(dataset, batch_size=opts.batch_size, num_workers=opts.workers,
                                 pin_memory=adapter.device.type == "cuda")
             for images, _ in loader:
-                images = images.to(adapter.device, non_blocking=True, memory_format=memory_format)
-                with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
-                    adapter.logits(images)
+                backbone_logits(adapter, images, memory_format, opts.precision == "bf16")
     return elapsed["s"]
 
 

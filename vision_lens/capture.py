@@ -132,6 +132,14 @@ def input_memory_format(device: torch.device, channels_last: bool | None = None)
     return torch.channels_last if channels_last else torch.preserve_format
 
 
+def backbone_logits(adapter: ModelAdapter, images: Tensor, memory_format: torch.memory_format, bf16: bool) -> Tensor:
+    """The model's logits for a loader batch, sent to the device as capture sends it (non-blocking, in
+    ``memory_format``; under bfloat16 autocast with ``bf16``)."""
+    images = images.to(adapter.device, non_blocking=True, memory_format=memory_format)
+    with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=bf16):
+        return adapter.logits(images)
+
+
 @torch.no_grad()
 def capture(
     adapter: ModelAdapter,
@@ -188,9 +196,7 @@ def capture(
                 if isinstance(batch, DataError):
                     raise batch
                 images, labels, content = batch
-                images = images.to(adapter.device, non_blocking=True, memory_format=memory_format)
-                with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=bf16):
-                    logits = adapter.logits(images)
+                logits = backbone_logits(adapter, images, memory_format, bf16)
                 feats = [p.float().cpu().numpy() for p in recorder.pooled]
                 aux = {k: a.float().cpu().numpy() for k, a in recorder.aux_logits.items()}
                 logits = logits.float().cpu().numpy()
