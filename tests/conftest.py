@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -28,6 +29,7 @@ def load_script(name: str) -> ModuleType:
     """``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -116,6 +118,7 @@ def resnet32_run(tmp_path_factory) -> Path:
 
 
 RESNET20_BLOCKS = ["stem"] + [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
+RESNET20_STAGES = ["stem"] + [f"layer{s}" for s in (1, 2, 3) for b in range(3)]
 
 
 def write_synthetic_run(out: Path, images: int = 400, seed: int = 0) -> Path:
@@ -133,7 +136,7 @@ def write_synthetic_run(out: Path, images: int = 400, seed: int = 0) -> Path:
     acc = (rng.random((images, blocks)) < 0.2 + 0.7 * depth).astype(np.float32)
     ce = (3 - 2.5 * depth + rng.normal(0, 0.5, (images, blocks))).astype(np.float32)
     rows, cols = np.indices((blocks, blocks))
-    extra = np.abs(rows - cols) * np.where(pair_groups(RESNET20_BLOCKS)["across_stage"], 2.0, 1.0)
+    extra = np.abs(rows - cols) * np.where(pair_groups(RESNET20_STAGES)["across_stage"], 2.0, 1.0)
     extra[0] *= 5  # the stem's translator
     transfer = (ce[:, None, :] + extra + rng.normal(0, 0.3, (images, blocks, blocks))).astype(np.float32)
     transfer[:, rows == cols] = ce  # a translator on its own block is the lens
@@ -154,9 +157,9 @@ def write_synthetic_run(out: Path, images: int = 400, seed: int = 0) -> Path:
     aggregate = means(per_image)
     aggregate["tuned"]["layer_transfer"]["penalty"] = transfer_penalty(aggregate["tuned"]["layer_transfer"]["ce"])
     aggregate["baseline"] = {"acc": {"final": 0.9}, "ce": {"final": 0.4}}
-    intervals = bootstrap_intervals(per_image, resamples=200, seed=seed, block_names=RESNET20_BLOCKS)
+    intervals = bootstrap_intervals(per_image, resamples=200, seed=seed, block_stages=RESNET20_STAGES)
     layers = {f"layer_{k}": name for k, name in enumerate(RESNET20_BLOCKS)}
-    run = {"model": "synthetic:resnet20", "blocks": RESNET20_BLOCKS, "num_classes": 10, "eval_images": images,
+    run = {"model": "synthetic:resnet20", "blocks": RESNET20_BLOCKS, "block_stages": RESNET20_STAGES, "num_classes": 10, "eval_images": images,
            "options": {"eval_split": "test"}}
     out.mkdir(parents=True, exist_ok=True)
     write_results(out, aggregate, [], layers, run, intervals)

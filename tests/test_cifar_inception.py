@@ -32,10 +32,11 @@ def test_blocks_aux_heads_and_an_exact_logit_lens_at_the_last_block():
 
 
 def test_training_script_smoke_step_gives_a_checkpoint_the_pipeline_runs(tmp_path, tiny_data):
-    script = load_script("train_cifar_inception")
+    script = load_script("train_cifar")
     checkpoint = tmp_path / "inception.th"
-    args = script.parse_args(["--data", str(tiny_data), "--out", str(checkpoint), "--width", "0.25", "--epochs", "1",
-                              "--batch-size", "4", "--workers", "0", "--max-steps", "1", "--fp16"])
+    args = script.parse_args(["--arch", "inceptionv1", "--data", str(tiny_data), "--out", str(checkpoint), "--width",
+                              "0.25", "--epochs", "1", "--batch-size", "4", "--workers", "0", "--max-steps", "1",
+                              "--fp16", "--checkpoint-dir", str(tmp_path / "checkpoint")])
     summary = script.train(args)
     assert summary["steps"] == 1 and 0 <= summary["test_acc"] <= 1
     saved = torch.load(checkpoint, weights_only=True)

@@ -205,3 +205,27 @@ def test_the_svd_fallback_is_an_eigendecomposition_and_moves_no_optimum(monkeypa
     fit_lens(with_svd, [x], y, settings=settings)  # every solve preconditioned through the SVD
     for p, q in zip(with_eigh.parameters(), with_svd.parameters()):  # the same optimum, to the solver's tolerance
         torch.testing.assert_close(p, q, rtol=0, atol=1e-3)
+
+
+def test_the_autograd_fitter_reaches_the_fast_solvers_optimum_on_a_linear_head(monkeypatch):
+    """Both fitters, on one linear-head problem (penalty chosen on the grid), land on the same translators."""
+    from vision_lens.adapters import create_adapter
+    from vision_lens.lenses import TunedLens, build_lenses
+
+    adapter = create_adapter("cifar:resnet8", weights="random", seed=0)
+    layout = FeatureLayout.of(adapter.blocks, 1)
+    gen = torch.Generator().manual_seed(0)
+    features = [torch.randn(600, layout.width(k), generator=gen) * (k + 1) for k in range(len(adapter.blocks))]
+    final = features[-1][:, :64] @ adapter.unembed.weight.T * 3 + torch.randn(600, 10, generator=gen)
+    fitted = {}
+    for linear in (True, False):
+        monkeypatch.setattr(TunedLens, "decodes_linearly", property(lambda self, linear=linear: linear))
+        lens = build_lenses(adapter, layout, ["tuned"])["tuned"]
+        records = fit_lens(lens, features, final.argmax(-1), final, FitSettings(max_iter=500))
+        fitted[linear] = (lens, records)
+    (fast, fast_records), (general, general_records) = fitted[True], fitted[False]
+    assert all("solver" in r for r in general_records) and not any("solver" in r for r in fast_records)
+    assert [r["weight_decay"] for r in general_records] == [r["weight_decay"] for r in fast_records]
+    for a, b, ra, rb in zip(fast.params, general.params, fast_records, general_records):
+        assert abs(ra["loss_nats"] - rb["loss_nats"]) < 1e-4 * max(1.0, ra["loss_nats"]), (ra, rb)
+        torch.testing.assert_close(b.linear.weight, a.linear.weight, atol=2e-3, rtol=2e-2)

@@ -12,7 +12,7 @@ from vision_lens import analysis
 from vision_lens.artifacts import RunResults, load_results, write_results
 from vision_lens.metrics import bootstrap_intervals, evaluate_lenses, mean_by_distance, pair_groups
 
-from .conftest import RESNET20_BLOCKS
+from .conftest import RESNET20_BLOCKS, RESNET20_STAGES
 
 
 def test_intervals_cover_the_true_mean_at_about_the_nominal_rate():
@@ -64,7 +64,7 @@ def test_penalty_intervals_keep_the_pairing_of_images():
 
 
 def test_resnet20_stages_split_the_pairs():
-    groups = pair_groups(RESNET20_BLOCKS)
+    groups = pair_groups(RESNET20_STAGES)
     within, across = groups["within_stage"], groups["across_stage"]
     assert within.sum() == 3 * 3 * 2  # three stages of three blocks, ordered pairs i != j
     assert across.sum() == 10 * 10 - 10 - 18 and not (within & across).any()
@@ -77,7 +77,7 @@ def test_resnet20_stages_split_the_pairs():
 
 def resnet20_like_run(intervals: dict | None = None) -> RunResults:
     """A run whose penalty[i][j] = |i - j| within a stage and 10 |i - j| across stages; cell (3, 9) undefined."""
-    groups = pair_groups(RESNET20_BLOCKS)
+    groups = pair_groups(RESNET20_STAGES)
     rows, cols = np.indices((10, 10))
     penalty = np.abs(rows - cols) * np.where(groups["across_stage"], 10.0, 1.0)
     table = {f"layer_{i}": {f"layer_{j}": None if (i, j) == (3, 9) else penalty[i, j] for j in range(10)}
@@ -132,9 +132,9 @@ def test_evaluate_lenses_returns_intervals_beside_the_aggregate(tmp_path):
     labels = torch.randint(0, 5, (images,))
     final = torch.randn(images, 5) + 3 * nn.functional.one_hot(labels, 5)
     features = [final + torch.randn(images, 5) * (blocks - k) for k in range(blocks)]
-    names = ["stem", "layer1.0", "layer1.1", "layer2.0"]
+    stages = ["stem", "layer1", "layer1", "layer2"]
     aggregate, batches, intervals = evaluate_lenses(
-        {"tuned": ScaledLens(blocks)}, features, final, labels, batch_size=128, intervals=True, block_names=names,
+        {"tuned": ScaledLens(blocks)}, features, final, labels, batch_size=128, intervals=True, block_stages=stages,
         resamples=300,
     )
     assert len(batches) == 3
@@ -153,7 +153,9 @@ def test_evaluate_lenses_returns_intervals_beside_the_aggregate(tmp_path):
     low, high = intervals["baseline"]["acc"]["final"]
     assert low <= aggregate["baseline"]["acc"]["final"] <= high
 
-    write_results(tmp_path, aggregate, batches, {f"layer_{k}": n for k, n in enumerate(names)}, {"model": "m"}, intervals)
+    names = ["stem", "layer1.0", "layer1.1", "layer2.0"]
+    write_results(tmp_path, aggregate, batches, {f"layer_{k}": n for k, n in enumerate(names)},
+                  {"model": "m", "block_stages": stages}, intervals)
     assert json.loads((tmp_path / "aggregate_metrics_ci.json").read_text()) == intervals
     run = load_results(tmp_path)
     assert run.intervals == intervals

@@ -15,7 +15,7 @@ from typing import Iterable, Union
 import numpy as np
 
 from .artifacts import RunResults, layer_keys, load_results
-from .metrics import block_stage, mean_by_distance, pair_groups, transfer_penalty
+from .metrics import mean_by_distance, pair_groups, transfer_penalty
 
 ResultsLike = Union[str, Path, RunResults]
 
@@ -100,9 +100,9 @@ def penalty_profiles(
 
     ``within_stage`` holds the pairs ``i != j`` of one stage (same width and
     resolution, joined by plain identity shortcuts), ``across_stage`` the rest;
-    the stage is the block name up to its first ``.``
-    (:func:`~vision_lens.metrics.block_stage`: ``stem``, ``layer1``, ...). Runs
-    without block names (tuned-lens output) have no stages and get ``all`` only.
+    stages are the adapter's (:attr:`~vision_lens.artifacts.RunResults.block_stages`:
+    ``stem``, ``layer1``, ...; one for a ViT). Runs without block names
+    (tuned-lens output) have no stages and get ``all`` only.
     Undefined cells are left out of means and counts. ``relative`` divides the
     distance by ``blocks - 1``; ``normalise`` divides penalties by
     :func:`mean_diagonal_ce` (then no interval is given: the bootstrap did not
@@ -112,7 +112,7 @@ def penalty_profiles(
     matrix = transfer_matrix(run, "penalty", lens_type)
     if normalise:
         matrix = matrix / mean_diagonal_ce(run, lens_type)
-    groups = pair_groups(run.block_names) if run.block_names else {"all": None}
+    groups = pair_groups(run.block_stages) if run.block_names else {"all": None}
     saved = None if normalise or run.intervals is None else (
         run.intervals.get(lens_type, {}).get("layer_transfer", {}).get("penalty_by_distance"))
     distance = relative_depth(len(matrix)) if relative else np.arange(len(matrix))
@@ -137,9 +137,9 @@ def penalty_by_distance(run: RunResults, lens_type: str = "tuned", normalise: bo
 
 
 def stage_boundaries(run: RunResults) -> list[int]:
-    """Block indices k where a new stage starts (block k-1 and block k differ in
-    :func:`~vision_lens.metrics.block_stage`); none for runs without block names."""
-    stages = [block_stage(name) for name in run.block_names]
+    """Block indices k where a new stage starts (blocks k-1 and k differ in
+    :attr:`~vision_lens.artifacts.RunResults.block_stages`); none for runs without block names."""
+    stages = run.block_stages
     return [k for k in range(1, len(stages)) if stages[k] != stages[k - 1]]
 
 

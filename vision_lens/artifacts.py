@@ -219,6 +219,17 @@ class RunResults:
     def block_names(self) -> list[str]:
         return [self.layers[k] for k in layer_keys(self.layers)]
 
+    @property
+    def block_stages(self) -> list[str]:
+        """Each block's stage, as its adapter gave it (run.json's ``block_stages``); empty without block names.
+
+        Runs written before run.json recorded stages were all CIFAR ResNets or Inceptions, whose stage is
+        the block name up to its first ``.`` (``layer2.1`` -> ``layer2``; ``inception4a``: its own).
+        """
+        if "block_stages" in self.run:
+            return list(self.run["block_stages"])
+        return [name.split(".", 1)[0] for name in self.block_names]
+
 
 AGGREGATE_SCHEMA = (
     '{lens: {metric: {"layer_k": number or null}, "layer_transfer": {kind: {"layer_i": {"layer_j": number or '

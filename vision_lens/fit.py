@@ -21,6 +21,13 @@ solve runs in coordinates scaled by a Kronecker model of its Hessian (see
 :class:`_Problem`), which takes it to its tolerance in tens of iterations.
 ``SOLVE_PARAMETERS`` bounds how many parameters one solve holds, so that
 ImageNet-sized translators are solved a few at a time.
+
+Where the unembedding is not affine (a final LayerNorm before the head, as in a
+ViT or a language model), no head can be folded into the weights. There
+:func:`_fit_through_decoder` minimises the same penalised objective, with the
+same penalty grid chosen on the same validation slice, by full-batch L-BFGS
+on gradients from autograd through the unembedding: slower, and no longer
+convex, but it reaches the fast solver's optimum where both apply (tested).
 """
 
 from __future__ import annotations
@@ -312,7 +319,7 @@ def _solve_plan(stacks: list[list[int]], sizes: list[int]) -> list[list[int]]:
     parameters per module; a module over the budget is solved alone)."""
     plan = []
     for members in stacks:
-        per_solve = max(1, SOLVE_PARAMETERS // sizes[members[0]])
+        per_solve = max(1, SOLVE_PARAMETERS // max(1, sizes[members[0]]))  # 0: every input constant (a class token)
         plan += [members[i:i + per_solve] for i in range(0, len(members), per_solve)]
     return plan
 
@@ -352,6 +359,9 @@ def fit_lens(
     groups = lens.fit_groups()
     for module, blocks in groups:
         module.standardize(*statistics[blocks[0]])
+    if not lens.decodes_linearly:
+        split = (fit_rows, val_rows) if chosen_on_validation else None
+        return _fit_through_decoder(lens, groups, features, targets, rows, split, settings, desc)
     # Inputs constant on the fit images of the module's standardisation group (dead units) standardise to 0 and
     # get weight 0 at the optimum: leaving them out is exact.
     columns = [module.varying.nonzero()[:, 0] for module, _ in groups]
@@ -425,3 +435,110 @@ def fit_lens(
             bar.update()
     return records
 
+
+
+def _fit_through_decoder(lens: SavedLens, groups: list, features: list[Tensor], targets: _Targets, rows: Tensor,
+                         split: tuple[Tensor, Tensor] | None, settings: FitSettings, desc: str) -> list[dict | None]:
+    """:func:`fit_lens` for a lens whose logits are ``lens.decode(forwarded + translator(inputs))`` with any
+    differentiable ``decode``: each module's penalised mean loss minimised by L-BFGS through autograd.
+
+    ``split`` is ``(fit rows, validation rows)`` where the penalty is chosen on the grid, None for a fixed one.
+    Modules with the same shape are solved stacked (their objectives are separable), a few at a time.
+    """
+    device = rows.device
+    shapes = [(len(b), m.linear.in_features, m.linear.out_features) for m, b in groups]
+    stacks = [[m for m in range(len(groups)) if shapes[m] == shape] for shape in dict.fromkeys(shapes)]
+    plan = _solve_plan(stacks, [shape[1] * shape[2] for shape in shapes])
+
+    @torch.no_grad()
+    def stacked(members: list[int], images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Standardised inputs ``(G, blocks * r, in)`` and what is forwarded ``(G, blocks * r, out)`` (or None)."""
+        inputs, forwarded = [], []
+        for m in members:
+            module, blocks = groups[m]
+            parts = [lens.fit_inputs(features[k].to(device)[images], k) for k in blocks]
+            inputs.append(torch.cat([(x - module.mean) / module.scale for x, _ in parts]))
+            forwarded.append(None if parts[0][1] is None else torch.cat([f for _, f in parts]))
+        return torch.stack(inputs), None if forwarded[0] is None else torch.stack(forwarded)
+
+    def chunk_losses(weight: Tensor, bias: Tensor, inputs: Tensor, forwarded: Tensor | None, images: Tensor):
+        """Yields ``(rows, losses (G, r))`` over chunks of the stacked rows."""
+        size = max(1, CHUNK_ELEMENTS // (len(weight) * max(weight.shape[1], lens.config.num_classes)))
+        for start in range(0, inputs.shape[1], size):
+            part = slice(start, start + size)
+            hidden = torch.baddbmm(bias[:, None, :], inputs[:, part], weight.transpose(1, 2))
+            if forwarded is not None:
+                hidden = hidden + forwarded[:, part]
+            yield part, targets.losses(lens.decode(hidden).transpose(1, 2), images[part])
+
+    @torch.no_grad()
+    def block_means(weight, bias, inputs, forwarded, images, blocks: int) -> Tensor:
+        """Mean loss (nats) of each module on each of its blocks: ``(G, blocks)``."""
+        losses = torch.cat([l for _, l in chunk_losses(weight, bias, inputs, forwarded, images)], 1)
+        return losses.view(len(weight), blocks, -1).mean(2)
+
+    def minimise(weight, bias, inputs, forwarded, images, penalty: Tensor) -> tuple[Tensor, Tensor, int]:
+        weight, bias = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+        n = inputs.shape[1]
+        optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=settings.max_iter, history_size=20,
+                                      line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
+
+        def objective() -> Tensor:
+            optimizer.zero_grad()
+            total = torch.zeros((), device=device)
+            for _, losses in chunk_losses(weight, bias, inputs, forwarded, images):  # backward per chunk: bounded
+                loss = losses.sum() / n
+                loss.backward()
+                total += loss.detach()
+            regulariser = (penalty / 2 * (weight.square().sum((1, 2)) + bias.square().sum(1))).sum()
+            regulariser.backward()
+            return total + regulariser.detach()
+
+        optimizer.step(objective)
+        return weight.detach(), bias.detach(), int(optimizer.state[weight].get("n_iter", 0))
+
+    grid = sorted(settings.penalty_grid, reverse=True) if split is not None else [settings.weight_decay]
+    records: list[dict | None] = [None] * len(features)
+    with tqdm(total=len(plan) * (len(grid) * (split is not None) + 1), desc=desc + " (autograd)", unit="solve",
+              dynamic_ncols=True) as bar:
+        for members in plan:
+            blocks, n_in, n_out = shapes[members[0]]
+            weight = torch.zeros(len(members), n_out, n_in, device=device)
+            bias = torch.zeros(len(members), n_out, device=device)
+            validation = torch.zeros(len(members), len(grid))
+            if split is not None:  # the grid, strong to weak, each solve from the previous optimum
+                fit_rows, val_rows = split
+                fit_inputs, fit_forwarded = stacked(members, fit_rows)
+                val_inputs, val_forwarded = stacked(members, val_rows)
+                solutions = []
+                for p, wd in enumerate(grid):
+                    weight, bias, _ = minimise(weight, bias, fit_inputs, fit_forwarded, fit_rows.repeat(blocks),
+                                               torch.full((len(members),), wd, device=device))
+                    validation[:, p] = block_means(weight, bias, val_inputs, val_forwarded, val_rows.repeat(blocks),
+                                                   blocks).mean(1).cpu()
+                    solutions.append((weight, bias))
+                    bar.update()
+                del fit_inputs, fit_forwarded, val_inputs, val_forwarded
+                chosen = validation.argmin(1)
+                weight = torch.stack([solutions[c][0][i] for i, c in enumerate(chosen.tolist())])
+                bias = torch.stack([solutions[c][1][i] for i, c in enumerate(chosen.tolist())])
+            else:
+                chosen = torch.zeros(len(members), dtype=torch.long)
+            inputs, forwarded = stacked(members, rows)  # the chosen penalty, on every fit image
+            penalty = torch.tensor([grid[c] for c in chosen.tolist()], device=device)
+            weight, bias, iterations = minimise(weight, bias, inputs, forwarded, rows.repeat(blocks), penalty)
+            losses = block_means(weight, bias, inputs, forwarded, rows.repeat(blocks), blocks).cpu()
+            del inputs, forwarded
+            bar.update()
+            for i, m in enumerate(members):
+                module, module_blocks = groups[m]
+                with torch.no_grad():
+                    module.linear.weight.copy_(weight[i])
+                    module.linear.bias.copy_(bias[i])
+                record: dict = {"blocks": len(module_blocks), "solver": "autograd L-BFGS through the unembedding"}
+                if split is not None:
+                    record["validation_loss_nats"] = {repr(wd): float(v) for wd, v in zip(grid, validation[i])}
+                record |= {"weight_decay": grid[chosen[i]], "iterations": iterations}
+                for j, k in enumerate(module_blocks):
+                    records[k] = record | {"loss_nats": float(losses[i, j])}
+    return records

@@ -106,9 +106,19 @@ class SavedLens(nn.Module):
     def head(self) -> nn.Linear | None:
         """The fixed linear map from a translator's output to logits (None: the output is the logits).
 
-        The logits are ``translator(input) @ head.weight.T + base_logits(forwarded)``.
+        The logits are ``translator(input) @ head.weight.T + base_logits(forwarded)``. Only where
+        :attr:`decodes_linearly`; otherwise :meth:`decode` gives the logits.
         """
         return None
+
+    @property
+    def decodes_linearly(self) -> bool:
+        """Whether the logits are affine in the translator's output (the fast convex solver's case)."""
+        return True
+
+    def decode(self, hidden: Tensor) -> Tensor:
+        """Logits of a translator's output ``(..., out)`` plus what is forwarded (see :meth:`fit_inputs`)."""
+        return hidden
 
     def base_logits(self, forwarded: Tensor | None) -> Tensor | None:
         """What the logits add to the head's map of a translator's output (None: nothing)."""
@@ -259,11 +269,16 @@ class TunedLens(Lens):
         return translator(inputs) if forwarded is None else forwarded + translator(inputs)
 
     @property
-    def head(self) -> nn.Linear:
-        if not isinstance(self.unembed, nn.Linear):  # fitting solves through an affine head
-            raise TypeError(f"tuned lenses need a linear unembedding (nn.Linear); this model's is "
-                            f"{type(self.unembed).__name__}")
-        return self.unembed
+    def head(self) -> nn.Linear | None:
+        return self.unembed if self.decodes_linearly else None
+
+    @property
+    def decodes_linearly(self) -> bool:
+        """Whether the unembedding is one linear layer; else (a final norm, e.g.) fitting goes through autograd."""
+        return isinstance(self.unembed, nn.Linear)
+
+    def decode(self, hidden: Tensor) -> Tensor:
+        return self.unembed(hidden)
 
     def base_logits(self, forwarded: Tensor | None) -> Tensor:
         """``unembed(forwarded)``, or the head's bias where nothing is forwarded."""

@@ -159,7 +159,7 @@ def evaluate_lenses(
     transfer: tuple[str, ...] = ("tuned",),
     fixed_logits: Mapping[str, Mapping[int, Tensor]] | None = None,
     intervals: bool = False,
-    block_names: Sequence[str] | None = None,
+    block_stages: Sequence[str] | None = None,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
 ) -> tuple[dict, list[dict]] | tuple[dict, list[dict], dict]:
@@ -173,7 +173,7 @@ def evaluate_lenses(
     at block k (e.g. the model's auxiliary classifiers), reported like a lens that
     exists only there. With ``intervals`` the per-image ``acc``, ``ce``, ``kl``
     and transfer CE are kept and :func:`bootstrap_intervals` (``resamples``,
-    ``seed``; ``block_names`` for the within/across-stage groups) is returned
+    ``seed``; ``block_stages`` for the within/across-stage groups) is returned
     third, for ``aggregate_metrics_ci.json``.
     """
     device = final_logits.device
@@ -216,7 +216,7 @@ def evaluate_lenses(
             aggregate[lens_type]["layer_transfer"]["penalty"] = transfer_penalty(aggregate[lens_type]["layer_transfer"]["ce"])
     if not intervals:
         return aggregate, means.batches()
-    return aggregate, means.batches(), bootstrap_intervals(means.per_image(), resamples, seed, block_names)
+    return aggregate, means.batches(), bootstrap_intervals(means.per_image(), resamples, seed, block_stages)
 
 
 def transfer_penalty(ce: dict) -> dict:
@@ -227,25 +227,14 @@ def transfer_penalty(ce: dict) -> dict:
     }
 
 
-def block_stage(name: str) -> str:
-    """The stage of a block: its name up to the first ``.`` (``layer2.1`` -> ``layer2``; ``stem`` -> ``stem``).
-
-    For the CIFAR and torchvision/timm ResNets that is the ``layerS`` prefix: the
-    blocks of one stage have the same width and resolution and are joined by
-    plain identity shortcuts, while a stage change passes a strided shortcut.
-    ``stem`` is a stage of its own, and so is every block whose name has no
-    ``.`` (Inception's ``inception4a``, ``mixed4a``; tuned-lens's ``layer_k``).
-    """
-    return name.split(".", 1)[0]
-
-
-def pair_groups(block_names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Boolean ``(blocks, blocks)`` masks of the transfer cells ``(i, j)``.
+def pair_groups(block_stages: Sequence[str]) -> dict[str, np.ndarray]:
+    """Boolean ``(blocks, blocks)`` masks of the transfer cells ``(i, j)``, given each block's stage.
 
     ``all``: every cell (the diagonal too, where the penalty is 0);
-    ``within_stage``: ``i != j`` in the same :func:`block_stage`; ``across_stage``: different stages.
+    ``within_stage``: ``i != j`` in the same stage; ``across_stage``: different stages. Stages come
+    from the adapters (:attr:`~vision_lens.readout.Block.stage`): a ResNet's ``layerS``, one stage for a ViT.
     """
-    stages = np.array([block_stage(n) for n in block_names])
+    stages = np.array(list(block_stages))
     same = stages[:, None] == stages[None, :]
     return {
         "all": np.ones_like(same),
@@ -316,7 +305,7 @@ def bootstrap_intervals(
     per_image: dict,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
-    block_names: Sequence[str] | None = None,
+    block_stages: Sequence[str] | None = None,
     level: float = BOOTSTRAP_LEVEL,
 ) -> dict:
     """Percentile bootstrap intervals of the means in ``per_image``, resampling the evaluation images.
@@ -330,7 +319,7 @@ def bootstrap_intervals(
     and recomputes each mean; the interval is the central ``level`` of the
     ``resamples`` means. A ``layer_transfer`` ``ce`` also gives its ``penalty``
     ``ce[i][j] - ce[j][j]`` and ``penalty_by_distance``: per group of
-    :func:`pair_groups` (``all``; with ``block_names`` also ``within_stage``,
+    :func:`pair_groups` (``all``; with ``block_stages`` also ``within_stage``,
     ``across_stage``), ``{"d": [low, high]}`` for the mean of
     :func:`mean_by_distance` at distance d.
 
@@ -361,7 +350,7 @@ def bootstrap_intervals(
         if path[-2:] == ("layer_transfer", "ce"):
             penalty = samples - np.diagonal(samples, axis1=1, axis2=2)[:, None, :]
             node["penalty"] = _intervals(penalty, level)
-            groups = pair_groups(block_names) if block_names else {"all": None}
+            groups = pair_groups(block_stages) if block_stages else {"all": None}
             node["penalty_by_distance"] = {
                 group: _intervals(mean_by_distance(penalty, cells)[0], level, key=str) for group, cells in groups.items()
             }

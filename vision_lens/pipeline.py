@@ -162,6 +162,7 @@ def _run_info(opts: CommonOptions, adapter: ModelAdapter, **extra) -> dict:
         "weights_sha256": adapter.weights_id,
         "data": str(opts.data),
         "blocks": [b.name for b in adapter.blocks],
+        "block_stages": [b.stage for b in adapter.blocks],
         "num_classes": adapter.num_classes,
         "options": {k: v for k, v in asdict(opts).items() if k not in ("out", "cache_dir", "download_root")},
         "vision_lens": __version__,
@@ -246,7 +247,7 @@ def evaluate(
     aux = held_out.aux_logits
     aggregate, batches, intervals = evaluate_lenses(
         lenses, held_out.features, held_out.logits, held_out.labels, fixed_logits={"aux_head": aux} if aux else None,
-        intervals=True, block_names=[b.name for b in adapter.blocks], seed=opts.seed,
+        intervals=True, block_stages=[b.stage for b in adapter.blocks], seed=opts.seed,
     )
     layers = {f"layer_{k}": b.name for k, b in enumerate(adapter.blocks)}
     fit = {t: lens.config.fit for t, lens in lenses.items() if lens.config.fit}

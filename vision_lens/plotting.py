@@ -169,8 +169,8 @@ def transfer_heatmap(
     scale stops at the 95th percentile of the defined cells (the colour bar is
     extended when larger cells exist), so a few extreme cells such as the
     ``stem`` row do not wash out the rest; the printed values (up to 24
-    blocks) stay exact. Lines mark the stage boundaries (where
-    :func:`~vision_lens.metrics.block_stage` changes; runs with block names only).
+    blocks) stay exact. Lines mark the stage boundaries (where the run's
+    block stages change; runs with block names only).
     """
     (run,) = as_results(results)
     matrix = transfer_matrix(run, kind, lens_type)

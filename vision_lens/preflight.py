@@ -1,8 +1,9 @@
 """Everything that can be known before the first forward pass, checked with a message that names what to fix.
 
-The data layout of every split the command reads, that their classes match
-each other and the model, and that the feature cache can be written (or
-already holds complete captures to read). ``--out`` is checked by
+That the lenses can be fitted through the model's unembedding, the data
+layout of every split the command reads, that their classes match each other
+and the model, and that the feature cache can be written (or already holds
+complete captures to read). ``--out`` is checked by
 ``artifacts.prepare_output``, before this.
 """
 
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
+from torch import nn
 
 from .cache import CacheError, cache_key_hash
 from .capture import capture_key
@@ -42,6 +45,35 @@ def check_cache_root(root: Path, needed: Sequence[tuple[dict, int]]) -> None:
         ) from exc
 
 
+def check_unembed(adapter) -> None:
+    """ValueError naming the model unless lenses can be fitted through its ``unembed``.
+
+    A linear head takes the fast convex solver; any other head takes the autograd fitter, which needs logits of
+    the right shape with a gradient that reaches the head's input. A probe of four random vectors tells.
+    """
+    unembed = adapter.unembed
+    if isinstance(unembed, nn.Linear):
+        return
+    x = torch.randn(4, adapter.head_dim, device=adapter.device, requires_grad=True)
+    problem = None
+    try:
+        with torch.enable_grad():
+            logits = unembed(x)
+            logits.square().sum().backward()
+        if tuple(logits.shape) != (4, adapter.num_classes):
+            problem = f"it maps (4, {adapter.head_dim}) vectors to {tuple(logits.shape)}, not (4, {adapter.num_classes})"
+        elif x.grad is None or not torch.isfinite(x.grad).all() or not x.grad.abs().sum() > 0:
+            problem = "no finite, non-zero gradient reaches its input"
+    except (RuntimeError, TypeError, ValueError) as exc:
+        problem = f"{exc.__class__.__name__}: {exc}"
+    if problem is not None:
+        raise ValueError(
+            f"--model {adapter.name}: no fitter can take its unembedding {type(unembed).__name__} ({problem}); tuned "
+            f"lenses are fitted through a linear head, or through a differentiable one by autograd. Nothing was "
+            f"captured."
+        )
+
+
 def label_map(opts, adapter, split: str, source: ImageSource) -> np.ndarray:
     """The model output of each class of ``source`` (the ``split`` of ``opts.data``); a DataError naming both if the
     classes do not fit the model."""
@@ -61,6 +93,7 @@ def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> 
     if opts.fit_split == opts.eval_split:
         raise DataError(f"--fit-split and --eval-split are both {opts.fit_split!r}; lenses must be evaluated on "
                         "held-out images")
+    check_unembed(adapter)
     sources: dict[str, ImageSource] = {split: open_split(opts.data, split, opts.download_root) for split in splits}
     for split, source in sources.items():
         label_map(opts, adapter, split, source)

@@ -11,7 +11,10 @@ Every block exposes two things as modules:
   every position, plus the ``grid x grid`` adaptive-average cells over the
   full map. The logit lens needs the average over the path's sub-grid, which
   is what the network really forwards, so capture also keeps that vector
-  where the sub-grid is not the whole map.
+  where the sub-grid is not the whole map. A transformer block's output is a
+  sequence of tokens instead of a map: its first vector is the class token
+  (what the head reads), and its cells average the patch tokens, laid out on
+  their grid.
 
 :class:`FeatureLayout` records, per block, which pooled vectors exist and in
 which order they are stored; it is written to the feature cache's manifest
@@ -86,16 +89,29 @@ class BlockPooling(nn.Module):
 
     ``(N, C, H, W) -> (N, width)``, slot-major: ``[mean, cell_1 .. cell_{k*k}]``
     over the whole map, then, for a path with ``stride > 1``, the mean over
-    the path's sub-grid.
+    the path's sub-grid. With ``tokens = (prefix, h, w)`` the output is a token
+    sequence ``(N, prefix + h * w, C)``: ``[class token, cells]``, the cells over
+    the ``h x w`` grid of patch tokens that follow the ``prefix`` ones.
     """
 
-    def __init__(self, grid: int, path_stride: int | None):
+    def __init__(self, grid: int, path_stride: int | None, tokens: tuple[int, int, int] | None = None):
         super().__init__()
         self.grid = grid
         self.path_stride = path_stride
+        self.tokens = tokens
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.float()  # under bf16 autocast the block output is bf16; pooled features stay float32
+        if self.tokens is not None:
+            prefix, h, w = self.tokens
+            if x.ndim != 3 or x.shape[1] != prefix + h * w:
+                raise ValueError(f"expected a token sequence of {prefix} + {h}x{w} tokens, got a {tuple(x.shape)} "
+                                 f"output")
+            if self.grid == 1:
+                return x[:, 0].contiguous()
+            patches = x[:, prefix:].transpose(1, 2).reshape(len(x), -1, h, w)
+            cells = F.adaptive_avg_pool2d(patches, self.grid).flatten(2).transpose(1, 2).flatten(1)
+            return torch.cat([x[:, 0], cells], 1)
         parts = [x.mean((2, 3))]
         if self.grid > 1:
             parts.append(F.adaptive_avg_pool2d(x, self.grid).flatten(2).transpose(1, 2).flatten(1))
@@ -111,16 +127,21 @@ class FeatureLayout:
     Block ``k``'s row holds ``slots`` whole-block vectors of ``channels[k]``
     (see :func:`pooling_slots`), then, if ``path_stride[k] > 1``, the sub-grid
     average that the identity path reads. ``path_stride[k]`` is None where the
-    block has no identity path.
+    block has no identity path. ``tokens[k]`` is ``(prefix tokens, grid
+    height, grid width)`` for a block whose output is a token sequence, None
+    for a map.
     """
 
     blocks: tuple[str, ...]
     channels: tuple[int, ...]
     path_stride: tuple[int | None, ...]
     grid: int = 1
+    tokens: tuple[tuple[int, int, int] | None, ...] = ()
 
     def __post_init__(self):
         pooling_slots(self.grid)  # validates the grid
+        if not self.tokens:  # maps only (and layouts written before token blocks existed)
+            object.__setattr__(self, "tokens", (None,) * len(self.blocks))
 
     @classmethod
     def of(cls, blocks: Sequence["Block"], grid: int) -> "FeatureLayout":
@@ -129,6 +150,7 @@ class FeatureLayout:
             tuple(b.channels for b in blocks),
             tuple(None if b.path is None else b.path.stride for b in blocks),
             grid,
+            tuple(b.tokens for b in blocks),
         )
 
     @property
@@ -155,14 +177,19 @@ class FeatureLayout:
         return features[:, -c:] if self.has_path_vector(k) else features[:, :c]
 
     def pooling(self, k: int) -> BlockPooling:
-        return BlockPooling(self.grid, self.path_stride[k])
+        return BlockPooling(self.grid, self.path_stride[k], self.tokens[k])
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        d["tokens"] = [None if t is None else list(t) for t in self.tokens]
+        if all(t is None for t in self.tokens):  # maps only: the layout (and every cache key) of before
+            del d["tokens"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureLayout":
-        return cls(tuple(d["blocks"]), tuple(d["channels"]), tuple(d["path_stride"]), d["grid"])
+        tokens = tuple(None if t is None else tuple(t) for t in d.get("tokens", ()))
+        return cls(tuple(d["blocks"]), tuple(d["channels"]), tuple(d["path_stride"]), d["grid"], tokens)
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,9 +203,22 @@ class Block:
         path: the network's linear identity path from this block to the head
             input, or ``None`` where it has none (e.g. Inception's
             concatenated branches).
+        stage: the block's stage, as its adapter knows it: blocks of one stage
+            share width and resolution and are joined by plain identity
+            shortcuts (a ResNet's ``layer2``; a ViT is one stage). Default: a
+            stage of its own.
+        tokens: for a block whose output is a token sequence (a ViT's), its
+            prefix tokens (the class token first) and the grid of the patch
+            tokens after them; None for a feature map.
     """
 
     name: str
     module: str
     channels: int
     path: IdentityPath | None = None
+    stage: str = ""
+    tokens: tuple[int, int, int] | None = None  # (prefix, h, w) where the output is a token sequence
+
+    def __post_init__(self):
+        if not self.stage:
+            object.__setattr__(self, "stage", self.name)

@@ -9,7 +9,7 @@ as GoogLeNet's ``maxpool2`` does, so the inception stages see 16x16, 8x8 and 4x4
 maps (the resolutions of a CIFAR ResNet's stages, halved: that keeps training
 within reach of a CPU). ``width`` scales every
 channel count (1.0 is GoogLeNet's); a checkpoint carries its own width.
-Train one with ``scripts/train_cifar_inception.py``.
+Train one with ``scripts/train_cifar.py --arch inceptionv1``.
 
 As in every Inception, concatenated branches give no linear path to the head:
 only ``inception5b`` (the head's input) has one, so the logit lens and transfer
@@ -42,7 +42,7 @@ AUX_AT = {"inception4a": "aux1", "inception4d": "aux2"}
 BLOCKS = ("conv1", "conv2", "conv3", *INCEPTIONS)
 
 
-RANDOM_INIT_WIDTH = 0.5  # the width scripts/train_cifar_inception.py trains by default: random init matches it
+RANDOM_INIT_WIDTH = 0.5  # the width scripts/train_cifar.py --arch inceptionv1 trains by default: random init matches it
 
 
 def scaled(channels: int, width: float) -> int:
@@ -119,5 +119,5 @@ def build(state: dict | None, num_classes: int | None) -> CifarInceptionV1:
         return CifarInceptionV1(num_classes or 10, RANDOM_INIT_WIDTH)
     if "width" not in state or "fc.weight" not in state:
         raise WeightsError("no width or fc.weight, so not a checkpoint of cifar:inceptionv1 "
-                           "(scripts/train_cifar_inception.py writes them)")
+                           "(scripts/train_cifar.py --arch inceptionv1 writes them)")
     return CifarInceptionV1(state["fc.weight"].shape[0], float(state["width"]))

@@ -1,9 +1,19 @@
-"""CIFAR ResNets (He et al. 2016, section 4.2) with option-A shortcuts.
+"""CIFAR ResNets (He et al. 2016, section 4.2) with option-A shortcuts, post- and pre-activation.
 
-The module tree matches the public checkpoints of akamaster/pytorch_resnet_cifar10
-(``conv1``, ``bn1``, ``layer{1,2,3}.{b}``, ``linear``), so they load with
-``strict=True`` once the ``module.`` prefix of their DataParallel wrapper is
-removed.
+``cifar:resnet<depth>``: the module tree matches the public checkpoints of
+akamaster/pytorch_resnet_cifar10 (``conv1``, ``bn1``, ``layer{1,2,3}.{b}``,
+``linear``), so they load with ``strict=True`` once the ``module.`` prefix of
+their DataParallel wrapper is removed. A ReLU follows every sum.
+
+``cifar:preact_resnet<depth>``: full pre-activation blocks (He et al. 2016,
+"Identity Mappings in Deep Residual Networks"): each block adds
+``conv(relu(bn(conv(relu(bn(x))))))`` to a stream that nothing else touches, and
+the option-A shortcuts carry the stream across stages linearly, so the stream
+at the end is the stem's output plus every block's update. The head reads the
+globally averaged stream through a LayerNorm and a linear layer: a language
+model's final LayerNorm and unembedding, on images (He et al. put BN-ReLU before
+the pool instead, which no pooled vector reads exactly). Train one with
+``scripts/train_cifar.py --arch preact_resnet20``.
 """
 
 from __future__ import annotations
@@ -64,36 +74,81 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+class PreActBlock(nn.Module):
+    """A full pre-activation block: ``x + conv2(relu(bn2(conv1(relu(bn1(x))))))``, the sum left as it is."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        if stride != 1 or in_planes != planes:
+            self.shortcut: nn.Module = OptionAShortcut(planes // 4)
+        else:
+            self.shortcut = nn.Sequential()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv1(F.relu(self.bn1(x)))
+        return self.conv2(F.relu(self.bn2(out))) + self.shortcut(x)
+
+
+def _depth_blocks(depth: int) -> int:
+    if (depth - 2) % 6:
+        raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+    return (depth - 2) // 6
+
+
+def _stage(block: type[nn.Module], in_planes: int, planes: int, n: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(block(in_planes, planes, stride), *(block(planes, planes) for _ in range(n - 1)))
+
+
+def _kaiming_init(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight)
+
+
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs: 3 stages of n blocks, 16/32/64 channels."""
 
     def __init__(self, depth: int = 20, num_classes: int = 10):
         super().__init__()
-        if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
-        n = (depth - 2) // 6
+        n = _depth_blocks(depth)
         self.depth = depth
         self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU()
-        self.layer1 = self._stage(16, 16, n, 1)
-        self.layer2 = self._stage(16, 32, n, 2)
-        self.layer3 = self._stage(32, 64, n, 2)
+        self.layer1 = _stage(BasicBlock, 16, 16, n, 1)
+        self.layer2 = _stage(BasicBlock, 16, 32, n, 2)
+        self.layer3 = _stage(BasicBlock, 32, 64, n, 2)
         self.linear = nn.Linear(64, num_classes)
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                nn.init.kaiming_normal_(m.weight)
-
-    @staticmethod
-    def _stage(in_planes: int, planes: int, n: int, stride: int) -> nn.Sequential:
-        blocks = [BasicBlock(in_planes, planes, stride)]
-        blocks += [BasicBlock(planes, planes) for _ in range(n - 1)]
-        return nn.Sequential(*blocks)
+        _kaiming_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.linear(x.mean((2, 3)))
+
+
+class PreActCifarResNet(nn.Module):
+    """Pre-activation ResNet-(6n+2) for 32x32 inputs; the head is pool, LayerNorm, linear (see the module doc)."""
+
+    def __init__(self, depth: int = 20, num_classes: int = 10):
+        super().__init__()
+        n = _depth_blocks(depth)
+        self.depth = depth
+        self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
+        self.layer1 = _stage(PreActBlock, 16, 16, n, 1)
+        self.layer2 = _stage(PreActBlock, 16, 32, n, 2)
+        self.layer3 = _stage(PreActBlock, 32, 64, n, 2)
+        self.norm = nn.LayerNorm(64)
+        self.linear = nn.Linear(64, num_classes)
+        _kaiming_init(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
+        return self.linear(self.norm(x.mean((2, 3))))
 
 
 class CifarResNetAdapter(ModelAdapter):
@@ -102,7 +157,7 @@ class CifarResNetAdapter(ModelAdapter):
     # trained at another size (the demo's 16x16 digits), so its size is not checked.
     input_size = (32, 32)
 
-    def __init__(self, model: CifarResNet):
+    def __init__(self, model: CifarResNet | PreActCifarResNet):
         self.model = model
         self.class_names = class_names(model.linear.out_features)
         read = path_reader(model)
@@ -110,14 +165,20 @@ class CifarResNetAdapter(ModelAdapter):
         # and each one keeps every 2nd pixel.
         carry = {"layer1": ("layer2.0.shortcut", "layer3.0.shortcut"), "layer2": ("layer3.0.shortcut",), "layer3": ()}
         paths = {s: read(carry[s], c, 2 ** len(carry[s])) for s, c in (("layer1", 16), ("layer2", 32), ("layer3", 64))}
-        self.blocks = [Block("stem", "relu", 16, paths["layer1"])]
+        # The stem's output is the stream that layer1 reads: after BN-ReLU, or straight from the pre-activation
+        # net's first convolution. It is a stage of its own.
+        stem = "conv1" if isinstance(model, PreActCifarResNet) else "relu"
+        self.blocks = [Block("stem", stem, 16, paths["layer1"], stage="stem")]
         for stage, channels in (("layer1", 16), ("layer2", 32), ("layer3", 64)):
             for b in range(len(model.get_submodule(stage))):
-                self.blocks.append(Block(f"{stage}.{b}", f"{stage}.{b}", channels, paths[stage]))
+                self.blocks.append(Block(f"{stage}.{b}", f"{stage}.{b}", channels, paths[stage], stage=stage))
+        self._unembed = (nn.Sequential(model.norm, model.linear) if isinstance(model, PreActCifarResNet)
+                         else model.linear)
 
     @property
-    def unembed(self) -> nn.Linear:
-        return self.model.linear
+    def unembed(self) -> nn.Module:
+        """The linear head; for the pre-activation net, its LayerNorm and then the linear head."""
+        return self._unembed
 
     @property
     def transform(self):
@@ -129,25 +190,37 @@ def cifar_transform() -> transforms.Compose:
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
 
 
+ARCHS = ("resnet<6n+2>", "preact_resnet<6n+2>", "inceptionv1", "vit")
+
+
 def _depth(arch: str) -> int:
-    if not arch.startswith("resnet") or not arch[6:].isdigit():
-        raise ValueError(f"--model cifar:{arch}: expected cifar:resnet<depth> with depth 6n+2, e.g. cifar:resnet20")
-    return int(arch[6:])
+    digits = arch.removeprefix("preact_").removeprefix("resnet")
+    if not arch.removeprefix("preact_").startswith("resnet") or not digits.isdigit():
+        raise ValueError(f"--model cifar:{arch}: not a CIFAR model; the cifar: family has "
+                         f"{', '.join(ARCHS)} (depth 6n+2, e.g. cifar:resnet20, cifar:preact_resnet20)")
+    return int(digits)
 
 
 def _build(arch: str, state: dict | None, num_classes: int | None) -> nn.Module:
     if arch == "inceptionv1":
         return cifar_inception.build(state, num_classes)
+    if arch == "vit":
+        from . import cifar_vit  # imports timm, which takes seconds
+
+        return cifar_vit.build(state, num_classes)
     # A checkpoint decides its class count; the pipeline checks it against the data.
     if state is not None and "linear.weight" in state:
         num_classes = state["linear.weight"].shape[0]
-    return CifarResNet(_depth(arch), num_classes or 10)
+    network = PreActCifarResNet if arch.startswith("preact_") else CifarResNet
+    return network(_depth(arch), num_classes or 10)
 
 
 def _published(arch: str) -> str:
-    if arch == "inceptionv1":
-        raise WeightsError("cifar:inceptionv1 has no published weights; train them with "
-                           "scripts/train_cifar_inception.py and pass --weights PATH, or --weights random")
+    if arch in ("inceptionv1", "vit") or arch.startswith("preact_"):
+        _depth(arch) if arch.startswith("preact_") else None
+        raise WeightsError(f"cifar:{arch} has no published weights; train them with scripts/train_cifar.py "
+                           f"--arch {arch} (or use the checkpoint in results/checkpoints/) and pass --weights PATH, "
+                           f"or --weights random")
     _depth(arch)
     if arch not in PRETRAINED:
         raise WeightsError(f"--model cifar:{arch} has no published weights; pass --weights PATH or --weights random")
@@ -157,6 +230,10 @@ def _published(arch: str) -> str:
 def _wrap(model: nn.Module, arch: str, weights_id: str) -> ModelAdapter:
     if arch == "inceptionv1":
         adapter = cifar_inception.CifarInceptionAdapter(model, class_names(model.fc.out_features), cifar_transform())
+    elif arch == "vit":
+        from .vit import VisionTransformerAdapter
+
+        adapter = VisionTransformerAdapter(model, class_names(model.head.out_features), cifar_transform())
     else:
         adapter = CifarResNetAdapter(model)
     if not weights_id.startswith(("random-init:", *PUBLISHED_SHA256_PREFIXES)):
@@ -165,5 +242,6 @@ def _wrap(model: nn.Module, arch: str, weights_id: str) -> ModelAdapter:
 
 
 # cifar:resnet{20,32,44,56,110} (any 6n+2 depth for random init or a local file, e.g. resnet14 for the demo),
-# and cifar:inceptionv1 (GoogLeNet's topology for 32x32 inputs, see cifar_inception.py).
+# cifar:preact_resnet<6n+2>, cifar:inceptionv1 (GoogLeNet's topology for 32x32 inputs, see cifar_inception.py)
+# and cifar:vit (a pre-LN Vision Transformer for 32x32 inputs, see cifar_vit.py).
 register_family("cifar", ModelFamily(_build, _wrap, _published))

@@ -1,4 +1,9 @@
-"""timm's ResNet family: ``timm:<name>`` for models with torchvision's ``layerS.B`` layout.
+"""timm models: ``timm:<name>`` for its ResNets (torchvision's ``layerS.B`` layout) and its class-token ViTs.
+
+ViTs (``timm:vit_*``, ``timm:deit_*``, any ``VisionTransformer``) are read by
+:class:`~vision_lens.adapters.vit.VisionTransformerAdapter`: the embedding output
+and every ``blocks.N``, through ``norm``/``fc_norm`` and ``head``; one that pools its
+tokens before the head is refused by name. The rest of this note is about ResNets.
 
 Blocks come from the module tree (``forward_intermediates`` gives only stage
 outputs): the stem, i.e. the module after which ``layer1`` starts (``maxpool``
@@ -25,11 +30,13 @@ from pathlib import Path
 import timm
 from timm.data import ImageNetInfo, create_transform, infer_imagenet_subset, resolve_data_config
 from timm.models import get_pretrained_cfg
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..readout import Block
 from .base import ModelAdapter, ModelFamily, WeightsError, register_family
 from .torchvision_models import STAGES, resnet_blocks
+from .vit import VisionTransformerAdapter, check_readout
 
 AVERAGE_POOLS = ("avg", "fast", "fastavg")  # timm's SelectAdaptivePool2d types that average
 
@@ -68,14 +75,7 @@ class TimmResNetAdapter(ModelAdapter):
     def __init__(self, model: nn.Module, blocks: list[Block]):
         self.model = model
         self.blocks = blocks
-        n = self.num_classes
-        subset = infer_imagenet_subset(model)
-        # First synonym of each synset's description, like torchvision's category names.
-        self.class_names = (
-            [d.split(",")[0] for d in ImageNetInfo(subset).label_descriptions()]
-            if subset and ImageNetInfo(subset).num_classes() == n
-            else [str(i) for i in range(n)]
-        )
+        self.class_names = class_names(model, self.num_classes)
 
     @property
     def unembed(self) -> nn.Linear:
@@ -84,6 +84,27 @@ class TimmResNetAdapter(ModelAdapter):
     @property
     def transform(self):
         return create_transform(**resolve_data_config(model=self.model))
+
+
+def class_names(model: nn.Module, n: int) -> list[str]:
+    """The first synonym of each ImageNet synset's description (like torchvision's category names), where the
+    model's ``n`` outputs are an ImageNet subset timm knows; else the output indices."""
+    subset = infer_imagenet_subset(model)
+    if subset and ImageNetInfo(subset).num_classes() == n:
+        return [d.split(",")[0] for d in ImageNetInfo(subset).label_descriptions()]
+    return [str(i) for i in range(n)]
+
+
+def _is_vit(model: nn.Module) -> bool:
+    return isinstance(model, VisionTransformer)
+
+
+def _wrap(model: nn.Module, arch: str, weights_id: str) -> ModelAdapter:
+    if _is_vit(model):
+        transform = create_transform(**resolve_data_config(model=model))
+        n = model.head.out_features
+        return VisionTransformerAdapter(model, class_names(model, n), transform, input_size=None)
+    return TimmResNetAdapter(model, _blocks(model, arch))
 
 
 def _read(path: str) -> dict:
@@ -118,7 +139,10 @@ def _build(arch: str, state: dict | None, num_classes: int | None) -> nn.Module:
             raise WeightsError(f"no {key}, so not a checkpoint of the classifier timm:{arch}")
         num_classes = state[key].shape[0]
     model = timm.create_model(arch, num_classes=num_classes or cfg.num_classes)
-    _blocks(model, arch)
+    if _is_vit(model):
+        check_readout(model, f"timm:{arch}")
+    else:
+        _blocks(model, arch)
     return model
 
 
@@ -138,10 +162,11 @@ def _load_published(model: nn.Module, arch: str) -> str:
     return f"timm:{cfg.hf_hub_id or cfg.url}"
 
 
-# timm:<name> for models in torchvision's ResNet layout; "pretrained" loads through timm's hub loader.
+# timm:<name> for models in torchvision's ResNet layout and class-token ViTs; "pretrained" loads through timm's
+# hub loader.
 register_family("timm", ModelFamily(
     _build,
-    lambda model, arch, weights_id: TimmResNetAdapter(model, _blocks(model, arch)),
+    _wrap,
     lambda arch: _config(arch).hf_hub_id or _config(arch).url,
     load_published=_load_published,
     read=_read,

@@ -91,8 +91,10 @@ def resnet_blocks(model: nn.Module, stem: str, channels: Mapping[str, int], even
         stride = shortcut_stride([model.get_submodule(p) for p in later], even_maps)
         c = channels[name.split(".")[0]]
         path = None if stride is None else read(later, c, stride)
-        # The stem is named for what it is; its module is where the stem ends (maxpool, pool0).
-        blocks.append(Block("stem" if k == 0 else name, name, c, path))
+        # The stem is named for what it is; its module is where the stem ends (maxpool, pool0). It is a stage
+        # of its own, and each layerS one stage.
+        blocks.append(Block("stem", name, c, path, stage="stem") if k == 0 else
+                      Block(name, name, c, path, stage=name.split(".")[0]))
     return blocks
 
 
