@@ -108,4 +108,14 @@ def test_compare_cli_takes_run_folders_eval_folders_and_json_files(resnet20_run,
     out = tmp_path / "figures" / "compare.png"
     assert main(["compare", str(resnet20_run), str(eval_folder), str(TUNED_LENS_EVAL), "--out", str(out)]) == 0
     assert plt.imread(out).shape[:2] == (660, 2250)
+    # Its numbers beside it: the same normalised curves, the LLM's penalty as computed from its own file.
+    numbers = json.loads(out.with_suffix(".json").read_text())
+    assert [i["name"] for i in numbers["inputs"]] == ["cifar:resnet20", "pythia-like-eval", TUNED_LENS_EVAL.parent.name]
+    llm = numbers["inputs"][1]
+    x, y = expected_normalised_penalty(json.loads(TUNED_LENS_EVAL.read_text()))
+    assert np.allclose(llm["transfer"]["relative_distance"], x)
+    assert np.allclose([np.nan if v is None else v for v in llm["transfer"]["normalised_penalty"]], y, equal_nan=True)
+    ce = json.loads((resnet20_run / "aggregate_metrics.json").read_text())["tuned"]["ce"]
+    assert np.allclose(numbers["inputs"][0]["layerwise"]["tuned"]["ce"]["normalised"],
+                       [v / ce["layer_0"] for v in ce.values()])
     assert main(["compare", str(tmp_path / "missing"), "--out", str(out)]) == 2

@@ -86,6 +86,32 @@ def test_transfer_matrix_indexing_and_penalty():
     )
 
 
+class SignFlippingTransfer(torch.nn.Module):
+    """Translator i predicts class (i + j) % 2 on block j, with a margin of 100 (a huge CE where wrong)."""
+
+    def forward(self, features, index):
+        return self.transfer(features, index, index)
+
+    def transfer(self, features, index, translator):
+        logits = torch.zeros(len(features), 2)
+        logits[:, (index + translator) % 2] = 100.0
+        return logits
+
+
+def test_transfer_agreement_and_accuracy_do_not_depend_on_the_logits_scale():
+    feats = [torch.zeros(6, 1) for _ in range(3)]
+    labels = torch.tensor([0, 0, 0, 0, 1, -1])  # one unlabelled image: no accuracy, still an agreement
+    final = torch.tensor([[1.0, 0.0]]).expand(6, 2)  # the model says class 0 throughout
+    agg, _ = evaluate_lenses({"tuned": SignFlippingTransfer()}, feats, final, labels, batch_size=4)
+    transfer = agg["tuned"]["layer_transfer"]
+    for i in range(3):
+        for j in range(3):
+            predicts_zero = (i + j) % 2 == 0
+            assert transfer["agree"][f"layer_{i}"][f"layer_{j}"] == (1.0 if predicts_zero else 0.0)
+            assert transfer["acc"][f"layer_{i}"][f"layer_{j}"] == pytest.approx(0.8 if predicts_zero else 0.2)
+            assert transfer["ce"][f"layer_{i}"][f"layer_{j}"] > (100 if not predicts_zero else 0)
+
+
 def test_transfer_penalty_keeps_nulls():
     ce = {"layer_0": {"layer_0": 1.0, "layer_1": None}, "layer_1": {"layer_0": 2.0, "layer_1": 0.5}}
     assert transfer_penalty(ce) == {

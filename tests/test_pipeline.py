@@ -149,7 +149,7 @@ def test_run_writes_the_tuned_lens_bundle_and_is_deterministic(tmp_path, tiny_da
     assert layers == {"layer_0": "stem", "layer_1": "layer1.0", "layer_2": "layer2.0", "layer_3": "layer3.0"}
     assert set(agg) == {"tuned", "shared", "logit", "linear_probe", "baseline"}
     assert set(agg["tuned"]) == {"ce", "kl", "entropy", "acc", "agree", "top5", "layer_transfer"}
-    assert set(agg["tuned"]["layer_transfer"]) == {"ce", "kl", "penalty"}
+    assert set(agg["tuned"]["layer_transfer"]) == {"ce", "kl", "penalty", "agree", "acc"}
     assert set(agg["baseline"]) == {"ce", "entropy", "acc"} and set(agg["baseline"]["ce"]) == {"final"}
     batches = json.loads((a / "batches.jsonl").read_text())
     assert isinstance(batches, list) and set(batches[0]) == set(agg)

@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--label", action="append", dest="labels", metavar="NAME",
                          help="name of an input in the legend; repeat once per input, in the order of the inputs "
                          "(default: the model in run.json, or the folder name)")
+    text = ("refit a run's tuned and shared lenses from its feature cache at a common sweep of L2 strengths "
+            "(1e-6 ... 1, half-decades; the same for every block) and write DIR/frontier.json: own CE, neighbour "
+            "penalties within and across stages, penalty by distance and the shared lens's gap per strength")
+    frontier = sub.add_parser("frontier", help=text, description=text)
+    frontier.add_argument("run", metavar="DIR", help="a run folder written by `vision-lens run`")
+    frontier.add_argument("--strengths", nargs="+", type=float, default=None, metavar="WD",
+                          help="the L2 strengths (default: 1e-6 ... 1 in half-decades)")
+    frontier.add_argument("--cache-dir", default=None, help="feature cache root (default: the run's, or "
+                          "$VISION_LENS_CACHE or ~/.cache/vision_lens)")
+    frontier.add_argument("--workers", type=int, default=None, help="data-loading workers (default: the run's)")
     text = "rebuild report.html (plots, per-block metrics, provenance) for one run, or several side by side"
     report = sub.add_parser("report", help=text, description=text)
     report.add_argument("runs", nargs="+", metavar="DIR", help="run folders written by `vision-lens run` or `eval`")
@@ -89,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             from .compare import compare_to_file
 
             out = compare_to_file(args["inputs"], args["out"], args["lens_types"], args["labels"])
+        elif command == "frontier":
+            from .frontier import FRONTIER_STRENGTHS, frontier
+
+            overrides = {k: args[k] for k in ("cache_dir", "workers") if args[k] is not None}
+            out = frontier(args["run"], tuple(args["strengths"] or FRONTIER_STRENGTHS), **overrides)
         elif command == "report":
             from .report import report_runs
 

@@ -11,6 +11,9 @@ do not compare; only two unitless quantities are drawn:
 * the transfer penalty ``ce[i][j] - ce[j][j]`` as a fraction of the mean
   diagonal CE, against the distance ``|i - j|`` as a fraction of depth.
 
+:func:`compare_to_file` writes these numbers beside the figure, as JSON
+(:func:`compared_numbers`), for a table.
+
 Depth is the layer index scaled to [0, 1]. For tuned-lens, ``layer_0`` is
 the embedding output and the last layer the input of the last transformer
 block; for us, the first and the last lensed block.
@@ -19,6 +22,7 @@ block; for us, the first and the last lensed block.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -27,8 +31,10 @@ import numpy as np
 import seaborn as sns
 from matplotlib.lines import Line2D
 
-from .analysis import ResultsLike, as_results, defined_transfer, has_transfer, layer_values, relative_depth
+from .analysis import (ResultsLike, as_results, defined_transfer, has_transfer, layer_values, penalty_profiles,
+                       relative_depth)
 from .artifacts import RunFolderError, RunResults, require_complete
+from .files import write_text_atomic
 from .plotting import LENS_LABELS, LENS_STYLES, penalty_vs_distance
 
 COMPARED_METRICS = ("ce", "kl")
@@ -44,6 +50,47 @@ def normalised_layerwise(run: RunResults, metric: str, lens_type: str) -> tuple[
     return relative_depth(len(values)), values / defined[0]
 
 
+def _labelled(results, labels: Sequence[str] | None) -> list[RunResults]:
+    runs = as_results(results)
+    if labels is not None:
+        if len(labels) != len(runs):
+            raise ValueError(f"{len(labels)} labels for {len(runs)} inputs; give one --label per input, in order")
+        runs = [dataclasses.replace(run, name=label) for run, label in zip(runs, labels)]
+    return runs
+
+
+def _finite_or_none(values: np.ndarray) -> list[float | None]:
+    return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def compared_numbers(
+    results: ResultsLike | Iterable[ResultsLike],
+    lens_types: Sequence[str] = ("tuned", "logit"),
+    metrics: Sequence[str] = COMPARED_METRICS,
+    labels: Sequence[str] | None = None,
+) -> list[dict]:
+    """The curves :func:`compare` draws, per input: ``{"name", "path", "layerwise": {lens: {metric:
+    {"relative_depth", "normalised"}}}, "transfer": {"relative_distance", "normalised_penalty", "pairs"}}``
+    (``transfer`` None where no translator reads another block; null where a value is undefined)."""
+    numbers = []
+    for run in _labelled(results, labels):
+        layerwise: dict = {}
+        for lens_type in lens_types:
+            for metric in metrics:
+                if metric in run.aggregate.get(lens_type, {}) and \
+                        np.isfinite(layer_values(run.aggregate[lens_type][metric])).sum() >= 2:
+                    x, y = normalised_layerwise(run, metric, lens_type)
+                    layerwise.setdefault(lens_type, {})[metric] = {"relative_depth": x.tolist(),
+                                                                   "normalised": _finite_or_none(y)}
+        transfer = None
+        if defined_transfer(run):
+            profile = penalty_profiles(run, relative=True, normalise=True)["all"]
+            transfer = {"relative_distance": profile.distance.tolist(),
+                        "normalised_penalty": _finite_or_none(profile.mean), "pairs": profile.pairs.tolist()}
+        numbers.append({"name": run.name, "path": str(run.path), "layerwise": layerwise, "transfer": transfer})
+    return numbers
+
+
 def compare(
     results: ResultsLike | Iterable[ResultsLike],
     lens_types: Sequence[str] = ("tuned", "logit"),
@@ -56,11 +103,7 @@ def compare(
     order (default: the model in run.json, or the folder name). Every panel,
     and so the legend, is unitless.
     """
-    runs = as_results(results)
-    if labels is not None:
-        if len(labels) != len(runs):
-            raise ValueError(f"{len(labels)} labels for {len(runs)} inputs; give one --label per input, in order")
-        runs = [dataclasses.replace(run, name=label) for run, label in zip(runs, labels)]
+    runs = _labelled(results, labels)
     for run in runs:  # every legend entry must have data behind it
         drawable = [f"{t}.{m}" for t in lens_types for m in metrics if m in run.aggregate.get(t, {})]
         if not drawable and not has_transfer(run):
@@ -120,7 +163,8 @@ def compare_to_file(
     lens_types: Sequence[str] = ("tuned", "logit"),
     labels: Sequence[str] | None = None,
 ) -> Path:
-    """``vision-lens compare``: draw :func:`compare` for ``paths`` and save it to ``out`` (format from the suffix).
+    """``vision-lens compare``: draw :func:`compare` for ``paths`` and save it to ``out`` (format from the suffix),
+    with its numbers (:func:`compared_numbers`) beside it as ``out`` with ``.json``.
 
     Incomplete run folders and malformed inputs are refused with a message naming them.
     """
@@ -134,6 +178,8 @@ def compare_to_file(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=150)
+        numbers = {"lens_types": list(lens_types), "inputs": compared_numbers(paths, lens_types, labels=labels)}
+        write_text_atomic(out.with_suffix(".json"), json.dumps(numbers, indent=1, allow_nan=False) + "\n")
     except OSError as exc:
         raise RunFolderError(f"--out {out} cannot be written ({exc.strerror or exc}); choose a writable path") from exc
     finally:

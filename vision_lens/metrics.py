@@ -3,14 +3,16 @@
 Shape of the result (``aggregate_metrics.json``)::
 
     {lens_type: {metric: {"layer_k": value},
-                 "layer_transfer": {"ce"|"kl"|"penalty": {"layer_i": {"layer_j": value}}}},
+                 "layer_transfer": {"ce"|"kl"|"penalty"|"agree"|"acc": {"layer_i": {"layer_j": value}}}},
      "baseline": {"ce"|"entropy"|"acc": {"final": value}}}
 
 ``ce``, ``kl`` and ``entropy`` are in bits per image; ``acc``, ``agree`` and
 ``top5`` are fractions. ``layer_transfer.ce[layer_i][layer_j]`` is the CE of
 block i's translator applied to block j's features and ``kl`` is
 KL(lens_j || translator i on block j), as in tuned-lens; ``penalty`` is
-``ce[i][j] - ce[j][j]``. A value that is undefined (no identity path) is None.
+``ce[i][j] - ce[j][j]``; ``agree`` and ``acc`` are that transfer's top-1
+agreement with the model and its accuracy, measures that no scale of the
+logits inflates. A value that is undefined (no identity path) is None.
 
 Uncertainty (``aggregate_metrics_ci.json``): :func:`bootstrap_intervals` resamples
 the evaluation images and gives 95 % percentile intervals, ``[low, high]``, in the
@@ -33,6 +35,9 @@ BASELINE_METRICS = ("ce", "entropy", "acc")
 INTERVAL_METRICS = ("acc", "ce", "kl")  # per block, for every lens; plus the transfer CE and penalty
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_LEVEL = 0.95
+# layer_transfer's tables, beside the derived penalty: tuned-lens's ce and kl, and two that do not depend on the
+# scale of the logits (a translator off its block can make them huge): top-1 agreement with the model, accuracy.
+TRANSFER_METRICS = ("ce", "kl", "agree", "acc")
 EVAL_CHUNK_ELEMENTS = 2**21  # logits of one lens at one block held at once during evaluation
 
 
@@ -198,15 +203,19 @@ def evaluate_lenses(
             if lens_type in transfer:
                 lens = lenses[lens_type]
                 own_lps = [None if logits is None else logits.double().log_softmax(-1) for logits in own]
+                model_top1 = final.argmax(-1)
                 for i in range(blocks):
                     for j in range(blocks):
                         logits = None if own[j] is None else lens.transfer(feats[j], j, i)
-                        ce = kl = None
+                        values = dict.fromkeys(TRANSFER_METRICS)
                         if logits is not None:
                             lps = logits.double().log_softmax(-1)
-                            ce, kl = _cross_entropy(lps, y), _kl(own_lps[j], lps)
-                        means.add((lens_type, "layer_transfer", "ce", _layer(i), _layer(j)), ce, images)
-                        means.add((lens_type, "layer_transfer", "kl", _layer(i), _layer(j)), kl, images)
+                            top1 = lps.argmax(-1)
+                            values = {"ce": _cross_entropy(lps, y), "kl": _kl(own_lps[j], lps),
+                                      "agree": (top1 == model_top1).double(),
+                                      "acc": (top1 == y.clamp(min=0)).double().masked_fill(y < 0, float("nan"))}
+                        for kind, value in values.items():
+                            means.add((lens_type, "layer_transfer", kind, _layer(i), _layer(j)), value, images)
         values = per_image_metrics(final, final, y)
         for m in BASELINE_METRICS:
             means.add(("baseline", m, "final"), values[m], images)

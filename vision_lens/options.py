@@ -87,6 +87,10 @@ class RunOptions(CommonOptions):
     )
     pool_grid: int = _opt(
         1, "pooling of the whole block: 1 = global average; k > 1 adds the k x k adaptive-average cells", type=int)
+    recipe: str = _opt(
+        "optimum", "how the tuned and shared translators are fitted: optimum (each to its penalised optimum, the "
+        "penalty chosen on held-out fit images) or tuned-lens (tuned-lens train's default recipe: SGD, 250 steps, "
+        "weight decay 1e-3, raw inputs); the linear probe always takes the optimum", choices=("optimum", "tuned-lens"))
 
     @property
     def fit_settings(self):

@@ -28,7 +28,7 @@ from .cache import FeatureCache
 from .capture import capture, default_batch_size
 from .checks import check_fit
 from .data import DataError, ImageSource, select
-from .fit import fit_lens
+from .fit import TunedLensRecipe, fit_by_recipe, fit_lens
 from .lenses import LENS_TYPES, build_lenses
 from .readout import FeatureLayout
 from .metrics import evaluate_lenses
@@ -39,6 +39,7 @@ from .report import write_report
 
 FITTED_LENSES = ("tuned", "shared", "linear_probe")
 KL_FITTED = ("tuned", "shared")  # fitted to the model's output unless --loss ce; the probe always to labels
+RECIPE_FITTED = KL_FITTED  # what --recipe tuned-lens fits: the translators (tuned-lens has no probe)
 
 
 def _prepare_output(opts: CommonOptions) -> Path | None:
@@ -199,10 +200,16 @@ def train(
     for lens_type, lens in lenses.items():
         kl_target = logits if lens_type in KL_FITTED and opts.loss == "kl" else None
         loss = "kl" if kl_target is not None else "ce"
-        per_block = fit_lens(lens, features, labels, kl_target, opts.fit_settings, desc=f"fit {lens_type} ({loss})")
+        desc = f"fit {lens_type} ({loss})"
+        if opts.recipe == "tuned-lens" and lens_type in RECIPE_FITTED:
+            recipe = TunedLensRecipe(seed=opts.seed)
+            per_block, settings = fit_by_recipe(lens, features, labels, kl_target, recipe, desc), recipe.to_dict()
+        else:
+            per_block, settings = fit_lens(lens, features, labels, kl_target, opts.fit_settings, desc), \
+                {"recipe": "optimum"} | opts.fit_settings.to_dict()
         check_fit(lens_type, lens, [r and r["loss_nats"] for r in per_block], list(layout.blocks))
         lens.config.fit = {
-            "loss": loss, "images": len(labels), "split": opts.fit_split, **opts.fit_settings.to_dict(),
+            "loss": loss, "images": len(labels), "split": opts.fit_split, **settings,
             "blocks": {name: record for name, record in zip(layout.blocks, per_block)},
         }
         lens.save(out / "lenses" / lens_type)

@@ -1,0 +1,42 @@
+"""`vision-lens frontier`: the transfer penalty along a sweep of L2 strengths, each point a direct fit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vision_lens import analysis
+from vision_lens.cli import main
+from vision_lens.frontier import FRONTIER_STRENGTHS, summarise_transfer
+
+
+def _run(tmp_path, data, name, *extra):
+    out = tmp_path / name
+    code = main(["run", "--model", "cifar:resnet14", "--weights", "random", "--data", str(data), "--out", str(out),
+                 "--workers", "0", "--max-iter", "30", "--cache-dir", str(tmp_path / "cache"), *extra])
+    assert code == 0
+    return out
+
+
+def test_the_default_sweep_spans_1e_6_to_1_in_half_decades():
+    assert FRONTIER_STRENGTHS[0] == 1e-6 and FRONTIER_STRENGTHS[-1] == 1.0 and len(FRONTIER_STRENGTHS) == 13
+    assert np.allclose(np.diff(np.log10(FRONTIER_STRENGTHS)), 0.5, atol=2e-3)
+
+
+def test_a_frontier_point_equals_a_direct_fit_at_that_strength(tmp_path, tiny_data):
+    run = _run(tmp_path, tiny_data, "run")
+    assert main(["frontier", str(run), "--strengths", "0.01", "0.1", "--cache-dir", str(tmp_path / "cache")]) == 0
+    frontier = json.loads((run / "frontier.json").read_text())
+    assert [p["weight_decay"] for p in frontier["points"]] == [0.01, 0.1]
+    direct = _run(tmp_path, tiny_data, "direct", "--weight-decay", "0.01")
+    expected = summarise_transfer(analysis.as_results(direct)[0])
+    point = frontier["points"][0]
+    assert None not in (point["neighbour_penalty_within_stage"], point["neighbour_penalty_across_stage"])
+    for key in ("own_ce", "neighbour_penalty_within_stage", "neighbour_penalty_across_stage", "shared_gap"):
+        assert point[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-12), key
+    assert point["penalty_by_distance"] == pytest.approx(expected["penalty_by_distance"])
+    # The two strengths are different fits, and the run's own (chosen-per-block) fit is recorded beside them.
+    assert frontier["points"][1]["own_ce"] != point["own_ce"]
+    assert frontier["run_fit"] == summarise_transfer(analysis.as_results(run)[0])

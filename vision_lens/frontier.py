@@ -1,0 +1,106 @@
+"""``vision-lens frontier``: the transfer penalty across the whole range of regularisation, not at one fit.
+
+A run's tuned and shared lenses are refitted from its feature cache at a common
+sweep of L2 strengths, the same strength for every block (``FRONTIER_STRENGTHS``:
+1e-6 ... 1 in half-decades), each a direct fit at that strength (``fit_lens`` with
+``weight_decay`` fixed), and evaluated on the run's eval images. Per strength
+``frontier.json`` beside the run holds the mean own CE (each translator on its own
+block), the mean transfer penalty between neighbouring blocks within a stage and
+across stages, the penalty by block distance, and the shared lens's gap (its CE
+minus the tuned lens's, averaged over blocks). A strong penalty keeps every
+translator near the logit lens, and a weak one fits each block best: the
+penalty against own CE along the sweep is the frontier that one chosen fit sits
+on (``plotting.penalty_frontier`` draws it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .analysis import mean_diagonal_ce, penalty_profiles, transfer_matrix
+from .artifacts import RunResults, load_results, require_complete
+from .files import write_text_atomic
+from .fit import FitSettings, fit_lens
+from .lenses import build_lenses
+from .metrics import evaluate_lenses, pair_groups
+from .options import RunOptions
+from .pipeline import capture_split, load_model, preflight
+from .readout import FeatureLayout
+
+FRONTIER_STRENGTHS = tuple(float(f"{10 ** (e / 2):.3g}") for e in range(-12, 1))  # 1e-6, 3.16e-6, ..., 1
+FRONTIER_FILE = "frontier.json"
+
+
+def summarise_transfer(run: RunResults) -> dict:
+    """The frontier's numbers for one evaluated run: own CE, neighbour penalties, penalty by distance, shared gap."""
+    penalty = transfer_matrix(run, "penalty")
+    groups = pair_groups(run.block_stages)
+    neighbours = np.abs(np.subtract.outer(np.arange(len(penalty)), np.arange(len(penalty)))) == 1
+
+    def mean(cells: np.ndarray) -> float | None:
+        values = penalty[cells & np.isfinite(penalty)]
+        return float(values.mean()) if len(values) else None
+
+    tuned, shared = (np.array([np.nan if v is None else v for v in run.aggregate[t]["ce"].values()], dtype=float)
+                     for t in ("tuned", "shared"))
+    gap = shared - tuned
+    by_distance = penalty_profiles(run)["all"].mean
+    return {
+        "own_ce": mean_diagonal_ce(run),
+        "neighbour_penalty_within_stage": mean(neighbours & groups["within_stage"]),
+        "neighbour_penalty_across_stage": mean(neighbours & groups["across_stage"]),
+        "penalty_by_distance": {str(d): None if np.isnan(v) else float(v) for d, v in enumerate(by_distance)},
+        "shared_gap": float(np.nanmean(gap)) if np.isfinite(gap).any() else None,
+    }
+
+
+def run_options(run_dir: Path, **overrides) -> RunOptions:
+    """The options a run was made with (its run.json), as RunOptions; ``overrides`` replace some."""
+    recorded = load_results(run_dir).run.get("options", {})
+    known = {f.name for f in fields(RunOptions)}
+    return RunOptions(**({k: v for k, v in recorded.items() if k in known} | {"out": str(run_dir)} | overrides))
+
+
+def frontier(run_dir: str | Path, strengths: Sequence[float] = FRONTIER_STRENGTHS, **overrides) -> Path:
+    """Refit ``run_dir``'s tuned and shared lenses at every strength, evaluate them, write ``frontier.json``."""
+    run_dir = Path(run_dir)
+    require_complete(run_dir)
+    base = load_results(run_dir)
+    if base.run.get("model") is None:
+        raise ValueError(f"{run_dir} has no run.json of `vision-lens run`; the frontier refits a run of ours")
+    opts = run_options(run_dir, **overrides)
+    adapter = load_model(opts)
+    layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
+    sources = preflight(opts, adapter, (opts.fit_split, opts.eval_split), layout)
+    fit = capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout, sources[opts.fit_split])
+    held_out = capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout, sources[opts.eval_split])
+    target = fit.logits if opts.loss == "kl" else None
+    stages = [b.stage for b in adapter.blocks]
+    layers = {f"layer_{k}": b.name for k, b in enumerate(adapter.blocks)}
+    points = []
+    for strength in strengths:
+        print(f"[vision-lens] frontier: weight decay {strength:g}", file=sys.stderr)
+        lenses = build_lenses(adapter, layout, ("tuned", "shared"))
+        settings = FitSettings(opts.max_iter, strength, seed=opts.seed)
+        for lens_type, lens in lenses.items():
+            fit_lens(lens, fit.features, fit.labels, target, settings, desc=f"fit {lens_type} at {strength:g}")
+        with torch.no_grad():
+            aggregate, _ = evaluate_lenses(lenses, held_out.features, held_out.logits, held_out.labels)
+        point = RunResults(run_dir, base.name, aggregate, layers, {"block_stages": stages})
+        points.append({"weight_decay": strength} | summarise_transfer(point))
+    result = {
+        "model": base.name, "run": str(run_dir), "loss": opts.loss, "fit_images": len(fit.labels),
+        "eval_images": len(held_out.labels), "max_iter": opts.max_iter, "strengths": list(strengths),
+        "points": points, "run_fit": summarise_transfer(base),
+        "command": f"vision-lens frontier {run_dir}",
+    }
+    out = run_dir / FRONTIER_FILE
+    write_text_atomic(out, json.dumps(result, indent=1, allow_nan=False) + "\n")
+    return out
