@@ -10,9 +10,9 @@ import vision_lens
 PACKAGE = Path(vision_lens.__file__).parent
 # In pipeline order; modules in one tuple are one stage. The cache is the store capture writes to.
 STAGES = [
-    ("threads", "files", "readout"), ("adapters",), ("data",), ("cache",), ("checks",), ("capture",), ("lenses",),
+    ("threads", "files", "catalogue", "readout"), ("adapters",), ("data",), ("cache",), ("checks",), ("capture",), ("lenses",),
     ("fit",), ("metrics",), ("artifacts",), ("analysis",), ("plotting",), ("compare", "report"),
-    ("options", "preflight", "pipeline", "demo", "cli", "__main__"),
+    ("options", "preflight", "pipeline", "frontier", "demo", "cli", "__main__"),
 ]
 RANK = {name: rank for rank, stage in enumerate(STAGES) for name in stage}
 

@@ -9,7 +9,8 @@ import pytest
 
 from vision_lens import analysis
 from vision_lens.cli import main
-from vision_lens.frontier import FRONTIER_STRENGTHS, summarise_transfer
+from vision_lens.analysis import summarise_transfer
+from vision_lens.frontier import FRONTIER_STRENGTHS
 
 
 def _run(tmp_path, data, name, *extra):
@@ -40,3 +41,24 @@ def test_a_frontier_point_equals_a_direct_fit_at_that_strength(tmp_path, tiny_da
     # The two strengths are different fits, and the run's own (chosen-per-block) fit is recorded beside them.
     assert frontier["points"][1]["own_ce"] != point["own_ce"]
     assert frontier["run_fit"] == summarise_transfer(analysis.as_results(run)[0])
+
+
+def test_the_frontier_figure_draws_the_sweep_and_marks_both_fits(tmp_path, tiny_data):
+    import matplotlib.pyplot as plt
+
+    from vision_lens.plotting import penalty_frontier
+
+    run = _run(tmp_path, tiny_data, "run")
+    recipe = _run(tmp_path, tiny_data, "recipe", "--recipe", "tuned-lens")
+    assert main(["frontier", str(run), "--strengths", "0.001", "0.1", "--cache-dir", str(tmp_path / "cache")]) == 0
+    ax = penalty_frontier([run], [recipe])
+    frontier = json.loads((run / "frontier.json").read_text())
+    curve = ax.get_lines()[0]
+    assert list(curve.get_xdata()) == [p["own_ce"] for p in frontier["points"]]
+    assert list(curve.get_ydata()) == [p["penalty_by_distance"]["1"] for p in frontier["points"]]
+    own, star = ax.get_lines()[1], ax.get_lines()[2]
+    assert own.get_xdata()[0] == frontier["run_fit"]["own_ce"]
+    assert star.get_marker() == "*" and star.get_xdata()[0] == summarise_transfer(analysis.as_results(recipe)[0])["own_ce"]
+    plt.close("all")
+    with pytest.raises(FileNotFoundError, match="vision-lens frontier"):
+        penalty_frontier([recipe])

@@ -143,6 +143,32 @@ def stage_boundaries(run: RunResults) -> list[int]:
     return [k for k in range(1, len(stages)) if stages[k] != stages[k - 1]]
 
 
+def summarise_transfer(run: RunResults) -> dict:
+    """The transfer summary of one evaluated run (a point of ``vision-lens frontier``): the mean own CE (each
+    translator on its own block), the mean penalty between neighbouring blocks within a stage and across stages
+    (None where no such pair exists), the penalty by distance, and the shared lens's gap (its CE minus the tuned
+    lens's, averaged over the blocks where both are defined)."""
+    penalty = transfer_matrix(run, "penalty")
+    groups = pair_groups(run.block_stages)
+    neighbours = np.abs(np.subtract.outer(np.arange(len(penalty)), np.arange(len(penalty)))) == 1
+
+    def mean(cells: np.ndarray) -> float | None:
+        values = penalty[cells & np.isfinite(penalty)]
+        return float(values.mean()) if len(values) else None
+
+    tuned, shared = (np.array([np.nan if v is None else v for v in run.aggregate[t]["ce"].values()], dtype=float)
+                     for t in ("tuned", "shared"))
+    gap = shared - tuned
+    by_distance = penalty_profiles(run)["all"].mean
+    return {
+        "own_ce": mean_diagonal_ce(run),
+        "neighbour_penalty_within_stage": mean(neighbours & groups["within_stage"]),
+        "neighbour_penalty_across_stage": mean(neighbours & groups["across_stage"]),
+        "penalty_by_distance": {str(d): None if np.isnan(v) else float(v) for d, v in enumerate(by_distance)},
+        "shared_gap": float(np.nanmean(gap)) if np.isfinite(gap).any() else None,
+    }
+
+
 def chance_accuracy(run: RunResults) -> float | None:
     """``1 / classes``: from run.json's ``eval_classes`` (classes in the eval data) if recorded, else its
     ``num_classes`` (the model's outputs); None where run.json records neither."""

@@ -21,44 +21,20 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
-from .analysis import mean_diagonal_ce, penalty_profiles, transfer_matrix
+from .analysis import summarise_transfer
 from .artifacts import RunResults, load_results, require_complete
 from .files import write_text_atomic
 from .fit import FitSettings, fit_lens
 from .lenses import build_lenses
-from .metrics import evaluate_lenses, pair_groups
+from .metrics import evaluate_lenses
 from .options import RunOptions
 from .pipeline import capture_split, load_model, preflight
 from .readout import FeatureLayout
 
 FRONTIER_STRENGTHS = tuple(float(f"{10 ** (e / 2):.3g}") for e in range(-12, 1))  # 1e-6, 3.16e-6, ..., 1
-FRONTIER_FILE = "frontier.json"
-
-
-def summarise_transfer(run: RunResults) -> dict:
-    """The frontier's numbers for one evaluated run: own CE, neighbour penalties, penalty by distance, shared gap."""
-    penalty = transfer_matrix(run, "penalty")
-    groups = pair_groups(run.block_stages)
-    neighbours = np.abs(np.subtract.outer(np.arange(len(penalty)), np.arange(len(penalty)))) == 1
-
-    def mean(cells: np.ndarray) -> float | None:
-        values = penalty[cells & np.isfinite(penalty)]
-        return float(values.mean()) if len(values) else None
-
-    tuned, shared = (np.array([np.nan if v is None else v for v in run.aggregate[t]["ce"].values()], dtype=float)
-                     for t in ("tuned", "shared"))
-    gap = shared - tuned
-    by_distance = penalty_profiles(run)["all"].mean
-    return {
-        "own_ce": mean_diagonal_ce(run),
-        "neighbour_penalty_within_stage": mean(neighbours & groups["within_stage"]),
-        "neighbour_penalty_across_stage": mean(neighbours & groups["across_stage"]),
-        "penalty_by_distance": {str(d): None if np.isnan(v) else float(v) for d, v in enumerate(by_distance)},
-        "shared_gap": float(np.nanmean(gap)) if np.isfinite(gap).any() else None,
-    }
+FRONTIER_FILE = "frontier.json"  # plotting.penalty_frontier reads it
 
 
 def run_options(run_dir: Path, **overrides) -> RunOptions:

@@ -33,7 +33,8 @@ def _opt(default, help: str, **kw):
 class CommonOptions:
     """Options shared by ``train``, ``eval`` and ``run``."""
 
-    model: str = _opt(None, "model as family:arch, e.g. cifar:resnet20", required=True)
+    model: str = _opt(None, "model as family:arch, e.g. cifar:resnet20; `vision-lens models` lists them",
+                      required=True)
     data: str = _opt(
         None,
         "dataset root holding one ImageFolder per split (<data>/<split>/<class>/<image>), "

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from . import __version__
 from .adapters import ModelAdapter, create_adapter
-from .artifacts import mark_complete, prepare_output, require_complete, write_results
+from .artifacts import RunResults, load_results, mark_complete, prepare_output, require_complete, write_results
 from .cache import FeatureCache
 from .capture import capture, default_batch_size
 from .checks import check_fit
@@ -285,3 +285,20 @@ def run(opts: RunOptions, out: Path | None = None, report_note: str | None = Non
         return None
     train(opts, out, adapter, fit)
     return evaluate(opts, out, out, adapter, held_out, report_note)
+
+
+def run_pipeline(**options) -> RunResults:
+    """``vision-lens run`` from Python: the CLI's options as keyword arguments (``model``, ``data``, ``out``,
+    ``weights``, ``fit_limit``, ``recipe``, ...; see ``vision-lens run --help``), the written run read back.
+
+    Raises ``TypeError`` naming an unknown option.
+    """
+    from dataclasses import fields
+
+    known = {f.name for f in fields(RunOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"run_pipeline() got unknown options {', '.join(unknown)}; the options are "
+                        f"{', '.join(sorted(known))}")
+    out = run(RunOptions(**options))
+    return load_results(out)

@@ -16,6 +16,7 @@ image, and runs the model.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -42,6 +43,7 @@ from .analysis import (
     relative_depth,
     reported_unit,
     stage_boundaries,
+    summarise_transfer,
     transfer_matrix,
 )
 from .capture import BlockRecorder
@@ -382,6 +384,53 @@ def prediction_trajectory(
     ax.tick_params(axis="x", labelsize=8, top=True, labeltop=True, bottom=False, labelbottom=False)
     ax.set_title(f"{model.name}: {LENS_LABELS.get(lens.lens_type, lens.lens_type)}, top-{k} classes at every block",
                  fontsize=10)
+    return ax
+
+
+def penalty_frontier(
+    runs: Sequence[str | Path], recipe_runs: Sequence[str | Path | None] | None = None, labels: Sequence[str] | None = None,
+    ax: plt.Axes | None = None,
+) -> plt.Axes:
+    """The regularisation frontier: the mean transfer penalty between neighbouring blocks (|i - j| = 1) against
+    the mean own CE, one curve per run folder along its ``frontier.json`` sweep (written by ``vision-lens
+    frontier``; the strongest penalty labelled). The run's own fit (the L2 strength chosen per block on held-out
+    fit images) is marked with a circle and, where ``recipe_runs`` gives a run under ``--recipe tuned-lens`` of
+    the same model, that fit with a star. A verdict on penalties holds only if it holds along the whole curve.
+    """
+    ax = ax or plt.subplots(figsize=(6.5, 4.8))[1]
+    palette = sns.color_palette("colorblind")
+    recipe_runs = list(recipe_runs or [None] * len(runs))
+    for i, (run_dir, recipe_dir) in enumerate(zip(runs, recipe_runs)):
+        path = Path(run_dir) / "frontier.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{run_dir} has no frontier.json; run `vision-lens frontier {run_dir}` first")
+        frontier = json.loads(path.read_text())
+        color = palette[i % len(palette)]
+        label = labels[i] if labels else frontier["model"]
+        points = [(p["own_ce"], p["penalty_by_distance"].get("1"), p["weight_decay"]) for p in frontier["points"]]
+        points = [p for p in points if p[1] is not None]
+        if not points:
+            continue
+        ce, penalty, strength = zip(*points)
+        ax.plot(ce, penalty, "-o", ms=3, color=color, label=label)
+        ax.annotate(f"{strength[-1]:g}", (ce[-1], penalty[-1]), fontsize=7, color=color,
+                    xytext=(3, 3), textcoords="offset points")
+        own = frontier["run_fit"]
+        if own["penalty_by_distance"].get("1") is not None:
+            ax.plot(own["own_ce"], own["penalty_by_distance"]["1"], "o", ms=9, mfc="none", mew=1.5, color=color)
+        if recipe_dir is not None:
+            recipe = summarise_transfer(as_results(recipe_dir)[0])
+            if recipe["penalty_by_distance"].get("1") is not None:
+                ax.plot(recipe["own_ce"], recipe["penalty_by_distance"]["1"], "*", ms=12, color=color)
+    ax.plot([], [], "o", ms=9, mfc="none", mew=1.5, color="grey", label="default fit (chosen per block)")
+    if any(r is not None for r in recipe_runs):
+        ax.plot([], [], "*", ms=12, color="grey", label="tuned-lens recipe")
+    ax.set_yscale("symlog", linthresh=1)  # penalties span 1 to 100 bits, and can be negative on small data
+    ax.set_xlabel("mean own CE (bits per image; each translator on its own block)")
+    ax.set_ylabel("mean transfer penalty, neighbouring blocks (bits)")
+    ax.set_title("Transfer penalty across the L2 sweep (one strength for every block)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, frameon=False)
     return ax
 
 

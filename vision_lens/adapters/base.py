@@ -38,6 +38,10 @@ class WeightsError(ValueError):
     """A checkpoint cannot be used with the requested architecture."""
 
 
+class UnknownModelError(ValueError):
+    """A family has no architecture of the requested name; :func:`create_adapter` adds the near matches."""
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -220,6 +224,8 @@ class ModelFamily:
             their own hub loader (timm): ``load_published(model, arch)`` loads
             them into ``model`` and returns their id.
         read: reads a local checkpoint file (default: :func:`read_checkpoint`).
+        names: ``names()`` -> every architecture name the family knows, for near matches of an unknown one
+            (default: the catalogue's, :mod:`~vision_lens.catalogue`).
     """
 
     build: Callable[..., nn.Module]
@@ -227,6 +233,7 @@ class ModelFamily:
     published: Callable[[str], str]
     load_published: Callable[[nn.Module, str], str] | None = None
     read: Callable[[str], dict[str, Tensor]] = read_checkpoint
+    names: Callable[[], list[str]] | None = None
 
 
 _REGISTRY: dict[str, ModelFamily] = {}
@@ -260,6 +267,19 @@ def create_adapter(
         known = ", ".join(f"{f}:…" for f in sorted(set(_REGISTRY) | set(BUILT_IN)))
         raise ValueError(f"--model {name!r} is not a known model; use family:arch with one of the families {known}")
     family, arch = _REGISTRY[match.group(1)], match.group(2)
+    try:
+        return _create(family, name, arch, weights, seed, num_classes)
+    except UnknownModelError as exc:
+        from ..catalogue import near_matches
+
+        candidates = family.names() if family.names is not None else None
+        near = near_matches(name, [f"{match.group(1)}:{n}" for n in candidates] if candidates else None)
+        hint = f"; near matches: {', '.join(near)}" if near else ""
+        raise UnknownModelError(f"{exc}{hint} (`vision-lens models` lists every model)") from exc
+
+
+def _create(family: ModelFamily, name: str, arch: str, weights: str | None, seed: int,
+            num_classes: int | None) -> ModelAdapter:
     torch.manual_seed(seed)
     if weights == "random":
         model = family.build(arch, None, num_classes)

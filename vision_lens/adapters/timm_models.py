@@ -34,7 +34,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..readout import Block
-from .base import ModelAdapter, ModelFamily, WeightsError, register_family
+from .base import ModelAdapter, ModelFamily, UnknownModelError, WeightsError, register_family
 from .torchvision_models import STAGES, resnet_blocks
 from .vit import VisionTransformerAdapter, check_readout
 
@@ -119,7 +119,7 @@ def _read(path: str) -> dict:
 
 def _config(arch: str):
     if not timm.is_model(arch):
-        raise ValueError(f"--model timm:{arch}: timm has no model of that name (see timm.list_models('resnet*'))")
+        raise UnknownModelError(f"--model timm:{arch}: timm has no model of that name (see timm.list_models())")
     return get_pretrained_cfg(arch)
 
 
@@ -170,4 +170,5 @@ register_family("timm", ModelFamily(
     lambda arch: _config(arch).hf_hub_id or _config(arch).url,
     load_published=_load_published,
     read=_read,
+    names=timm.list_models,
 ))
