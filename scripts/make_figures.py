@@ -27,6 +27,8 @@ from vision_lens.lenses import TunedLens
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = [REPO / "results" / f"cifar10-{arch}" for arch in ("resnet20", "resnet32", "resnet44", "inceptionv1")]
 TOY_LLM = REPO / "tests" / "data" / "tiny-gpt2-tuned-lens" / "aggregate_metrics.json"
+# scripts/train_reference_lm.py's output: a GPT-2 of the CIFAR ViT's size lensed by tuned-lens itself.
+LM_REFERENCE = REPO / "results" / "lm-reference" / "aggregate_metrics.json"
 
 
 def first_eval_image(run_dir: Path) -> Path:
@@ -49,9 +51,10 @@ def main() -> None:
     parser.add_argument("runs", nargs="*", type=Path,
                         help="run folders (default: the committed results/cifar10-{resnet20,resnet32,resnet44,inceptionv1} "
                              "that are complete); a sibling <run>-random-init folder enters the random-init figure")
-    parser.add_argument("--llm", nargs="*", type=Path, default=[TOY_LLM],
-                        help="aggregate_metrics.json files from `tuned-lens eval` for the comparison "
-                             "(default: the toy GPT-2 test fixture, a format check rather than a real LLM)")
+    parser.add_argument("--llm", nargs="*", type=Path,
+                        help="aggregate_metrics.json files from `tuned-lens eval` for the comparison (default: "
+                             "results/lm-reference where it exists, else the toy GPT-2 test fixture, a format "
+                             "check rather than a real LLM)")
     parser.add_argument("--image", type=Path, help="image for the prediction trajectory (default: first eval image)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "figures", help="output folder")
     args = parser.parse_args()
@@ -95,10 +98,10 @@ def main() -> None:
         control_ax.set_title("linear probe: trained against random-init weights")
         save(control_ax, args.out / "random_init_control.png")
 
-    labels = [load_results(r).name for r in runs] + [
-        "toy GPT-2 (format check)" if path == TOY_LLM else path.parent.name for path in args.llm
-    ]
-    fig = compare([*runs, *args.llm], labels=labels)
+    llm = args.llm if args.llm is not None else [LM_REFERENCE if LM_REFERENCE.is_file() else TOY_LLM]
+    llm_labels = {TOY_LLM: "toy GPT-2 (format check)", LM_REFERENCE: "GPT-2 reference (tuned-lens)"}
+    labels = [load_results(r).name for r in runs] + [llm_labels.get(path, path.parent.name) for path in llm]
+    fig = compare([*runs, *llm], labels=labels)
     fig.savefig(args.out / "compare_llm.png", dpi=150)
     plt.close(fig)
     print(f"wrote {args.out / 'compare_llm.png'}")
