@@ -7,6 +7,8 @@
 # the models trained here are the checkpoints committed under results/checkpoints/ (scripts/train_cifar.py
 # wrote them). Each run writes results/cifar10-<arch>/, with _ written as - (cifar10-preact-resnet20).
 # WEIGHTS=random runs the seeded random-init control instead, into results/cifar10-<arch>-random-init/.
+# RECIPE=tuned-lens fits the translators by tuned-lens's own recipe, into results/cifar10-<arch>[-random-init]-
+# tuned-lens-recipe/; FRONTIER=1 then also runs `vision-lens frontier` on each run (the L2 sweep, frontier.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
@@ -19,6 +21,13 @@ for arch in "${@:-resnet20}"; do
   else
     weights=$(ls "$SHARED"/weights/cifar10-resnets/"$arch"-*.th) out="results/cifar10-$name"
   fi
+  recipe=()
+  if [ "${RECIPE:-optimum}" = tuned-lens ]; then
+    recipe=(--recipe tuned-lens) out="$out-tuned-lens-recipe"
+  fi
   vision-lens run --model "cifar:$arch" --weights "$weights" --data "$SHARED/data/cifar10" \
-    --out "$out" --overwrite
+    --out "$out" --overwrite "${recipe[@]}"
+  if [ "${FRONTIER:-0}" = 1 ]; then
+    vision-lens frontier "$out"
+  fi
 done
