@@ -30,7 +30,7 @@ from vision_lens.artifacts import MANIFEST_NAME, write_results
 from vision_lens.cli import main
 from vision_lens.files import FolderLock
 
-from .conftest import REPO, write_image_folder
+from .conftest import CIFAR10_CLASSES, REPO, write_image_folder
 
 COMMON = ["--model", "cifar:resnet8", "--weights", "random", "--max-iter", "5", "--workers", "0", "--batch-size", "4"]
 EVAL_OPTIONS = [o for o in COMMON if o not in ("--max-iter", "5")]  # eval takes no fitting options
@@ -77,8 +77,8 @@ def base():
     """A folder every user can read (pytest's own temporary folders are root-only), removed afterwards."""
     path = Path(tempfile.mkdtemp(prefix="vision-lens-faults-"))
     path.chmod(0o755)
-    write_image_folder(path / "data" / "train", classes=10, per_class=2, seed=1)
-    write_image_folder(path / "data" / "test", classes=10, per_class=1, seed=2)
+    write_image_folder(path / "data" / "train", classes=10, per_class=2, seed=1, names=CIFAR10_CLASSES)
+    write_image_folder(path / "data" / "test", classes=10, per_class=1, seed=2, names=CIFAR10_CLASSES)
     yield path
     shutil.rmtree(path)
 
@@ -272,7 +272,7 @@ def run_on(data: Path, out: Path, cache: Path, *extra) -> int:
 
 
 def test_bad_image_keeps_the_captured_rows_for_the_rerun(data_copy, tmp_path, capsys):
-    bad = data_copy / "train" / "class_5" / "000.png"  # row 10: batches 0-3 and 4-7 are committed first
+    bad = data_copy / "train" / "dog" / "000.png"  # row 10: batches 0-3 and 4-7 are committed first
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
     err = capsys.readouterr().err
@@ -285,7 +285,7 @@ def test_bad_image_keeps_the_captured_rows_for_the_rerun(data_copy, tmp_path, ca
 def test_an_image_changed_under_its_name_is_captured_again(data_copy, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(capture, "COMMIT_BYTES", 0)  # a chunk per batch of 4 rows
     assert run_on(data_copy, tmp_path / "first", tmp_path / "cache") == 0
-    changed = data_copy / "train" / "class_0" / "000.png"  # row 0, in the first batch of 4
+    changed = data_copy / "train" / "airplane" / "000.png"  # row 0, in the first batch of 4
     Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(changed)
     capsys.readouterr()
     assert run_on(data_copy, tmp_path / "again", tmp_path / "cache") == 0
@@ -296,7 +296,7 @@ def test_an_image_changed_under_its_name_is_captured_again(data_copy, tmp_path, 
 
 
 def test_image_of_another_size_is_named_with_both_sizes(data_copy, tmp_path, capsys):
-    odd = data_copy / "train" / "class_2" / "001.png"
+    odd = data_copy / "train" / "bird" / "001.png"
     Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(odd)
     assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
     err = capsys.readouterr().err
@@ -304,17 +304,28 @@ def test_image_of_another_size_is_named_with_both_sizes(data_copy, tmp_path, cap
 
 
 def test_class_missing_from_the_eval_split_stops_before_capture(data_copy, tmp_path, capsys):
-    shutil.rmtree(data_copy / "test" / "class_9")
+    shutil.rmtree(data_copy / "test" / "truck")
     assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
     err = capsys.readouterr().err
-    assert "split 'test'" in err and "9 classes" in err
+    assert f"{data_copy / 'test'} (split 'test')" in err and "unknown to the model: none; missing: truck" in err
     assert "[vision-lens] train:" not in err and not (tmp_path / "cache" / "features").exists()
 
 
+def test_a_renamed_class_folder_is_refused_not_matched_by_position(base, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+    (data / "test" / "cat").rename(data / "test" / "kitty")  # sorts where cat did: position would match it silently
+    result = vision_lens(*run_args(data, tmp_path / "out", tmp_path / "cache"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{data / 'test'} (split 'test')" in result.stderr
+    assert "unknown to the model: kitty; missing: cat" in result.stderr and "--match-classes-by-position" in result.stderr
+    assert not (tmp_path / "cache" / "features").exists()
+
+
 def test_different_class_sets_are_named(data_copy, tmp_path, capsys):
-    (data_copy / "test" / "class_9").rename(data_copy / "test" / "class_x")
-    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
-    assert "only in 'train': class_9; only in 'test': class_x" in capsys.readouterr().err
+    (data_copy / "test" / "truck").rename(data_copy / "test" / "class_x")
+    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache", "--match-classes-by-position") == 2
+    assert "only in 'train': truck; only in 'test': class_x" in capsys.readouterr().err
 
 
 def test_nan_activations_name_the_block(base, tmp_path, capsys):

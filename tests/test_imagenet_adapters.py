@@ -262,6 +262,16 @@ def test_preprocessing_and_class_names_follow_the_published_weights():
         assert adapter.class_names[:2] == ["tench", "goldfish"]
 
 
+def test_imagenet_outputs_are_matched_to_synset_folders_by_name():
+    synsets = sorted(s for s, _ in devkit_synsets())
+    for name in ("torchvision:resnet18", "timm:resnet18"):
+        adapter = create_adapter(name, weights="random")  # 1000 ImageNet outputs
+        assert adapter.class_folders == synsets
+        assert adapter.label_map(synsets).tolist() == list(range(1000))
+        with pytest.raises(ValueError, match=r"unknown to the model: tench; missing: n01440764\b"):
+            adapter.label_map(["tench", *synsets[1:]])
+
+
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No network: torch.hub downloads fail as urllib does offline, the Hugging Face hub is offline, caches are empty."""

@@ -10,6 +10,7 @@ complete captures to read). ``--out`` is checked by
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .adapters.base import ClassMatchError
 from .cache import CacheError, cache_key_hash
 from .capture import capture_key
 from .data import DataError, ImageSource, open_split, select
@@ -75,12 +77,13 @@ def check_unembed(adapter) -> None:
 
 
 def label_map(opts, adapter, split: str, source: ImageSource) -> np.ndarray:
-    """The model output of each class of ``source`` (the ``split`` of ``opts.data``); a DataError naming both if the
-    classes do not fit the model."""
+    """The model output of each class of ``source`` (the ``split`` of ``opts.data``); a DataError naming the split's
+    folder if the classes do not fit the model."""
     try:
-        return adapter.label_map(source.classes)
-    except ValueError as exc:
-        raise DataError(f"--data {opts.data}, split {split!r}: {exc}; pass data with the model's classes") from exc
+        return adapter.label_map(source.classes, by_position=opts.match_classes_by_position)
+    except ClassMatchError as exc:
+        folder = getattr(source, "root", f"--data {opts.data}, split {split!r}")
+        raise DataError(f"{folder} (split {split!r}): {exc}") from exc
 
 
 def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> dict[str, ImageSource]:
@@ -97,6 +100,9 @@ def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> 
     sources: dict[str, ImageSource] = {split: open_split(opts.data, split, opts.download_root) for split in splits}
     for split, source in sources.items():
         label_map(opts, adapter, split, source)
+    if opts.match_classes_by_position:
+        print(f"[vision-lens] warning: --match-classes-by-position: class folders are matched to {adapter.name}'s "
+              "outputs by their sorted position, not by name (recorded in run.json)", file=sys.stderr)
     (first, first_source), *others = sources.items()
     for split, source in others:
         if source.classes != first_source.classes:

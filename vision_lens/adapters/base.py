@@ -38,6 +38,16 @@ class WeightsError(ValueError):
     """A checkpoint cannot be used with the requested architecture."""
 
 
+class ClassMatchError(ValueError):
+    """A dataset's classes cannot be matched to the model's outputs; the message lists what differs."""
+
+
+def _listed(names: Sequence[str], most: int = 10) -> str:
+    """``names`` for a message: the first ``most``, then how many more."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return (", ".join(names[:most]) or "none") + more
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -127,14 +137,19 @@ class ModelAdapter(abc.ABC):
 
     Subclasses set ``model``, ``blocks`` and ``class_names`` and implement
     ``unembed`` and ``transform``; ``logits`` and ``label_map`` have defaults
-    that fit most classifiers. :func:`create_adapter` sets ``name`` and
-    ``weights_id``.
+    that fit most classifiers. Where the model knows the dataset folder name
+    of each output (the CIFAR-10 names, ImageNet synsets) they set
+    ``class_folders``, and data classes are matched to outputs by name.
+    :func:`create_adapter` sets ``name`` and ``weights_id``.
     """
 
     name: str = ""
     model: nn.Module
     blocks: list[Block]
     class_names: list[str]
+    # The dataset folder name of each output, or None where the outputs are known only by index (a checkpoint
+    # of unknown classes), which are then matched by position.
+    class_folders: list[str] | None = None
     weights_id: str = ""  # sha256 of the weights file, or of the random-init state dict
     # The (height, width) that ``transform`` requires of raw images, or None where it resizes
     # (and crops) any image to the model's input. Data loading stops on an image of another
@@ -162,15 +177,29 @@ class ModelAdapter(abc.ABC):
     def head_dim(self) -> int:
         return [m for m in self.unembed.modules() if isinstance(m, nn.Linear)][0].in_features
 
-    def label_map(self, classes: Sequence[str]) -> np.ndarray:
+    def label_map(self, classes: Sequence[str], by_position: bool = False) -> np.ndarray:
         """The model output index of each dataset class (in the dataset's order); -1: no such output.
 
-        Images of a class mapped to -1 count as unlabelled: label metrics skip
-        them, while KL and agreement with the model still use them.
+        Classes match the outputs by name where the model knows ``class_folders``, and by their sorted position
+        otherwise, or where ``by_position`` asks for it. Images of a class mapped to -1 count as unlabelled:
+        label metrics skip them, while KL and agreement with the model still use them.
         """
-        if len(classes) != self.num_classes:
-            raise ValueError(f"the data has {len(classes)} classes but {self.name} has {self.num_classes} outputs")
-        return np.arange(len(classes))
+        if self.class_folders is None or by_position:
+            if len(classes) != self.num_classes:
+                raise ClassMatchError(f"the data has {len(classes)} classes but {self.name} has {self.num_classes} "
+                                      "outputs, matched by position")
+            return np.arange(len(classes))
+        output = {name: k for k, name in enumerate(self.class_folders)}
+        unknown = [c for c in classes if c not in output]
+        missing = [name for name in self.class_folders if name not in set(classes)]
+        if unknown or missing:
+            raise ClassMatchError(
+                f"its class folders do not match {self.name}'s classes (unknown to the model: {_listed(unknown)}; "
+                f"missing: {_listed(missing)}); name the class folders after the model's classes "
+                f"({_listed(self.class_folders, 3)}), or pass --match-classes-by-position to match them by sorted "
+                "position"
+            )
+        return np.array([output[c] for c in classes], dtype=np.int64)
 
     def logits(self, x: Tensor) -> Tensor:
         """The model's own output logits."""

@@ -236,6 +236,10 @@ def _wrap(model: nn.Module, arch: str, weights_id: str) -> ModelAdapter:
         adapter = VisionTransformerAdapter(model, class_names(model.head.out_features), cifar_transform())
     else:
         adapter = CifarResNetAdapter(model)
+    # Ten outputs are CIFAR-10's classes, in the order of its class folders (a dataset laid out otherwise, like
+    # the demo's digits, is matched by position only when asked to).
+    if adapter.num_classes == len(CIFAR10_CLASSES):
+        adapter.class_folders = CIFAR10_CLASSES
     if not weights_id.startswith(("random-init:", *PUBLISHED_SHA256_PREFIXES)):
         adapter.input_size = None
     return adapter

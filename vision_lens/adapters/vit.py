@@ -45,10 +45,10 @@ class VisionTransformerAdapter(ModelAdapter):
     """A class-token ViT: blocks ``embed``, ``blocks.0`` ..; unembed ``norm``, ``fc_norm``, ``head``."""
 
     def __init__(self, model: nn.Module, class_names: list[str], transform: Callable,
-                 input_size: tuple[int, int] | None = (32, 32)):
+                 input_size: tuple[int, int] | None = (32, 32), class_folders: list[str] | None = None):
         check_readout(model, f"{type(model).__name__}")
         self.model = model
-        self.class_names = class_names
+        self.class_names, self.class_folders = class_names, class_folders
         self._transform = transform
         self.input_size = input_size
         dim = model.embed_dim
