@@ -377,18 +377,40 @@ def test_overwrite_removes_only_what_the_package_wrote(base, baseline, tmp_path,
     assert (out / "drafts").is_dir() and (out / "aggregate_metrics.json").read_bytes() == baseline
 
 
-@pytest.mark.parametrize("inside", ["data", "cache"])
-def test_overwrite_refuses_an_out_holding_the_data_or_the_cache(base, tmp_path, capsys, inside):
+@pytest.mark.parametrize("inside", ["data", "cache", "weights"])
+def test_overwrite_refuses_an_out_holding_the_data_the_cache_or_the_weights(base, tmp_path, capsys, inside):
     out = tmp_path / "out"
-    data, cache = out / "data", out / "cache"
+    data, cache, weights = out / "data", out / "cache", out / "weights.th"
     shutil.copytree(base / "data", data)
-    if inside == "cache":
+    if inside != "data":
         data = base / "data"
+    if inside == "cache":
         cache.mkdir()
-    assert run_on(data, out, cache, "--overwrite") == 2
+    if inside == "weights":
+        torch.save(create_adapter("cifar:resnet8", weights="random").model.state_dict(), weights)
+    extra = ["--weights", str(weights)] if inside == "weights" else []
+    assert run_on(data, out, cache, "--overwrite", *extra) == 2
     err = capsys.readouterr().err
-    assert "refuses to touch" in err and "(--data or the feature cache)" in err
-    assert len(list((out / "data").rglob("*.png")) if inside == "data" else [1]) and out.is_dir()
+    option = {"data": "--data", "cache": "--cache-dir", "weights": "--weights"}[inside]
+    assert "refuses to touch" in err and f"({option})" in err
+    assert list((out / "data").rglob("*.png")) and (inside != "cache" or cache.is_dir())
+    assert inside != "weights" or weights.is_file()
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_eval_into_its_own_lens_folder_is_refused_and_deletes_nothing(base, baseline, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base / "baseline", run)
+    before = tree_bytes(run)
+    for extra in (["--overwrite"], []):
+        result = vision_lens("eval", *EVAL_OPTIONS, "--data", base / "data", "--cache-dir", base / "cache",
+                             "--lens", run, "--out", run, *extra)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"--out {run} is the --lens folder that this command reads" in result.stderr
+        assert tree_bytes(run) == before  # the lenses, the results and the manifest, untouched
 
 
 BAD_INPUTS = {

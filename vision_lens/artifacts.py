@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from .files import write_text_atomic
 
@@ -89,17 +89,22 @@ def _inside(path: str | Path, folder: Path) -> bool:
     return path.exists() and path.resolve().is_relative_to(folder.resolve())
 
 
-def prepare_output(out: str | Path, overwrite: bool, keep: Iterable[str | Path] = ()) -> Path:
+def prepare_output(out: str | Path, overwrite: bool, keep: Mapping[str, str | Path] | None = None) -> Path:
     """Create ``out`` and its manifest (incomplete); check it is writable, before any compute.
 
     A folder that is not empty is refused unless ``overwrite`` (or it is a run
     that stopped early, whose own files a rerun replaces). Then only the files
     the package wrote are removed, and the folder is refused, untouched, if it
-    holds anything else or any of ``keep`` (the data, the feature cache).
+    holds anything else or any of ``keep``, the command's inputs by option (``--data``, the feature cache,
+    the ``--lens`` folder, the weights).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out} is a file; pass a folder path")
+    for option, path in (keep or {}).items():
+        if out.exists() and Path(path).exists() and Path(path).resolve() == out.resolve():
+            raise OutputExistsError(f"--out {out} is the {option} folder that this command reads; writing there "
+                                    "would replace it, so choose another --out")
     if out.is_dir() and any(out.iterdir()):
         manifest = read_manifest(out)
         stopped_early = manifest is not None and not manifest["complete"]
@@ -109,9 +114,9 @@ def prepare_output(out: str | Path, overwrite: bool, keep: Iterable[str | Path] 
             )
         ours = written_by_package(out, manifest) if manifest else set()
         foreign = sorted(_files_under(out) - ours)
-        protected = [str(k) for k in keep if _inside(k, out)]
+        protected = [f"{path} ({option})" for option, path in (keep or {}).items() if _inside(path, out)]
         if foreign or protected:
-            listed = [f"{p} (--data or the feature cache)" for p in protected] + foreign[:20]
+            listed = protected + foreign[:20]
             more = f" and {len(foreign) - 20} more" if len(foreign) > 20 else ""
             raise OutputExistsError(
                 f"--out {out}: --overwrite removes only files vision-lens wrote there, and refuses to touch: "

@@ -72,6 +72,13 @@ class CommonOptions:
         self.cache_dir = self.cache_dir or default_cache_dir()
         self.download_root = self.download_root or str(Path(self.cache_dir) / "datasets")
 
+    def inputs(self) -> dict[str, str]:
+        """What the command reads from disk, by option: ``--overwrite`` of ``--out`` must never reach them."""
+        inputs = {"--data": self.data, "--cache-dir": self.cache_dir}
+        if self.weights not in ("pretrained", "random") and not self.weights.startswith(("http://", "https://")):
+            inputs["--weights"] = self.weights
+        return inputs
+
 
 @dataclass
 class RunOptions(CommonOptions):
@@ -104,3 +111,6 @@ class EvalOptions(CommonOptions):
     """``vision-lens eval``: evaluate lenses saved by ``vision-lens train``; what they read comes from their config."""
 
     lens: str = _opt(None, "folder written by `vision-lens train` (holding lenses/)", required=True)
+
+    def inputs(self) -> dict[str, str]:
+        return super().inputs() | {"--lens": self.lens}

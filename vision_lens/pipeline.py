@@ -45,7 +45,7 @@ def _prepare_output(opts: CommonOptions) -> Path | None:
     """``--out``, checked and ready, on rank 0 (the one process that writes); None on the others."""
     if rank_and_world()[0] != 0:
         return None
-    return prepare_output(opts.out, opts.overwrite, keep=(opts.data, opts.cache_dir))
+    return prepare_output(opts.out, opts.overwrite, keep=opts.inputs())
 
 
 def rank_and_world() -> tuple[int, int]:
