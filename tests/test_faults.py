@@ -26,7 +26,7 @@ from PIL import Image
 
 from vision_lens import capture
 from vision_lens.adapters import create_adapter
-from vision_lens.artifacts import MANIFEST_NAME, write_results
+from vision_lens.artifacts import LOCK_NAME, MANIFEST_NAME, write_results
 from vision_lens.cli import main
 from vision_lens.files import FolderLock
 
@@ -174,6 +174,31 @@ def test_two_runs_sharing_a_cache_wait_for_each_other_and_agree(base, baseline, 
     for i in range(2):
         assert (tmp_path / f"out{i}" / "aggregate_metrics.json").read_bytes() == baseline
     assert not list(cache.rglob("*.tmp"))
+
+
+def test_a_second_run_on_a_busy_out_stops_at_once_naming_the_holder(base, baseline, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(base / "baseline", out)
+    # A holder that is busy for sure: this process, as a run that is still fitting into --out.
+    held = FolderLock(out, LOCK_NAME)
+    held.acquire()
+    before = tree_bytes(out)
+    try:
+        for extra in ([], ["--overwrite"]):
+            result = vision_lens(*run_args(base / "data", out, tmp_path / "cache"), *extra)
+            assert result.returncode == 2 and "Traceback" not in result.stderr
+            assert f"--out {out} is being written by another vision-lens process (pid {os.getpid()})" in result.stderr
+            assert tree_bytes(out) == before and not (tmp_path / "cache").exists()  # nothing removed, nothing captured
+    finally:
+        held.release()
+    assert vision_lens(*run_args(base / "data", out, base / "cache"), "--overwrite").returncode == 0  # free again
+
+
+def test_a_dangling_out_symlink_is_named_as_such(base, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.symlink_to(tmp_path / "gone")
+    assert run_on(base / "data", out, tmp_path / "cache") == 2
+    assert f"--out {out} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in capsys.readouterr().err
 
 
 @pytest.fixture
