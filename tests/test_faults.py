@@ -201,6 +201,33 @@ def test_a_dangling_out_symlink_is_named_as_such(base, tmp_path, capsys):
     assert f"--out {out} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in capsys.readouterr().err
 
 
+BAD_OPTIONS = [
+    (["--weight-decay", "-1"], "--weight-decay -1.0: give a finite penalty above 0"),
+    (["--weight-decay", "nan"], "--weight-decay nan: give a finite penalty above 0"),
+    (["--weight-decay", "0"], "--weight-decay 0.0: give a finite penalty above 0"),
+    (["--max-iter", "0"], "--max-iter 0: give a number of L-BFGS iterations (at least 1)"),
+    (["--fit-limit", "0"], "--fit-limit 0: give a number of images to fit on"),
+    (["--eval-limit", "0"], "--eval-limit 0: give a number of images to evaluate on"),
+    (["--seed", "-1"], "--seed -1: give an integer from 0 to 4294967295"),
+    (["--pool-grid", "0"], "--pool-grid 0: give 1 (the global average) or a grid side k > 1"),
+    (["--pool-grid", "1000"], "--pool-grid 1000: block layer3.0 of cifar:resnet8 has a 8x8 output on these images, "
+                              "so no grid finer than 8 has distinct cells"),
+    (["--device", "gpu"], "--device 'gpu' is not a torch device; use auto, cpu, cuda, cuda:N or mps"),
+    (["--device", "cuda"], "--device cuda: torch sees no CUDA GPU on this machine"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_OPTIONS, ids=[" ".join(extra) for extra, _ in BAD_OPTIONS])
+def test_bad_option_values_stop_before_any_compute_naming_the_option(base, tmp_path, extra, message):
+    if extra == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    result = vision_lens(*run_args(base / "data", tmp_path / "out", tmp_path / "cache"), *extra)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "cache" / "features").exists()  # nothing captured
+    assert "--pool-grid" in extra or not (tmp_path / "out").exists()  # stopped while reading the command line
+
+
 @pytest.fixture
 def nobody(base):
     if NOBODY is None:

@@ -23,6 +23,7 @@ from .adapters.base import ClassMatchError
 from .cache import CacheError, cache_key_hash
 from .capture import capture_key
 from .data import DataError, ImageSource, open_split, select
+from .options import OptionError
 
 
 def _cache_is_complete(root: Path, key: dict, n: int) -> bool:
@@ -76,6 +77,34 @@ def check_unembed(adapter) -> None:
         )
 
 
+def check_pool_grid(adapter, grid: int, image) -> None:
+    """OptionError naming ``--pool-grid`` when ``grid`` exceeds the smallest side of a block's output on ``image``
+    (a PIL image of the data, run through the model once): finer cells only repeat pixels, while the pooled
+    features grow with ``grid`` squared until memory runs out."""
+    if grid == 1:
+        return
+    sides: dict[str, tuple[int, int]] = {b.name: b.tokens[1:] for b in adapter.blocks if b.tokens is not None}
+
+    def record(name: str):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.ndim == 4:
+                sides[name] = tuple(output.shape[-2:])
+        return hook
+
+    maps = [b for b in adapter.blocks if b.tokens is None]
+    handles = [adapter.model.get_submodule(b.module).register_forward_hook(record(b.name)) for b in maps]
+    try:
+        with torch.no_grad():
+            adapter.logits(adapter.transform(image)[None].to(adapter.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    name, (h, w) = min(sides.items(), key=lambda item: min(item[1]))
+    if grid > min(h, w):
+        raise OptionError(f"--pool-grid {grid}: block {name} of {adapter.name} has a {h}x{w} output on these images, "
+                          f"so no grid finer than {min(h, w)} has distinct cells; pass --pool-grid 1 to {min(h, w)}")
+
+
 def label_map(opts, adapter, split: str, source: ImageSource) -> np.ndarray:
     """The model output of each class of ``source`` (the ``split`` of ``opts.data``); a DataError naming the split's
     folder if the classes do not fit the model."""
@@ -104,6 +133,7 @@ def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> 
         print(f"[vision-lens] warning: --match-classes-by-position: class folders are matched to {adapter.name}'s "
               "outputs by their sorted position, not by name (recorded in run.json)", file=sys.stderr)
     (first, first_source), *others = sources.items()
+    check_pool_grid(adapter, layout.grid, first_source.load(0))
     for split, source in others:
         if source.classes != first_source.classes:
             only_first = sorted(set(first_source.classes) - set(source.classes))
