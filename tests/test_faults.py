@@ -228,6 +228,63 @@ def test_bad_option_values_stop_before_any_compute_naming_the_option(base, tmp_p
     assert "--pool-grid" in extra or not (tmp_path / "out").exists()  # stopped while reading the command line
 
 
+def _without_checksum(lenses: Path, lens: str) -> None:
+    """As a lens folder written before config.json recorded params.pt's checksum."""
+    config = json.loads((lenses / lens / "config.json").read_text())
+    del config["params_sha256"]
+    (lenses / lens / "config.json").write_text(json.dumps(config))
+
+
+def _nan_params(lenses: Path) -> None:
+    state = torch.load(lenses / "tuned" / "params.pt")
+    next(iter(state.values())).view(-1)[0] = float("nan")
+    torch.save(state, lenses / "tuned" / "params.pt")
+
+
+def _swap_params(lenses: Path) -> None:
+    tuned, shared = (lenses / t / "params.pt" for t in ("tuned", "shared"))
+    tuned_bytes = tuned.read_bytes()
+    tuned.write_bytes(shared.read_bytes())
+    shared.write_bytes(tuned_bytes)
+
+
+LENS_DAMAGE = {  # damage to lenses/: (the file named, what the message says), with and without a recorded checksum
+    "nan": (_nan_params, "tuned/params.pt", "holds NaN or Inf in"),
+    "truncated": (lambda lenses: truncate(lenses / "tuned" / "params.pt"), "tuned/params.pt", "is not a readable torch file"),
+    "empty": (lambda lenses: (lenses / "tuned" / "params.pt").write_bytes(b""), "tuned/params.pt",
+              "is not a readable torch file"),
+    "swapped": (_swap_params, "tuned/params.pt", "does not hold the parameters of a tuned lens of cifar:resnet8"),
+}
+
+
+@pytest.mark.parametrize("checksum", [True, False], ids=["checksum", "older-folder"])
+@pytest.mark.parametrize("damage", sorted(LENS_DAMAGE))
+def test_damaged_lens_files_are_named_before_use(base, baseline, tmp_path, damage, checksum):
+    run = tmp_path / "run"
+    shutil.copytree(base / "baseline", run)
+    harm, file, problem = LENS_DAMAGE[damage]
+    if not checksum:
+        for lens in ("tuned", "shared"):
+            _without_checksum(run / "lenses", lens)
+    harm(run / "lenses")
+    result = vision_lens("eval", *EVAL_OPTIONS, "--data", base / "data", "--cache-dir", base / "cache",
+                         "--lens", run, "--out", tmp_path / "e")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    expected = "does not match the checksum in its config.json" if checksum else problem
+    assert f"{run / 'lenses' / file} {expected}" in result.stderr
+    assert not (tmp_path / "e" / "aggregate_metrics.json").exists()
+
+
+def test_an_invalid_lens_config_is_named(base, baseline, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(base / "baseline", run)
+    (run / "lenses" / "shared" / "config.json").write_text('{"model": "cifar:resnet8",\n')
+    assert main(["eval", *EVAL_OPTIONS, "--data", str(base / "data"), "--cache-dir", str(base / "cache"),
+                 "--lens", str(run), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'lenses' / 'shared' / 'config.json'} is not readable JSON (Expecting" in err
+
+
 @pytest.fixture
 def nobody(base):
     if NOBODY is None:

@@ -30,6 +30,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from .errors import UserError
 from .files import FolderBusyError, FolderLock, write_text_atomic
 
 INTERVALS_FILE = "aggregate_metrics_ci.json"
@@ -47,11 +48,11 @@ WRITTEN_PATTERNS = (
 )
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(UserError, FileExistsError):
     """--out holds something the run must not replace; the message lists it and says what to do."""
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError, ValueError):
     """A run folder or result file cannot be used: unwritable, incomplete or malformed (named in the message)."""
 
 

@@ -73,10 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     from . import pipeline
-    from .adapters import WeightsError
-    from .artifacts import OutputExistsError
-    from .cache import CacheError
-    from .data import DataError
+    from .errors import UserError
     from .threads import limit_torch_threads
 
     limit_torch_threads()
@@ -99,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             opts = RunOptions(**args)
             out = getattr(pipeline, command)(opts)
-    except (DataError, WeightsError, OutputExistsError, CacheError, FileNotFoundError, ValueError) as exc:
+    except (UserError, FileNotFoundError) as exc:  # a bare ValueError is a bug: its traceback goes through
         print(f"vision-lens {command}: error: {exc}", file=sys.stderr)
         return 2
     finally:

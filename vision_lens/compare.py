@@ -29,6 +29,7 @@ from matplotlib.lines import Line2D
 
 from .analysis import ResultsLike, as_results, defined_transfer, has_transfer, layer_values, relative_depth
 from .artifacts import RunFolderError, RunResults, require_complete
+from .errors import OptionError
 from .plotting import LENS_LABELS, LENS_STYLES, penalty_vs_distance
 
 COMPARED_METRICS = ("ce", "kl")
@@ -59,7 +60,7 @@ def compare(
     runs = as_results(results)
     if labels is not None:
         if len(labels) != len(runs):
-            raise ValueError(f"{len(labels)} labels for {len(runs)} inputs; give one --label per input, in order")
+            raise OptionError(f"{len(labels)} labels for {len(runs)} inputs; give one --label per input, in order")
         runs = [dataclasses.replace(run, name=label) for run, label in zip(runs, labels)]
     for run in runs:  # every legend entry must have data behind it
         drawable = [f"{t}.{m}" for t in lens_types for m in metrics if m in run.aggregate.get(t, {})]

@@ -12,13 +12,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import OptionError
+
 
 def default_cache_dir() -> str:
     return os.environ.get("VISION_LENS_CACHE", str(Path.home() / ".cache" / "vision_lens"))
-
-
-class OptionError(ValueError):
-    """An option's value is out of its range or names nothing usable; the message names the option."""
 
 
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes no more

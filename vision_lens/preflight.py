@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adapters.base import ClassMatchError
+from .adapters.base import ClassMatchError, ModelError
 from .cache import CacheError, cache_key_hash
 from .capture import capture_key
 from .data import DataError, ImageSource, open_split, select
-from .options import OptionError
+from .errors import OptionError
 
 
 def _cache_is_complete(root: Path, key: dict, n: int) -> bool:
@@ -49,7 +49,7 @@ def check_cache_root(root: Path, needed: Sequence[tuple[dict, int]]) -> None:
 
 
 def check_unembed(adapter) -> None:
-    """ValueError naming the model unless lenses can be fitted through its ``unembed``.
+    """ModelError naming the model unless lenses can be fitted through its ``unembed``.
 
     A linear head takes the fast convex solver; any other head takes the autograd fitter, which needs logits of
     the right shape with a gradient that reaches the head's input. A probe of four random vectors tells.
@@ -70,7 +70,7 @@ def check_unembed(adapter) -> None:
     except (RuntimeError, TypeError, ValueError) as exc:
         problem = f"{exc.__class__.__name__}: {exc}"
     if problem is not None:
-        raise ValueError(
+        raise ModelError(
             f"--model {adapter.name}: no fitter can take its unembedding {type(unembed).__name__} ({problem}); tuned "
             f"lenses are fitted through a linear head, or through a differentiable one by autograd. Nothing was "
             f"captured."

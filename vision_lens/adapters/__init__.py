@@ -5,6 +5,6 @@ imported when ``create_adapter`` first meets their name; others register with
 ``register_family``.
 """
 
-from .base import ClassMatchError, ModelAdapter, ModelFamily, WeightsError, create_adapter, register_family
+from .base import ClassMatchError, ModelAdapter, ModelError, ModelFamily, WeightsError, create_adapter, register_family
 
-__all__ = ["ClassMatchError", "ModelAdapter", "ModelFamily", "WeightsError", "create_adapter", "register_family"]
+__all__ = ["ClassMatchError", "ModelAdapter", "ModelError", "ModelFamily", "WeightsError", "create_adapter", "register_family"]

@@ -31,14 +31,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import UserError
 from ..readout import Block, IdentityPath
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A checkpoint cannot be used with the requested architecture."""
 
 
-class ClassMatchError(ValueError):
+class ModelError(UserError, ValueError):
+    """``--model`` names no model, or one that vision-lens cannot read; the message says which ones it can."""
+
+
+class ClassMatchError(UserError, ValueError):
     """A dataset's classes cannot be matched to the model's outputs; the message lists what differs."""
 
 
@@ -287,7 +292,7 @@ def create_adapter(
         importlib.import_module(f"{__package__}.{BUILT_IN[match.group(1)]}")  # registers the family
     if match is None or match.group(1) not in _REGISTRY:
         known = ", ".join(f"{f}:…" for f in sorted(set(_REGISTRY) | set(BUILT_IN)))
-        raise ValueError(f"--model {name!r} is not a known model; use family:arch with one of the families {known}")
+        raise ModelError(f"--model {name!r} is not a known model; use family:arch with one of the families {known}")
     family, arch = _REGISTRY[match.group(1)], match.group(2)
     torch.manual_seed(seed)
     if weights == "random":

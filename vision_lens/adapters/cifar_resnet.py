@@ -24,7 +24,7 @@ from torchvision import transforms
 
 from ..readout import Block
 from . import cifar_inception
-from .base import ModelAdapter, ModelFamily, WeightsError, path_reader, register_family
+from .base import ModelAdapter, ModelError, ModelFamily, WeightsError, path_reader, register_family
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR_MEAN = (0.485, 0.456, 0.406)
@@ -95,7 +95,7 @@ class PreActBlock(nn.Module):
 
 def _depth_blocks(depth: int) -> int:
     if (depth - 2) % 6:
-        raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        raise ModelError(f"--model: a CIFAR ResNet's depth must be 6n+2 (20, 32, 44, ...), got {depth}")
     return (depth - 2) // 6
 
 
@@ -196,7 +196,7 @@ ARCHS = ("resnet<6n+2>", "preact_resnet<6n+2>", "inceptionv1", "vit")
 def _depth(arch: str) -> int:
     digits = arch.removeprefix("preact_").removeprefix("resnet")
     if not arch.removeprefix("preact_").startswith("resnet") or not digits.isdigit():
-        raise ValueError(f"--model cifar:{arch}: not a CIFAR model; the cifar: family has "
+        raise ModelError(f"--model cifar:{arch}: not a CIFAR model; the cifar: family has "
                          f"{', '.join(ARCHS)} (depth 6n+2, e.g. cifar:resnet20, cifar:preact_resnet20)")
     return int(digits)
 

@@ -38,7 +38,7 @@ from torchvision import transforms
 
 from ..readout import Block, IdentityPath
 from ..resources import devkit_synsets
-from .base import ClassMatchError, ModelAdapter, ModelFamily, register_family
+from .base import ClassMatchError, ModelAdapter, ModelError, ModelFamily, register_family
 
 BLOCKS = (
     "conv2d0", "conv2d1", "conv2d2", "mixed3a", "mixed3b", "mixed4a", "mixed4b",
@@ -108,7 +108,7 @@ class LucentInceptionV1Adapter(ModelAdapter):
 
 def _check(arch: str) -> None:
     if arch != "inceptionv1":
-        raise ValueError(f"--model lucent:{arch} is not supported; lucent's model zoo has lucent:inceptionv1")
+        raise ModelError(f"--model lucent:{arch} is not supported; lucent's model zoo has lucent:inceptionv1")
 
 
 def _build(arch: str, state: dict | None, num_classes: int | None) -> InceptionV1:

@@ -34,7 +34,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..readout import Block
-from .base import ModelAdapter, ModelFamily, WeightsError, register_family
+from .base import ModelAdapter, ModelError, ModelFamily, WeightsError, register_family
 from .torchvision_models import STAGES, resnet_blocks
 from .vit import VisionTransformerAdapter, check_readout
 
@@ -53,7 +53,7 @@ def _resnet_layout(model: nn.Module, name: str, input_side: int) -> list[Block]:
         or getattr(pool, "pool_type", None) not in AVERAGE_POOLS
         or not isinstance(model.get_classifier(), nn.Linear)
     ):
-        raise ValueError(
+        raise ModelError(
             f"--model timm:{name} ({type(model).__name__}) is not supported yet: vision-lens reads timm models "
             f"laid out like torchvision's ResNet (stem, layer1..layer4 of residual blocks with a downsample "
             f"shortcut, global average pool, linear classifier), e.g. timm:resnet50 or timm:resnet50d"
@@ -121,7 +121,7 @@ def _read(path: str) -> dict:
 
 def _config(arch: str):
     if not timm.is_model(arch):
-        raise ValueError(f"--model timm:{arch}: timm has no model of that name (see timm.list_models('resnet*'))")
+        raise ModelError(f"--model timm:{arch}: timm has no model of that name (see timm.list_models('resnet*'))")
     return get_pretrained_cfg(arch)
 
 

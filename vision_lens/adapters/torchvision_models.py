@@ -18,7 +18,7 @@ from torchvision import models
 
 from ..readout import Block, IdentityPath
 from ..resources import imagenet_synsets
-from .base import ModelAdapter, ModelFamily, WeightsError, path_reader, register_family
+from .base import ModelAdapter, ModelError, ModelFamily, WeightsError, path_reader, register_family
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -151,7 +151,7 @@ class TorchvisionAdapter(ModelAdapter):
 
 def _check(arch: str) -> str:
     if arch not in ("googlenet", *RESNETS):
-        raise ValueError(f"--model torchvision:{arch} is not supported; use googlenet or one of {', '.join(RESNETS)}")
+        raise ModelError(f"--model torchvision:{arch} is not supported; use googlenet or one of {', '.join(RESNETS)}")
     return arch
 
 
