@@ -233,7 +233,17 @@ def path_reader(model: nn.Module) -> Callable[[Sequence[str], int, int], Identit
         key = (tuple(names), channels, stride)
         if key not in known:
             modules = [model.get_submodule(n) for n in names]
-            known[key] = IdentityPath.read_off(modules, channels, stride, tuple(names)) if names else IdentityPath.identity(channels)
+            # In eval mode, whatever the model's: a BatchNorm in training mode would normalise by the probe's
+            # batch statistics and fold them into its running ones (a family's build reads paths to check layouts).
+            training = [m.training for m in modules]
+            for m in modules:
+                m.eval()
+            try:
+                known[key] = (IdentityPath.read_off(modules, channels, stride, tuple(names)) if names
+                              else IdentityPath.identity(channels))
+            finally:
+                for m, mode in zip(modules, training):
+                    m.train(mode)
         return known[key]
 
     return read
@@ -294,25 +304,27 @@ def create_adapter(
         known = ", ".join(f"{f}:…" for f in sorted(set(_REGISTRY) | set(BUILT_IN)))
         raise ModelError(f"--model {name!r} is not a known model; use family:arch with one of the families {known}")
     family, arch = _REGISTRY[match.group(1)], match.group(2)
-    torch.manual_seed(seed)
-    if weights == "random":
-        model = family.build(arch, None, num_classes)
-        weights_id = "random-init:" + state_dict_sha256(model.state_dict())
-    elif weights in (None, "pretrained") and family.load_published is not None:
-        model = family.build(arch, None, None)
-        weights_id = family.load_published(model, arch)
-    else:
-        if weights in (None, "pretrained"):
-            weights = family.published(arch)
-        if weights.startswith(("http://", "https://")):
-            state, weights_id = download_checkpoint(weights)
+    # The random init is seeded by ``seed`` on a forked generator: the caller's global torch RNG is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if weights == "random":
+            model = family.build(arch, None, num_classes)
+            weights_id = "random-init:" + state_dict_sha256(model.state_dict())
+        elif weights in (None, "pretrained") and family.load_published is not None:
+            model = family.build(arch, None, None)
+            weights_id = family.load_published(model, arch)
         else:
-            state, weights_id = family.read(weights), file_sha256(weights)
-        try:
-            model = family.build(arch, state, None)
-        except WeightsError as exc:
-            raise WeightsError(f"--weights {weights}: {exc}") from exc
-        load_state_dict_strict(model, state, weights)
+            if weights in (None, "pretrained"):
+                weights = family.published(arch)
+            if weights.startswith(("http://", "https://")):
+                state, weights_id = download_checkpoint(weights)
+            else:
+                state, weights_id = family.read(weights), file_sha256(weights)
+            try:
+                model = family.build(arch, state, None)
+            except WeightsError as exc:
+                raise WeightsError(f"--weights {weights}: {exc}") from exc
+            load_state_dict_strict(model, state, weights)
     # Frozen before wrapping: identity paths are read off in eval mode (BatchNorm on running statistics).
     model.eval().requires_grad_(False)
     adapter = family.wrap(model, arch, weights_id)
