@@ -138,7 +138,7 @@ def _run(tmp_path, data, out="out", *extra):
 
 def test_run_writes_the_tuned_lens_bundle_and_is_deterministic(tmp_path, tiny_data):
     assert _run(tmp_path, tiny_data, "a") == 0
-    assert _run(tmp_path, tiny_data, "b") == 0
+    assert _run(tmp_path, tiny_data, "b", "--cache-dir", str(tmp_path / "cache-b")) == 0  # captured again, not reused
     a, b = tmp_path / "a", tmp_path / "b"
     for name in ("aggregate_metrics.json", "batches.jsonl", "layers.json", "metrics.csv", "layerwise.png",
                  "transfer_penalty.png", "lenses/tuned/config.json", "lenses/tuned/params.pt",
