@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a Ctrl-C keeps, by command: capture commits rows as it goes, and --out stays marked incomplete.
+_RESUMES = ("the feature cache keeps every row captured so far and --out stays marked incomplete; rerun the same "
+            "command to resume")
+INTERRUPTED_KEEPS = {"train": _RESUMES, "eval": _RESUMES, "run": _RESUMES, "demo": "rerun it with --overwrite"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
@@ -99,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as exc:  # a bare ValueError is a bug: its traceback goes through
         print(f"vision-lens {command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"vision-lens {command}: interrupted; {INTERRUPTED_KEEPS.get(command, 'nothing was completed')}",
+              file=sys.stderr)
+        return 130  # as a shell reports SIGINT
     finally:
         pipeline.stop_processes()
     if out is not None:  # None: a torchrun rank other than 0, which only captured its shards
