@@ -316,6 +316,12 @@ def check_aggregate(path: Path, aggregate) -> None:
             elif metric == "layer_transfer":
                 if not (isinstance(table, dict) and all(_is_layer_table(t, 2) for t in table.values())):
                     fail(f"{lens_type}.layer_transfer is not a table of layer_i -> layer_j -> value")
+                for kind, rows in table.items():  # square: every translator row over every block, no more
+                    for row, cells in rows.items():
+                        missing, extra = sorted(set(rows) - set(cells)), sorted(set(cells) - set(rows))
+                        if missing or extra:
+                            fail(f"{lens_type}.layer_transfer.{kind}.{row} has other layers than the table's rows "
+                                 f"(missing: {', '.join(missing) or 'none'}; extra: {', '.join(extra) or 'none'})")
             elif not _is_layer_table(table, 1):
                 fail(f"{lens_type}.{metric} is not a table of layer_k -> number or null")
             else:
