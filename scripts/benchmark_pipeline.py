@@ -116,7 +116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_options(args: argparse.Namespace, out: Path, cache_dir: Path) -> RunOptions:
     """The options of the measured run: a fresh cache; torchvision downloads stay in the usual place."""
+    # A timing tool on synthetic images in synset folders: matched by position, so that any model with as many
+    # outputs as there are folders can be timed (for an ImageNet model on all 1000 synsets, that is by name too).
     return RunOptions(
+        match_classes_by_position=True,
         model=args.model, weights=args.weights, data=args.data, out=str(out), fit_split=args.fit_split,
         eval_split=args.eval_split, fit_limit=args.fit_limit, eval_limit=args.eval_limit, workers=args.workers,
         batch_size=args.batch_size, precision=args.precision, cache_dir=str(cache_dir),

@@ -7,11 +7,13 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Sequence
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from vision_lens.adapters.cifar_resnet import CIFAR10_CLASSES
 from vision_lens.threads import limit_torch_threads
 
 # The tests' tensors are small: a second thread gains little, and on a busy machine OpenMP threads
@@ -61,11 +63,12 @@ def _isolated_cache(tmp_path_factory):
         yield
 
 
-def write_image_folder(root: Path, classes: int = 3, per_class: int = 6, size: int = 32, seed: int = 0) -> Path:
-    """Random RGB PNGs in ``root/<class>/<i>.png``."""
+def write_image_folder(root: Path, classes: int = 3, per_class: int = 6, size: int = 32, seed: int = 0,
+                       names: Sequence[str] | None = None) -> Path:
+    """Random RGB PNGs in ``root/<class>/<i>.png``, the class folders named ``names`` (default: class_0, ...)."""
     rng = np.random.default_rng(seed)
     for c in range(classes):
-        folder = root / f"class_{c}"
+        folder = root / (names[c] if names else f"class_{c}")
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
@@ -75,9 +78,10 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 6, size: i
 
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
-    """A dataset root with train/ and test/ splits of random 32x32 images in 10 classes."""
-    write_image_folder(tmp_path / "data" / "train", classes=10, per_class=4, seed=1)
-    write_image_folder(tmp_path / "data" / "test", classes=10, per_class=2, seed=2)
+    """A dataset root with train/ and test/ splits of random 32x32 images in the 10 CIFAR-10 classes (a cifar:
+    model's outputs, matched by name)."""
+    write_image_folder(tmp_path / "data" / "train", classes=10, per_class=4, seed=1, names=CIFAR10_CLASSES)
+    write_image_folder(tmp_path / "data" / "test", classes=10, per_class=2, seed=2, names=CIFAR10_CLASSES)
     return tmp_path / "data"
 
 

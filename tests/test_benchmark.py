@@ -33,13 +33,14 @@ def test_benchmark_times_every_stage_and_compares_the_probes(benchmark, tiny_dat
     assert [len(caches[c].labels) for c in ("capture_fit", "capture_eval")] == [40, 20]
     stages = timings["stages"]
     assert set(stages) == {"capture_fit_s", "fit_lenses_s", "capture_eval_s", "evaluate_write_s", "setup_s"}
-    assert all(s >= 0 for s in stages.values())
-    assert sum(stages.values()) == pytest.approx(timings["pipeline_s"])
+    # Every stage was timed around work it did; setup_s, the rest of the total, is positive only if the timed
+    # stages do not overlap.
+    assert all(s > 0 for s in stages.values())
     twice = {"pipeline_s": 2 * timings["pipeline_s"], "stages": {k: 2 * v for k, v in stages.items()}}
     means = benchmark.mean_timings([1.0, 2.0, 3.0], [timings, twice])
     assert means["floor_s"] == 2.0 and means["pipeline_s"] == pytest.approx(1.5 * timings["pipeline_s"])
     assert means["ratio"] == pytest.approx(means["pipeline_s"] / 2.0)
-    assert sum(means["stages"].values()) == pytest.approx(means["pipeline_s"])
+    assert means["stages"] == pytest.approx({k: 1.5 * v for k, v in stages.items()})  # per stage, not a total
     adapter = pipeline.load_model(opts)
     assert benchmark.measure_floor(benchmark.selected_images(opts), opts, adapter) > 0
     probes = benchmark.compare_linear_probes(opts, adapter, caches)
@@ -88,6 +89,7 @@ def test_gpu_benchmark_script_runs_end_to_end_on_synthetic_jpegs(tmp_path):
     small, large = report["capture_peak_rss"]
     assert (small["images"], large["images"]) == (5, 20) and "peak_rounds_mb" not in small
     assert [len(rounds) for rounds in large["peak_rounds_mb"]] == [3]  # --rss-rounds, in each of --repeats (1)
-    assert all(r[0] <= r[1] <= r[2] for r in large["peak_rounds_mb"])  # peaks after each round, in one process
+    # Peaks after each round, in one process: a capture that kept memory would raise them round after round.
+    assert all(r[2] - r[0] < 64 for r in large["peak_rounds_mb"]), large["peak_rounds_mb"]
     assert "torch" in (out / "environment.txt").read_text()
     assert "ratio" in done.stdout

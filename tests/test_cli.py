@@ -69,3 +69,17 @@ def test_impossible_batch_size_or_workers_is_named(flag, value, tmp_path, capsys
     assert main(args) == 2
     assert f"vision-lens run: error: {flag} {value}: give " in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bug_is_not_reported_as_the_users_fault(monkeypatch, tmp_path):
+    """A bare ValueError inside a command is a bug: it goes through with its traceback, not as "error: ..."."""
+    from vision_lens import pipeline
+    from vision_lens.cli import main
+
+    def bug(opts):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(pipeline, "run", bug)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["run", "--model", "cifar:resnet8", "--weights", "random", "--data", str(tmp_path), "--out",
+              str(tmp_path / "out")])

@@ -26,18 +26,18 @@ from PIL import Image
 
 from vision_lens import capture
 from vision_lens.adapters import create_adapter
-from vision_lens.artifacts import MANIFEST_NAME, write_results
+from vision_lens.artifacts import LOCK_NAME, MANIFEST_NAME, write_results
 from vision_lens.cli import main
 from vision_lens.files import FolderLock
 
-from .conftest import REPO, write_image_folder
+from .conftest import CIFAR10_CLASSES, REPO, write_image_folder
 
 COMMON = ["--model", "cifar:resnet8", "--weights", "random", "--max-iter", "5", "--workers", "0", "--batch-size", "4"]
 EVAL_OPTIONS = [o for o in COMMON if o not in ("--max-iter", "5")]  # eval takes no fitting options
 SETPRIV = shutil.which("setpriv")
 NOBODY = [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups"] if SETPRIV else None
 
-# Runs the command line after arranging a SIGKILL at one stage: after the second committed batch of
+# Runs the command line after arranging a signal (argv[2], e.g. SIGKILL) at one stage (argv[1]): after the second committed batch of
 # capture, at the start of the second lens fit, or in the middle of writing the result files.
 KILL_AT = """
 import os, signal, sys
@@ -47,7 +47,7 @@ from vision_lens.cli import main
 from vision_lens.files import FolderLock
 
 def die(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), getattr(signal, sys.argv[2]))
 
 stage = sys.argv[1]
 capture.COMMIT_BYTES = 0  # a commit after every batch
@@ -68,7 +68,7 @@ elif stage == "fit":
     pipeline.fit_lens = second_fit_dies
 elif stage == "write":
     artifacts.tidy_rows = die  # called by write_results after aggregate_metrics.json is written
-sys.exit(main(sys.argv[2:]))
+sys.exit(main(sys.argv[3:]))
 """
 
 
@@ -77,8 +77,8 @@ def base():
     """A folder every user can read (pytest's own temporary folders are root-only), removed afterwards."""
     path = Path(tempfile.mkdtemp(prefix="vision-lens-faults-"))
     path.chmod(0o755)
-    write_image_folder(path / "data" / "train", classes=10, per_class=2, seed=1)
-    write_image_folder(path / "data" / "test", classes=10, per_class=1, seed=2)
+    write_image_folder(path / "data" / "train", classes=10, per_class=2, seed=1, names=CIFAR10_CLASSES)
+    write_image_folder(path / "data" / "test", classes=10, per_class=1, seed=2, names=CIFAR10_CLASSES)
     yield path
     shutil.rmtree(path)
 
@@ -126,7 +126,7 @@ def test_kill_at_every_stage_then_rerun_gives_identical_numbers(base, baseline, 
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = run_args(base / "data", out, cache)
     for stage in ("capture", "fit", "write"):
-        killed = vision_lens(stage, *args, code=KILL_AT)
+        killed = vision_lens(stage, "SIGKILL", *args, code=KILL_AT)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         assert manifest(out)["complete"] is False
         if stage == "fit":
@@ -145,6 +145,22 @@ def test_kill_at_every_stage_then_rerun_gives_identical_numbers(base, baseline, 
     rerun = vision_lens(*args)  # the same command, no --overwrite needed for a run that stopped
     assert rerun.returncode == 0, rerun.stderr
     assert manifest(out)["complete"] is True
+    assert (out / "aggregate_metrics.json").read_bytes() == baseline
+
+
+def test_ctrl_c_during_capture_or_fitting_says_what_was_kept_and_the_rerun_resumes(base, baseline, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = run_args(base / "data", out, cache)
+    for stage in ("capture", "fit"):
+        stopped = vision_lens(stage, "SIGINT", *args, code=KILL_AT)
+        assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr
+        assert ("vision-lens run: interrupted; the feature cache keeps every row captured so far and --out stays "
+                "marked incomplete; rerun the same command to resume") in stopped.stderr
+        assert manifest(out)["complete"] is False
+        if stage == "fit":
+            assert "reusing 8 of 20 captured rows" in stopped.stderr  # what the Ctrl-C during capture kept
+    rerun = vision_lens(*args)
+    assert rerun.returncode == 0, rerun.stderr
     assert (out / "aggregate_metrics.json").read_bytes() == baseline
 
 
@@ -176,10 +192,122 @@ def test_two_runs_sharing_a_cache_wait_for_each_other_and_agree(base, baseline, 
     assert not list(cache.rglob("*.tmp"))
 
 
+def test_a_second_run_on_a_busy_out_stops_at_once_naming_the_holder(base, baseline, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(base / "baseline", out)
+    # A holder that is busy for sure: this process, as a run that is still fitting into --out.
+    held = FolderLock(out, LOCK_NAME)
+    held.acquire()
+    before = tree_bytes(out)
+    try:
+        for extra in ([], ["--overwrite"]):
+            result = vision_lens(*run_args(base / "data", out, tmp_path / "cache"), *extra)
+            assert result.returncode == 2 and "Traceback" not in result.stderr
+            assert f"--out {out} is being written by another vision-lens process (pid {os.getpid()})" in result.stderr
+            assert tree_bytes(out) == before and not (tmp_path / "cache").exists()  # nothing removed, nothing captured
+    finally:
+        held.release()
+    assert vision_lens(*run_args(base / "data", out, base / "cache"), "--overwrite").returncode == 0  # free again
+
+
+def test_a_dangling_out_symlink_is_named_as_such(base, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.symlink_to(tmp_path / "gone")
+    assert run_on(base / "data", out, tmp_path / "cache") == 2
+    assert f"--out {out} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in capsys.readouterr().err
+
+
+BAD_OPTIONS = [
+    (["--weight-decay", "-1"], "--weight-decay -1.0: give a finite penalty above 0"),
+    (["--weight-decay", "nan"], "--weight-decay nan: give a finite penalty above 0"),
+    (["--weight-decay", "0"], "--weight-decay 0.0: give a finite penalty above 0"),
+    (["--max-iter", "0"], "--max-iter 0: give a number of L-BFGS iterations (at least 1)"),
+    (["--fit-limit", "0"], "--fit-limit 0: give a number of images to fit on"),
+    (["--eval-limit", "0"], "--eval-limit 0: give a number of images to evaluate on"),
+    (["--seed", "-1"], "--seed -1: give an integer from 0 to 4294967295"),
+    (["--pool-grid", "0"], "--pool-grid 0: give 1 (the global average) or a grid side k > 1"),
+    (["--pool-grid", "1000"], "--pool-grid 1000: block layer3.0 of cifar:resnet8 has a 8x8 output on these images, "
+                              "so no grid finer than 8 has distinct cells"),
+    (["--device", "gpu"], "--device 'gpu' is not a torch device; use auto, cpu, cuda, cuda:N or mps"),
+    (["--device", "cuda"], "--device cuda: torch sees no CUDA GPU on this machine"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_OPTIONS, ids=[" ".join(extra) for extra, _ in BAD_OPTIONS])
+def test_bad_option_values_stop_before_any_compute_naming_the_option(base, tmp_path, extra, message):
+    if extra == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    result = vision_lens(*run_args(base / "data", tmp_path / "out", tmp_path / "cache"), *extra)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "cache" / "features").exists()  # nothing captured
+    assert "--pool-grid" in extra or not (tmp_path / "out").exists()  # stopped while reading the command line
+
+
+def _without_checksum(lenses: Path, lens: str) -> None:
+    """As a lens folder written before config.json recorded params.pt's checksum."""
+    config = json.loads((lenses / lens / "config.json").read_text())
+    del config["params_sha256"]
+    (lenses / lens / "config.json").write_text(json.dumps(config))
+
+
+def _nan_params(lenses: Path) -> None:
+    state = torch.load(lenses / "tuned" / "params.pt")
+    next(iter(state.values())).view(-1)[0] = float("nan")
+    torch.save(state, lenses / "tuned" / "params.pt")
+
+
+def _swap_params(lenses: Path) -> None:
+    tuned, shared = (lenses / t / "params.pt" for t in ("tuned", "shared"))
+    tuned_bytes = tuned.read_bytes()
+    tuned.write_bytes(shared.read_bytes())
+    shared.write_bytes(tuned_bytes)
+
+
+LENS_DAMAGE = {  # damage to lenses/: (the file named, what the message says), with and without a recorded checksum
+    "nan": (_nan_params, "tuned/params.pt", "holds NaN or Inf in"),
+    "truncated": (lambda lenses: truncate(lenses / "tuned" / "params.pt"), "tuned/params.pt", "is not a readable torch file"),
+    "empty": (lambda lenses: (lenses / "tuned" / "params.pt").write_bytes(b""), "tuned/params.pt",
+              "is not a readable torch file"),
+    "swapped": (_swap_params, "tuned/params.pt", "does not hold the parameters of a tuned lens of cifar:resnet8"),
+}
+
+
+@pytest.mark.parametrize("checksum", [True, False], ids=["checksum", "older-folder"])
+@pytest.mark.parametrize("damage", sorted(LENS_DAMAGE))
+def test_damaged_lens_files_are_named_before_use(base, baseline, tmp_path, damage, checksum):
+    run = tmp_path / "run"
+    shutil.copytree(base / "baseline", run)
+    harm, file, problem = LENS_DAMAGE[damage]
+    if not checksum:
+        for lens in ("tuned", "shared"):
+            _without_checksum(run / "lenses", lens)
+    harm(run / "lenses")
+    result = vision_lens("eval", *EVAL_OPTIONS, "--data", base / "data", "--cache-dir", base / "cache",
+                         "--lens", run, "--out", tmp_path / "e")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    expected = "does not match the checksum in its config.json" if checksum else problem
+    assert f"{run / 'lenses' / file} {expected}" in result.stderr
+    assert not (tmp_path / "e" / "aggregate_metrics.json").exists()
+
+
+def test_an_invalid_lens_config_is_named(base, baseline, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(base / "baseline", run)
+    (run / "lenses" / "shared" / "config.json").write_text('{"model": "cifar:resnet8",\n')
+    assert main(["eval", *EVAL_OPTIONS, "--data", str(base / "data"), "--cache-dir", str(base / "cache"),
+                 "--lens", str(run), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'lenses' / 'shared' / 'config.json'} is not readable JSON (Expecting" in err
+
+
 @pytest.fixture
 def nobody(base):
     if NOBODY is None:
-        pytest.skip("needs setpriv (util-linux) to run without the root capabilities that bypass file permissions")
+        reason = "needs setpriv (util-linux) to run without the root capabilities that bypass file permissions"
+        if os.environ.get("CI"):  # where these guarantees are checked, a missing tool must not pass silently
+            pytest.fail(reason + "; install util-linux on the CI machine")
+        pytest.skip(reason)
     return NOBODY
 
 
@@ -272,7 +400,7 @@ def run_on(data: Path, out: Path, cache: Path, *extra) -> int:
 
 
 def test_bad_image_keeps_the_captured_rows_for_the_rerun(data_copy, tmp_path, capsys):
-    bad = data_copy / "train" / "class_5" / "000.png"  # row 10: batches 0-3 and 4-7 are committed first
+    bad = data_copy / "train" / "dog" / "000.png"  # row 10: batches 0-3 and 4-7 are committed first
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
     err = capsys.readouterr().err
@@ -285,7 +413,7 @@ def test_bad_image_keeps_the_captured_rows_for_the_rerun(data_copy, tmp_path, ca
 def test_an_image_changed_under_its_name_is_captured_again(data_copy, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(capture, "COMMIT_BYTES", 0)  # a chunk per batch of 4 rows
     assert run_on(data_copy, tmp_path / "first", tmp_path / "cache") == 0
-    changed = data_copy / "train" / "class_0" / "000.png"  # row 0, in the first batch of 4
+    changed = data_copy / "train" / "airplane" / "000.png"  # row 0, in the first batch of 4
     Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(changed)
     capsys.readouterr()
     assert run_on(data_copy, tmp_path / "again", tmp_path / "cache") == 0
@@ -296,7 +424,7 @@ def test_an_image_changed_under_its_name_is_captured_again(data_copy, tmp_path, 
 
 
 def test_image_of_another_size_is_named_with_both_sizes(data_copy, tmp_path, capsys):
-    odd = data_copy / "train" / "class_2" / "001.png"
+    odd = data_copy / "train" / "bird" / "001.png"
     Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(odd)
     assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
     err = capsys.readouterr().err
@@ -304,17 +432,28 @@ def test_image_of_another_size_is_named_with_both_sizes(data_copy, tmp_path, cap
 
 
 def test_class_missing_from_the_eval_split_stops_before_capture(data_copy, tmp_path, capsys):
-    shutil.rmtree(data_copy / "test" / "class_9")
+    shutil.rmtree(data_copy / "test" / "truck")
     assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
     err = capsys.readouterr().err
-    assert "split 'test'" in err and "9 classes" in err
+    assert f"{data_copy / 'test'} (split 'test')" in err and "unknown to the model: none; missing: truck" in err
     assert "[vision-lens] train:" not in err and not (tmp_path / "cache" / "features").exists()
 
 
+def test_a_renamed_class_folder_is_refused_not_matched_by_position(base, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+    (data / "test" / "cat").rename(data / "test" / "kitty")  # sorts where cat did: position would match it silently
+    result = vision_lens(*run_args(data, tmp_path / "out", tmp_path / "cache"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{data / 'test'} (split 'test')" in result.stderr
+    assert "unknown to the model: kitty; missing: cat" in result.stderr and "--match-classes-by-position" in result.stderr
+    assert not (tmp_path / "cache" / "features").exists()
+
+
 def test_different_class_sets_are_named(data_copy, tmp_path, capsys):
-    (data_copy / "test" / "class_9").rename(data_copy / "test" / "class_x")
-    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
-    assert "only in 'train': class_9; only in 'test': class_x" in capsys.readouterr().err
+    (data_copy / "test" / "truck").rename(data_copy / "test" / "class_x")
+    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache", "--match-classes-by-position") == 2
+    assert "only in 'train': truck; only in 'test': class_x" in capsys.readouterr().err
 
 
 def test_nan_activations_name_the_block(base, tmp_path, capsys):
@@ -349,7 +488,9 @@ def test_undefined_values_are_written_as_null(tmp_path):
     write_results(tmp_path, {"tuned": {"kl": {"layer_0": float("nan"), "layer_1": 1.0}}}, [{"x": float("inf")}],
                   {"layer_0": "a", "layer_1": "b"}, {})
     assert json.loads((tmp_path / "aggregate_metrics.json").read_text())["tuned"]["kl"]["layer_0"] is None
-    assert "NaN" not in (tmp_path / "batches.jsonl").read_text() and "Infinity" not in (tmp_path / "metrics.csv").read_text()
+    assert json.loads((tmp_path / "batches.jsonl").read_text()) == [{"x": None}]  # the inf injected there
+    metrics = (tmp_path / "metrics.csv").read_text()
+    assert "tuned,layer_0,a,kl,\n" in metrics.replace("\r", "") and "nan" not in metrics.lower()
 
 
 def test_overwrite_removes_only_what_the_package_wrote(base, baseline, tmp_path, capsys):
@@ -366,18 +507,40 @@ def test_overwrite_removes_only_what_the_package_wrote(base, baseline, tmp_path,
     assert (out / "drafts").is_dir() and (out / "aggregate_metrics.json").read_bytes() == baseline
 
 
-@pytest.mark.parametrize("inside", ["data", "cache"])
-def test_overwrite_refuses_an_out_holding_the_data_or_the_cache(base, tmp_path, capsys, inside):
+@pytest.mark.parametrize("inside", ["data", "cache", "weights"])
+def test_overwrite_refuses_an_out_holding_the_data_the_cache_or_the_weights(base, tmp_path, capsys, inside):
     out = tmp_path / "out"
-    data, cache = out / "data", out / "cache"
+    data, cache, weights = out / "data", out / "cache", out / "weights.th"
     shutil.copytree(base / "data", data)
-    if inside == "cache":
+    if inside != "data":
         data = base / "data"
+    if inside == "cache":
         cache.mkdir()
-    assert run_on(data, out, cache, "--overwrite") == 2
+    if inside == "weights":
+        torch.save(create_adapter("cifar:resnet8", weights="random").model.state_dict(), weights)
+    extra = ["--weights", str(weights)] if inside == "weights" else []
+    assert run_on(data, out, cache, "--overwrite", *extra) == 2
     err = capsys.readouterr().err
-    assert "refuses to touch" in err and "(--data or the feature cache)" in err
-    assert len(list((out / "data").rglob("*.png")) if inside == "data" else [1]) and out.is_dir()
+    option = {"data": "--data", "cache": "--cache-dir", "weights": "--weights"}[inside]
+    assert "refuses to touch" in err and f"({option})" in err
+    assert list((out / "data").rglob("*.png")) and (inside != "cache" or cache.is_dir())
+    assert inside != "weights" or weights.is_file()
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_eval_into_its_own_lens_folder_is_refused_and_deletes_nothing(base, baseline, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base / "baseline", run)
+    before = tree_bytes(run)
+    for extra in (["--overwrite"], []):
+        result = vision_lens("eval", *EVAL_OPTIONS, "--data", base / "data", "--cache-dir", base / "cache",
+                             "--lens", run, "--out", run, *extra)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"--out {run} is the --lens folder that this command reads" in result.stderr
+        assert tree_bytes(run) == before  # the lenses, the results and the manifest, untouched
 
 
 BAD_INPUTS = {
@@ -386,6 +549,13 @@ BAD_INPUTS = {
     "empty.json": ("{}", "holds no lens with a layer-wise value"),
     "no-data.json": ('{"tuned": {"ce": {}}}', "tuned.ce is not a table"),
     "wrong-keys.json": ('{"tuned": {"ce": {"block1": 1.0}}}', "tuned.ce is not a table"),
+    "transfer-missing-layer.json": (
+        '{"tuned": {"ce": {"layer_0": 1.0, "layer_1": 2.0}, "layer_transfer": {"ce": {"layer_0": {"layer_0": 1.0}, '
+        '"layer_1": {"layer_0": 1.5, "layer_1": 2.0}}}}}',
+        "tuned.layer_transfer.ce.layer_0 has other layers than the table's rows (missing: layer_1; extra: none)"),
+    "transfer-extra-layer.json": (
+        '{"tuned": {"ce": {"layer_0": 1.0}, "layer_transfer": {"ce": {"layer_0": {"layer_0": 1.0, "layer_3": 2.0}}}}}',
+        "tuned.layer_transfer.ce.layer_0 has other layers than the table's rows (missing: none; extra: layer_3)"),
 }
 
 

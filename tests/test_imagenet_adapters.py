@@ -262,6 +262,29 @@ def test_preprocessing_and_class_names_follow_the_published_weights():
         assert adapter.class_names[:2] == ["tench", "goldfish"]
 
 
+def test_imagenet_outputs_are_matched_to_synset_folders_by_name():
+    synsets = sorted(s for s, _ in devkit_synsets())
+    for name in ("torchvision:resnet18", "timm:resnet18"):
+        adapter = create_adapter(name, weights="random")  # 1000 ImageNet outputs
+        assert adapter.class_folders == synsets
+        assert adapter.label_map(synsets).tolist() == list(range(1000))
+        with pytest.raises(ValueError, match=r"unknown to the model: tench; missing: n01440764\b"):
+            adapter.label_map(["tench", *synsets[1:]])
+
+
+def test_building_an_adapter_changes_neither_batchnorm_statistics_nor_the_global_rng():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    adapter = create_adapter("timm:resnet18", weights="random", seed=5)
+    assert torch.equal(torch.get_rng_state(), before)  # seeded on a forked generator
+    # timm's build reads the identity paths (to check the layout) while the model is still in training mode.
+    for name in ("layer2.0.downsample.1", "layer3.0.downsample.1", "layer4.0.downsample.1"):
+        bn = adapter.model.get_submodule(name)
+        assert bn.running_mean.abs().max() == 0 and torch.all(bn.running_var == 1), name
+    again = create_adapter("timm:resnet18", weights="random", seed=5)
+    assert again.weights_id == adapter.weights_id  # still seeded by seed
+
+
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No network: torch.hub downloads fail as urllib does offline, the Hugging Face hub is offline, caches are empty."""

@@ -139,9 +139,13 @@ def test_batches_do_not_depend_on_how_many_a_chunk_holds(problem, batch_size, pe
 @FAST
 @given(lens_problems())
 def test_penalty_diagonal_is_exactly_zero(problem):
-    penalty = _evaluate(problem)["tuned"]["layer_transfer"]["penalty"]
+    tuned = _evaluate(problem)["tuned"]
+    penalty, transfer_ce = tuned["layer_transfer"]["penalty"], tuned["layer_transfer"]["ce"]
     for k in penalty:
         assert penalty[k][k] == 0.0 or (penalty[k][k] is None)
+        # The diagonal is a translator on its own block, i.e. the lens itself: its CE is the lens's CE there.
+        assert (transfer_ce[k][k] is None) == (tuned["ce"][k] is None)
+        assert transfer_ce[k][k] is None or transfer_ce[k][k] == pytest.approx(tuned["ce"][k], rel=1e-5, abs=1e-6)
 
 
 @FAST

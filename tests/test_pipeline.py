@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from vision_lens.adapters import create_adapter
+from vision_lens.adapters.base import ClassMatchError
 from vision_lens.cache import FeatureCache
 from vision_lens import capture as capture_module
 from vision_lens.capture import capture, capture_key
@@ -137,7 +138,7 @@ def _run(tmp_path, data, out="out", *extra):
 
 def test_run_writes_the_tuned_lens_bundle_and_is_deterministic(tmp_path, tiny_data):
     assert _run(tmp_path, tiny_data, "a") == 0
-    assert _run(tmp_path, tiny_data, "b") == 0
+    assert _run(tmp_path, tiny_data, "b", "--cache-dir", str(tmp_path / "cache-b")) == 0  # captured again, not reused
     a, b = tmp_path / "a", tmp_path / "b"
     for name in ("aggregate_metrics.json", "batches.jsonl", "layers.json", "metrics.csv", "layerwise.png",
                  "transfer_penalty.png", "lenses/tuned/config.json", "lenses/tuned/params.pt",
@@ -178,7 +179,7 @@ def test_existing_output_is_not_clobbered(tmp_path, tiny_data, capsys):
 
 
 def test_unreadable_image_is_named(tmp_path, tiny_data, capsys):
-    bad = tiny_data / "train" / "class_3" / "001.png"
+    bad = tiny_data / "train" / "cat" / "001.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     assert _run(tmp_path, tiny_data) == 2
     err = capsys.readouterr().err
@@ -192,12 +193,28 @@ def test_missing_data_and_split_are_named(tmp_path, tiny_data, capsys):
     assert "has no split folder 'val' (found: test, train)" in capsys.readouterr().err
 
 
-def test_class_count_mismatch_is_named(tmp_path, capsys):
-    write_image_folder(tmp_path / "d" / "train", classes=3, per_class=2)
-    write_image_folder(tmp_path / "d" / "test", classes=3, per_class=2)
+def test_classes_are_matched_by_name_or_by_position_when_asked(tmp_path, capsys):
+    for split in ("train", "test"):
+        write_image_folder(tmp_path / "d" / split, classes=10, per_class=2)  # class_0 ... class_9
     assert _run(tmp_path, tmp_path / "d") == 2
     err = capsys.readouterr().err
-    assert f"--data {tmp_path / 'd'}" in err and "3 classes but cifar:resnet8 has 10 outputs" in err
+    assert f"{tmp_path / 'd' / 'train'} (split 'train')" in err
+    assert "unknown to the model: class_0, class_1," in err and "missing: airplane, automobile," in err
+    assert _run(tmp_path, tmp_path / "d", "out", "--match-classes-by-position", "--max-iter", "2") == 0
+    assert "matched to cifar:resnet8's outputs by their sorted position" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["options"]["match_classes_by_position"] is True
+
+
+def test_label_map_follows_the_names_not_the_order():
+    adapter = create_adapter("cifar:resnet8", weights="random")
+    names = list(adapter.class_folders)
+    assert adapter.label_map(names[::-1]).tolist() == list(range(9, -1, -1))
+    assert adapter.label_map(names[::-1], by_position=True).tolist() == list(range(10))
+    # Outputs known only by index (no class_folders) are matched by position, and counted.
+    indexed = create_adapter("cifar:resnet8", weights="random", num_classes=3)
+    assert indexed.class_folders is None and indexed.label_map(["c", "b", "a"]).tolist() == [0, 1, 2]
+    with pytest.raises(ClassMatchError, match="the data has 2 classes but cifar:resnet8 has 3 outputs"):
+        indexed.label_map(["a", "b"])
 
 
 def test_mismatched_checkpoint_lists_keys(tmp_path, tiny_data, capsys):

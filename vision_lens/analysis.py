@@ -14,7 +14,7 @@ from typing import Iterable, Union
 
 import numpy as np
 
-from .artifacts import RunResults, layer_keys, load_results
+from .artifacts import RunFolderError, RunResults, layer_keys, load_results
 from .metrics import mean_by_distance, pair_groups, transfer_penalty
 
 ResultsLike = Union[str, Path, RunResults]
@@ -68,10 +68,10 @@ def transfer_matrix(run: RunResults, kind: str = "penalty", lens_type: str = "tu
     """
     transfer = run.aggregate.get(lens_type, {}).get("layer_transfer")
     if transfer is None:
-        raise ValueError(f"{run.name} has no {lens_type} layer_transfer (tuned-lens eval: pass --layer_transfer)")
+        raise RunFolderError(f"{run.name} has no {lens_type} layer_transfer (tuned-lens eval: pass --layer_transfer)")
     table = transfer.get(kind) or (transfer_penalty(transfer["ce"]) if kind == "penalty" else None)
     if table is None:
-        raise ValueError(f"{run.name}: layer_transfer has no {kind!r}; choose one of penalty, {', '.join(transfer)}")
+        raise RunFolderError(f"{run.name}: layer_transfer has no {kind!r}; choose one of penalty, {', '.join(transfer)}")
     keys = layer_keys(table)
     return np.array([[np.nan if table[i][j] is None else table[i][j] for j in keys] for i in keys], dtype=float)
 

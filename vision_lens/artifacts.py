@@ -24,16 +24,21 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
-from .files import write_text_atomic
+from .errors import UserError
+from .files import FolderBusyError, FolderLock, write_text_atomic
 
 INTERVALS_FILE = "aggregate_metrics_ci.json"
 RESULT_FILES = ("aggregate_metrics.json", "batches.jsonl", "layers.json", "metrics.csv", "run.json")
 MANIFEST_NAME = "vision-lens-manifest.json"
+# Held (fcntl.flock, the holder's pid inside) by the one process writing the folder, from prepare_output to
+# mark_complete; not a result file.
+LOCK_NAME = ".vision-lens-lock"
 LAYERWISE_FIGURE, TRANSFER_FIGURE = "layerwise.png", "transfer_penalty.png"  # plotting.save_run_figures
 # Every file name a run, train or eval writes: what --overwrite may remove from a run that stopped
 # before it listed its files (the temporary files are those of files.write_text_atomic).
@@ -43,16 +48,17 @@ WRITTEN_PATTERNS = (
 )
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(UserError, FileExistsError):
     """--out holds something the run must not replace; the message lists it and says what to do."""
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError, ValueError):
     """A run folder or result file cannot be used: unwritable, incomplete or malformed (named in the message)."""
 
 
 def _files_under(folder: Path) -> set[str]:
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()} - {MANIFEST_NAME}
+    return ({p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+            - {MANIFEST_NAME, LOCK_NAME})
 
 
 def read_manifest(folder: str | Path) -> dict | None:
@@ -89,18 +95,56 @@ def _inside(path: str | Path, folder: Path) -> bool:
     return path.exists() and path.resolve().is_relative_to(folder.resolve())
 
 
-def prepare_output(out: str | Path, overwrite: bool, keep: Iterable[str | Path] = ()) -> Path:
+_out_locks: dict[Path, FolderLock] = {}  # --out folders this process holds, until mark_complete
+
+
+def prepare_output(out: str | Path, overwrite: bool, keep: Mapping[str, str | Path] | None = None) -> Path:
     """Create ``out`` and its manifest (incomplete); check it is writable, before any compute.
 
     A folder that is not empty is refused unless ``overwrite`` (or it is a run
     that stopped early, whose own files a rerun replaces). Then only the files
     the package wrote are removed, and the folder is refused, untouched, if it
-    holds anything else or any of ``keep`` (the data, the feature cache).
+    holds anything else or any of ``keep``, the command's inputs by option (``--data``, the feature cache,
+    the ``--lens`` folder, the weights).
     """
     out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise OutputExistsError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist; create "
+                                "that folder, or pass another --out")
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out} is a file; pass a folder path")
-    if out.is_dir() and any(out.iterdir()):
+    for option, path in (keep or {}).items():
+        if out.exists() and Path(path).exists() and Path(path).resolve() == out.resolve():
+            raise OutputExistsError(f"--out {out} is the {option} folder that this command reads; writing there "
+                                    "would replace it, so choose another --out")
+    lock = FolderLock(out, LOCK_NAME)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock.acquire(wait=False)  # before anything is removed: a second run must not delete the first one's files
+    except FolderBusyError as exc:
+        raise OutputExistsError(f"--out {out} is being written by another vision-lens process (pid {exc.pid}); wait "
+                                "for it to finish, or choose another --out") from None
+    except OSError as exc:
+        raise _not_writable(out, exc) from exc
+    try:
+        _clear_output(out, overwrite, keep or {})
+        _write_manifest(out, complete=False, files=[])
+    except BaseException as exc:
+        lock.release()
+        if isinstance(exc, OSError) and not isinstance(exc, OutputExistsError):
+            raise _not_writable(out, exc) from exc
+        raise
+    _out_locks[out.resolve()] = lock
+    return out
+
+
+def _not_writable(out: Path, exc: OSError) -> RunFolderError:
+    return RunFolderError(f"--out {out} is not writable ({exc.strerror or exc}); choose a folder you can write to")
+
+
+def _clear_output(out: Path, overwrite: bool, keep: Mapping[str, str | Path]) -> None:
+    """Remove what the package wrote in ``out``, as :func:`prepare_output` says, or refuse touching nothing."""
+    if any(p.name != LOCK_NAME for p in out.iterdir()):
         manifest = read_manifest(out)
         stopped_early = manifest is not None and not manifest["complete"]
         if not (overwrite or stopped_early):
@@ -109,9 +153,9 @@ def prepare_output(out: str | Path, overwrite: bool, keep: Iterable[str | Path] 
             )
         ours = written_by_package(out, manifest) if manifest else set()
         foreign = sorted(_files_under(out) - ours)
-        protected = [str(k) for k in keep if _inside(k, out)]
+        protected = [f"{path} ({option})" for option, path in keep.items() if _inside(path, out)]
         if foreign or protected:
-            listed = [f"{p} (--data or the feature cache)" for p in protected] + foreign[:20]
+            listed = protected + foreign[:20]
             more = f" and {len(foreign) - 20} more" if len(foreign) > 20 else ""
             raise OutputExistsError(
                 f"--out {out}: --overwrite removes only files vision-lens wrote there, and refuses to touch: "
@@ -123,19 +167,16 @@ def prepare_output(out: str | Path, overwrite: bool, keep: Iterable[str | Path] 
         for folder in sorted(emptied, key=lambda p: -len(p.parts)):  # deepest first; a user's empty folder stays
             if not any(folder.iterdir()):
                 folder.rmdir()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_manifest(out, complete=False, files=[])
-    except OSError as exc:
-        raise RunFolderError(f"--out {out} is not writable ({exc.strerror or exc}); choose a folder you can "
-                             "write to") from exc
-    return out
 
 
 def mark_complete(out: str | Path) -> None:
-    """Record every file in ``out`` as the package's and the run as complete; call it after the last write."""
+    """Record every file in ``out`` as the package's and the run as complete, and let other runs write it; call it
+    after the last write."""
     out = Path(out)
     _write_manifest(out, complete=True, files=_files_under(out))
+    lock = _out_locks.pop(out.resolve(), None)
+    if lock is not None:
+        lock.release()
 
 
 def require_complete(path: str | Path) -> None:
@@ -275,6 +316,12 @@ def check_aggregate(path: Path, aggregate) -> None:
             elif metric == "layer_transfer":
                 if not (isinstance(table, dict) and all(_is_layer_table(t, 2) for t in table.values())):
                     fail(f"{lens_type}.layer_transfer is not a table of layer_i -> layer_j -> value")
+                for kind, rows in table.items():  # square: every translator row over every block, no more
+                    for row, cells in rows.items():
+                        missing, extra = sorted(set(rows) - set(cells)), sorted(set(cells) - set(rows))
+                        if missing or extra:
+                            fail(f"{lens_type}.layer_transfer.{kind}.{row} has other layers than the table's rows "
+                                 f"(missing: {', '.join(missing) or 'none'}; extra: {', '.join(extra) or 'none'})")
             elif not _is_layer_table(table, 1):
                 fail(f"{lens_type}.{metric} is not a table of layer_k -> number or null")
             else:

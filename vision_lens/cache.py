@@ -41,12 +41,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .errors import UserError
 from .files import FolderLock, write_text_atomic
 
 FORMAT_VERSION = 2
 
 
-class CacheError(RuntimeError):
+class CacheError(UserError, RuntimeError):
     """A cache folder is damaged, does not match its manifest, or cannot be written."""
 
 

@@ -8,8 +8,10 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import UserError
 
-class NumericsError(ValueError):
+
+class NumericsError(UserError, ValueError):
     """NaN or Inf in activations or in a fit; the message names the block."""
 
 

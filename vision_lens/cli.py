@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a Ctrl-C keeps, by command: capture commits rows as it goes, and --out stays marked incomplete.
+_RESUMES = ("the feature cache keeps every row captured so far and --out stays marked incomplete; rerun the same "
+            "command to resume")
+INTERRUPTED_KEEPS = {"train": _RESUMES, "eval": _RESUMES, "run": _RESUMES, "demo": "rerun it with --overwrite"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
@@ -92,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
               "layout. `vision-lens run --model NAME --weights random` builds any of them untrained.")
         return 0
     from . import pipeline
-    from .adapters import WeightsError
-    from .artifacts import OutputExistsError
-    from .cache import CacheError
-    from .data import DataError
+    from .errors import UserError
     from .threads import limit_torch_threads
 
     limit_torch_threads()
@@ -123,9 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             opts = RunOptions(**args)
             out = getattr(pipeline, command)(opts)
-    except (DataError, WeightsError, OutputExistsError, CacheError, FileNotFoundError, ValueError) as exc:
+    except (UserError, FileNotFoundError) as exc:  # a bare ValueError is a bug: its traceback goes through
         print(f"vision-lens {command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"vision-lens {command}: interrupted; {INTERRUPTED_KEEPS.get(command, 'nothing was completed')}",
+              file=sys.stderr)
+        return 130  # as a shell reports SIGINT
     finally:
         pipeline.stop_processes()
     if out is not None:  # None: a torchrun rank other than 0, which only captured its shards

@@ -35,6 +35,7 @@ from .analysis import (ResultsLike, as_results, defined_transfer, has_transfer, 
                        relative_depth)
 from .artifacts import RunFolderError, RunResults, require_complete
 from .files import write_text_atomic
+from .errors import OptionError
 from .plotting import LENS_LABELS, LENS_STYLES, penalty_vs_distance
 
 COMPARED_METRICS = ("ce", "kl")
@@ -54,7 +55,7 @@ def _labelled(results, labels: Sequence[str] | None) -> list[RunResults]:
     runs = as_results(results)
     if labels is not None:
         if len(labels) != len(runs):
-            raise ValueError(f"{len(labels)} labels for {len(runs)} inputs; give one --label per input, in order")
+            raise OptionError(f"{len(labels)} labels for {len(runs)} inputs; give one --label per input, in order")
         runs = [dataclasses.replace(run, name=label) for run, label in zip(runs, labels)]
     return runs
 

@@ -28,10 +28,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import UserError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data cannot be used as given; the message names the path and the fix."""
 
 

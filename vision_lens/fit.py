@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .errors import OptionError
 from .lenses import SavedLens
 
 PENALTY_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
@@ -298,7 +299,7 @@ def validation_split(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = max(1, round(n * fraction))
     if n_val >= n:
-        raise ValueError(f"{n} fit images are too few to hold out a validation slice; fix --weight-decay instead")
+        raise OptionError(f"{n} fit images are too few to hold out a validation slice; fix --weight-decay instead")
     return order[n_val:].sort().values, order[:n_val].sort().values
 
 

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 
 from .analysis import summarise_transfer
-from .artifacts import RunResults, load_results, require_complete
+from .artifacts import RunFolderError, RunResults, load_results, require_complete
 from .files import write_text_atomic
 from .fit import FitSettings, fit_lens
 from .lenses import build_lenses
@@ -50,7 +50,7 @@ def frontier(run_dir: str | Path, strengths: Sequence[float] = FRONTIER_STRENGTH
     require_complete(run_dir)
     base = load_results(run_dir)
     if base.run.get("model") is None:
-        raise ValueError(f"{run_dir} has no run.json of `vision-lens run`; the frontier refits a run of ours")
+        raise RunFolderError(f"{run_dir} has no run.json of `vision-lens run`; the frontier refits a run of ours")
     opts = run_options(run_dir, **overrides)
     adapter = load_model(opts)
     layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)

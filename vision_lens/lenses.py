@@ -35,8 +35,13 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import ModelAdapter
-from .adapters.base import state_dict_sha256
+from .adapters.base import file_sha256, state_dict_sha256
+from .errors import UserError
 from .readout import FeatureLayout
+
+
+class LensFolderError(UserError, ValueError):
+    """A lens folder cannot be used: damaged, or fitted on something else; the message names the file."""
 
 
 @dataclass
@@ -51,6 +56,7 @@ class LensConfig:
     lens_type: str = "tuned"
     unembed_hash: str = ""
     fit: dict = field(default_factory=dict)  # how it was fitted: loss, images, penalty per block, ...
+    params_sha256: str = ""  # of params.pt, set when saved ("" in folders written before it was recorded)
 
     @classmethod
     def from_adapter(cls, adapter: ModelAdapter, layout: FeatureLayout, lens_type: str) -> "LensConfig":
@@ -128,30 +134,62 @@ class SavedLens(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         torch.save(self.params.state_dict(), path / "params.pt")
+        self.config.params_sha256 = file_sha256(path / "params.pt")  # a damaged or swapped params.pt fails it
         (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path, adapter: ModelAdapter) -> "SavedLens":
-        """Read a lens folder back for ``adapter``'s model (checked against the config)."""
+        """Read a lens folder back for ``adapter``'s model, checked against its config: the model, head and blocks
+        it was fitted on, and params.pt's checksum, parameter names, shapes and finiteness (each failure a
+        LensFolderError naming the file)."""
         path = Path(path)
         if not (path / "config.json").is_file() or not (path / "params.pt").is_file():
             raise FileNotFoundError(f"lens folder {path} needs config.json and params.pt; fit one with `vision-lens train`")
-        saved = json.loads((path / "config.json").read_text())
-        if "layout" not in saved:
-            raise ValueError(f"lens folder {path} was written by an older vision-lens (before whole-block readout); "
-                             "fit it again with `vision-lens train`")
-        config = LensConfig.from_dict(saved)
+        refit = "fit the lens again with `vision-lens train`"
+        config_path, params_path = path / "config.json", path / "params.pt"
+        try:
+            saved = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise LensFolderError(f"{config_path} is not readable JSON ({exc}); {refit}") from exc
+        if not isinstance(saved, dict) or "layout" not in saved:
+            raise LensFolderError(f"{config_path} is no lens config of this vision-lens (an older one wrote configs "
+                                  f"before whole-block readout, without 'layout'); {refit}")
+        try:
+            config = LensConfig.from_dict(saved)
+            layout = config.feature_layout
+        except (TypeError, ValueError, KeyError) as exc:
+            raise LensFolderError(f"{config_path} is damaged ({exc.__class__.__name__}: {exc}); {refit}") from exc
         if config.lens_type != cls.lens_type:
-            raise ValueError(f"lens folder {path} holds a {config.lens_type!r} lens, not {cls.lens_type!r}")
+            raise LensFolderError(f"lens folder {path} holds a {config.lens_type!r} lens, not {cls.lens_type!r}")
         if config.model != adapter.name or config.unembed_hash != unembed_hash(adapter.unembed):
-            raise ValueError(
+            raise LensFolderError(
                 f"lens folder {path} was fitted on {config.model} (head {config.unembed_hash}), not on "
                 f"{adapter.name} (head {unembed_hash(adapter.unembed)}); pass the --model and --weights it was fitted on"
             )
-        if list(config.feature_layout.blocks) != [b.name for b in adapter.blocks]:
-            raise ValueError(f"lens folder {path} was fitted on other blocks than {adapter.name} has")
+        if list(layout.blocks) != [b.name for b in adapter.blocks]:
+            raise LensFolderError(f"lens folder {path} was fitted on other blocks than {adapter.name} has")
+        if config.params_sha256 and file_sha256(params_path) != config.params_sha256:
+            raise LensFolderError(f"{params_path} does not match the checksum in its config.json: damaged, or "
+                                  f"replaced by another lens's; {refit}")
+        try:
+            state = torch.load(params_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for a damaged file
+            raise LensFolderError(f"{params_path} is not a readable torch file ({exc.__class__.__name__}); {refit}") from exc
         lens = cls(config, adapter)
-        lens.params.load_state_dict(torch.load(path / "params.pt", map_location="cpu", weights_only=True))
+        expected = lens.params.state_dict()
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise LensFolderError(f"{params_path} holds no state dict of tensors; {refit}")
+        wrong = sorted(set(state) ^ set(expected)) + [
+            f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
+            if k in state and state[k].shape != v.shape
+        ]
+        if wrong:
+            raise LensFolderError(f"{params_path} does not hold the parameters of a {cls.lens_type} lens of "
+                                  f"{adapter.name} ({', '.join(wrong[:5])}); {refit}")
+        bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise LensFolderError(f"{params_path} holds NaN or Inf in {', '.join(bad[:5])}; {refit}")
+        lens.params.load_state_dict(state)
         return lens.to(adapter.device)
 
 

@@ -7,22 +7,55 @@ needs torch (the ``auto`` device, the fit settings) is resolved when a command r
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .errors import OptionError
 
 
 def default_cache_dir() -> str:
     return os.environ.get("VISION_LENS_CACHE", str(Path.home() / ".cache" / "vision_lens"))
 
 
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes no more
+
+
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` if available, else ``cpu``; any other device as given."""
-    if device != "auto":
-        return device
+    """``auto`` -> ``cuda`` if available, else ``cpu``; any other device as given, once :func:`check_device` passes."""
     import torch
 
+    if device != "auto":
+        check_device(device)
+        return device
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str) -> None:
+    """OptionError naming ``--device`` unless it is ``auto`` or a cpu, cuda or mps device that this machine has."""
+    if device == "auto":
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise OptionError(f"--device {device!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"--device {device}: torch sees no CUDA GPU on this machine; pass --device cpu (or auto)")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise OptionError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered "
+                          "from 0; pass one of them, or --device auto")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise OptionError(f"--device {device}: torch has no MPS (Apple GPU) backend here; pass --device cpu (or auto)")
+
+
+def _check_count(option: str, value: int | None, what: str) -> None:
+    if value is not None and value < 1:
+        raise OptionError(f"{option} {value}: give {what} (at least 1)")
 
 
 def _opt(default, help: str, **kw):
@@ -61,14 +94,27 @@ class CommonOptions:
     cache_dir: str = _opt(None, "feature cache root (default: $VISION_LENS_CACHE or ~/.cache/vision_lens)")
     download_root: str = _opt(None, "where torchvision:cifar10 is downloaded (default: <cache-dir>/datasets)")
     overwrite: bool = _opt(False, "replace an existing, non-empty --out", action="store_true")
+    match_classes_by_position: bool = _opt(
+        False, "match the class folders to the model's outputs by their sorted position instead of by name (for "
+        "data whose folders are not named after the model's classes; recorded in run.json)", action="store_true")
 
     def __post_init__(self):
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"--batch-size {self.batch_size}: give a positive number of images per forward pass")
+        _check_count("--batch-size", self.batch_size, "a number of images per forward pass")
+        _check_count("--eval-limit", self.eval_limit, "a number of images to evaluate on, or leave it out for all")
         if self.workers < 0:
-            raise ValueError(f"--workers {self.workers}: give 0 (load in the main process) or more loader processes")
+            raise OptionError(f"--workers {self.workers}: give 0 (load in the main process) or more loader processes")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise OptionError(f"--seed {self.seed}: give an integer from 0 to {MAX_SEED}")
+        check_device(self.device)
         self.cache_dir = self.cache_dir or default_cache_dir()
         self.download_root = self.download_root or str(Path(self.cache_dir) / "datasets")
+
+    def inputs(self) -> dict[str, str]:
+        """What the command reads from disk, by option: ``--overwrite`` of ``--out`` must never reach them."""
+        inputs = {"--data": self.data, "--cache-dir": self.cache_dir}
+        if self.weights not in ("pretrained", "random") and not self.weights.startswith(("http://", "https://")):
+            inputs["--weights"] = self.weights
+        return inputs
 
 
 @dataclass
@@ -93,6 +139,15 @@ class RunOptions(CommonOptions):
         "penalty chosen on held-out fit images) or tuned-lens (tuned-lens train's default recipe: SGD, 250 steps, "
         "weight decay 1e-3, raw inputs); the linear probe always takes the optimum", choices=("optimum", "tuned-lens"))
 
+    def __post_init__(self):
+        super().__post_init__()
+        _check_count("--fit-limit", self.fit_limit, "a number of images to fit on, or leave it out for all")
+        _check_count("--max-iter", self.max_iter, "a number of L-BFGS iterations")
+        _check_count("--pool-grid", self.pool_grid, "1 (the global average) or a grid side k > 1")
+        if self.weight_decay is not None and not (math.isfinite(self.weight_decay) and self.weight_decay > 0):
+            raise OptionError(f"--weight-decay {self.weight_decay}: give a finite penalty above 0 (e.g. 1e-3), or "
+                              "leave it out to choose one per block on held-out images")
+
     @property
     def fit_settings(self):
         """The optimiser settings as ``fit.FitSettings`` (imported here: fit needs torch)."""
@@ -106,3 +161,6 @@ class EvalOptions(CommonOptions):
     """``vision-lens eval``: evaluate lenses saved by ``vision-lens train``; what they read comes from their config."""
 
     lens: str = _opt(None, "folder written by `vision-lens train` (holding lenses/)", required=True)
+
+    def inputs(self) -> dict[str, str]:
+        return super().inputs() | {"--lens": self.lens}

@@ -29,7 +29,7 @@ from .capture import capture, default_batch_size
 from .checks import check_fit
 from .data import DataError, ImageSource, select
 from .fit import TunedLensRecipe, fit_by_recipe, fit_lens
-from .lenses import LENS_TYPES, build_lenses
+from .lenses import LENS_TYPES, LensFolderError, build_lenses
 from .readout import FeatureLayout
 from .metrics import evaluate_lenses
 from .options import CommonOptions, EvalOptions, RunOptions, default_cache_dir, resolve_device  # noqa: F401  (re-exported)
@@ -46,7 +46,7 @@ def _prepare_output(opts: CommonOptions) -> Path | None:
     """``--out``, checked and ready, on rank 0 (the one process that writes); None on the others."""
     if rank_and_world()[0] != 0:
         return None
-    return prepare_output(opts.out, opts.overwrite, keep=(opts.data, opts.cache_dir))
+    return prepare_output(opts.out, opts.overwrite, keep=opts.inputs())
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -242,7 +242,7 @@ def evaluate(
     layouts = {t: lens.config.feature_layout for t, lens in fitted.items()}
     layout = next(iter(layouts.values()))
     if any(other != layout for other in layouts.values()):
-        raise ValueError(f"--lens {lens_dir}: its lenses were fitted on different feature layouts ({', '.join(layouts)})")
+        raise LensFolderError(f"--lens {lens_dir}: its lenses were fitted on different feature layouts ({', '.join(layouts)})")
     lenses = build_lenses(adapter, layout, ("logit",)) | fitted
     lenses = {t: lenses[t] for t in ("tuned", "shared", "logit", "linear_probe") if t in lenses}
     if held_out is None:

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from .adapters import ModelAdapter
-from .artifacts import LAYERWISE_FIGURE, TRANSFER_FIGURE, RunResults
+from .artifacts import LAYERWISE_FIGURE, TRANSFER_FIGURE, RunFolderError, RunResults
 from .analysis import (
     ResultsLike,
     as_results,
@@ -142,7 +142,7 @@ def layerwise(
     if not drawn:
         known = {m for run in runs for t in lens_types if t in run.aggregate for m in run.aggregate[t]}
         known = sorted(known - {"layer_transfer"})
-        raise ValueError(f"no run has metric {metric!r} for lens types {list(lens_types)}; known metrics: {known}")
+        raise RunFolderError(f"no run has metric {metric!r} for lens types {list(lens_types)}; known metrics: {known}")
     if x == "relative_depth":
         ax.set_xlabel("relative depth (0 = first lensed block, 1 = last)")
         ax.set_xlim(-0.03, 1.03)

@@ -10,6 +10,7 @@ complete captures to read). ``--out`` is checked by
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -18,9 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .adapters.base import ClassMatchError, ModelError
 from .cache import CacheError, cache_key_hash
 from .capture import capture_key
 from .data import DataError, ImageSource, open_split, select
+from .errors import OptionError
 
 
 def _cache_is_complete(root: Path, key: dict, n: int) -> bool:
@@ -46,7 +49,7 @@ def check_cache_root(root: Path, needed: Sequence[tuple[dict, int]]) -> None:
 
 
 def check_unembed(adapter) -> None:
-    """ValueError naming the model unless lenses can be fitted through its ``unembed``.
+    """ModelError naming the model unless lenses can be fitted through its ``unembed``.
 
     A linear head takes the fast convex solver; any other head takes the autograd fitter, which needs logits of
     the right shape with a gradient that reaches the head's input. A probe of four random vectors tells.
@@ -67,20 +70,49 @@ def check_unembed(adapter) -> None:
     except (RuntimeError, TypeError, ValueError) as exc:
         problem = f"{exc.__class__.__name__}: {exc}"
     if problem is not None:
-        raise ValueError(
+        raise ModelError(
             f"--model {adapter.name}: no fitter can take its unembedding {type(unembed).__name__} ({problem}); tuned "
             f"lenses are fitted through a linear head, or through a differentiable one by autograd. Nothing was "
             f"captured."
         )
 
 
-def label_map(opts, adapter, split: str, source: ImageSource) -> np.ndarray:
-    """The model output of each class of ``source`` (the ``split`` of ``opts.data``); a DataError naming both if the
-    classes do not fit the model."""
+def check_pool_grid(adapter, grid: int, image) -> None:
+    """OptionError naming ``--pool-grid`` when ``grid`` exceeds the smallest side of a block's output on ``image``
+    (a PIL image of the data, run through the model once): finer cells only repeat pixels, while the pooled
+    features grow with ``grid`` squared until memory runs out."""
+    if grid == 1:
+        return
+    sides: dict[str, tuple[int, int]] = {b.name: b.tokens[1:] for b in adapter.blocks if b.tokens is not None}
+
+    def record(name: str):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.ndim == 4:
+                sides[name] = tuple(output.shape[-2:])
+        return hook
+
+    maps = [b for b in adapter.blocks if b.tokens is None]
+    handles = [adapter.model.get_submodule(b.module).register_forward_hook(record(b.name)) for b in maps]
     try:
-        return adapter.label_map(source.classes)
-    except ValueError as exc:
-        raise DataError(f"--data {opts.data}, split {split!r}: {exc}; pass data with the model's classes") from exc
+        with torch.no_grad():
+            adapter.logits(adapter.transform(image)[None].to(adapter.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    name, (h, w) = min(sides.items(), key=lambda item: min(item[1]))
+    if grid > min(h, w):
+        raise OptionError(f"--pool-grid {grid}: block {name} of {adapter.name} has a {h}x{w} output on these images, "
+                          f"so no grid finer than {min(h, w)} has distinct cells; pass --pool-grid 1 to {min(h, w)}")
+
+
+def label_map(opts, adapter, split: str, source: ImageSource) -> np.ndarray:
+    """The model output of each class of ``source`` (the ``split`` of ``opts.data``); a DataError naming the split's
+    folder if the classes do not fit the model."""
+    try:
+        return adapter.label_map(source.classes, by_position=opts.match_classes_by_position)
+    except ClassMatchError as exc:
+        folder = getattr(source, "root", f"--data {opts.data}, split {split!r}")
+        raise DataError(f"{folder} (split {split!r}): {exc}") from exc
 
 
 def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> dict[str, ImageSource]:
@@ -97,7 +129,11 @@ def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> 
     sources: dict[str, ImageSource] = {split: open_split(opts.data, split, opts.download_root) for split in splits}
     for split, source in sources.items():
         label_map(opts, adapter, split, source)
+    if opts.match_classes_by_position:
+        print(f"[vision-lens] warning: --match-classes-by-position: class folders are matched to {adapter.name}'s "
+              "outputs by their sorted position, not by name (recorded in run.json)", file=sys.stderr)
     (first, first_source), *others = sources.items()
+    check_pool_grid(adapter, layout.grid, first_source.load(0))
     for split, source in others:
         if source.classes != first_source.classes:
             only_first = sorted(set(first_source.classes) - set(source.classes))

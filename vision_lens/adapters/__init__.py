@@ -5,6 +5,8 @@ imported when ``create_adapter`` first meets their name; others register with
 ``register_family``.
 """
 
-from .base import ModelAdapter, ModelFamily, UnknownModelError, WeightsError, create_adapter, register_family
+from .base import (ClassMatchError, ModelAdapter, ModelError, ModelFamily, UnknownModelError, WeightsError,
+                   create_adapter, register_family)
 
-__all__ = ["ModelAdapter", "ModelFamily", "UnknownModelError", "WeightsError", "create_adapter", "register_family"]
+__all__ = ["ClassMatchError", "ModelAdapter", "ModelError", "ModelFamily", "UnknownModelError", "WeightsError",
+           "create_adapter", "register_family"]

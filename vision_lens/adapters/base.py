@@ -31,14 +31,29 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import UserError
 from ..readout import Block, IdentityPath
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A checkpoint cannot be used with the requested architecture."""
 
 
-class UnknownModelError(ValueError):
+class ModelError(UserError, ValueError):
+    """``--model`` names no model, or one that vision-lens cannot read; the message says which ones it can."""
+
+
+class ClassMatchError(UserError, ValueError):
+    """A dataset's classes cannot be matched to the model's outputs; the message lists what differs."""
+
+
+def _listed(names: Sequence[str], most: int = 10) -> str:
+    """``names`` for a message: the first ``most``, then how many more."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return (", ".join(names[:most]) or "none") + more
+
+
+class UnknownModelError(ModelError):
     """A family has no architecture of the requested name; :func:`create_adapter` adds the near matches."""
 
 
@@ -131,14 +146,19 @@ class ModelAdapter(abc.ABC):
 
     Subclasses set ``model``, ``blocks`` and ``class_names`` and implement
     ``unembed`` and ``transform``; ``logits`` and ``label_map`` have defaults
-    that fit most classifiers. :func:`create_adapter` sets ``name`` and
-    ``weights_id``.
+    that fit most classifiers. Where the model knows the dataset folder name
+    of each output (the CIFAR-10 names, ImageNet synsets) they set
+    ``class_folders``, and data classes are matched to outputs by name.
+    :func:`create_adapter` sets ``name`` and ``weights_id``.
     """
 
     name: str = ""
     model: nn.Module
     blocks: list[Block]
     class_names: list[str]
+    # The dataset folder name of each output, or None where the outputs are known only by index (a checkpoint
+    # of unknown classes), which are then matched by position.
+    class_folders: list[str] | None = None
     weights_id: str = ""  # sha256 of the weights file, or of the random-init state dict
     # The (height, width) that ``transform`` requires of raw images, or None where it resizes
     # (and crops) any image to the model's input. Data loading stops on an image of another
@@ -166,15 +186,29 @@ class ModelAdapter(abc.ABC):
     def head_dim(self) -> int:
         return [m for m in self.unembed.modules() if isinstance(m, nn.Linear)][0].in_features
 
-    def label_map(self, classes: Sequence[str]) -> np.ndarray:
+    def label_map(self, classes: Sequence[str], by_position: bool = False) -> np.ndarray:
         """The model output index of each dataset class (in the dataset's order); -1: no such output.
 
-        Images of a class mapped to -1 count as unlabelled: label metrics skip
-        them, while KL and agreement with the model still use them.
+        Classes match the outputs by name where the model knows ``class_folders``, and by their sorted position
+        otherwise, or where ``by_position`` asks for it. Images of a class mapped to -1 count as unlabelled:
+        label metrics skip them, while KL and agreement with the model still use them.
         """
-        if len(classes) != self.num_classes:
-            raise ValueError(f"the data has {len(classes)} classes but {self.name} has {self.num_classes} outputs")
-        return np.arange(len(classes))
+        if self.class_folders is None or by_position:
+            if len(classes) != self.num_classes:
+                raise ClassMatchError(f"the data has {len(classes)} classes but {self.name} has {self.num_classes} "
+                                      "outputs, matched by position")
+            return np.arange(len(classes))
+        output = {name: k for k, name in enumerate(self.class_folders)}
+        unknown = [c for c in classes if c not in output]
+        missing = [name for name in self.class_folders if name not in set(classes)]
+        if unknown or missing:
+            raise ClassMatchError(
+                f"its class folders do not match {self.name}'s classes (unknown to the model: {_listed(unknown)}; "
+                f"missing: {_listed(missing)}); name the class folders after the model's classes "
+                f"({_listed(self.class_folders, 3)}), or pass --match-classes-by-position to match them by sorted "
+                "position"
+            )
+        return np.array([output[c] for c in classes], dtype=np.int64)
 
     def logits(self, x: Tensor) -> Tensor:
         """The model's own output logits."""
@@ -203,7 +237,17 @@ def path_reader(model: nn.Module) -> Callable[[Sequence[str], int, int], Identit
         key = (tuple(names), channels, stride)
         if key not in known:
             modules = [model.get_submodule(n) for n in names]
-            known[key] = IdentityPath.read_off(modules, channels, stride, tuple(names)) if names else IdentityPath.identity(channels)
+            # In eval mode, whatever the model's: a BatchNorm in training mode would normalise by the probe's
+            # batch statistics and fold them into its running ones (a family's build reads paths to check layouts).
+            training = [m.training for m in modules]
+            for m in modules:
+                m.eval()
+            try:
+                known[key] = (IdentityPath.read_off(modules, channels, stride, tuple(names)) if names
+                              else IdentityPath.identity(channels))
+            finally:
+                for m, mode in zip(modules, training):
+                    m.train(mode)
         return known[key]
 
     return read
@@ -265,7 +309,7 @@ def create_adapter(
         importlib.import_module(f"{__package__}.{BUILT_IN[match.group(1)]}")  # registers the family
     if match is None or match.group(1) not in _REGISTRY:
         known = ", ".join(f"{f}:…" for f in sorted(set(_REGISTRY) | set(BUILT_IN)))
-        raise ValueError(f"--model {name!r} is not a known model; use family:arch with one of the families {known}")
+        raise ModelError(f"--model {name!r} is not a known model; use family:arch with one of the families {known}")
     family, arch = _REGISTRY[match.group(1)], match.group(2)
     try:
         return _create(family, name, arch, weights, seed, num_classes)
@@ -280,25 +324,27 @@ def create_adapter(
 
 def _create(family: ModelFamily, name: str, arch: str, weights: str | None, seed: int,
             num_classes: int | None) -> ModelAdapter:
-    torch.manual_seed(seed)
-    if weights == "random":
-        model = family.build(arch, None, num_classes)
-        weights_id = "random-init:" + state_dict_sha256(model.state_dict())
-    elif weights in (None, "pretrained") and family.load_published is not None:
-        model = family.build(arch, None, None)
-        weights_id = family.load_published(model, arch)
-    else:
-        if weights in (None, "pretrained"):
-            weights = family.published(arch)
-        if weights.startswith(("http://", "https://")):
-            state, weights_id = download_checkpoint(weights)
+    # The random init is seeded by ``seed`` on a forked generator: the caller's global torch RNG is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if weights == "random":
+            model = family.build(arch, None, num_classes)
+            weights_id = "random-init:" + state_dict_sha256(model.state_dict())
+        elif weights in (None, "pretrained") and family.load_published is not None:
+            model = family.build(arch, None, None)
+            weights_id = family.load_published(model, arch)
         else:
-            state, weights_id = family.read(weights), file_sha256(weights)
-        try:
-            model = family.build(arch, state, None)
-        except WeightsError as exc:
-            raise WeightsError(f"--weights {weights}: {exc}") from exc
-        load_state_dict_strict(model, state, weights)
+            if weights in (None, "pretrained"):
+                weights = family.published(arch)
+            if weights.startswith(("http://", "https://")):
+                state, weights_id = download_checkpoint(weights)
+            else:
+                state, weights_id = family.read(weights), file_sha256(weights)
+            try:
+                model = family.build(arch, state, None)
+            except WeightsError as exc:
+                raise WeightsError(f"--weights {weights}: {exc}") from exc
+            load_state_dict_strict(model, state, weights)
     # Frozen before wrapping: identity paths are read off in eval mode (BatchNorm on running statistics).
     model.eval().requires_grad_(False)
     adapter = family.wrap(model, arch, weights_id)

@@ -24,7 +24,7 @@ from torchvision import transforms
 
 from ..readout import Block
 from . import cifar_inception
-from .base import ModelAdapter, ModelFamily, UnknownModelError, WeightsError, path_reader, register_family
+from .base import ModelAdapter, ModelError, ModelFamily, UnknownModelError, WeightsError, path_reader, register_family
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR_MEAN = (0.485, 0.456, 0.406)
@@ -95,7 +95,7 @@ class PreActBlock(nn.Module):
 
 def _depth_blocks(depth: int) -> int:
     if (depth - 2) % 6:
-        raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        raise ModelError(f"--model: a CIFAR ResNet's depth must be 6n+2 (20, 32, 44, ...), got {depth}")
     return (depth - 2) // 6
 
 
@@ -236,6 +236,10 @@ def _wrap(model: nn.Module, arch: str, weights_id: str) -> ModelAdapter:
         adapter = VisionTransformerAdapter(model, class_names(model.head.out_features), cifar_transform())
     else:
         adapter = CifarResNetAdapter(model)
+    # Ten outputs are CIFAR-10's classes, in the order of its class folders (a dataset laid out otherwise, like
+    # the demo's digits, is matched by position only when asked to).
+    if adapter.num_classes == len(CIFAR10_CLASSES):
+        adapter.class_folders = CIFAR10_CLASSES
     if not weights_id.startswith(("random-init:", *PUBLISHED_SHA256_PREFIXES)):
         adapter.input_size = None
     return adapter

@@ -38,7 +38,7 @@ from torchvision import transforms
 
 from ..readout import Block, IdentityPath
 from ..resources import devkit_synsets
-from .base import ModelAdapter, ModelFamily, UnknownModelError, register_family
+from .base import ClassMatchError, ModelAdapter, ModelError, ModelFamily, UnknownModelError, register_family
 
 BLOCKS = (
     "conv2d0", "conv2d1", "conv2d2", "mixed3a", "mixed3b", "mixed4a", "mixed4b",
@@ -83,10 +83,13 @@ class LucentInceptionV1Adapter(ModelAdapter):
             [transforms.Resize(256), transforms.CenterCrop(INPUT_SIDE), transforms.ToTensor(), LUCID_RANGE]
         )
 
-    def label_map(self, classes: Sequence[str]) -> np.ndarray:
-        """The output (1..1000) of each synset class; -1 for a class that is no ILSVRC-2012 synset."""
+    def label_map(self, classes: Sequence[str], by_position: bool = False) -> np.ndarray:
+        """The output (1..1000) of each synset class; -1 for a class that is no ILSVRC-2012 synset (by position:
+        the base class's rule)."""
+        if by_position:
+            return super().label_map(classes, by_position)
         if not any(c in self.output_of_synset for c in classes):
-            raise ValueError(
+            raise ClassMatchError(
                 f"none of the data's classes ({', '.join(list(classes)[:3])}, …) is an ILSVRC-2012 synset "
                 f"(n01440764, …); {self.name} needs ImageNet laid out by synset"
             )

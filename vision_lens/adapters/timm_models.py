@@ -34,7 +34,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..readout import Block
-from .base import ModelAdapter, ModelFamily, UnknownModelError, WeightsError, register_family
+from .base import ModelAdapter, ModelError, ModelFamily, UnknownModelError, WeightsError, register_family
 from .torchvision_models import STAGES, resnet_blocks
 from .vit import VisionTransformerAdapter, check_readout
 
@@ -53,7 +53,7 @@ def _resnet_layout(model: nn.Module, name: str, input_side: int) -> list[Block]:
         or getattr(pool, "pool_type", None) not in AVERAGE_POOLS
         or not isinstance(model.get_classifier(), nn.Linear)
     ):
-        raise ValueError(
+        raise ModelError(
             f"--model timm:{name} ({type(model).__name__}) is not supported yet: vision-lens reads timm models "
             f"laid out like torchvision's ResNet (stem, layer1..layer4 of residual blocks with a downsample "
             f"shortcut, global average pool, linear classifier), e.g. timm:resnet50 or timm:resnet50d"
@@ -75,7 +75,7 @@ class TimmResNetAdapter(ModelAdapter):
     def __init__(self, model: nn.Module, blocks: list[Block]):
         self.model = model
         self.blocks = blocks
-        self.class_names = class_names(model, self.num_classes)
+        self.class_names, self.class_folders = class_names(model, self.num_classes)
 
     @property
     def unembed(self) -> nn.Linear:
@@ -86,13 +86,15 @@ class TimmResNetAdapter(ModelAdapter):
         return create_transform(**resolve_data_config(model=self.model))
 
 
-def class_names(model: nn.Module, n: int) -> list[str]:
-    """The first synonym of each ImageNet synset's description (like torchvision's category names), where the
-    model's ``n`` outputs are an ImageNet subset timm knows; else the output indices."""
+def class_names(model: nn.Module, n: int) -> tuple[list[str], list[str] | None]:
+    """``(class_names, class_folders)`` of the model's ``n`` outputs where they are an ImageNet subset timm knows:
+    the first synonym of each synset's description (like torchvision's category names), and the synsets (the
+    folder names of ImageNet laid out by synset); else the output indices, and None (matched by position)."""
     subset = infer_imagenet_subset(model)
     if subset and ImageNetInfo(subset).num_classes() == n:
-        return [d.split(",")[0] for d in ImageNetInfo(subset).label_descriptions()]
-    return [str(i) for i in range(n)]
+        info = ImageNetInfo(subset)
+        return [d.split(",")[0] for d in info.label_descriptions()], list(info.label_names())
+    return [str(i) for i in range(n)], None
 
 
 def _is_vit(model: nn.Module) -> bool:
@@ -102,8 +104,8 @@ def _is_vit(model: nn.Module) -> bool:
 def _wrap(model: nn.Module, arch: str, weights_id: str) -> ModelAdapter:
     if _is_vit(model):
         transform = create_transform(**resolve_data_config(model=model))
-        n = model.head.out_features
-        return VisionTransformerAdapter(model, class_names(model, n), transform, input_size=None)
+        names, folders = class_names(model, model.head.out_features)
+        return VisionTransformerAdapter(model, names, transform, input_size=None, class_folders=folders)
     return TimmResNetAdapter(model, _blocks(model, arch))
 
 

@@ -3,8 +3,7 @@
 Weights, preprocessing and category names come from torchvision's weights
 enum (``weights.DEFAULT``, ``weights.transforms()``, ``weights.meta``). Class
 indices follow torchvision's ImageNet order, the sorted synsets (n01440764,
-...), which is ImageFolder's order for ImageNet laid out by synset, so the
-default identity ``label_map`` applies.
+...), which are the ``class_folders`` that data classes are matched to by name.
 
 The ResNet helpers here (``resnet_blocks``, ``shortcut_stride``) also serve
 timm's ResNets, which share torchvision's module tree.
@@ -18,7 +17,8 @@ from torch import nn
 from torchvision import models
 
 from ..readout import Block, IdentityPath
-from .base import ModelAdapter, ModelFamily, UnknownModelError, WeightsError, path_reader, register_family
+from ..resources import imagenet_synsets
+from .base import ModelAdapter, ModelError, ModelFamily, UnknownModelError, WeightsError, path_reader, register_family
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -137,6 +137,7 @@ class TorchvisionAdapter(ModelAdapter):
         categories = published.meta["categories"]
         n = model.fc.out_features
         self.class_names = list(categories) if n == len(categories) else [str(i) for i in range(n)]
+        self.class_folders = imagenet_synsets() if n == len(categories) else None
 
     @property
     def unembed(self) -> nn.Linear:

@@ -24,16 +24,16 @@ from typing import Callable
 from torch import nn
 
 from ..readout import Block, IdentityPath
-from .base import ModelAdapter
+from .base import ModelAdapter, ModelError
 
 STAGE = "blocks"  # a ViT is a single stage: every block reads and writes one stream of one width
 
 
 def check_readout(model: nn.Module, name: str) -> None:
-    """ValueError, naming the config, where no class token's vector gives ``model``'s logits exactly."""
+    """ModelError, naming the config, where no class token's vector gives ``model``'s logits exactly."""
     pool = getattr(model, "global_pool", None)
     if getattr(model, "cls_token", None) is None or pool != "token" or getattr(model, "attn_pool", None) is not None:
-        raise ValueError(
+        raise ModelError(
             f"--model {name}: this ViT pools its tokens before the head (global_pool={pool!r}, class token: "
             f"{getattr(model, 'cls_token', None) is not None}), so no single token's vector gives its logits and an "
             f"exact logit lens does not exist; vision-lens refuses it rather than approximate. Use a ViT that reads "
@@ -45,10 +45,10 @@ class VisionTransformerAdapter(ModelAdapter):
     """A class-token ViT: blocks ``embed``, ``blocks.0`` ..; unembed ``norm``, ``fc_norm``, ``head``."""
 
     def __init__(self, model: nn.Module, class_names: list[str], transform: Callable,
-                 input_size: tuple[int, int] | None = (32, 32)):
+                 input_size: tuple[int, int] | None = (32, 32), class_folders: list[str] | None = None):
         check_readout(model, f"{type(model).__name__}")
         self.model = model
-        self.class_names = class_names
+        self.class_names, self.class_folders = class_names, class_folders
         self._transform = transform
         self.input_size = input_size
         dim = model.embed_dim
