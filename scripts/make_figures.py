@@ -20,10 +20,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from vision_lens import plotting
-from vision_lens.artifacts import load_results
+from vision_lens.artifacts import FRONTIER_FILE, load_results
 from vision_lens.adapters import create_adapter
 from vision_lens.compare import compare
-from vision_lens.frontier import FRONTIER_FILE
 from vision_lens.lenses import TunedLens
 
 REPO = Path(__file__).resolve().parents[1]

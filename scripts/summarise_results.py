@@ -21,8 +21,7 @@ import json
 import numpy as np
 
 from vision_lens import analysis
-from vision_lens.artifacts import layer_keys
-from vision_lens.frontier import FRONTIER_FILE
+from vision_lens.artifacts import FRONTIER_FILE, layer_keys
 
 TABLE = [("tuned", "acc"), ("shared", "acc"), ("logit", "acc"), ("linear_probe", "acc"),
          ("tuned", "ce"), ("shared", "ce"), ("logit", "ce"), ("tuned", "kl")]
@@ -124,8 +123,7 @@ def transfer_table(runs) -> str:
     for run in runs:
         if not analysis.defined_transfer(run):
             continue
-        own = analysis.mean_diagonal_ce(run)
-        cells = [run.path.name, f"{own:.2f}"]
+        cells = [run.path.name, f"{analysis.mean_diagonal_ce(run):.2f}"]
         profiles = analysis.penalty_profiles(run)
         for group in ("within_stage", "across_stage"):
             profile = profiles[group]
@@ -133,11 +131,26 @@ def transfer_table(runs) -> str:
             near, far = defined.min(), defined.max()
             cells += [f"{interval(profile, near)} (d={near}, {profile.pairs[near]} pairs)",
                       f"{interval(profile, far)} (d={far}, {profile.pairs[far]} pairs)"]
-        within = profiles["within_stage"]
-        cells.append(f"{within.mean[np.flatnonzero(within.pairs > 0).min()] / own:.2f}")
+        cells.append(f"{neighbour_ratio(run):.2f}")
         rows.append(cells)
     return markdown(["run", "lens's own CE", "within stage: nearest", "within stage: most distant",
                      "across stages: nearest", "across stages: most distant", "within-stage nearest / own CE"], rows)
+
+
+def neighbour_ratio(run) -> float:
+    """The mean penalty between neighbouring blocks of one stage over the lenses' own CE (above 1: a neighbour's
+    translator costs more than a block's own lens does)."""
+    return analysis.penalty_profiles(run)["within_stage"].mean[1] / analysis.mean_diagonal_ce(run)
+
+
+def frontier_points(run) -> list[dict]:
+    """The points of the run's ``frontier.json``, weakest strength first."""
+    return json.loads((run.path / FRONTIER_FILE).read_text())["points"]
+
+
+def point_ratio(point: dict) -> float:
+    """:func:`neighbour_ratio` of one frontier point."""
+    return point["neighbour_penalty_within_stage"] / point["own_ce"]
 
 
 def shared_table(runs) -> str:
@@ -178,14 +191,13 @@ def frontier_table(runs) -> str:
     distance 2 over the penalty at distance 1 (above 1: the penalty grows with distance)."""
     rows = []
     for run in runs:
-        path = run.path / FRONTIER_FILE
-        if not path.is_file():
+        if not (run.path / FRONTIER_FILE).is_file():
             continue
-        points = json.loads(path.read_text())["points"]
+        points = frontier_points(run)
         within = [p["neighbour_penalty_within_stage"] for p in points]
         if any(v is None for v in within):
             continue
-        ratio = [w / p["own_ce"] for w, p in zip(within, points)]
+        ratio = [point_ratio(p) for p in points]
         low = int(np.argmin(ratio))
         growth = [distance_growth(p["penalty_by_distance"]) for p in points]
         rows.append([run.path.name, f"{points[0]['weight_decay']:g} … {points[-1]['weight_decay']:g}",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from .conftest import REPO, load_script
 
 FINDINGS = REPO / "results" / "README.md"
+RESIDUAL = ("resnet20", "resnet32", "resnet44", "preact-resnet20")  # the trained models with transfer
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,7 @@ def test_results_readme_tables_are_recomputed_from_the_committed_runs(summarise)
     command = re.search(r"python scripts/summarise_results\.py --findings ((?:results/\S+ ?)+)", text)
     assert command, "results/README.md must print the command that makes its tables"
     runs = [REPO / r for r in command.group(1).split()]
-    residual = ["resnet20", "resnet32", "resnet44", "preact-resnet20"]
-    expected = {f"cifar10-{m}{suffix}" for m in residual for suffix in ("", "-tuned-lens-recipe")}
+    expected = {f"cifar10-{m}{suffix}" for m in RESIDUAL for suffix in ("", "-tuned-lens-recipe")}
     expected |= {"cifar10-inceptionv1", "cifar10-resnet20-random-init", "cifar10-inceptionv1-random-init"}
     assert {r.name for r in runs} >= expected
     tables = summarise.findings(summarise.analysis.as_results(runs)).split("\n\n")
@@ -47,14 +46,8 @@ def committed_runs(suffix: str = "") -> list:
     """The committed residual runs (trained weights) whose folder ends with ``suffix``."""
     from vision_lens import analysis
 
-    names = [f"cifar10-{m}{suffix}" for m in ("resnet20", "resnet32", "resnet44", "preact-resnet20")]
+    names = [f"cifar10-{m}{suffix}" for m in RESIDUAL]
     return analysis.as_results([REPO / "results" / n for n in names if (REPO / "results" / n / "run.json").is_file()])
-
-
-def neighbour_ratio(run) -> float:
-    from vision_lens import analysis
-
-    return analysis.penalty_profiles(run)["within_stage"].mean[1] / analysis.mean_diagonal_ce(run)
 
 
 def test_the_verdicts_of_results_readme_hold_in_the_committed_runs(summarise):
@@ -62,9 +55,9 @@ def test_the_verdicts_of_results_readme_hold_in_the_committed_runs(summarise):
     less, and along every frontier the penalty crosses below the own CE while distance 2 costs more than distance 1."""
     default, recipe = committed_runs(), committed_runs("-tuned-lens-recipe")
     assert len(default) == len(recipe) == 4
-    assert all(neighbour_ratio(run) > 1 for run in default)
-    assert all(neighbour_ratio(run) < 1 for run in recipe)
+    assert all(summarise.neighbour_ratio(run) > 1 for run in default)
+    assert all(summarise.neighbour_ratio(run) < 1 for run in recipe)
     for run in default:
-        points = json.loads((run.path / "frontier.json").read_text())["points"]
-        assert min(p["neighbour_penalty_within_stage"] / p["own_ce"] for p in points) < 1, run.name
+        points = summarise.frontier_points(run)
+        assert min(summarise.point_ratio(p) for p in points) < 1, run.name
         assert min(summarise.distance_growth(p["penalty_by_distance"]) for p in points) > 1, run.name
