@@ -38,7 +38,8 @@ SETPRIV = shutil.which("setpriv")
 NOBODY = [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups"] if SETPRIV else None
 
 # Runs the command line after arranging a signal (argv[2], e.g. SIGKILL) at one stage (argv[1]): after the second committed batch of
-# capture, at the start of the second lens fit, or in the middle of writing the result files.
+# capture, at the start of the second lens fit, or in the middle of writing the result files; or ("workers") to the
+# loader workers after the second committed batch, and to the main process a second later.
 KILL_AT = """
 import os, signal, sys
 import vision_lens.artifacts as artifacts, vision_lens.capture as capture, vision_lens.pipeline as pipeline
@@ -68,6 +69,17 @@ elif stage == "fit":
     pipeline.fit_lens = second_fit_dies
 elif stage == "write":
     artifacts.tidy_rows = die  # called by write_results after aggregate_metrics.json is written
+elif stage == "workers":  # a Ctrl-C that reaches the DataLoader workers first, and this process a second later
+    import multiprocessing, threading
+    commit, fired = FeatureCache.commit, []
+    def commit_then_interrupt_workers(self, done, *args):
+        commit(self, done, *args)
+        if done >= 8 and not fired:
+            fired.append(1)
+            for worker in multiprocessing.active_children():
+                os.kill(worker.pid, getattr(signal, sys.argv[2]))
+            threading.Timer(1.0, die).start()
+    FeatureCache.commit = commit_then_interrupt_workers
 sys.exit(main(sys.argv[3:]))
 """
 
@@ -162,6 +174,17 @@ def test_ctrl_c_during_capture_or_fitting_says_what_was_kept_and_the_rerun_resum
     rerun = vision_lens(*args)
     assert rerun.returncode == 0, rerun.stderr
     assert (out / "aggregate_metrics.json").read_bytes() == baseline
+
+
+def test_ctrl_c_with_loader_workers_ends_in_the_same_one_line(base, tmp_path):
+    args = run_args(base / "data", tmp_path / "out", tmp_path / "cache")
+    args[args.index("--workers") + 1] = "2"
+    stopped = vision_lens("workers", "SIGINT", *args, code=KILL_AT)
+    # Before the workers ignored SIGINT, the one that died took its batch along: "error: [Errno 2] No such file".
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr and "Errno" not in stopped.stderr, \
+        stopped.stderr
+    assert "vision-lens run: interrupted; the feature cache keeps every row captured so far" in stopped.stderr
+    assert manifest(tmp_path / "out")["complete"] is False
 
 
 def read_until(process: subprocess.Popen, text: str) -> str:
