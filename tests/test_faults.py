@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from vision_lens import capture
 from vision_lens.adapters import create_adapter
 from vision_lens.artifacts import LOCK_NAME, MANIFEST_NAME, write_results
 from vision_lens.cli import main
+from vision_lens.data import DataError
 from vision_lens.files import FolderLock
 
 from .conftest import CIFAR10_CLASSES, REPO, write_image_folder
@@ -603,3 +605,185 @@ def test_compare_refuses_an_input_with_nothing_to_draw(base, baseline, tmp_path,
     probe_only.write_text(json.dumps({"linear_probe": json.loads(baseline)["linear_probe"]}))
     assert main(["compare", str(base / "baseline"), str(probe_only), "--out", str(tmp_path / "c.png")]) == 2
     assert "has nothing to compare" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- second round: what issue 21 left open
+
+@pytest.mark.parametrize("command", ["run", "train", "eval"])
+def test_a_bad_argument_leaves_no_out_folder(base, baseline, tmp_path, capsys, command):
+    options = EVAL_OPTIONS if command == "eval" else COMMON
+    lens = ["--lens", str(base / "baseline")] if command == "eval" else []
+    for bad, message in ((["--model", "cifar:resnt20"], "near matches: cifar:resnet20"),
+                         (["--data", str(tmp_path / "no-data")], f"--data {tmp_path / 'no-data'} does not exist")):
+        out = tmp_path / "a" / "out"
+        assert main([command, *options, "--data", str(base / "data"), *bad, *lens, "--out", str(out),
+                     "--cache-dir", str(tmp_path / "cache")]) == 2  # the last --model or --data is the bad one
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "a").exists() and not (tmp_path / "cache").exists()  # nothing created
+
+
+def test_result_files_get_the_users_umask_like_any_file(base, baseline, tmp_path):
+    from vision_lens.files import write_text_atomic
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {p.relative_to(base / "baseline").as_posix(): p.stat().st_mode & 0o777
+             for p in (base / "baseline").rglob("*") if p.is_file()}
+    assert modes == dict.fromkeys(modes, 0o666 & ~mask)  # the run ran under this process's umask
+    for mask in (0o077, 0o002):
+        before = os.umask(mask)
+        try:
+            write_text_atomic(tmp_path / f"{mask:o}.json", "{}")
+        finally:
+            os.umask(before)
+        assert (tmp_path / f"{mask:o}.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+# Runs the command line with every file this process writes limited to argv[1] bytes (RLIMIT_FSIZE, SIGXFSZ
+# ignored): each write past it fails as a write to a full disk does, in the kernel.
+SMALL_DISK = """
+import resource, signal, sys
+from vision_lens.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_full_out_stops_in_one_line_naming_the_file_and_the_rerun_resumes(base, baseline, tmp_path):
+    out = tmp_path / "out"
+    args = run_args(base / "data", out, base / "cache")  # a complete cache: only --out is written
+    # 16 KiB stops train at the tuned lens's params.pt (72 KB); 100 KiB stops eval at layerwise.png (145 KB).
+    for limit, file, kept in ((16 << 10, "lenses/tuned/params.pt", None),
+                              (100 << 10, "layerwise.png", "aggregate_metrics.json")):
+        full = vision_lens(limit, *args, code=SMALL_DISK)
+        assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+        assert f"vision-lens run: error: --out {out}: cannot write {out / file} (File too large)" in full.stderr
+        assert "rerun the same command, which resumes from the cache" in full.stderr
+        assert manifest(out)["complete"] is False and not (out / file).exists() and not list(out.rglob("*.tmp"))
+        assert kept is None or json.loads((out / kept).read_text())  # written before, and whole
+    rerun = vision_lens(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (out / "aggregate_metrics.json").read_bytes() == baseline
+
+
+def test_nan_and_infinity_in_compare_and_report_inputs_are_undefined_not_values(base, baseline, tmp_path, capsys):
+    clean = json.loads(baseline)
+    clean["tuned"]["ce"]["layer_1"] = clean["logit"]["kl"]["layer_0"] = None
+    clean["tuned"]["layer_transfer"]["ce"]["layer_2"]["layer_1"] = None
+    text = json.dumps(clean)
+    runs = {}
+    for name, body in (("nulls", text), ("non-finite", text.replace(
+            '"layer_1": null', '"layer_1": NaN', 1).replace("null", "Infinity"))):  # tuned.ce first in the text
+        runs[name] = tmp_path / name
+        shutil.copytree(base / "baseline", runs[name])
+        (runs[name] / "aggregate_metrics.json").write_text(body)
+    assert "NaN" in body and "Infinity" in body
+    capsys.readouterr()
+    numbers = {}
+    for name, run in runs.items():
+        assert main(["compare", str(run), "--out", str(tmp_path / f"{name}.png")]) == 0
+        assert main(["report", str(run)]) == 0
+        numbers[name] = json.loads((tmp_path / f"{name}.json").read_text())["inputs"][0]
+    err = capsys.readouterr().err
+    assert err.count(f"[vision-lens] warning: {runs['non-finite'] / 'aggregate_metrics.json'} holds 3 NaN or infinite "
+                     "number(s) (tuned.ce.layer_1, tuned.layer_transfer.ce.layer_2.layer_1, logit.kl.layer_0)") == 2
+    note = numbers["non-finite"].pop("non_finite")
+    assert numbers["nulls"].pop("non_finite") == [] and len(note) == 1
+    for numbers_of in numbers.values():
+        numbers_of.pop("path")
+    assert numbers["non-finite"] == numbers["nulls"]  # read exactly as undefined values
+    page = (runs["non-finite"] / "report.html").read_text()
+    assert page.count('<td class="undefined">—</td>') == (runs["nulls"] / "report.html").read_text().count(
+        '<td class="undefined">—</td>') and ">nan<" not in page.lower() and ">inf<" not in page.lower()
+    assert "shown as undefined, not as values" in page
+
+
+def _image(mode: str, pixels, **info) -> Image.Image:
+    image = Image.fromarray(np.asarray(pixels)) if mode in ("I;16", "F", "I") else Image.new(mode, (2, 2))
+    if mode not in ("I;16", "F", "I"):
+        image.putdata(pixels)
+    image.info.update(info)
+    return image
+
+
+def _palette(transparent: bool) -> Image.Image:
+    image = Image.new("P", (2, 2))
+    image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)  # 0: red, 1: blue
+    image.putdata([0, 1, 1, 0])
+    if transparent:
+        image.info["transparency"] = 1
+    return image
+
+
+WHITE, RED, BLUE = (255, 255, 255), (255, 0, 0), (0, 0, 255)
+SIXTEEN_BIT = np.array([[0, 257], [32896, 65535]], np.uint16)  # 0, 1, 128 and 255 on 8 bits
+GREYS = [(v, v, v) for v in (0, 1, 128, 255)]
+# file name -> (the image saved, the RGB pixels it means), or the message refusing it
+IMAGE_MODES = {
+    "rgb.png": (Image.new("RGB", (2, 2), RED), [RED] * 4),
+    "grey.png": (_image("L", [0, 1, 128, 255]), GREYS),
+    "bilevel.png": (_image("1", [0, 255, 255, 0]), [(0,) * 3, WHITE, WHITE, (0,) * 3]),
+    "palette.png": (_palette(False), [RED, BLUE, BLUE, RED]),
+    "palette-transparent.png": (_palette(True), [RED, WHITE, WHITE, RED]),
+    "grey16.png": (Image.fromarray(SIXTEEN_BIT), GREYS),
+    "grey16.tif": (Image.fromarray(SIXTEEN_BIT), GREYS),
+    "grey16.pgm": (Image.fromarray(SIXTEEN_BIT), GREYS),  # PIL opens it as mode I
+    "rgba.png": (_image("RGBA", [(255, 0, 0, 255), (255, 0, 0, 0), (0, 0, 0, 0), (0, 0, 0, 128)]),
+                 [RED, WHITE, WHITE, (127, 127, 127)]),  # over white, as a viewer shows it
+    "grey-alpha.png": (_image("LA", [(0, 255), (0, 0), (200, 255), (0, 128)]),
+                       [(0,) * 3, WHITE, (200,) * 3, (127,) * 3]),
+    "cmyk.tif": (_image("CMYK", [(0, 255, 255, 0)] * 4), [RED] * 4),
+    "float.tif": (Image.fromarray(np.full((2, 2), 0.5, np.float32)), "pixels (PIL mode F) have no agreed range"),
+    "int32.tif": (Image.fromarray(np.full((2, 2), 70000, np.int32)),
+                  "32-bit integer pixels (PIL mode I) have no agreed range"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_MODES))
+def test_every_image_mode_is_read_as_the_file_means_it_or_refused_by_name(tmp_path, name):
+    from vision_lens.data import ImageFolderSource
+
+    image, meaning = IMAGE_MODES[name]
+    path = tmp_path / "split" / "class" / name
+    path.parent.mkdir(parents=True)
+    image.save(path)
+    source = ImageFolderSource.scan(tmp_path / "split")
+    if isinstance(meaning, str):
+        with pytest.raises(DataError, match=rf"cannot read image {path} \(UnsupportedImageMode: .*{re.escape(meaning)}"):
+            source.load(0)
+        return
+    for decoded in (source.load(0), source.load_with_content_id(0)[0]):  # from the path, and from the bytes
+        assert decoded.mode == "RGB" and [tuple(p) for p in np.asarray(decoded).reshape(-1, 3).tolist()] == meaning
+
+
+def test_lenses_are_not_evaluated_on_the_images_they_were_fitted_on(base, baseline, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+    shutil.copytree(data / "train", data / "copy")  # the fit images again, under another split's name
+    lens = base / "baseline"
+    config = json.loads((lens / "lenses" / "tuned" / "config.json").read_text())["fit_images"]
+    assert config["data"] == str((base / "data").resolve()) and config["split"] == "train" and config["images"] == 20
+    assert len(config["sample"]) == 20 and all(len(i) == 16 for i in config["sample"])
+
+    def evaluate(data: Path, split: str, out: str, *extra) -> int:
+        return main(["eval", *EVAL_OPTIONS, "--data", str(data), "--eval-split", split, "--lens", str(lens),
+                     "--out", str(tmp_path / out), "--cache-dir", str(tmp_path / "cache"), *extra])
+
+    capsys.readouterr()
+    assert evaluate(base / "data", "train", "e1") == 2  # the split it was fitted on: refused before capture
+    err = capsys.readouterr().err
+    assert (f"--lens {lens}: its tuned lens was fitted on 20 images of split 'train' of {(base / 'data').resolve()} "
+            "(lenses/tuned/config.json), and --eval-split 'train'") in err and "--eval-on-fit-images" in err
+    assert not (tmp_path / "e1").exists() and not (tmp_path / "cache").exists()
+    assert evaluate(data, "copy", "e2") == 2  # the same images elsewhere: refused once their content is known
+    err = capsys.readouterr().err
+    assert f"--lens {lens}: 20 of the 20 eval images are among the 20 sampled from the 20 images" in err
+    assert f"e.g. {data / 'copy' / 'airplane' / '000.png'}: the eval images are not held out" in err
+    assert not (tmp_path / "e2" / "aggregate_metrics.json").exists()
+    assert evaluate(data, "copy", "e3", "--eval-on-fit-images") == 0  # asked for: a loud warning, recorded
+    assert "[vision-lens] WARNING: --lens" in capsys.readouterr().err
+    run = json.loads((tmp_path / "e3" / "run.json").read_text())
+    assert run["options"]["eval_on_fit_images"] is True and "not held-out numbers" in run["warnings"][0]
+    assert evaluate(data, "test", "e4") == 0  # held-out images: as before, no warning
+    assert "warnings" not in json.loads((tmp_path / "e4" / "run.json").read_text())
