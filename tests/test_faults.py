@@ -232,7 +232,7 @@ def test_a_second_run_on_a_busy_out_stops_at_once_naming_the_holder(base, baseli
             assert tree_bytes(out) == before and not (tmp_path / "cache").exists()  # nothing removed, nothing captured
     finally:
         held.release()
-    assert vision_lens(*run_args(base / "data", out, base / "cache"), "--overwrite").returncode == 0  # free again
+    assert run_on(base / "data", out, base / "cache", "--overwrite") == 0  # free again
 
 
 def test_a_dangling_out_symlink_is_named_as_such(base, tmp_path, capsys):
@@ -259,14 +259,14 @@ BAD_OPTIONS = [
 
 
 @pytest.mark.parametrize("extra, message", BAD_OPTIONS, ids=[" ".join(extra) for extra, _ in BAD_OPTIONS])
-def test_bad_option_values_stop_before_any_compute_naming_the_option(base, tmp_path, extra, message):
+def test_bad_option_values_stop_before_any_compute_naming_the_option(base, tmp_path, capsys, extra, message):
     if extra == ["--device", "cuda"] and torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
-    result = vision_lens(*run_args(base / "data", tmp_path / "out", tmp_path / "cache"), *extra)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert message in result.stderr
+    # In process: the command line's own path, where any exception but a UserError would fail the test.
+    assert run_on(base / "data", tmp_path / "out", tmp_path / "cache", *extra) == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "cache" / "features").exists()  # nothing captured
-    assert "--pool-grid" in extra or not (tmp_path / "out").exists()  # stopped while reading the command line
+    assert not (tmp_path / "out").exists()  # nothing created
 
 
 def _without_checksum(lenses: Path, lens: str) -> None:
@@ -300,7 +300,7 @@ LENS_DAMAGE = {  # damage to lenses/: (the file named, what the message says), w
 
 @pytest.mark.parametrize("checksum", [True, False], ids=["checksum", "older-folder"])
 @pytest.mark.parametrize("damage", sorted(LENS_DAMAGE))
-def test_damaged_lens_files_are_named_before_use(base, baseline, tmp_path, damage, checksum):
+def test_damaged_lens_files_are_named_before_use(base, baseline, tmp_path, capsys, damage, checksum):
     run = tmp_path / "run"
     shutil.copytree(base / "baseline", run)
     harm, file, problem = LENS_DAMAGE[damage]
@@ -308,12 +308,11 @@ def test_damaged_lens_files_are_named_before_use(base, baseline, tmp_path, damag
         for lens in ("tuned", "shared"):
             _without_checksum(run / "lenses", lens)
     harm(run / "lenses")
-    result = vision_lens("eval", *EVAL_OPTIONS, "--data", base / "data", "--cache-dir", base / "cache",
-                         "--lens", run, "--out", tmp_path / "e")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert main(["eval", *EVAL_OPTIONS, "--data", str(base / "data"), "--cache-dir", str(base / "cache"),
+                 "--lens", str(run), "--out", str(tmp_path / "e")]) == 2
     expected = "does not match the checksum in its config.json" if checksum else problem
-    assert f"{run / 'lenses' / file} {expected}" in result.stderr
-    assert not (tmp_path / "e" / "aggregate_metrics.json").exists()
+    assert f"{run / 'lenses' / file} {expected}" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
 
 
 def test_an_invalid_lens_config_is_named(base, baseline, tmp_path, capsys):
@@ -464,15 +463,13 @@ def test_class_missing_from_the_eval_split_stops_before_capture(data_copy, tmp_p
     assert "[vision-lens] train:" not in err and not (tmp_path / "cache" / "features").exists()
 
 
-def test_a_renamed_class_folder_is_refused_not_matched_by_position(base, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(base / "data", data)
-    (data / "test" / "cat").rename(data / "test" / "kitty")  # sorts where cat did: position would match it silently
-    result = vision_lens(*run_args(data, tmp_path / "out", tmp_path / "cache"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"{data / 'test'} (split 'test')" in result.stderr
-    assert "unknown to the model: kitty; missing: cat" in result.stderr and "--match-classes-by-position" in result.stderr
-    assert not (tmp_path / "cache" / "features").exists()
+def test_a_renamed_class_folder_is_refused_not_matched_by_position(data_copy, tmp_path, capsys):
+    (data_copy / "test" / "cat").rename(data_copy / "test" / "kitty")  # sorts where cat did: position would match it
+    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
+    err = capsys.readouterr().err
+    assert f"{data_copy / 'test'} (split 'test')" in err
+    assert "unknown to the model: kitty; missing: cat" in err and "--match-classes-by-position" in err
+    assert not (tmp_path / "cache" / "features").exists() and not (tmp_path / "out").exists()
 
 
 def test_different_class_sets_are_named(data_copy, tmp_path, capsys):
@@ -556,15 +553,14 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def test_eval_into_its_own_lens_folder_is_refused_and_deletes_nothing(base, baseline, tmp_path):
+def test_eval_into_its_own_lens_folder_is_refused_and_deletes_nothing(base, baseline, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(base / "baseline", run)
     before = tree_bytes(run)
     for extra in (["--overwrite"], []):
-        result = vision_lens("eval", *EVAL_OPTIONS, "--data", base / "data", "--cache-dir", base / "cache",
-                             "--lens", run, "--out", run, *extra)
-        assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert f"--out {run} is the --lens folder that this command reads" in result.stderr
+        assert main(["eval", *EVAL_OPTIONS, "--data", str(base / "data"), "--cache-dir", str(base / "cache"),
+                     "--lens", str(run), "--out", str(run), *extra]) == 2
+        assert f"--out {run} is the --lens folder that this command reads" in capsys.readouterr().err
         assert tree_bytes(run) == before  # the lenses, the results and the manifest, untouched
 
 
