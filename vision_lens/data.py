@@ -11,6 +11,10 @@ decodes (``load_with_content_id``), and keeps the hashes in a small SQLite index
 beside the feature cache (``ContentHashIndex``), keyed by path, size and
 modification time: checking a captured cache later stats each file and reads
 only those that changed.
+
+Every file is decoded by :func:`to_rgb`, which reads 16-bit grey and
+transparency as the file means them and refuses pixels without an agreed
+8-bit meaning (floats), naming the file.
 """
 
 from __future__ import annotations

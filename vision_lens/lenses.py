@@ -168,6 +168,8 @@ class SavedLens(nn.Module):
         try:
             config = LensConfig.from_dict(saved)
             layout = config.feature_layout
+            if not isinstance(config.fit_images, dict) or not isinstance(config.fit_images.get("sample", []), list):
+                raise TypeError("fit_images is not an object with a list of sampled content ids")
         except (TypeError, ValueError, KeyError) as exc:
             raise LensFolderError(f"{config_path} is damaged ({exc.__class__.__name__}: {exc}); {refit}") from exc
         if config.lens_type != cls.lens_type:

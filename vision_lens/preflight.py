@@ -172,9 +172,9 @@ def check_eval_split(lenses: dict, opts, lens_dir: Path) -> list[str]:
     eval split is the split that the saved ``lenses`` were fitted on, as their config.json records it."""
     for lens_type, lens in lenses.items():
         fit = lens.config.fit_images
-        if fit and fit["data"] == data_id(opts.data) and fit["split"] == opts.eval_split:
+        if fit.get("data") == data_id(opts.data) and fit.get("split") == opts.eval_split:
             return _fit_images_met(
-                f"--lens {lens_dir}: its {lens_type} lens was fitted on {fit['images']} images of split "
+                f"--lens {lens_dir}: its {lens_type} lens was fitted on {fit.get('images')} images of split "
                 f"{fit['split']!r} of {fit['data']} (lenses/{lens_type}/config.json), and --eval-split "
                 f"{opts.eval_split!r} of --data {opts.data} is that split: evaluating there measures the fit, not "
                 "held-out images", opts.eval_on_fit_images)
@@ -190,7 +190,8 @@ def check_eval_images(lenses: dict, images: SelectedImages, opts, lens_dir: Path
         if met:
             return _fit_images_met(
                 f"--lens {lens_dir}: {len(met)} of the {len(images.indices)} eval images are among the "
-                f"{len(fit['sample'])} sampled from the {fit['images']} images its {lens_type} lens was fitted on "
-                f"(split {fit['split']!r} of {fit['data']}), e.g. {met[0]}: the eval images are not held out",
+                f"{len(fit['sample'])} sampled from the {fit.get('images')} images its {lens_type} lens was fitted "
+                f"on (split {fit.get('split')!r} of {fit.get('data')}), e.g. {met[0]}: the eval images are not "
+                "held out",
                 opts.eval_on_fit_images)
     return []
