@@ -156,8 +156,7 @@ def test_kill_at_every_stage_then_rerun_gives_identical_numbers(base, baseline, 
             expected += 1
         err = capsys.readouterr().err
         assert err.count(f"{out} is an incomplete run") == expected and "Traceback" not in err
-    rerun = vision_lens(*args)  # the same command, no --overwrite needed for a run that stopped
-    assert rerun.returncode == 0, rerun.stderr
+    assert main(args) == 0  # the same command, no --overwrite needed for a run that stopped
     assert manifest(out)["complete"] is True
     assert (out / "aggregate_metrics.json").read_bytes() == baseline
 
@@ -173,8 +172,7 @@ def test_ctrl_c_during_capture_or_fitting_says_what_was_kept_and_the_rerun_resum
         assert manifest(out)["complete"] is False
         if stage == "fit":
             assert "reusing 8 of 20 captured rows" in stopped.stderr  # what the Ctrl-C during capture kept
-    rerun = vision_lens(*args)
-    assert rerun.returncode == 0, rerun.stderr
+    assert main(args) == 0  # the rerun, in process
     assert (out / "aggregate_metrics.json").read_bytes() == baseline
 
 
@@ -217,21 +215,33 @@ def test_two_runs_sharing_a_cache_wait_for_each_other_and_agree(base, baseline, 
     assert not list(cache.rglob("*.tmp"))
 
 
-def test_a_second_run_on_a_busy_out_stops_at_once_naming_the_holder(base, baseline, tmp_path):
+# Holds the lock of folder argv[1] (lock file argv[2]) as a run writing there does, until killed; no torch import.
+HOLD_LOCK = """
+import sys, time
+from vision_lens.files import FolderLock
+FolderLock(sys.argv[1], sys.argv[2]).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_run_on_a_busy_out_stops_at_once_naming_the_holder(base, baseline, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(base / "baseline", out)
-    # A holder that is busy for sure: this process, as a run that is still fitting into --out.
-    held = FolderLock(out, LOCK_NAME)
-    held.acquire()
-    before = tree_bytes(out)
+    # A holder that is busy for sure: another process, as a run that is still fitting into --out.
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), LOCK_NAME], cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
+        assert holder.stdout.readline() == "held\n"
+        before = tree_bytes(out)
         for extra in ([], ["--overwrite"]):
-            result = vision_lens(*run_args(base / "data", out, tmp_path / "cache"), *extra)
-            assert result.returncode == 2 and "Traceback" not in result.stderr
-            assert f"--out {out} is being written by another vision-lens process (pid {os.getpid()})" in result.stderr
+            assert run_on(base / "data", out, tmp_path / "cache", *extra) == 2
+            err = capsys.readouterr().err
+            assert f"--out {out} is being written by another vision-lens process (pid {holder.pid})" in err
             assert tree_bytes(out) == before and not (tmp_path / "cache").exists()  # nothing removed, nothing captured
     finally:
-        held.release()
+        holder.kill()
+        holder.wait()
     assert run_on(base / "data", out, base / "cache", "--overwrite") == 0  # free again
 
 
@@ -658,8 +668,7 @@ def test_a_full_out_stops_in_one_line_naming_the_file_and_the_rerun_resumes(base
         assert "rerun the same command, which resumes from the cache" in full.stderr
         assert manifest(out)["complete"] is False and not (out / file).exists() and not list(out.rglob("*.tmp"))
         assert kept is None or json.loads((out / kept).read_text())  # written before, and whole
-    rerun = vision_lens(*args)
-    assert rerun.returncode == 0, rerun.stderr
+    assert main(args) == 0  # the rerun, in process
     assert (out / "aggregate_metrics.json").read_bytes() == baseline
 
 
