@@ -5,7 +5,8 @@ Usage: scripts/make_figures.py [RUN_DIR ...] [--llm AGGREGATE_JSON ...] [--image
 
 The first run folder gives the single-run figures (layer-wise metrics,
 transfer heatmap, prediction trajectory); all of them enter the cross-model
-ones (relative depth, penalty vs distance, LLM comparison). The prediction
+ones (relative depth, penalty vs distance, the frontier of the runs with a
+frontier.json, LLM comparison). The prediction
 trajectory reloads the first run's model from the weights path in its run.json.
 """
 
@@ -22,10 +23,12 @@ from vision_lens import plotting
 from vision_lens.artifacts import load_results
 from vision_lens.adapters import create_adapter
 from vision_lens.compare import compare
+from vision_lens.frontier import FRONTIER_FILE
 from vision_lens.lenses import TunedLens
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_RUNS = [REPO / "results" / f"cifar10-{arch}" for arch in ("resnet20", "resnet32", "resnet44", "inceptionv1")]
+DEFAULT_RUNS = [REPO / "results" / f"cifar10-{arch}"
+                for arch in ("resnet20", "resnet32", "resnet44", "preact-resnet20", "vit", "inceptionv1")]
 TOY_LLM = REPO / "tests" / "data" / "tiny-gpt2-tuned-lens" / "aggregate_metrics.json"
 # scripts/train_reference_lm.py's output: a GPT-2 of the CIFAR ViT's size lensed by tuned-lens itself.
 LM_REFERENCE = REPO / "results" / "lm-reference" / "aggregate_metrics.json"
@@ -49,7 +52,8 @@ def save(ax_or_fig, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", type=Path,
-                        help="run folders (default: the committed results/cifar10-{resnet20,resnet32,resnet44,inceptionv1} "
+                        help="run folders (default: the committed results/cifar10-{resnet20,resnet32,resnet44,preact-resnet20,vit,"
+                             "inceptionv1} "
                              "that are complete); a sibling <run>-random-init folder enters the random-init figure")
     parser.add_argument("--llm", nargs="*", type=Path,
                         help="aggregate_metrics.json files from `tuned-lens eval` for the comparison (default: "
@@ -97,6 +101,15 @@ def main() -> None:
         plotting.layerwise(named, "acc", x="relative_depth", lens_types=("linear_probe",), ax=control_ax)
         control_ax.set_title("linear probe: trained against random-init weights")
         save(control_ax, args.out / "random_init_control.png")
+
+    # The frontier: every run with a frontier.json, its tuned-lens-recipe twin starred where one is committed.
+    swept = [run for run in runs if (run / FRONTIER_FILE).is_file()]
+    if swept:
+        recipes = [run.with_name(run.name + "-tuned-lens-recipe") for run in swept]
+        frontier_ax = plt.subplots(figsize=(7, 5))[1]
+        plotting.penalty_frontier(swept, [r if (r / "aggregate_metrics.json").is_file() else None for r in recipes],
+                                  ax=frontier_ax)
+        save(frontier_ax, args.out / "penalty_frontier.png")
 
     llm = args.llm if args.llm is not None else [LM_REFERENCE if LM_REFERENCE.is_file() else TOY_LLM]
     llm_labels = {TOY_LLM: "toy GPT-2 (format check)", LM_REFERENCE: "GPT-2 reference (tuned-lens)"}

@@ -16,11 +16,13 @@ Everything is read from the JSON files.
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 
 from vision_lens import analysis
 from vision_lens.artifacts import layer_keys
+from vision_lens.frontier import FRONTIER_FILE
 
 TABLE = [("tuned", "acc"), ("shared", "acc"), ("logit", "acc"), ("linear_probe", "acc"),
          ("tuned", "ce"), ("shared", "ce"), ("logit", "ce"), ("tuned", "kl")]
@@ -71,7 +73,8 @@ def headlines(run) -> list[str]:
     probe = [agg["linear_probe"]["acc"][k] - agg["tuned"]["acc"][k] for k in agg["tuned"]["acc"]]
     lines.append(f"  shared - tuned KL: {min(kl_gap):.2f} to {max(kl_gap):.2f} bits (CE: {min(ce_gap):+.2f} to "
                  f"{max(ce_gap):+.2f}); probe - tuned acc: {min(probe):+.3f} to {max(probe):+.3f}")
-    fits = run.run.get("fit")  # vision-lens runs record their fits in run.json; tuned-lens output does not
+    # vision-lens runs record their fits in run.json (tuned-lens output does not); the L-BFGS ones have max_iter.
+    fits = {lens: fit for lens, fit in run.run.get("fit", {}).items() if "max_iter" in fit}
     if fits:
         most = {lens: max(b["iterations"] for b in fit["blocks"].values() if b) for lens, fit in fits.items()}
         limit = next(iter(fits.values()))["max_iter"]
@@ -121,7 +124,8 @@ def transfer_table(runs) -> str:
     for run in runs:
         if not analysis.defined_transfer(run):
             continue
-        cells = [run.path.name, f"{analysis.mean_diagonal_ce(run):.2f}"]
+        own = analysis.mean_diagonal_ce(run)
+        cells = [run.path.name, f"{own:.2f}"]
         profiles = analysis.penalty_profiles(run)
         for group in ("within_stage", "across_stage"):
             profile = profiles[group]
@@ -129,9 +133,11 @@ def transfer_table(runs) -> str:
             near, far = defined.min(), defined.max()
             cells += [f"{interval(profile, near)} (d={near}, {profile.pairs[near]} pairs)",
                       f"{interval(profile, far)} (d={far}, {profile.pairs[far]} pairs)"]
+        within = profiles["within_stage"]
+        cells.append(f"{within.mean[np.flatnonzero(within.pairs > 0).min()] / own:.2f}")
         rows.append(cells)
     return markdown(["run", "lens's own CE", "within stage: nearest", "within stage: most distant",
-                     "across stages: nearest", "across stages: most distant"], rows)
+                     "across stages: nearest", "across stages: most distant", "within-stage nearest / own CE"], rows)
 
 
 def shared_table(runs) -> str:
@@ -165,11 +171,47 @@ def aux_table(runs) -> str:
     return markdown(["run", "block", "aux head acc", "tuned acc", "probe acc"], rows)
 
 
+def frontier_table(runs) -> str:
+    """Per run with a ``frontier.json`` (``vision-lens frontier``): along the L2 sweep (one strength for every
+    block, weakest to strongest), the mean own CE and the mean neighbour penalty within a stage at both ends, the
+    smallest ratio of that penalty to the own CE (and where), and the range over the sweep of the penalty at
+    distance 2 over the penalty at distance 1 (above 1: the penalty grows with distance)."""
+    rows = []
+    for run in runs:
+        path = run.path / FRONTIER_FILE
+        if not path.is_file():
+            continue
+        points = json.loads(path.read_text())["points"]
+        within = [p["neighbour_penalty_within_stage"] for p in points]
+        if any(v is None for v in within):
+            continue
+        ratio = [w / p["own_ce"] for w, p in zip(within, points)]
+        low = int(np.argmin(ratio))
+        growth = [distance_growth(p["penalty_by_distance"]) for p in points]
+        rows.append([run.path.name, f"{points[0]['weight_decay']:g} … {points[-1]['weight_decay']:g}",
+                     f"{points[0]['own_ce']:.2f} → {points[-1]['own_ce']:.2f}",
+                     f"{within[0]:.2f} → {within[-1]:.2f}",
+                     f"{ratio[low]:.2f} (at {points[low]['weight_decay']:g})", f"{min(growth):.2f} … {max(growth):.2f}"])
+    return markdown(["run", "L2 strengths", "own CE", "within-stage neighbour penalty", "smallest penalty / own CE",
+                     "penalty at d=2 / d=1"], rows)
+
+
+def distance_growth(by_distance: dict) -> float:
+    """The mean penalty at block distance 2 over that at distance 1 (all pairs)."""
+    return by_distance["2"] / by_distance["1"]
+
+
 def findings(runs) -> str:
-    """``results/README.md``'s tables, in its order: depth (every run), then transfer, shared lens and aux heads
-    (trained runs only: a random model's tuned lens follows noise)."""
-    trained = [run for run in runs if run.run.get("weights") != "random"]
-    return "\n\n".join([depth_table(runs), transfer_table(trained), shared_table(trained), aux_table(trained)])
+    """``results/README.md``'s tables, in its order: depth (every default-fit run), then transfer (default fits,
+    then the tuned-lens recipe's), the frontier, shared lens and aux heads (trained runs only: a random model's
+    tuned lens follows noise)."""
+    recipe = [run for run in runs if run.run.get("options", {}).get("recipe") == "tuned-lens"]
+    default = [run for run in runs if run not in recipe]
+    trained = [run for run in default if run.run.get("weights") != "random"]
+    trained_recipe = [run for run in recipe if run.run.get("weights") != "random"]
+    return "\n\n".join([depth_table(default), transfer_table(trained), transfer_table(trained_recipe),
+                         frontier_table(trained), shared_table(trained), shared_table(trained_recipe),
+                         aux_table(trained)])
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -27,9 +28,43 @@ def test_results_readme_tables_are_recomputed_from_the_committed_runs(summarise)
     command = re.search(r"python scripts/summarise_results\.py --findings ((?:results/\S+ ?)+)", text)
     assert command, "results/README.md must print the command that makes its tables"
     runs = [REPO / r for r in command.group(1).split()]
-    assert {r.name for r in runs} >= {"cifar10-resnet20", "cifar10-resnet32", "cifar10-resnet44", "cifar10-inceptionv1",
-                                      "cifar10-resnet20-random-init", "cifar10-inceptionv1-random-init"}
+    residual = ["resnet20", "resnet32", "resnet44", "preact-resnet20"]
+    expected = {f"cifar10-{m}{suffix}" for m in residual for suffix in ("", "-tuned-lens-recipe")}
+    expected |= {"cifar10-inceptionv1", "cifar10-resnet20-random-init", "cifar10-inceptionv1-random-init"}
+    assert {r.name for r in runs} >= expected
     tables = summarise.findings(summarise.analysis.as_results(runs)).split("\n\n")
-    assert len(tables) == 4
+    assert len(tables) == 7
     for table in tables:
         assert table in text, f"results/README.md lacks this table (rerun the command):\n{table}"
+
+
+def test_distance_growth_is_the_penalty_at_two_over_one(summarise):
+    assert summarise.distance_growth({"0": 0.0, "1": 2.0, "2": 3.0, "3": None}) == 1.5
+    assert summarise.distance_growth({"2": 1.0, "1": 4.0}) == 0.25
+
+
+def committed_runs(suffix: str = "") -> list:
+    """The committed residual runs (trained weights) whose folder ends with ``suffix``."""
+    from vision_lens import analysis
+
+    names = [f"cifar10-{m}{suffix}" for m in ("resnet20", "resnet32", "resnet44", "preact-resnet20")]
+    return analysis.as_results([REPO / "results" / n for n in names if (REPO / "results" / n / "run.json").is_file()])
+
+
+def neighbour_ratio(run) -> float:
+    from vision_lens import analysis
+
+    return analysis.penalty_profiles(run)["within_stage"].mean[1] / analysis.mean_diagonal_ce(run)
+
+
+def test_the_verdicts_of_results_readme_hold_in_the_committed_runs(summarise):
+    """Section 2's verdicts: the default fits' within-stage neighbours cost more than the own CE, tuned-lens's recipe
+    less, and along every frontier the penalty crosses below the own CE while distance 2 costs more than distance 1."""
+    default, recipe = committed_runs(), committed_runs("-tuned-lens-recipe")
+    assert len(default) == len(recipe) == 4
+    assert all(neighbour_ratio(run) > 1 for run in default)
+    assert all(neighbour_ratio(run) < 1 for run in recipe)
+    for run in default:
+        points = json.loads((run.path / "frontier.json").read_text())["points"]
+        assert min(p["neighbour_penalty_within_stage"] / p["own_ce"] for p in points) < 1, run.name
+        assert min(summarise.distance_growth(p["penalty_by_distance"]) for p in points) > 1, run.name

@@ -10,6 +10,7 @@ import pytest
 from vision_lens import analysis
 from vision_lens.cli import main
 from vision_lens.analysis import summarise_transfer
+from vision_lens.artifacts import read_manifest
 from vision_lens.frontier import FRONTIER_STRENGTHS
 
 
@@ -41,6 +42,10 @@ def test_a_frontier_point_equals_a_direct_fit_at_that_strength(tmp_path, tiny_da
     # The two strengths are different fits, and the run's own (chosen-per-block) fit is recorded beside them.
     assert frontier["points"][1]["own_ce"] != point["own_ce"]
     assert frontier["run_fit"] == summarise_transfer(analysis.as_results(run)[0])
+    # frontier.json is the package's file: listed in the run's manifest, so a rerun with --overwrite replaces it.
+    assert "frontier.json" in read_manifest(run)["files"]
+    _run(tmp_path, tiny_data, "run", "--overwrite")
+    assert not (run / "frontier.json").exists()
 
 
 def test_the_frontier_figure_draws_the_sweep_and_marks_both_fits(tmp_path, tiny_data):

@@ -49,10 +49,11 @@ MANIFEST_NAME = "vision-lens-manifest.json"
 # mark_complete; not a result file.
 LOCK_NAME = ".vision-lens-lock"
 LAYERWISE_FIGURE, TRANSFER_FIGURE = "layerwise.png", "transfer_penalty.png"  # plotting.save_run_figures
+FRONTIER_FILE = "frontier.json"  # vision-lens frontier's output, added to a complete run's manifest
 # Every file name a run, train or eval writes: what --overwrite may remove from a run that stopped
 # before it listed its files (the temporary files are those of files.write_text_atomic).
 WRITTEN_PATTERNS = (
-    *RESULT_FILES, INTERVALS_FILE, "train.json", "report.html", LAYERWISE_FIGURE, TRANSFER_FIGURE,
+    *RESULT_FILES, INTERVALS_FILE, "train.json", "report.html", LAYERWISE_FIGURE, TRANSFER_FIGURE, FRONTIER_FILE,
     "lenses/*/config.json", "lenses/*/params.pt", ".*.tmp", "lenses/*/.*.tmp",
 )
 
@@ -88,6 +89,15 @@ def read_manifest(folder: str | Path) -> dict | None:
 
 def _write_manifest(folder: Path, complete: bool, files: Iterable[str]) -> None:
     write_text_atomic(folder / MANIFEST_NAME, json.dumps({"complete": complete, "files": sorted(files)}, indent=1))
+
+
+def add_to_manifest(folder: str | Path, name: str) -> None:
+    """List ``name`` (written into the complete run ``folder`` afterwards) in its manifest, so that ``--overwrite``
+    knows the package wrote it."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        _write_manifest(folder, manifest["complete"], {*manifest["files"], name})
 
 
 def written_by_package(folder: Path, manifest: dict) -> set[str]:

@@ -326,6 +326,15 @@ def _solve_plan(stacks: list[list[int]], sizes: list[int]) -> list[list[int]]:
     return plan
 
 
+@torch.no_grad()
+def _fit_parts(lens: SavedLens, features: list[Tensor], blocks: list[int], images: Tensor | None = None
+               ) -> list[tuple[Tensor, Tensor | None]]:
+    """:meth:`SavedLens.fit_inputs` of each of ``blocks`` on ``images`` (every image where None)."""
+    device = next(lens.parameters()).device
+    return [lens.fit_inputs(features[k].to(device) if images is None else features[k].to(device)[images], k)
+            for k in blocks]
+
+
 def fit_lens(
     lens: SavedLens,
     features: list[Tensor],
@@ -373,13 +382,12 @@ def fit_lens(
     stacks = _stacks(shapes, [len(c) for c in columns])
     width = {m: len(columns[stack[0]]) for stack in stacks for m in stack}  # a stack's inputs: its widest module's
 
-    @torch.no_grad()
+    @torch.no_grad()  # the base logits go through the head's parameters
     def stacked(members: list[int], images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Standardised inputs and base logits of ``members`` on ``images``: ``(G, D, R)``, ``(G, C, R)``."""
         inputs, base = [], []
         for m in members:
-            module, blocks = groups[m]
-            parts = [lens.fit_inputs(features[k].to(device)[images], k) for k in blocks]
+            module, parts = groups[m][0], _fit_parts(lens, features, groups[m][1], images)
             on, pad = columns[m], width[m] - len(columns[m])
             inputs.append(torch.cat([F.pad((x[:, on] - module.mean[on]) / module.scale[on], (0, pad)).T
                                      for x, _ in parts], 1))
@@ -452,13 +460,11 @@ def _fit_through_decoder(lens: SavedLens, groups: list, features: list[Tensor], 
     stacks = [[m for m in range(len(groups)) if shapes[m] == shape] for shape in dict.fromkeys(shapes)]
     plan = _solve_plan(stacks, [shape[1] * shape[2] for shape in shapes])
 
-    @torch.no_grad()
     def stacked(members: list[int], images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Standardised inputs ``(G, blocks * r, in)`` and what is forwarded ``(G, blocks * r, out)`` (or None)."""
         inputs, forwarded = [], []
         for m in members:
-            module, blocks = groups[m]
-            parts = [lens.fit_inputs(features[k].to(device)[images], k) for k in blocks]
+            module, parts = groups[m][0], _fit_parts(lens, features, groups[m][1], images)
             inputs.append(torch.cat([(x - module.mean) / module.scale for x, _ in parts]))
             forwarded.append(None if parts[0][1] is None else torch.cat([f for _, f in parts]))
         return torch.stack(inputs), None if forwarded[0] is None else torch.stack(forwarded)
@@ -614,12 +620,15 @@ def fit_by_recipe(lens: SavedLens, features: list[Tensor], labels: Tensor, final
     per_pass = max(1, len(rows) // recipe.images_per_step)  # steps per pass over the fit images
     order = rows
 
+    # What the translators read is fixed while they are fitted: computed once, on every image.
+    prepared = {k: part for _, blocks in groups for k, part in zip(blocks, _fit_parts(lens, features, blocks))}
+
     def block_losses(module, blocks: list[int], images: Tensor) -> Tensor:
         """Mean loss (nats) of ``module`` on each of its blocks over ``images``: ``(blocks,)``."""
         means = []
         for k in blocks:
-            inputs, forwarded = lens.fit_inputs(features[k].to(device)[images], k)
-            logits = lens.decode(lens.hidden(module, inputs, forwarded))
+            inputs, forwarded = prepared[k]
+            logits = lens.decode(lens.hidden(module, inputs[images], None if forwarded is None else forwarded[images]))
             means.append(targets.losses(logits.T[None], images)[0].mean())
         return torch.stack(means)
 
@@ -639,8 +648,9 @@ def fit_by_recipe(lens: SavedLens, features: list[Tensor], labels: Tensor, final
         bar.update()
     records: list[dict | None] = [None] * len(features)
     with torch.no_grad():
+        chunk = max(1, CHUNK_ELEMENTS // max(lens.config.num_classes, *(m.linear.out_features for m, _ in groups)))
         for module, blocks in groups:
-            totals = sum(block_losses(module, blocks, chunk) * len(chunk) for chunk in rows.split(8192)) / len(rows)
+            totals = sum(block_losses(module, blocks, part) * len(part) for part in rows.split(chunk)) / len(rows)
             record = {"blocks": len(blocks), "solver": "tuned-lens recipe (SGD)", "weight_decay": recipe.weight_decay,
                       "steps": recipe.steps}
             for j, k in enumerate(blocks):

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 
 from .analysis import summarise_transfer
-from .artifacts import RunFolderError, RunResults, load_results, require_complete
+from .artifacts import FRONTIER_FILE, RunFolderError, RunResults, add_to_manifest, load_results, require_complete
 from .files import write_text_atomic
 from .fit import FitSettings, fit_lens
 from .lenses import build_lenses
@@ -34,7 +34,6 @@ from .pipeline import capture_split, load_model, preflight
 from .readout import FeatureLayout
 
 FRONTIER_STRENGTHS = tuple(float(f"{10 ** (e / 2):.3g}") for e in range(-12, 1))  # 1e-6, 3.16e-6, ..., 1
-FRONTIER_FILE = "frontier.json"  # plotting.penalty_frontier reads it
 
 
 def run_options(run_dir: Path, **overrides) -> RunOptions:
@@ -79,4 +78,5 @@ def frontier(run_dir: str | Path, strengths: Sequence[float] = FRONTIER_STRENGTH
     }
     out = run_dir / FRONTIER_FILE
     write_text_atomic(out, json.dumps(result, indent=1, allow_nan=False) + "\n")
+    add_to_manifest(run_dir, FRONTIER_FILE)
     return out

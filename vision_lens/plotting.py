@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from .adapters import ModelAdapter
-from .artifacts import LAYERWISE_FIGURE, TRANSFER_FIGURE, RunFolderError, RunResults
+from .artifacts import FRONTIER_FILE, LAYERWISE_FIGURE, TRANSFER_FIGURE, RunFolderError, RunResults
 from .files import write_bytes_atomic
 from .analysis import (
     ResultsLike,
@@ -403,7 +403,7 @@ def penalty_frontier(
     palette = sns.color_palette("colorblind")
     recipe_runs = list(recipe_runs or [None] * len(runs))
     for i, (run_dir, recipe_dir) in enumerate(zip(runs, recipe_runs)):
-        path = Path(run_dir) / "frontier.json"
+        path = Path(run_dir) / FRONTIER_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{run_dir} has no frontier.json; run `vision-lens frontier {run_dir}` first")
         frontier = json.loads(path.read_text())
