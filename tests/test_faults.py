@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from vision_lens import capture
 from vision_lens.adapters import create_adapter
 from vision_lens.artifacts import LOCK_NAME, MANIFEST_NAME, write_results
 from vision_lens.cli import main
+from vision_lens.data import DataError
 from vision_lens.files import FolderLock
 
 from .conftest import CIFAR10_CLASSES, REPO, write_image_folder
@@ -38,7 +40,8 @@ SETPRIV = shutil.which("setpriv")
 NOBODY = [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups"] if SETPRIV else None
 
 # Runs the command line after arranging a signal (argv[2], e.g. SIGKILL) at one stage (argv[1]): after the second committed batch of
-# capture, at the start of the second lens fit, or in the middle of writing the result files.
+# capture, at the start of the second lens fit, or in the middle of writing the result files; or ("workers") to the
+# loader workers after the second committed batch, and to the main process a second later.
 KILL_AT = """
 import os, signal, sys
 import vision_lens.artifacts as artifacts, vision_lens.capture as capture, vision_lens.pipeline as pipeline
@@ -68,6 +71,17 @@ elif stage == "fit":
     pipeline.fit_lens = second_fit_dies
 elif stage == "write":
     artifacts.tidy_rows = die  # called by write_results after aggregate_metrics.json is written
+elif stage == "workers":  # a Ctrl-C that reaches the DataLoader workers first, and this process a second later
+    import multiprocessing, threading
+    commit, fired = FeatureCache.commit, []
+    def commit_then_interrupt_workers(self, done, *args):
+        commit(self, done, *args)
+        if done >= 8 and not fired:
+            fired.append(1)
+            for worker in multiprocessing.active_children():
+                os.kill(worker.pid, getattr(signal, sys.argv[2]))
+            threading.Timer(1.0, die).start()
+    FeatureCache.commit = commit_then_interrupt_workers
 sys.exit(main(sys.argv[3:]))
 """
 
@@ -142,8 +156,7 @@ def test_kill_at_every_stage_then_rerun_gives_identical_numbers(base, baseline, 
             expected += 1
         err = capsys.readouterr().err
         assert err.count(f"{out} is an incomplete run") == expected and "Traceback" not in err
-    rerun = vision_lens(*args)  # the same command, no --overwrite needed for a run that stopped
-    assert rerun.returncode == 0, rerun.stderr
+    assert main(args) == 0  # the same command, no --overwrite needed for a run that stopped
     assert manifest(out)["complete"] is True
     assert (out / "aggregate_metrics.json").read_bytes() == baseline
 
@@ -159,9 +172,19 @@ def test_ctrl_c_during_capture_or_fitting_says_what_was_kept_and_the_rerun_resum
         assert manifest(out)["complete"] is False
         if stage == "fit":
             assert "reusing 8 of 20 captured rows" in stopped.stderr  # what the Ctrl-C during capture kept
-    rerun = vision_lens(*args)
-    assert rerun.returncode == 0, rerun.stderr
+    assert main(args) == 0  # the rerun, in process
     assert (out / "aggregate_metrics.json").read_bytes() == baseline
+
+
+def test_ctrl_c_with_loader_workers_ends_in_the_same_one_line(base, tmp_path):
+    args = run_args(base / "data", tmp_path / "out", tmp_path / "cache")
+    args[args.index("--workers") + 1] = "2"
+    stopped = vision_lens("workers", "SIGINT", *args, code=KILL_AT)
+    # Before the workers ignored SIGINT, the one that died took its batch along: "error: [Errno 2] No such file".
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr and "Errno" not in stopped.stderr, \
+        stopped.stderr
+    assert "vision-lens run: interrupted; the feature cache keeps every row captured so far" in stopped.stderr
+    assert manifest(tmp_path / "out")["complete"] is False
 
 
 def read_until(process: subprocess.Popen, text: str) -> str:
@@ -192,22 +215,34 @@ def test_two_runs_sharing_a_cache_wait_for_each_other_and_agree(base, baseline, 
     assert not list(cache.rglob("*.tmp"))
 
 
-def test_a_second_run_on_a_busy_out_stops_at_once_naming_the_holder(base, baseline, tmp_path):
+# Holds the lock of folder argv[1] (lock file argv[2]) as a run writing there does, until killed; no torch import.
+HOLD_LOCK = """
+import sys, time
+from vision_lens.files import FolderLock
+FolderLock(sys.argv[1], sys.argv[2]).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_run_on_a_busy_out_stops_at_once_naming_the_holder(base, baseline, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(base / "baseline", out)
-    # A holder that is busy for sure: this process, as a run that is still fitting into --out.
-    held = FolderLock(out, LOCK_NAME)
-    held.acquire()
-    before = tree_bytes(out)
+    # A holder that is busy for sure: another process, as a run that is still fitting into --out.
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), LOCK_NAME], cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
+        assert holder.stdout.readline() == "held\n"
+        before = tree_bytes(out)
         for extra in ([], ["--overwrite"]):
-            result = vision_lens(*run_args(base / "data", out, tmp_path / "cache"), *extra)
-            assert result.returncode == 2 and "Traceback" not in result.stderr
-            assert f"--out {out} is being written by another vision-lens process (pid {os.getpid()})" in result.stderr
+            assert run_on(base / "data", out, tmp_path / "cache", *extra) == 2
+            err = capsys.readouterr().err
+            assert f"--out {out} is being written by another vision-lens process (pid {holder.pid})" in err
             assert tree_bytes(out) == before and not (tmp_path / "cache").exists()  # nothing removed, nothing captured
     finally:
-        held.release()
-    assert vision_lens(*run_args(base / "data", out, base / "cache"), "--overwrite").returncode == 0  # free again
+        holder.kill()
+        holder.wait()
+    assert run_on(base / "data", out, base / "cache", "--overwrite") == 0  # free again
 
 
 def test_a_dangling_out_symlink_is_named_as_such(base, tmp_path, capsys):
@@ -234,14 +269,14 @@ BAD_OPTIONS = [
 
 
 @pytest.mark.parametrize("extra, message", BAD_OPTIONS, ids=[" ".join(extra) for extra, _ in BAD_OPTIONS])
-def test_bad_option_values_stop_before_any_compute_naming_the_option(base, tmp_path, extra, message):
+def test_bad_option_values_stop_before_any_compute_naming_the_option(base, tmp_path, capsys, extra, message):
     if extra == ["--device", "cuda"] and torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
-    result = vision_lens(*run_args(base / "data", tmp_path / "out", tmp_path / "cache"), *extra)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert message in result.stderr
+    # In process: the command line's own path, where any exception but a UserError would fail the test.
+    assert run_on(base / "data", tmp_path / "out", tmp_path / "cache", *extra) == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "cache" / "features").exists()  # nothing captured
-    assert "--pool-grid" in extra or not (tmp_path / "out").exists()  # stopped while reading the command line
+    assert not (tmp_path / "out").exists()  # nothing created
 
 
 def _without_checksum(lenses: Path, lens: str) -> None:
@@ -275,7 +310,7 @@ LENS_DAMAGE = {  # damage to lenses/: (the file named, what the message says), w
 
 @pytest.mark.parametrize("checksum", [True, False], ids=["checksum", "older-folder"])
 @pytest.mark.parametrize("damage", sorted(LENS_DAMAGE))
-def test_damaged_lens_files_are_named_before_use(base, baseline, tmp_path, damage, checksum):
+def test_damaged_lens_files_are_named_before_use(base, baseline, tmp_path, capsys, damage, checksum):
     run = tmp_path / "run"
     shutil.copytree(base / "baseline", run)
     harm, file, problem = LENS_DAMAGE[damage]
@@ -283,12 +318,11 @@ def test_damaged_lens_files_are_named_before_use(base, baseline, tmp_path, damag
         for lens in ("tuned", "shared"):
             _without_checksum(run / "lenses", lens)
     harm(run / "lenses")
-    result = vision_lens("eval", *EVAL_OPTIONS, "--data", base / "data", "--cache-dir", base / "cache",
-                         "--lens", run, "--out", tmp_path / "e")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert main(["eval", *EVAL_OPTIONS, "--data", str(base / "data"), "--cache-dir", str(base / "cache"),
+                 "--lens", str(run), "--out", str(tmp_path / "e")]) == 2
     expected = "does not match the checksum in its config.json" if checksum else problem
-    assert f"{run / 'lenses' / file} {expected}" in result.stderr
-    assert not (tmp_path / "e" / "aggregate_metrics.json").exists()
+    assert f"{run / 'lenses' / file} {expected}" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
 
 
 def test_an_invalid_lens_config_is_named(base, baseline, tmp_path, capsys):
@@ -439,15 +473,13 @@ def test_class_missing_from_the_eval_split_stops_before_capture(data_copy, tmp_p
     assert "[vision-lens] train:" not in err and not (tmp_path / "cache" / "features").exists()
 
 
-def test_a_renamed_class_folder_is_refused_not_matched_by_position(base, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(base / "data", data)
-    (data / "test" / "cat").rename(data / "test" / "kitty")  # sorts where cat did: position would match it silently
-    result = vision_lens(*run_args(data, tmp_path / "out", tmp_path / "cache"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"{data / 'test'} (split 'test')" in result.stderr
-    assert "unknown to the model: kitty; missing: cat" in result.stderr and "--match-classes-by-position" in result.stderr
-    assert not (tmp_path / "cache" / "features").exists()
+def test_a_renamed_class_folder_is_refused_not_matched_by_position(data_copy, tmp_path, capsys):
+    (data_copy / "test" / "cat").rename(data_copy / "test" / "kitty")  # sorts where cat did: position would match it
+    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
+    err = capsys.readouterr().err
+    assert f"{data_copy / 'test'} (split 'test')" in err
+    assert "unknown to the model: kitty; missing: cat" in err and "--match-classes-by-position" in err
+    assert not (tmp_path / "cache" / "features").exists() and not (tmp_path / "out").exists()
 
 
 def test_different_class_sets_are_named(data_copy, tmp_path, capsys):
@@ -531,15 +563,14 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def test_eval_into_its_own_lens_folder_is_refused_and_deletes_nothing(base, baseline, tmp_path):
+def test_eval_into_its_own_lens_folder_is_refused_and_deletes_nothing(base, baseline, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(base / "baseline", run)
     before = tree_bytes(run)
     for extra in (["--overwrite"], []):
-        result = vision_lens("eval", *EVAL_OPTIONS, "--data", base / "data", "--cache-dir", base / "cache",
-                             "--lens", run, "--out", run, *extra)
-        assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert f"--out {run} is the --lens folder that this command reads" in result.stderr
+        assert main(["eval", *EVAL_OPTIONS, "--data", str(base / "data"), "--cache-dir", str(base / "cache"),
+                     "--lens", str(run), "--out", str(run), *extra]) == 2
+        assert f"--out {run} is the --lens folder that this command reads" in capsys.readouterr().err
         assert tree_bytes(run) == before  # the lenses, the results and the manifest, untouched
 
 
@@ -580,3 +611,184 @@ def test_compare_refuses_an_input_with_nothing_to_draw(base, baseline, tmp_path,
     probe_only.write_text(json.dumps({"linear_probe": json.loads(baseline)["linear_probe"]}))
     assert main(["compare", str(base / "baseline"), str(probe_only), "--out", str(tmp_path / "c.png")]) == 2
     assert "has nothing to compare" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- second round: what issue 21 left open
+
+@pytest.mark.parametrize("command", ["run", "train", "eval"])
+def test_a_bad_argument_leaves_no_out_folder(base, baseline, tmp_path, capsys, command):
+    options = EVAL_OPTIONS if command == "eval" else COMMON
+    lens = ["--lens", str(base / "baseline")] if command == "eval" else []
+    for bad, message in ((["--model", "cifar:resnt20"], "near matches: cifar:resnet20"),
+                         (["--data", str(tmp_path / "no-data")], f"--data {tmp_path / 'no-data'} does not exist")):
+        out = tmp_path / "a" / "out"
+        assert main([command, *options, "--data", str(base / "data"), *bad, *lens, "--out", str(out),
+                     "--cache-dir", str(tmp_path / "cache")]) == 2  # the last --model or --data is the bad one
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "a").exists() and not (tmp_path / "cache").exists()  # nothing created
+
+
+def test_result_files_get_the_users_umask_like_any_file(base, baseline, tmp_path):
+    from vision_lens.files import write_text_atomic
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {p.relative_to(base / "baseline").as_posix(): p.stat().st_mode & 0o777
+             for p in (base / "baseline").rglob("*") if p.is_file()}
+    assert modes == dict.fromkeys(modes, 0o666 & ~mask)  # the run ran under this process's umask
+    for mask in (0o077, 0o002):
+        before = os.umask(mask)
+        try:
+            write_text_atomic(tmp_path / f"{mask:o}.json", "{}")
+        finally:
+            os.umask(before)
+        assert (tmp_path / f"{mask:o}.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+# Runs the command line with every file this process writes limited to argv[1] bytes (RLIMIT_FSIZE, SIGXFSZ
+# ignored): each write past it fails as a write to a full disk does, in the kernel.
+SMALL_DISK = """
+import resource, signal, sys
+from vision_lens.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_full_out_stops_in_one_line_naming_the_file_and_the_rerun_resumes(base, baseline, tmp_path):
+    out = tmp_path / "out"
+    args = run_args(base / "data", out, base / "cache")  # a complete cache: only --out is written
+    # 16 KiB stops train at the tuned lens's params.pt (72 KB); 100 KiB stops eval at layerwise.png (145 KB).
+    for limit, file, kept in ((16 << 10, "lenses/tuned/params.pt", None),
+                              (100 << 10, "layerwise.png", "aggregate_metrics.json")):
+        full = vision_lens(limit, *args, code=SMALL_DISK)
+        assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+        assert f"vision-lens run: error: --out {out}: cannot write {out / file} (File too large)" in full.stderr
+        assert "rerun the same command, which resumes from the cache" in full.stderr
+        assert manifest(out)["complete"] is False and not (out / file).exists() and not list(out.rglob("*.tmp"))
+        assert kept is None or json.loads((out / kept).read_text())  # written before, and whole
+    assert main(args) == 0  # the rerun, in process
+    assert (out / "aggregate_metrics.json").read_bytes() == baseline
+
+
+def test_nan_and_infinity_in_compare_and_report_inputs_are_undefined_not_values(base, baseline, tmp_path, capsys):
+    clean = json.loads(baseline)
+    clean["tuned"]["ce"]["layer_1"] = clean["logit"]["kl"]["layer_0"] = None
+    clean["tuned"]["layer_transfer"]["ce"]["layer_2"]["layer_1"] = None
+    text = json.dumps(clean)
+    runs = {}
+    for name, body in (("nulls", text), ("non-finite", text.replace(
+            '"layer_1": null', '"layer_1": NaN', 1).replace("null", "Infinity"))):  # tuned.ce first in the text
+        runs[name] = tmp_path / name
+        shutil.copytree(base / "baseline", runs[name])
+        (runs[name] / "aggregate_metrics.json").write_text(body)
+    assert "NaN" in body and "Infinity" in body
+    capsys.readouterr()
+    numbers = {}
+    for name, run in runs.items():
+        assert main(["compare", str(run), "--out", str(tmp_path / f"{name}.png")]) == 0
+        assert main(["report", str(run)]) == 0
+        numbers[name] = json.loads((tmp_path / f"{name}.json").read_text())["inputs"][0]
+    err = capsys.readouterr().err
+    assert err.count(f"[vision-lens] warning: {runs['non-finite'] / 'aggregate_metrics.json'} holds 3 NaN or infinite "
+                     "number(s) (tuned.ce.layer_1, tuned.layer_transfer.ce.layer_2.layer_1, logit.kl.layer_0)") == 2
+    note = numbers["non-finite"].pop("non_finite")
+    assert numbers["nulls"].pop("non_finite") == [] and len(note) == 1
+    for numbers_of in numbers.values():
+        numbers_of.pop("path")
+    assert numbers["non-finite"] == numbers["nulls"]  # read exactly as undefined values
+    page = (runs["non-finite"] / "report.html").read_text()
+    assert page.count('<td class="undefined">—</td>') == (runs["nulls"] / "report.html").read_text().count(
+        '<td class="undefined">—</td>') and ">nan<" not in page.lower() and ">inf<" not in page.lower()
+    assert "shown as undefined, not as values" in page
+
+
+def _image(mode: str, pixels, **info) -> Image.Image:
+    image = Image.fromarray(np.asarray(pixels)) if mode in ("I;16", "F", "I") else Image.new(mode, (2, 2))
+    if mode not in ("I;16", "F", "I"):
+        image.putdata(pixels)
+    image.info.update(info)
+    return image
+
+
+def _palette(transparent: bool) -> Image.Image:
+    image = Image.new("P", (2, 2))
+    image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)  # 0: red, 1: blue
+    image.putdata([0, 1, 1, 0])
+    if transparent:
+        image.info["transparency"] = 1
+    return image
+
+
+WHITE, RED, BLUE = (255, 255, 255), (255, 0, 0), (0, 0, 255)
+SIXTEEN_BIT = np.array([[0, 257], [32896, 65535]], np.uint16)  # 0, 1, 128 and 255 on 8 bits
+GREYS = [(v, v, v) for v in (0, 1, 128, 255)]
+# file name -> (the image saved, the RGB pixels it means), or the message refusing it
+IMAGE_MODES = {
+    "rgb.png": (Image.new("RGB", (2, 2), RED), [RED] * 4),
+    "grey.png": (_image("L", [0, 1, 128, 255]), GREYS),
+    "bilevel.png": (_image("1", [0, 255, 255, 0]), [(0,) * 3, WHITE, WHITE, (0,) * 3]),
+    "palette.png": (_palette(False), [RED, BLUE, BLUE, RED]),
+    "palette-transparent.png": (_palette(True), [RED, WHITE, WHITE, RED]),
+    "grey16.png": (Image.fromarray(SIXTEEN_BIT), GREYS),
+    "grey16.tif": (Image.fromarray(SIXTEEN_BIT), GREYS),
+    "grey16.pgm": (Image.fromarray(SIXTEEN_BIT), GREYS),  # PIL opens it as mode I
+    "rgba.png": (_image("RGBA", [(255, 0, 0, 255), (255, 0, 0, 0), (0, 0, 0, 0), (0, 0, 0, 128)]),
+                 [RED, WHITE, WHITE, (127, 127, 127)]),  # over white, as a viewer shows it
+    "grey-alpha.png": (_image("LA", [(0, 255), (0, 0), (200, 255), (0, 128)]),
+                       [(0,) * 3, WHITE, (200,) * 3, (127,) * 3]),
+    "cmyk.tif": (_image("CMYK", [(0, 255, 255, 0)] * 4), [RED] * 4),
+    "float.tif": (Image.fromarray(np.full((2, 2), 0.5, np.float32)), "pixels (PIL mode F) have no agreed range"),
+    "int32.tif": (Image.fromarray(np.full((2, 2), 70000, np.int32)),
+                  "32-bit integer pixels (PIL mode I) have no agreed range"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_MODES))
+def test_every_image_mode_is_read_as_the_file_means_it_or_refused_by_name(tmp_path, name):
+    from vision_lens.data import ImageFolderSource
+
+    image, meaning = IMAGE_MODES[name]
+    path = tmp_path / "split" / "class" / name
+    path.parent.mkdir(parents=True)
+    image.save(path)
+    source = ImageFolderSource.scan(tmp_path / "split")
+    if isinstance(meaning, str):
+        with pytest.raises(DataError, match=rf"cannot read image {path} \(UnsupportedImageMode: .*{re.escape(meaning)}"):
+            source.load(0)
+        return
+    for decoded in (source.load(0), source.load_with_content_id(0)[0]):  # from the path, and from the bytes
+        assert decoded.mode == "RGB" and [tuple(p) for p in np.asarray(decoded).reshape(-1, 3).tolist()] == meaning
+
+
+def test_lenses_are_not_evaluated_on_the_images_they_were_fitted_on(base, baseline, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+    shutil.copytree(data / "train", data / "copy")  # the fit images again, under another split's name
+    lens = base / "baseline"
+    config = json.loads((lens / "lenses" / "tuned" / "config.json").read_text())["fit_images"]
+    assert config["data"] == str((base / "data").resolve()) and config["split"] == "train" and config["images"] == 20
+    assert len(config["sample"]) == 20 and all(len(i) == 16 for i in config["sample"])
+
+    def evaluate(data: Path, split: str, out: str, *extra) -> int:
+        return main(["eval", *EVAL_OPTIONS, "--data", str(data), "--eval-split", split, "--lens", str(lens),
+                     "--out", str(tmp_path / out), "--cache-dir", str(tmp_path / "cache"), *extra])
+
+    capsys.readouterr()
+    assert evaluate(base / "data", "train", "e1") == 2  # the split it was fitted on: refused before capture
+    err = capsys.readouterr().err
+    assert (f"--lens {lens}: its tuned lens was fitted on 20 images of split 'train' of {(base / 'data').resolve()} "
+            "(lenses/tuned/config.json), and --eval-split 'train'") in err and "--eval-on-fit-images" in err
+    assert not (tmp_path / "e1").exists() and not (tmp_path / "cache").exists()
+    assert evaluate(data, "copy", "e2") == 2  # the same images elsewhere: refused once their content is known
+    err = capsys.readouterr().err
+    assert f"--lens {lens}: 20 of the 20 eval images are among the 20 sampled from the 20 images" in err
+    assert f"e.g. {data / 'copy' / 'airplane' / '000.png'}: the eval images are not held out" in err
+    assert not (tmp_path / "e2" / "aggregate_metrics.json").exists()
+    assert evaluate(data, "copy", "e3", "--eval-on-fit-images") == 0  # asked for: a loud warning, recorded
+    assert "[vision-lens] WARNING: --lens" in capsys.readouterr().err
+    run = json.loads((tmp_path / "e3" / "run.json").read_text())
+    assert run["options"]["eval_on_fit_images"] is True and "not held-out numbers" in run["warnings"][0]
+    assert evaluate(data, "test", "e4") == 0  # held-out images: as before, no warning
+    assert "warnings" not in json.loads((tmp_path / "e4" / "run.json").read_text())

@@ -26,9 +26,13 @@ from vision_lens.compare import compare
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "train_reference_lm.py"
 DEPTH = 3
+STEPS = 4
+# One torch thread: on a busy 2-core machine two threads of this tiny model spin against each other (0.95 s a
+# step with two, 0.03 s with one, measured here); the mechanics are the same.
 TINY_LM = ["--vocab-size", "300", "--context", "32", "--width", "32", "--depth", str(DEPTH), "--heads", "2",
-           "--batch-size", "4", "--steps", "6", "--warmup", "2", "--checkpoint-every", "3", "--max-train-bytes", "20000"]
-TINY_LENS = ["--lens-steps", "2", "--lens-tokens-per-step", "64", "--lens-batch-size", "2", "--eval-tokens", "512"]
+           "--batch-size", "4", "--steps", str(STEPS), "--warmup", "1", "--checkpoint-every", "2",
+           "--max-train-bytes", "20000", "--max-val-windows", "8", "--threads", "1"]
+TINY_LENS = ["--lens-steps", "2", "--lens-tokens-per-step", "64", "--lens-batch-size", "2", "--eval-tokens", "128"]
 
 
 def installed(name: str) -> tuple[int, ...] | None:
@@ -103,7 +107,7 @@ def test_eval_folder_has_a_transfer_table_for_every_layer_pair(reference):
 def test_record_states_the_commands_and_both_perplexities(reference):
     _, out, _ = reference
     record = json.loads((out / "record.json").read_text())
-    assert record["steps"] == 6 and record["seconds"] > 0 and "all --work" in record["command"]
+    assert record["steps"] == STEPS and record["seconds"] > 0 and "all --work" in record["command"]
     validation = record["validation"]
     assert validation["perplexity"] == pytest.approx(math.exp(validation["loss_nats"]))
     assert validation["unigram_perplexity"] == pytest.approx(math.exp(validation["unigram_loss_nats"]))
@@ -132,4 +136,4 @@ def test_resume_reloads_the_checkpoint_and_a_second_start_is_refused(reference):
     resumed = run_script("lm", "--work", work, "--resume", *TINY_LM, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = json.loads((work / "record.json").read_text())
-    assert again["steps"] == 6 and again["validation"]["loss_nats"] == pytest.approx(first["validation"]["loss_nats"])
+    assert again["steps"] == STEPS and again["validation"]["loss_nats"] == pytest.approx(first["validation"]["loss_nats"])

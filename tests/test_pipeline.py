@@ -194,8 +194,8 @@ def test_missing_data_and_split_are_named(tmp_path, tiny_data, capsys):
 
 
 def test_classes_are_matched_by_name_or_by_position_when_asked(tmp_path, capsys):
-    for split in ("train", "test"):
-        write_image_folder(tmp_path / "d" / split, classes=10, per_class=2)  # class_0 ... class_9
+    for seed, split in enumerate(("train", "test")):  # other images per split: eval refuses the fit images
+        write_image_folder(tmp_path / "d" / split, classes=10, per_class=2, seed=seed)  # class_0 ... class_9
     assert _run(tmp_path, tmp_path / "d") == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'd' / 'train'} (split 'train')" in err

@@ -11,6 +11,11 @@ A run folder holds::
     lenses/<type>/           config.json + params.pt per fitted lens
     vision-lens-manifest.json  {"complete": bool, "files": [...]}: written first, completed last
 
+Every file is written atomically (``files.write_bytes_atomic``), with the
+permissions of any file the user creates. Numbers that are undefined are
+written as null; NaN or Infinity in a file read back (tuned-lens writes them)
+are read as null too, and named in a warning.
+
 The manifest makes two promises checkable. ``--overwrite`` removes only the
 files the package wrote (listed in the manifest; for a run that stopped early,
 the file names a run writes), and refuses a folder holding anything else, the
@@ -22,9 +27,13 @@ before the manifest existed are read as before.
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import math
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -108,15 +117,10 @@ def _inside(path: str | Path, folder: Path) -> bool:
 _out_locks: dict[Path, FolderLock] = {}  # --out folders this process holds, until mark_complete
 
 
-def prepare_output(out: str | Path, overwrite: bool, keep: Mapping[str, str | Path] | None = None) -> Path:
-    """Create ``out`` and its manifest (incomplete); check it is writable, before any compute.
-
-    A folder that is not empty is refused unless ``overwrite`` (or it is a run
-    that stopped early, whose own files a rerun replaces). Then only the files
-    the package wrote are removed, and the folder is refused, untouched, if it
-    holds anything else or any of ``keep``, the command's inputs by option (``--data``, the feature cache,
-    the ``--lens`` folder, the weights).
-    """
+def check_output(out: str | Path, overwrite: bool, keep: Mapping[str, str | Path] | None = None) -> None:
+    """Every check of :func:`prepare_output` that changes nothing on disk, each refusal naming ``--out``: run it
+    while the command line is read, so that a bad argument found later (an unknown model, missing data) leaves no
+    folder behind."""
     out = Path(out)
     if out.is_symlink() and not out.exists():
         raise OutputExistsError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist; create "
@@ -127,13 +131,44 @@ def prepare_output(out: str | Path, overwrite: bool, keep: Mapping[str, str | Pa
         if out.exists() and Path(path).exists() and Path(path).resolve() == out.resolve():
             raise OutputExistsError(f"--out {out} is the {option} folder that this command reads; writing there "
                                     "would replace it, so choose another --out")
+    if not out.exists():
+        parent = next(p for p in out.absolute().parents if p.exists())
+        if not parent.is_dir():
+            raise _not_writable(out, NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise _not_writable(out, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
+        return
+    holder = FolderLock(out, LOCK_NAME).holder()
+    if holder is not None:
+        raise _busy(out, holder)
+    if not os.access(out, os.R_OK | os.W_OK | os.X_OK):
+        raise _not_writable(out, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
+    _removable(out, overwrite, keep or {})
+
+
+def _busy(out: Path, pid: str) -> OutputExistsError:
+    return OutputExistsError(f"--out {out} is being written by another vision-lens process (pid {pid}); wait for it "
+                             "to finish, or choose another --out")
+
+
+def prepare_output(out: str | Path, overwrite: bool, keep: Mapping[str, str | Path] | None = None) -> Path:
+    """Create ``out`` and its manifest (incomplete), holding its lock until :func:`mark_complete`; call it after the
+    command's other inputs are checked and before any compute (:func:`check_output` runs its checks earlier).
+
+    A folder that is not empty is refused unless ``overwrite`` (or it is a run
+    that stopped early, whose own files a rerun replaces). Then only the files
+    the package wrote are removed, and the folder is refused, untouched, if it
+    holds anything else or any of ``keep``, the command's inputs by option (``--data``, the feature cache,
+    the ``--lens`` folder, the weights).
+    """
+    out = Path(out)
+    check_output(out, overwrite, keep)
     lock = FolderLock(out, LOCK_NAME)
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock.acquire(wait=False)  # before anything is removed: a second run must not delete the first one's files
     except FolderBusyError as exc:
-        raise OutputExistsError(f"--out {out} is being written by another vision-lens process (pid {exc.pid}); wait "
-                                "for it to finish, or choose another --out") from None
+        raise _busy(out, exc.pid) from None
     except OSError as exc:
         raise _not_writable(out, exc) from exc
     try:
@@ -152,31 +187,61 @@ def _not_writable(out: Path, exc: OSError) -> RunFolderError:
     return RunFolderError(f"--out {out} is not writable ({exc.strerror or exc}); choose a folder you can write to")
 
 
+def _removable(out: Path, overwrite: bool, keep: Mapping[str, str | Path]) -> set[str]:
+    """The files a run may remove from the existing folder ``out``, as :func:`prepare_output` says; an
+    OutputExistsError where it must not be touched."""
+    if not any(p.name != LOCK_NAME for p in out.iterdir()):
+        return set()
+    manifest = read_manifest(out)
+    stopped_early = manifest is not None and not manifest["complete"]
+    if not (overwrite or stopped_early):
+        raise OutputExistsError(
+            f"--out {out} already exists and is not empty; pass --overwrite to replace it, or choose another --out"
+        )
+    ours = written_by_package(out, manifest) if manifest else set()
+    foreign = sorted(_files_under(out) - ours)
+    protected = [f"{path} ({option})" for option, path in keep.items() if _inside(path, out)]
+    if foreign or protected:
+        listed = protected + foreign[:20]
+        more = f" and {len(foreign) - 20} more" if len(foreign) > 20 else ""
+        raise OutputExistsError(
+            f"--out {out}: --overwrite removes only files vision-lens wrote there, and refuses to touch: "
+            f"{', '.join(listed)}{more}. Move them out of {out}, or choose another --out."
+        )
+    return ours
+
+
 def _clear_output(out: Path, overwrite: bool, keep: Mapping[str, str | Path]) -> None:
     """Remove what the package wrote in ``out``, as :func:`prepare_output` says, or refuse touching nothing."""
-    if any(p.name != LOCK_NAME for p in out.iterdir()):
-        manifest = read_manifest(out)
-        stopped_early = manifest is not None and not manifest["complete"]
-        if not (overwrite or stopped_early):
-            raise OutputExistsError(
-                f"--out {out} already exists and is not empty; pass --overwrite to replace it, or choose another --out"
-            )
-        ours = written_by_package(out, manifest) if manifest else set()
-        foreign = sorted(_files_under(out) - ours)
-        protected = [f"{path} ({option})" for option, path in keep.items() if _inside(path, out)]
-        if foreign or protected:
-            listed = protected + foreign[:20]
-            more = f" and {len(foreign) - 20} more" if len(foreign) > 20 else ""
-            raise OutputExistsError(
-                f"--out {out}: --overwrite removes only files vision-lens wrote there, and refuses to touch: "
-                f"{', '.join(listed)}{more}. Move them out of {out}, or choose another --out."
-            )
+    ours = _removable(out, overwrite, keep)
+    if ours:
         for name in sorted(ours):
             (out / name).unlink()
         emptied = {parent for name in ours for parent in (out / name).parents if parent != out and out in parent.parents}
         for folder in sorted(emptied, key=lambda p: -len(p.parts)):  # deepest first; a user's empty folder stays
             if not any(folder.iterdir()):
                 folder.rmdir()
+
+
+class OutputWriteError(RunFolderError):
+    """A file of --out could not be written (a full disk, say); the message names it, what was kept and the rerun."""
+
+
+@contextmanager
+def writing_into(out: Path):
+    """Turn an OSError of the writes in the block (a full disk, a file size limit, a folder gone read-only) into an
+    OutputWriteError naming the file: the run stops in one line, and its folder stays marked incomplete for the
+    rerun that resumes it."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise OutputWriteError(
+            f"--out {out}: cannot write {exc.filename or out} ({exc.strerror or exc}); nothing already written was "
+            "lost: the feature cache keeps every captured row and --out stays marked incomplete. Free space there (or "
+            "pass another --out) and rerun the same command, which resumes from the cache"
+        ) from exc
 
 
 def mark_complete(out: str | Path) -> None:
@@ -214,6 +279,31 @@ def undefined_as_null(obj):
     return obj
 
 
+def non_finite_keys(obj, where: str = "") -> list[str]:
+    """The dotted keys of every NaN or infinite float in ``obj`` (parsed JSON: ``NaN`` and ``Infinity`` are what
+    Python's json writes for them, and tuned-lens's eval writes them so)."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [where or "the top level"]
+    if isinstance(obj, dict):
+        return [k for key, v in obj.items() for k in non_finite_keys(v, f"{where}.{key}" if where else str(key))]
+    if isinstance(obj, list):
+        return [k for i, v in enumerate(obj) for k in non_finite_keys(v, f"{where}[{i}]")]
+    return []
+
+
+def _read_values(path: Path, expected: str, notes: list[str]):
+    """:func:`read_json`, with every NaN or infinite number made null (undefined, never drawn or tabulated as a value);
+    each file that held one gets a line in ``notes``, also printed as a warning."""
+    data = read_json(path, expected)
+    bad = non_finite_keys(data)
+    if bad:
+        note = (f"{path} holds {len(bad)} NaN or infinite number(s) ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}); they are shown as undefined, not as values")
+        print(f"[vision-lens] warning: {note}", file=sys.stderr)
+        notes.append(note)
+    return undefined_as_null(data)
+
+
 def _dump(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(undefined_as_null(obj), indent=1, allow_nan=False))
 
@@ -249,10 +339,11 @@ def write_results(
     write_text_atomic(out / "batches.jsonl", json.dumps(undefined_as_null(batches), allow_nan=False) + "\n")
     _dump(out / "layers.json", layers)
     _dump(out / "run.json", run)
-    with open(out / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["lens", "layer", "block", "metric", "value"])
-        writer.writeheader()
-        writer.writerows(tidy_rows(aggregate, layers))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=["lens", "layer", "block", "metric", "value"])
+    writer.writeheader()
+    writer.writerows(tidy_rows(aggregate, layers))
+    write_text_atomic(out / "metrics.csv", table.getvalue())
 
 
 @dataclass
@@ -265,6 +356,7 @@ class RunResults:
     layers: dict[str, str]
     run: dict
     intervals: dict | None = None  # aggregate_metrics_ci.json; None where absent (e.g. tuned-lens output)
+    non_finite: tuple[str, ...] = ()  # a line per input file whose NaN or infinite numbers were read as undefined
 
     @property
     def block_names(self) -> list[str]:
@@ -345,16 +437,16 @@ def load_results(path: str | Path) -> RunResults:
 
     A malformed file raises RunFolderError naming it and what was expected.
     """
-    path = Path(path)
+    path, notes = Path(path), []
     if path.is_file():
-        aggregate = read_json(path, AGGREGATE_SCHEMA)
+        aggregate = _read_values(path, AGGREGATE_SCHEMA, notes)
         check_aggregate(path, aggregate)
-        return RunResults(path.parent, path.parent.name, aggregate, {}, {})
+        return RunResults(path.parent, path.parent.name, aggregate, {}, {}, non_finite=tuple(notes))
     agg = path / "aggregate_metrics.json"
     if not agg.is_file():
         raise FileNotFoundError(f"{path} holds no aggregate_metrics.json; pass a folder written by `vision-lens run`")
     layers_path, run_path = path / "layers.json", path / "run.json"
-    aggregate = read_json(agg, AGGREGATE_SCHEMA)
+    aggregate = _read_values(agg, AGGREGATE_SCHEMA, notes)
     check_aggregate(agg, aggregate)
     layers = read_json(layers_path, '{"layer_k": block name}') if layers_path.is_file() else {}
     if not (isinstance(layers, dict) and all(isinstance(v, str) for v in layers.values())):
@@ -363,6 +455,6 @@ def load_results(path: str | Path) -> RunResults:
     if not isinstance(run, dict):
         raise RunFolderError(f"{run_path}: expected an object of run settings, not a {type(run).__name__}")
     intervals_path = path / INTERVALS_FILE
-    intervals = read_json(intervals_path, "the nesting of aggregate_metrics.json with [low, high] leaves") \
+    intervals = _read_values(intervals_path, "the nesting of aggregate_metrics.json with [low, high] leaves", notes) \
         if intervals_path.is_file() else None
-    return RunResults(path, run.get("model", path.name), aggregate, layers, run, intervals)
+    return RunResults(path, run.get("model", path.name), aggregate, layers, run, intervals, tuple(notes))

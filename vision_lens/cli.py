@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -87,6 +89,19 @@ _RESUMES = ("the feature cache keeps every row captured so far and --out stays m
 INTERRUPTED_KEEPS = {"train": _RESUMES, "eval": _RESUMES, "run": _RESUMES, "demo": "rerun it with --overwrite"}
 
 
+_forks_ignore_ctrl_c = False
+
+
+def leave_ctrl_c_to_this_process() -> None:
+    """Processes forked from here on (DataLoader workers) ignore SIGINT: a Ctrl-C reaches every process of the
+    terminal at once, and a worker that died of it could take the batch in flight with it (a FileNotFoundError in
+    this process, instead of the interrupt). This process stops its workers when the interrupt unwinds capture."""
+    global _forks_ignore_ctrl_c
+    if not _forks_ignore_ctrl_c and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        _forks_ignore_ctrl_c = True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
@@ -102,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from .threads import limit_torch_threads
 
     limit_torch_threads()
+    leave_ctrl_c_to_this_process()
     try:
         if command == "demo":
             from .demo import demo

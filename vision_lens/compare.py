@@ -72,7 +72,8 @@ def compared_numbers(
 ) -> list[dict]:
     """The curves :func:`compare` draws, per input: ``{"name", "path", "layerwise": {lens: {metric:
     {"relative_depth", "normalised"}}}, "transfer": {"relative_distance", "normalised_penalty", "pairs"}}``
-    (``transfer`` None where no translator reads another block; null where a value is undefined)."""
+    (``transfer`` None where no translator reads another block; null where a value is undefined; ``non_finite``
+    names the NaN or infinite numbers of the input, read as undefined)."""
     numbers = []
     for run in _labelled(results, labels):
         layerwise: dict = {}
@@ -88,7 +89,8 @@ def compared_numbers(
             profile = penalty_profiles(run, relative=True, normalise=True)["all"]
             transfer = {"relative_distance": profile.distance.tolist(),
                         "normalised_penalty": _finite_or_none(profile.mean), "pairs": profile.pairs.tolist()}
-        numbers.append({"name": run.name, "path": str(run.path), "layerwise": layerwise, "transfer": transfer})
+        numbers.append({"name": run.name, "path": str(run.path), "layerwise": layerwise, "transfer": transfer,
+                        "non_finite": list(run.non_finite)})
     return numbers
 
 
@@ -174,12 +176,13 @@ def compare_to_file(
         raise FileNotFoundError(f"no such result folder or aggregate_metrics.json: {', '.join(missing)}")
     for path in paths:
         require_complete(path)
-    fig = compare(paths, lens_types, labels=labels)
+    runs = as_results(paths)  # read once: a warning about an input is printed once
+    fig = compare(runs, lens_types, labels=labels)
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=150)
-        numbers = {"lens_types": list(lens_types), "inputs": compared_numbers(paths, lens_types, labels=labels)}
+        numbers = {"lens_types": list(lens_types), "inputs": compared_numbers(runs, lens_types, labels=labels)}
         write_text_atomic(out.with_suffix(".json"), json.dumps(numbers, indent=1, allow_nan=False) + "\n")
     except OSError as exc:
         raise RunFolderError(f"--out {out} cannot be written ({exc.strerror or exc}); choose a writable path") from exc

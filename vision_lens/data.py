@@ -11,6 +11,10 @@ decodes (``load_with_content_id``), and keeps the hashes in a small SQLite index
 beside the feature cache (``ContentHashIndex``), keyed by path, size and
 modification time: checking a captured cache later stats each file and reads
 only those that changed.
+
+Every file is decoded by :func:`to_rgb`, which reads 16-bit grey and
+transparency as the file means them and refuses pixels without an agreed
+8-bit meaning (floats), naming the file.
 """
 
 from __future__ import annotations
@@ -35,6 +39,61 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 
 class DataError(UserError, ValueError):
     """The data cannot be used as given; the message names the path and the fix."""
+
+
+class UnsupportedImageMode(ValueError):
+    """An image whose pixels have no agreed meaning as 8-bit RGB (e.g. floats); the message names the PIL mode."""
+
+
+# PIL modes whose own conversion to RGB means what the file means: bilevel, grey, palette, RGB, and the colour
+# spaces PIL converts colourimetrically (CMYK naively, as every image library does).
+CONVERTIBLE_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+WHITE = (255, 255, 255, 255)
+# How files become pixels (to_rgb), in the image folders' fingerprint: features captured under another decoding
+# (before 16-bit grey was scaled and transparency composited) are never reused.
+DECODING = "to_rgb 2\n"
+
+
+def _integer_bits(image: Image.Image) -> int | None:
+    """Bits per sample of a PIL ``I`` (32-bit integer) image, from its file format; None where it does not say."""
+    if image.format in ("PNG", "PPM"):  # 16-bit grey: PNG has no 32-bit samples, PGM's are scaled to 16 bits
+        return 16
+    if image.format == "TIFF":
+        bits = getattr(image, "tag_v2", {}).get(258)  # BitsPerSample
+        return int(bits[0] if isinstance(bits, tuple) else bits) if bits else None
+    return None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as the 8-bit RGB that every model's preprocessing takes, meaning what the file means.
+
+    * 16-bit grey (``I;16``, or ``I`` from a 16-bit file) is scaled to 8 bits
+      (65535 -> 255); PIL's own conversion would clip every value above 255.
+    * Transparency (an alpha channel, or a palette's or a colour's
+      transparency) is composited over white, as a viewer shows it; PIL's
+      conversion would drop the alpha and show what lies under it.
+    * Every mode in ``CONVERTIBLE_MODES`` converts by PIL.
+    * Anything else (32-bit float ``F`` or integer ``I`` samples, with no
+      agreed range) raises UnsupportedImageMode naming the mode.
+
+    A file of several frames (an animated GIF, a multi-page TIFF) gives its first.
+    """
+    mode = image.mode
+    if (mode.startswith("I;16") and mode != "I;16S") or (mode == "I" and _integer_bits(image) == 16):
+        values = np.asarray(image).astype(np.uint32)
+        grey = ((values * 255 + 32767) // 65535).astype(np.uint8)  # v / 65535 * 255, rounded
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode in ("I", "F") or mode.startswith("I;"):
+        kind = "floating-point" if mode == "F" else "32-bit integer" if mode == "I" else "signed or unusual integer"
+        raise UnsupportedImageMode(f"its {kind} pixels (PIL mode {mode}) have no agreed range as 8-bit colour; save "
+                                   "it with 8 or 16 bits per channel (e.g. as PNG)")
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba).convert("RGB")
+    if mode not in CONVERTIBLE_MODES:
+        raise UnsupportedImageMode(f"PIL mode {mode} has no conversion to RGB that vision-lens trusts; save the "
+                                   "image as 8-bit RGB or greyscale (e.g. as PNG)")
+    return image.convert("RGB")
 
 
 class ContentHashIndex:
@@ -92,7 +151,7 @@ class ImageSource:
 
     classes: list[str]
     labels: np.ndarray  # (n,) int64, index into ``classes``
-    fingerprint: str  # changes whenever the list of image names does
+    fingerprint: str  # changes whenever the list of image names does, or the decoding (DECODING)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -141,7 +200,7 @@ class ImageFolderSource(ImageSource):
         if not classes:
             raise DataError(f"data folder {root} has no class subfolders; expected <root>/<class>/<image>")
         paths, labels = [], []
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(DECODING.encode())
         for label, name in enumerate(classes):
             with os.scandir(root / name) as entries:
                 files = sorted(e.name for e in entries
@@ -170,10 +229,10 @@ class ImageFolderSource(ImageSource):
         return image, hashlib.sha256(data).hexdigest(), (stat.st_size, stat.st_mtime_ns)
 
     def _decode(self, index: int, file) -> Image.Image:
-        """Image ``index`` decoded from ``file`` (its path, or its bytes)."""
+        """Image ``index`` decoded from ``file`` (its path, or its bytes), as 8-bit RGB (:func:`to_rgb`)."""
         try:
             with Image.open(file) as image:
-                return image.convert("RGB")
+                return to_rgb(image)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise self._unreadable(self.paths[index], exc) from exc
 
@@ -252,6 +311,45 @@ def open_split(data: str, split: str, download_root: str | Path) -> ImageSource:
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
         raise DataError(f"--data {root} has no split folder {split!r} (found: {', '.join(found) or 'none'})")
     return ImageFolderSource.scan(root / split)
+
+
+def data_id(data: str) -> str:
+    """``--data`` as lens folders record it: a folder's absolute path, or the dataset's name (torchvision:cifar10)."""
+    return data if data == "torchvision:cifar10" else str(Path(data).resolve())
+
+
+SAMPLE_IMAGES = 256  # fit images whose content ids a lens records, to recognise them among the eval images
+SAMPLE_ID_CHARS = 16  # of each SHA-256: 64 bits, so that two different images never pass for one
+
+
+@dataclass
+class SelectedImages:
+    """The images of one split that a command reads: the data, the split, and which of its images."""
+
+    data: str  # data_id(--data)
+    split: str
+    source: ImageSource
+    indices: np.ndarray
+    index_dir: Path  # the folder of the source's content hash index (the feature cache's)
+
+    def content_ids(self) -> list[str]:
+        """Each selected image's content id, in order (after capture, read from the hash index)."""
+        return self.source.content_ids(self.indices, self.index_dir)
+
+    def record(self, seed: int) -> dict:
+        """What a lens fitted on these images keeps of them (``LensConfig.fit_images``): the data, the split, their
+        number and the content ids of a seeded sample of up to SAMPLE_IMAGES of them."""
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.permutation(len(self.indices))[:SAMPLE_IMAGES])
+        ids = self.source.content_ids(self.indices[sample], self.index_dir)
+        return {"data": self.data, "split": self.split, "images": len(self.indices),
+                "sample": [i[:SAMPLE_ID_CHARS] for i in ids]}
+
+    def fit_images_among(self, fit_images: dict) -> list[str]:
+        """The selected images (as ``describe`` names them) whose content is among ``fit_images``'s sample."""
+        sample = set(fit_images.get("sample", ()))
+        return [self.source.describe(int(index)) for index, id_ in zip(self.indices, self.content_ids())
+                if id_[:SAMPLE_ID_CHARS] in sample]
 
 
 def select(n: int, limit: int | None, seed: int) -> np.ndarray:

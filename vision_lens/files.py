@@ -1,8 +1,12 @@
 """Safe file writes shared by the result folder and the feature cache.
 
-* ``write_text_atomic``: readers see the old file or the new one, never half of
-  one; the temporary file has a unique name, so two processes writing the same
-  file cannot remove each other's temporary file.
+* ``write_bytes_atomic`` and ``write_text_atomic``: readers see the old file or
+  the new one, never half of one; the temporary file has a unique name, so two
+  processes writing the same file cannot remove each other's temporary file.
+  The file gets the permissions of any file the user creates (``0666`` less the
+  umask), not ``mkstemp``'s owner-only ``0600``; a failed write (a full disk)
+  leaves the old file as it was and raises an OSError whose ``filename`` is
+  the file's path.
 * ``FolderLock``: an ``fcntl.flock`` on a lock file, so that two runs never
   write one folder at once (the second waits, or stops naming the holder; the
   kernel drops the lock when a process dies, even on ``kill -9``).
@@ -17,19 +21,44 @@ import tempfile
 from pathlib import Path
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a unique temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def umask() -> int:
+    """This process's umask (Linux reports it in /proc; elsewhere it is set and put back at once)."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a unique temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        exc.filename = exc.filename or str(path)
+        raise
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~umask())  # as open() would have created it
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            exc.filename = str(path)  # the file meant, not its temporary name
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """:func:`write_bytes_atomic` of ``text`` in UTF-8."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 class FolderBusyError(RuntimeError):
@@ -75,6 +104,22 @@ class FolderLock:
         self._file.write(str(os.getpid()))
         self._file.flush()
         self._held[self.path] = self
+
+    def holder(self) -> str | None:
+        """The pid of another process that holds the lock now ("unknown" if it did not say), else None; creates and
+        takes nothing (a holder in this process is None too: :meth:`acquire` takes its lock over)."""
+        if self.path in self._held:
+            return None
+        try:
+            f = open(self.path)
+        except OSError:  # no lock file: nobody holds it
+            return None
+        with f:  # closing drops the shared lock taken to test
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return f.read().strip() or "unknown"
+        return None
 
     def release(self) -> None:
         if self._file is not None:

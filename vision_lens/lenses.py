@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,7 @@ from torch import Tensor, nn
 from .adapters import ModelAdapter
 from .adapters.base import file_sha256, state_dict_sha256
 from .errors import UserError
+from .files import write_bytes_atomic, write_text_atomic
 from .readout import FeatureLayout
 
 
@@ -57,6 +60,9 @@ class LensConfig:
     unembed_hash: str = ""
     fit: dict = field(default_factory=dict)  # how it was fitted: loss, images, penalty per block, ...
     params_sha256: str = ""  # of params.pt, set when saved ("" in folders written before it was recorded)
+    # The images it was fitted on (data.SelectedImages.record: data, split, count, a sample's content ids), which
+    # eval checks it is not evaluated on ({} in folders written before it was recorded)
+    fit_images: dict = field(default_factory=dict)
 
     @classmethod
     def from_adapter(cls, adapter: ModelAdapter, layout: FeatureLayout, lens_type: str) -> "LensConfig":
@@ -131,11 +137,16 @@ class SavedLens(nn.Module):
         return None
 
     def save(self, path: str | Path) -> None:
+        """``params.pt`` and ``config.json`` into the folder ``path``, each written atomically (a failed write, a
+        full disk say, raises an OSError naming the file and leaves the file that was there)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        torch.save(self.params.state_dict(), path / "params.pt")
-        self.config.params_sha256 = file_sha256(path / "params.pt")  # a damaged or swapped params.pt fails it
-        (path / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
+        buffer = io.BytesIO()
+        torch.save(self.params.state_dict(), buffer)
+        params = buffer.getvalue()
+        write_bytes_atomic(path / "params.pt", params)
+        self.config.params_sha256 = hashlib.sha256(params).hexdigest()  # a damaged or swapped params.pt fails it
+        write_text_atomic(path / "config.json", json.dumps(self.config.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path, adapter: ModelAdapter) -> "SavedLens":
@@ -157,6 +168,8 @@ class SavedLens(nn.Module):
         try:
             config = LensConfig.from_dict(saved)
             layout = config.feature_layout
+            if not isinstance(config.fit_images, dict) or not isinstance(config.fit_images.get("sample", []), list):
+                raise TypeError("fit_images is not an object with a list of sampled content ids")
         except (TypeError, ValueError, KeyError) as exc:
             raise LensFolderError(f"{config_path} is damaged ({exc.__class__.__name__}: {exc}); {refit}") from exc
         if config.lens_type != cls.lens_type:

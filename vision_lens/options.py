@@ -94,6 +94,10 @@ class CommonOptions:
     cache_dir: str = _opt(None, "feature cache root (default: $VISION_LENS_CACHE or ~/.cache/vision_lens)")
     download_root: str = _opt(None, "where torchvision:cifar10 is downloaded (default: <cache-dir>/datasets)")
     overwrite: bool = _opt(False, "replace an existing, non-empty --out", action="store_true")
+    eval_on_fit_images: bool = _opt(
+        False, "eval and run: evaluate even where the eval images are images the lenses were fitted on (a measure "
+        "of the fit, not of held-out performance; a warning, recorded in run.json). Without it that is an error",
+        action="store_true")
     match_classes_by_position: bool = _opt(
         False, "match the class folders to the model's outputs by their sorted position instead of by name (for "
         "data whose folders are not named after the model's classes; recorded in run.json)", action="store_true")

@@ -23,18 +23,20 @@ from torch import Tensor
 
 from . import __version__
 from .adapters import ModelAdapter, create_adapter
-from .artifacts import RunResults, load_results, mark_complete, prepare_output, require_complete, write_results
+from .artifacts import (RunResults, check_output, load_results, mark_complete, prepare_output, require_complete,
+                        write_results, writing_into)
 from .cache import FeatureCache
 from .capture import capture, default_batch_size
 from .checks import check_fit
-from .data import DataError, ImageSource, select
+from .data import DataError, ImageSource, SelectedImages, data_id, select
+from .files import write_text_atomic
 from .fit import TunedLensRecipe, fit_by_recipe, fit_lens
 from .lenses import LENS_TYPES, LensFolderError, build_lenses
 from .readout import FeatureLayout
 from .metrics import evaluate_lenses
 from .options import CommonOptions, EvalOptions, RunOptions, default_cache_dir, resolve_device  # noqa: F401  (re-exported)
 from .plotting import save_run_figures
-from .preflight import label_map, preflight
+from .preflight import check_eval_images, check_eval_split, label_map, preflight
 from .report import write_report
 
 FITTED_LENSES = ("tuned", "shared", "linear_probe")
@@ -42,8 +44,15 @@ KL_FITTED = ("tuned", "shared")  # fitted to the model's output unless --loss ce
 RECIPE_FITTED = KL_FITTED  # what --recipe tuned-lens fits: the translators (tuned-lens has no probe)
 
 
+def _check_output(opts: CommonOptions) -> None:
+    """``--out`` checked, creating nothing, on rank 0 (the one process that writes)."""
+    if rank_and_world()[0] == 0:
+        check_output(opts.out, opts.overwrite, keep=opts.inputs())
+
+
 def _prepare_output(opts: CommonOptions) -> Path | None:
-    """``--out``, checked and ready, on rank 0 (the one process that writes); None on the others."""
+    """``--out``, checked and ready, on rank 0 (the one process that writes); None on the others. Called once the
+    model and the data have passed their checks, so that a bad argument leaves no folder behind."""
     if rank_and_world()[0] != 0:
         return None
     return prepare_output(opts.out, opts.overwrite, keep=opts.inputs())
@@ -90,9 +99,11 @@ class SplitFeatures:
     labels: Tensor
     aux_logits: dict[int, Tensor]
     classes: int  # the split's classes that are model outputs (for chance accuracy)
+    images: SelectedImages | None = None  # the images of the rows
 
     @classmethod
-    def of(cls, caches: list[FeatureCache], device: str | torch.device, classes: int) -> "SplitFeatures":
+    def of(cls, caches: list[FeatureCache], device: str | torch.device, classes: int,
+           images: SelectedImages | None = None) -> "SplitFeatures":
         """The caches' rows, in order (one cache, or the shards of a multi-process capture)."""
 
         def rows(arrays) -> Tensor:
@@ -104,6 +115,7 @@ class SplitFeatures:
             rows(c.labels for c in caches).to(device),
             {k: rows(c.aux_logits[k] for c in caches) for k in caches[0].aux_logits},
             classes,
+            images,
         )
 
 
@@ -153,7 +165,9 @@ def capture_split(
     if captured is None:
         return None
     caches, classes = captured
-    return SplitFeatures.of(caches, adapter.device, classes)
+    images = SelectedImages(data_id(opts.data), split, source, select(len(source), limit, opts.seed),
+                            Path(opts.cache_dir) / "features")
+    return SplitFeatures.of(caches, adapter.device, classes, images)
 
 
 def _run_info(opts: CommonOptions, adapter: ModelAdapter, **extra) -> dict:
@@ -178,12 +192,14 @@ def train(
 ) -> Path | None:
     """Capture the fit split (unless ``fit`` is given) and fit a tuned lens, a shared tuned lens and a linear probe
     on every block. Under ``torchrun`` only rank 0 fits and writes; the others return None after capture."""
-    out = out or _prepare_output(opts)
     standalone = adapter is None  # else run() checked both splits and completes the folder after eval
+    if out is None:
+        _check_output(opts)
     adapter = adapter or load_model(opts)
     layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
     if fit is None:
         (source,) = preflight(opts, adapter, (opts.fit_split,), layout, rank_and_world()[1]).values()
+        out = out or _prepare_output(opts)
         fit = capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout, source)
     if fit is None:
         return None
@@ -212,11 +228,15 @@ def train(
             "loss": loss, "images": len(labels), "split": opts.fit_split, **settings,
             "blocks": {name: record for name, record in zip(layout.blocks, per_block)},
         }
-        lens.save(out / "lenses" / lens_type)
+        lens.config.fit_images = fit.images.record(opts.seed) if fit.images else {}
+        with writing_into(out):
+            lens.save(out / "lenses" / lens_type)
         fits[lens_type] = lens.config.fit
-    (out / "train.json").write_text(json.dumps(_run_info(opts, adapter, fit_images=len(labels), fit=fits), indent=1))
-    if standalone:
-        mark_complete(out)
+    with writing_into(out):
+        write_text_atomic(out / "train.json", json.dumps(_run_info(opts, adapter, fit_images=len(labels), fit=fits),
+                                                         indent=1))
+        if standalone:
+            mark_complete(out)
     return out
 
 
@@ -227,8 +247,9 @@ def evaluate(
     """Evaluate saved lenses (plus the logit lens) on the eval split (unless ``held_out`` is given) and write the
     result bundle (``report_note`` under the report's title). Under ``torchrun`` only rank 0 evaluates and writes;
     the others return None after capture."""
-    out = out or _prepare_output(opts)
     standalone = adapter is None  # else run() checked both splits
+    if out is None:
+        _check_output(opts)
     if standalone:
         require_complete(lens_dir)
         adapter = load_model(opts)
@@ -245,11 +266,16 @@ def evaluate(
         raise LensFolderError(f"--lens {lens_dir}: its lenses were fitted on different feature layouts ({', '.join(layouts)})")
     lenses = build_lenses(adapter, layout, ("logit",)) | fitted
     lenses = {t: lenses[t] for t in ("tuned", "shared", "logit", "linear_probe") if t in lenses}
+    warnings = []
     if held_out is None:
+        warnings = check_eval_split(fitted, opts, lens_dir)
         (source,) = preflight(opts, adapter, (opts.eval_split,), layout, rank_and_world()[1]).values()
+        out = out or _prepare_output(opts)
         held_out = capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout, source)
     if held_out is None:
         return None
+    if held_out.images is not None and not warnings:
+        warnings = check_eval_images(fitted, held_out.images, opts, lens_dir)
     print(f"[vision-lens] evaluating {', '.join(lenses)} on {len(adapter.blocks)} blocks", file=sys.stderr)
     aux = held_out.aux_logits
     aggregate, batches, intervals = evaluate_lenses(
@@ -259,12 +285,14 @@ def evaluate(
     layers = {f"layer_{k}": b.name for k, b in enumerate(adapter.blocks)}
     fit = {t: lens.config.fit for t, lens in lenses.items() if lens.config.fit}
     run_info = _run_info(
-        opts, adapter, eval_images=len(held_out.labels), eval_classes=held_out.classes, lens=str(lens_dir), fit=fit
+        opts, adapter, eval_images=len(held_out.labels), eval_classes=held_out.classes, lens=str(lens_dir), fit=fit,
+        **({"warnings": warnings} if warnings else {}),
     )
-    write_results(out, aggregate, batches, layers, run_info, intervals)
-    save_run_figures(out, out)
-    write_report(out, note=report_note)
-    mark_complete(out)  # last: compare and report refuse a folder without it
+    with writing_into(out):
+        write_results(out, aggregate, batches, layers, run_info, intervals)
+        save_run_figures(out, out)
+        write_report(out, note=report_note)
+        mark_complete(out)  # last: compare and report refuse a folder without it
     return out
 
 
@@ -275,10 +303,12 @@ def run(opts: RunOptions, out: Path | None = None, report_note: str | None = Non
     the long work, and under ``torchrun`` every rank captures its shards of
     both splits while rank 0 alone fits, evaluates and writes.
     """
-    out = out or _prepare_output(opts)
+    if out is None:
+        _check_output(opts)
     adapter = load_model(opts)
     layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
     sources = preflight(opts, adapter, (opts.fit_split, opts.eval_split), layout, rank_and_world()[1])
+    out = out or _prepare_output(opts)
     fit = capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout, sources[opts.fit_split])
     held_out = capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout, sources[opts.eval_split])
     if fit is None:

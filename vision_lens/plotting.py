@@ -16,6 +16,7 @@ image, and runs the model.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -29,6 +30,7 @@ from PIL import Image
 
 from .adapters import ModelAdapter
 from .artifacts import FRONTIER_FILE, LAYERWISE_FIGURE, TRANSFER_FIGURE, RunFolderError, RunResults
+from .files import write_bytes_atomic
 from .analysis import (
     ResultsLike,
     as_results,
@@ -447,11 +449,18 @@ def save_run_figures(results: ResultsLike, out: str | Path) -> list[Path]:
     fig.suptitle(f"{run.name}: lenses at every block" + (f", evaluated on the {evaluated}" if evaluated else ""))
     fig.tight_layout()
     paths = [out / LAYERWISE_FIGURE]
-    fig.savefig(paths[0], dpi=150)
+    _save_png(fig, paths[0])
     if has_transfer(run):
         fig = Figure(figsize=(7, 6))
         transfer_heatmap(run, "penalty", ax=fig.subplots())
         fig.tight_layout()
         paths.append(out / TRANSFER_FIGURE)
-        fig.savefig(paths[-1], dpi=150)
+        _save_png(fig, paths[-1])
     return paths
+
+
+def _save_png(fig: Figure, path: Path) -> None:
+    """The figure as a PNG at ``path``, written atomically (a failed write names ``path``, see files.py)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150)
+    write_bytes_atomic(path, buffer.getvalue())

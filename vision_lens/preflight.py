@@ -22,7 +22,7 @@ from torch import nn
 from .adapters.base import ClassMatchError, ModelError
 from .cache import CacheError, cache_key_hash
 from .capture import capture_key
-from .data import DataError, ImageSource, open_split, select
+from .data import DataError, ImageSource, SelectedImages, data_id, open_split, select
 from .errors import OptionError
 
 
@@ -151,3 +151,47 @@ def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> 
             needed.append((capture_key(adapter, source, shard, layout, bf16=opts.precision == "bf16"), len(shard)))
     check_cache_root(Path(opts.cache_dir) / "features", needed)
     return sources
+
+
+_EVAL_ANYWAY = ("pass another --eval-split or --data, or --eval-on-fit-images to evaluate there anyway (a warning, "
+                "recorded in run.json)")
+
+
+def _fit_images_met(problem: str, allow: bool) -> list[str]:
+    """Raise DataError(``problem``) unless ``allow`` (--eval-on-fit-images); then print it as a warning and return it,
+    for run.json."""
+    if not allow:
+        raise DataError(f"{problem}; {_EVAL_ANYWAY}")
+    warning = f"{problem}; evaluating there anyway, as --eval-on-fit-images asks: these are not held-out numbers"
+    print(f"[vision-lens] WARNING: {warning}", file=sys.stderr)
+    return [warning]
+
+
+def check_eval_split(lenses: dict, opts, lens_dir: Path) -> list[str]:
+    """Before capture: a DataError (or with ``--eval-on-fit-images``, a warning returned for run.json) where the
+    eval split is the split that the saved ``lenses`` were fitted on, as their config.json records it."""
+    for lens_type, lens in lenses.items():
+        fit = lens.config.fit_images
+        if fit.get("data") == data_id(opts.data) and fit.get("split") == opts.eval_split:
+            return _fit_images_met(
+                f"--lens {lens_dir}: its {lens_type} lens was fitted on {fit.get('images')} images of split "
+                f"{fit['split']!r} of {fit['data']} (lenses/{lens_type}/config.json), and --eval-split "
+                f"{opts.eval_split!r} of --data {opts.data} is that split: evaluating there measures the fit, not "
+                "held-out images", opts.eval_on_fit_images)
+    return []
+
+
+def check_eval_images(lenses: dict, images: SelectedImages, opts, lens_dir: Path) -> list[str]:
+    """After capture, when the eval images' content ids are at hand: a DataError (or a warning, as
+    :func:`check_eval_split`) where any of them is among the fit images that a lens's config.json samples."""
+    for lens_type, lens in lenses.items():
+        fit = lens.config.fit_images
+        met = images.fit_images_among(fit) if fit else []
+        if met:
+            return _fit_images_met(
+                f"--lens {lens_dir}: {len(met)} of the {len(images.indices)} eval images are among the "
+                f"{len(fit['sample'])} sampled from the {fit.get('images')} images its {lens_type} lens was fitted "
+                f"on (split {fit.get('split')!r} of {fit.get('data')}), e.g. {met[0]}: the eval images are not "
+                "held out",
+                opts.eval_on_fit_images)
+    return []

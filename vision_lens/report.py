@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 from . import __version__
 from .analysis import ResultsLike, as_results, defined_transfer, has_transfer, reported_unit
 from .artifacts import LAYERWISE_FIGURE, TRANSFER_FIGURE, RunFolderError, RunResults, layer_keys, require_complete
+from .files import write_text_atomic
 from .plotting import LENS_LABELS, METRIC_LABELS, layerwise, penalty_vs_distance, transfer_heatmap
 
 REPORT_NAME = "report.html"
@@ -160,7 +161,8 @@ def provenance_table(run: RunResults) -> str:
 
 
 def run_section(run: RunResults) -> str:
-    return (f'<section class="run"><h2>{html.escape(run.name)}</h2>{provenance_table(run)}'
+    notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in run.non_finite)
+    return (f'<section class="run"><h2>{html.escape(run.name)}</h2>{notes}{provenance_table(run)}'
             f'<h3>Figures</h3>{"".join(run_figures(run))}<h3>Metrics per block</h3>{metrics_table(run)}</section>')
 
 
@@ -209,7 +211,7 @@ def write_report(
     page = render_report(runs, note)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(page, encoding="utf-8")
+        write_text_atomic(out, page)
     except OSError as exc:
         raise RunFolderError(f"cannot write the report {out} ({exc.strerror or exc}); pass --out a writable path") from exc
     return out
