@@ -25,7 +25,7 @@ from . import __version__
 from .adapters import ModelAdapter, create_adapter
 from .artifacts import RunResults, load_results, mark_complete, prepare_output, require_complete, write_results
 from .cache import FeatureCache
-from .capture import capture, default_batch_size
+from .capture import capture, default_batch_size, default_workers
 from .checks import check_fit
 from .data import DataError, ImageSource, select
 from .fit import TunedLensRecipe, fit_by_recipe, fit_lens
@@ -73,10 +73,11 @@ def stop_processes() -> None:
 
 
 def load_model(opts: CommonOptions) -> ModelAdapter:
-    """The adapter on ``opts.device``; ``auto`` and the default batch size are resolved here, and kept in ``opts``
-    for run.json."""
+    """The adapter on ``opts.device``; ``auto`` and the default batch size and workers are resolved here, and kept
+    in ``opts`` for run.json."""
     opts.device = resolve_device(opts.device)
     opts.batch_size = opts.batch_size or default_batch_size(opts.device)
+    opts.workers = default_workers(opts.device) if opts.workers is None else opts.workers
     _start_processes(opts)
     return create_adapter(opts.model, weights=opts.weights, seed=opts.seed).to(opts.device)
 
