@@ -133,7 +133,8 @@ def heatmap(ax: Axes, values: np.ndarray, mask: np.ndarray, *, vmin: float, vmax
         for i, j in zip(*np.nonzero(~mask)):
             text = format(values[i, j], annot) if isinstance(annot, str) else annot[i, j]
             ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=fontsize,
-                    color="0.15" if _luminance(colours[i, j]) > 0.408 else "white")
+                    color="0.15" if _luminance(colours[i, j]) > 0.408 else "white",
+                    in_layout=False)  # inside the axes: tight_layout need not measure them
     return mesh
 
 
