@@ -29,6 +29,8 @@ def script_fixture(fixture: str, script: str):
 
 benchmark = script_fixture("benchmark", "benchmark_pipeline")
 timed_run = script_fixture("timed_run", "timed_run")
+scaling = script_fixture("scaling", "benchmark_scaling")
+render = script_fixture("render", "render_performance")
 
 
 def tiny_args(benchmark, data: Path, *extra: str):
@@ -199,3 +201,76 @@ def test_gpu_benchmark_script_runs_end_to_end_on_synthetic_jpegs(tmp_path):
     assert all(r[2] - r[0] < 64 for r in large["peak_rounds_mb"]), large["peak_rounds_mb"]
     assert "torch" in (out / "environment.txt").read_text()
     assert "ratio" in done.stdout and "capture" in done.stdout
+    # docs/performance.md renders this schema: the search's rows and the measured ratios.
+    root = tmp_path / "docs-root"
+    (root / "results" / "benchmark").mkdir(parents=True)
+    (root / "results" / "benchmark" / "cifar10-resnet20-cpu.json").write_text(json.dumps(report))
+    page = load_script("render_performance").render(root)
+    assert f"**ratio {report['whole_run']['ratio']:.2f}**" in page
+    assert f"**{report['capture']['fraction_of_floor']:.2f}** of the floor's images/s" in page
+    assert page.count("| inside | 8 | 0 |") == 1 and "| before | 8 | 0 |" in page
+
+
+def synthetic_points(scaling, base: dict, law) -> list[dict]:
+    """Points on every axis whose costs follow ``law(point) -> seconds`` exactly."""
+    args = scaling.parse_args(["--out", "x", "--base", *map(str, base.values()), "--images", "100", "400",
+                               "--classes", "10", "1000", "--widths", "8", "64", "--blocks", "2", "8"])
+    return [p | {"costs": {k: {"seconds": law(p), "peak_mb": 2.0 * p["images"]} for k in scaling.KINDS}}
+            for p in scaling.axis_points(args)]
+
+
+def test_scaling_fits_each_axiss_exponent_and_carries_the_base_along_them(scaling):
+    base = {"images": 200, "classes": 10, "width": 16, "blocks": 4}
+    law = lambda p: 0.5 * p["images"] ** 1.0 * p["classes"] ** 0.5 * p["width"] ** 2.0 * p["blocks"] ** 1.25  # noqa: E731
+    points = synthetic_points(scaling, base, law)
+    assert len(points) == 1 + 2 + 1 + 2 + 2  # the base once, then each axis's values that are not the base
+    slopes = scaling.exponents(points, base)
+    for axis, expected in (("images", 1.0), ("classes", 0.5), ("width", 2.0), ("blocks", 1.25)):
+        assert slopes[axis]["default:tuned"]["seconds"] == pytest.approx(expected)
+    assert slopes["images"]["evaluate"]["peak_mb"] == pytest.approx(1.0)
+    assert slopes["width"]["evaluate"]["peak_mb"] == pytest.approx(0.0, abs=1e-9)
+    far = {"images": 10_000, "classes": 1000, "width": 2048, "blocks": 17}
+    base_point = next(p for p in points if all(p[a] == base[a] for a in scaling.AXES))
+    assert scaling.predicted_seconds("default:tuned", far, base_point, slopes) == pytest.approx(law(far))
+
+
+def test_scaling_extrapolates_a_full_run_from_the_measurements(scaling):
+    base = {"images": 200, "classes": 10, "width": 16, "blocks": 4}
+    points = synthetic_points(scaling, base, lambda p: 1e-3 * p["images"] * p["width"])
+    slopes = scaling.exponents(points, base)
+    model = {"model": "m", "blocks": 4, "head_width": 32, "classes": 10, "probe_width": 16.0,
+             "forward_flops": 4e9, "forward_s_per_image": 0.1, "decode_s_per_image": 0.01}
+    args = scaling.parse_args(["--out", "x", "--fit-images", "400", "--eval-images", "1000", "--gpu-flops-bf16",
+                               "1e12", "--gpu-flops-fp32", "1e11", "--gpu-host-cores", "4"])
+    run = scaling.extrapolate(model, points, base, slopes, args, cpu_flops=1e10)
+    assert run["cpu_s"]["capture"] == pytest.approx(1400 * 0.11)
+    assert run["cpu_s"]["default:tuned"] == pytest.approx(1e-3 * 400 * 32)  # the head's width
+    assert run["cpu_s"]["default:linear_probe"] == pytest.approx(1e-3 * 400 * 16)  # the blocks' width
+    assert run["cpu_s"]["evaluate"] == pytest.approx(1e-3 * 1000 * 32)  # on the eval images
+    assert run["gpu_s"]["capture"] == pytest.approx(max(1400 * 4e9 / 1e12, 1400 * 0.01 / 4))
+    assert run["gpu_s"]["default:tuned"] == pytest.approx(run["cpu_s"]["default:tuned"] * 1e10 / 1e11)
+    parts = ("capture", "default:tuned", "default:shared", "default:linear_probe", "evaluate")
+    assert run["cpu_run_s"]["default"] == pytest.approx(sum(run["cpu_s"][k] for k in parts))
+
+
+def test_scaling_measures_every_kind_on_synthetic_features_and_renders(scaling, render, tmp_path):
+    out = tmp_path / "results" / "benchmark"
+    report = scaling.main(["--quick", "--out", str(out / "scaling-cpu.json"), "--figure", str(out / "scaling.png")])
+    assert json.loads((out / "scaling-cpu.json").read_text()) == json.loads(json.dumps(report))
+    assert (out / "scaling.png").stat().st_size > 0
+    assert len(report["points"]) == len(scaling.axis_points(scaling.parse_args(["--out", "x", "--quick"])))
+    for point in report["points"]:
+        assert set(point["costs"]) == set(scaling.KINDS)
+        assert all(cost["seconds"] > 0 for cost in point["costs"].values())
+        recipe = point["costs"]["recipe:tuned"]
+        assert recipe["steps"] == 2 and recipe["seconds_250_steps"] == pytest.approx(recipe["seconds"] * 125)
+    assert set(report["exponents"]) == set(scaling.AXES)
+    page = render.render(tmp_path)
+    assert "## Scaling" in page and "Not measured yet" in page  # the pipeline JSON is not in tmp_path
+    first = report["points"][0]["costs"]["evaluate"]["seconds"]
+    assert render.seconds(first) in page
+
+
+def test_docs_performance_is_rendered_from_the_committed_json(render):
+    assert (REPO / "docs" / "performance.md").read_text() == render.render(), (
+        "docs/performance.md is stale: run scripts/render_performance.py")
