@@ -146,16 +146,19 @@ def test_the_probe_comparison_reads_a_runs_cache(benchmark, tiny_data, tmp_path)
 
 
 def test_the_committed_benchmark_backs_the_defaults():
-    """The CPU defaults are the pipeline's line of the committed floor search, and capture there reaches its
-    target of the winner (run.json records the resolved defaults)."""
+    """The CPU defaults are the pipeline's line of the committed floor search, and measured there as the fastest
+    way to stream the images (or close to it)."""
     bench = json.loads((REPO / "results" / "benchmark" / "cifar10-resnet20-cpu.json").read_text())
     if "floor_search" not in bench:
         pytest.skip("the committed benchmark predates the floor search; rerun it (docs/performance.md)")
     assert (bench["batch_size"], bench["workers"]) == (default_batch_size("cpu"), default_workers("cpu"))
     own = bench["floor_search"]["pipeline_config"]
     assert (own["decode"], own["batch_size"], own["workers"]) == ("inside", bench["batch_size"], bench["workers"])
-    winner = bench["floor_search"]["winner"]
-    assert winner["seconds"] == min(row["seconds"] for row in bench["floor_search"]["configs"] if "seconds" in row)
+    configs = [row for row in bench["floor_search"]["configs"] if "seconds" in row]
+    assert bench["floor_search"]["winner"]["seconds"] == min(row["seconds"] for row in configs)
+    # Capture streams (decoding inside the loader, memory flat in the images): its defaults are the fastest such
+    # configuration the search found, or within a tenth of it.
+    assert own["seconds"] <= 1.1 * min(row["seconds"] for row in configs if row["decode"] == "inside")
 
 
 def test_gpu_benchmark_script_runs_end_to_end_on_synthetic_jpegs(tmp_path):
