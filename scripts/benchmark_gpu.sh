@@ -40,12 +40,12 @@ status=0
 for model in "$@"; do
   name="${model#*:}-$precision"
   echo "== $model ($precision)"
-  # One repeat: on a GPU the floor's passes barely vary, and the device time is short.
+  # One repeat and one round of the floor search: on a GPU the passes barely vary, and the device time is short.
   # scikit-learn is left out: at 1,000 classes it takes minutes per block.
   # shellcheck disable=SC2086  # FLOOR_OPTIONS is a list of options
   timeout "${MODEL_TIMEOUT:-270}" "$python" scripts/benchmark_pipeline.py --model "$model" --weights random \
     --data "$data" --fit-split train --eval-split val --workers "$workers" --precision "$precision" \
-    --repeats 1 --no-sklearn ${FLOOR_OPTIONS:-} "${limits[@]}" > "$out/$name.json" 2> "$out/$name.log"
+    --repeats 1 --no-sklearn --floor-rounds 1 ${FLOOR_OPTIONS:-} "${limits[@]}" > "$out/$name.json" 2> "$out/$name.log"
   rc=$?
   echo "   exit $rc; $("$python" -c "import json, sys; r = json.load(open(sys.argv[1])); print('ratio', round(r['ratio'], 2),
 'whole-run ratio', round(r['whole_run']['ratio'], 2), 'capture', round(r['capture']['fraction_of_floor'], 2),

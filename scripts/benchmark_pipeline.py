@@ -5,11 +5,13 @@
   a DataLoader decodes and transforms the images while the model runs; ``before``: every image is
   decoded and transformed into memory first, by the same loader, then the model runs on them from
   there), ``--floor-batch-sizes`` and ``--floor-workers`` (0 decodes in the main process) passes the
-  fit and the eval images once through the model, with no hooks and nothing kept, the input sent to
-  the device as capture sends it (pinned memory, ``channels_last`` on CUDA, ``--precision``). Each
-  configuration's seconds are in ``configs`` (``pipeline: true`` marks the one the pipeline itself
-  runs, whether or not it was in the grid); ``winner`` is the fastest, the floor. ``before`` is left
-  out where the decoded images would take more than ``--floor-memory-mb``.
+  fit and the eval images through the model, with no hooks and nothing kept, the input sent to the
+  device as capture sends it (pinned memory, ``channels_last`` on CUDA, ``--precision``), once per
+  round of ``--floor-rounds`` (every other round in reverse order, so that a machine that drifts
+  favours no end of the grid), after an untimed warm-up. Each configuration's fastest pass is its
+  ``seconds`` in ``configs`` (every pass in ``runs_s``; ``pipeline: true`` marks the one the pipeline
+  itself runs, whether or not it was in the grid); ``winner`` is the fastest, the floor. ``before``
+  is left out where the decoded images would take more than ``--floor-memory-mb``.
 * ``runs``: ``vision-lens run`` itself, ``--repeats`` times, each in a fresh interpreter
   (``scripts/timed_run.py``) with a fresh feature cache and the pipeline's own defaults (or
   ``--batch-size`` and ``--workers``). ``wall_s`` is the whole process from the outside, imports,
@@ -113,6 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="loader workers the floor search tries (default: 0, 1, 2, 4, ... and the usable cores)")
     parser.add_argument("--floor-memory-mb", type=float, default=4096,
                         help="the most memory the decoded images of a 'before' floor may take (default: 4096)")
+    parser.add_argument("--floor-rounds", type=int, default=2,
+                        help="passes over the grid, every other one in reverse order; each configuration keeps its "
+                             "fastest (default: 2)")
     parser.add_argument("--search-only", action="store_true", help="print the floor search and stop")
     parser.add_argument("--repeats", type=int, default=2,
                         help="runs of the pipeline, each between two passes of the floor (default: 2)")
@@ -235,27 +240,33 @@ def floor_pass(selected: list[tuple[ImageSource, np.ndarray]], adapter, config: 
 
 
 def search_floor(selected, adapter, configs: list[FloorConfig], own: FloorConfig, precision: str,
-                 memory_mb: float, measure=floor_pass) -> dict:
-    """Every configuration's time (``measure``: see :func:`floor_pass`), the fastest as ``winner``; ``before``
-    configurations whose decoded images exceed ``memory_mb`` are listed as skipped."""
+                 memory_mb: float, rounds: int = 2, measure=floor_pass) -> dict:
+    """Every configuration's time (``measure``: see :func:`floor_pass`), the fastest as ``winner``.
+
+    The grid is passed ``rounds`` times, every other round in reverse order, so that a machine that slows or
+    speeds up as the search runs favours no end of it; a configuration's ``seconds`` is the least of its
+    passes (all in ``runs_s``). ``before`` configurations whose decoded images exceed ``memory_mb`` are listed
+    as skipped.
+    """
     images = sum(len(indices) for _, indices in selected)
     needed = decoded_mb(selected, adapter)
     (source, indices), *_ = selected
     measure([(source, indices[:256])], adapter, FloorConfig("inside", 64, 0), precision)  # warm-up, untimed
-    tried = []
-    for config in configs:
-        row = dataclasses.asdict(config) | {"pipeline": config == own}
+    rows = {config: dataclasses.asdict(config) | {"pipeline": config == own} for config in configs}
+    for config, row in rows.items():
         if config.decode == "before" and needed > memory_mb:
             row["skipped"] = f"the decoded images take {needed:.0f} MiB, over --floor-memory-mb {memory_mb:.0f}"
-        else:
-            seconds = measure(selected, adapter, config, precision)
-            row |= {"seconds": seconds, "images_per_s": images / seconds}
-        tried.append(row)
-        print(f"[benchmark] floor {row}", file=sys.stderr)
-    timed = [row for row in tried if "seconds" in row]
-    winner = min(timed, key=lambda row: row["seconds"])
-    return {"images": images, "configs": tried, "winner": winner,
-            "pipeline_config": next(row for row in tried if row["pipeline"])}
+    for round_ in range(rounds):
+        for config in configs if round_ % 2 == 0 else configs[::-1]:
+            row = rows[config]
+            if "skipped" not in row:
+                row.setdefault("runs_s", []).append(measure(selected, adapter, config, precision))
+                row |= {"seconds": min(row["runs_s"]), "images_per_s": images / min(row["runs_s"])}
+            print(f"[benchmark] floor {row}", file=sys.stderr)
+    tried = list(rows.values())
+    winner = min((row for row in tried if "seconds" in row), key=lambda row: row["seconds"])
+    return {"images": images, "rounds": rounds, "configs": tried, "winner": winner,
+            "pipeline_config": next((row for row in tried if row["pipeline"]), None)}
 
 
 def measure_import() -> float:
@@ -439,7 +450,8 @@ def main() -> None:
         own = FloorConfig("inside", opts.batch_size, opts.workers)
         selected = selected_images(opts)
         warm_page_cache(selected)
-        search = search_floor(selected, adapter, floor_configs(args, own), own, args.precision, args.floor_memory_mb)
+        search = search_floor(selected, adapter, floor_configs(args, own), own, args.precision, args.floor_memory_mb,
+                              args.floor_rounds)
         if args.search_only:
             print(json.dumps(search, indent=1))
             return

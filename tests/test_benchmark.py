@@ -54,7 +54,8 @@ def test_the_floor_is_the_fastest_configuration_tried(benchmark, tiny_data, tmp_
         return seconds.get(config, 0.0)  # the warm-up pass comes first; its time is not used
 
     search = benchmark.search_floor(selected, adapter, configs, own, "fp32", memory_mb=1e6, measure=measure)
-    assert measured[1:] == configs  # after one warm-up pass, each configuration once
+    assert measured[1:] == configs + configs[::-1]  # after a warm-up pass, two rounds, the second reversed
+    assert all(row["runs_s"] == [row["seconds"]] * 2 for row in search["configs"])
     assert [dataclasses.asdict(c) for c in configs] == [
         {k: row[k] for k in ("decode", "batch_size", "workers")} for row in search["configs"]]
     assert [row["seconds"] for row in search["configs"]] == list(seconds.values())
@@ -63,6 +64,12 @@ def test_the_floor_is_the_fastest_configuration_tried(benchmark, tiny_data, tmp_
     assert {k: search["winner"][k] for k in ("decode", "batch_size", "workers")} == dataclasses.asdict(fastest)
     assert search["pipeline_config"]["pipeline"] and sum(row["pipeline"] for row in search["configs"]) == 1
     assert search["images"] == 60 and search["winner"]["images_per_s"] == 60 / search["winner"]["seconds"]
+    # A machine that speeds up as the search runs: each configuration keeps its fastest pass.
+    calls = iter(range(1000))
+    drifting = benchmark.search_floor(selected, adapter, configs, own, "fp32", memory_mb=1e6,
+                                      measure=lambda *a: 1000.0 - next(calls))
+    assert all(row["seconds"] == min(row["runs_s"]) < max(row["runs_s"]) for row in drifting["configs"])
+    assert drifting["winner"]["seconds"] == min(row["seconds"] for row in drifting["configs"])
     # Real passes: every configuration timed, the winner their minimum; "before" left out past the memory bound.
     real = benchmark.search_floor(selected, adapter, [*configs[:2], *configs[4:6], own], own, "fp32", memory_mb=1e6)
     assert real["winner"]["seconds"] == min(row["seconds"] for row in real["configs"]) > 0
