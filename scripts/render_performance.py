@@ -58,7 +58,7 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def pipeline_section(bench: dict | None) -> list[str]:
     lines = ["## The run against its floor", "", "Measured by", "", "```bash", PIPELINE_COMMAND, "```", "",
-             "(on a quiet machine: about 12 minutes on 2 cores, most of it the floor search and the memory "
+             "(on a quiet machine: about 20 minutes on 2 cores, most of it the floor search and the memory "
              "subprocesses)."]
     if bench is None:
         return lines + ["", f"Not measured yet: `{PIPELINE}` is missing."]
@@ -78,8 +78,9 @@ def pipeline_section(bench: dict | None) -> list[str]:
         timed = [seconds(row["seconds"]), f"{row['images_per_s']:,.0f}"] if "seconds" in row else [row["skipped"], ""]
         rows.append([row["decode"], str(row["batch_size"]), str(row["workers"]), *timed, ", ".join(marks)])
     lines += ["", "### The floor: the fastest plain pass found", "",
-              f"Every configuration passed the {search['images']:,} images once through the model with no hooks "
-              "(`inside`: the loader decodes while the model runs; `before`: every image decoded first).", ""]
+              f"Every configuration passed the {search['images']:,} images through the model with no hooks, once "
+              f"in each of {search.get('rounds', 1)} rounds (the second in reverse order), and keeps its fastest "
+              "pass (`inside`: the loader decodes while the model runs; `before`: every image decoded first).", ""]
     lines += table(["decode", "batch", "workers", "seconds", "images/s", ""], rows)
     floor_runs = ", ".join(f"{s:.1f}" for s in bench["floor_runs_s"])
     lines += ["", f"The winner, passed again between the runs: **floor {bench['floor_s']:.1f} s** "
@@ -119,7 +120,8 @@ def pipeline_section(bench: dict | None) -> list[str]:
 
 def scaling_section(scaling: dict | None) -> list[str]:
     lines = ["## Scaling: lens fits and evaluation, and a full ImageNet run", "", "Measured by", "", "```bash",
-             SCALING_COMMAND, "```", "", "(about 15 minutes on 2 quiet cores)."]
+             SCALING_COMMAND, "```", "",
+             "(about 20 to 30 minutes on 2 quiet cores; it prints every point as it is measured)."]
     if scaling is None:
         return lines + ["", f"Not measured yet: `{SCALING}` is missing."]
     base = scaling["base"]

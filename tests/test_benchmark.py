@@ -231,7 +231,10 @@ def synthetic_points(scaling, base: dict, law) -> list[dict]:
 
 def test_scaling_fits_each_axiss_exponent_and_carries_the_base_along_them(scaling):
     base = {"images": 200, "classes": 10, "width": 16, "blocks": 4}
-    law = lambda p: 0.5 * p["images"] ** 1.0 * p["classes"] ** 0.5 * p["width"] ** 2.0 * p["blocks"] ** 1.25  # noqa: E731
+
+    def law(p):
+        return 0.5 * p["images"] ** 1.0 * p["classes"] ** 0.5 * p["width"] ** 2.0 * p["blocks"] ** 1.25
+
     points = synthetic_points(scaling, base, law)
     assert len(points) == 1 + 2 + 1 + 2 + 2  # the base once, then each axis's values that are not the base
     slopes = scaling.exponents(points, base)

@@ -353,7 +353,8 @@ class FeatureCache:
             array = arrays[name]
             data = memoryview(np.ascontiguousarray(values, dtype=array.dtype)).cast("B")
             if data.nbytes != len(labels) * array[:1].nbytes:
-                raise ValueError(f"{name}: rows of {tuple(np.shape(values))}, expected {(len(labels), *array.shape[1:])}")
+                raise ValueError(f"{name}: rows of {tuple(np.shape(values))}, expected "
+                                 f"{(len(labels), *array.shape[1:])}")
             offset = array.offset + start * array[:1].nbytes
             try:
                 fd = os.open(self.path / f"{name}.npy", os.O_WRONLY)
