@@ -4,7 +4,8 @@
 * ``floor_search``: the plain pass, searched. Every configuration of ``--floor-decode`` (``inside``:
   a DataLoader decodes and transforms the images while the model runs; ``before``: every image is
   decoded and transformed into memory first, by the same loader, then the model runs on them from
-  there), ``--floor-batch-sizes`` and ``--floor-workers`` (0 decodes in the main process) passes the
+  there; ``phased``: the loader's workers decode a chunk while the model waits, then wait while it
+  runs, ``data.phased_batches``, as capture loads on the CPU), ``--floor-batch-sizes`` and ``--floor-workers`` (0 decodes in the main process) passes the
   fit and the eval images through the model, with no hooks and nothing kept, the input sent to the
   device as capture sends it (pinned memory, ``channels_last`` on CUDA, ``--precision``), once per
   round of ``--floor-rounds`` (every other round in reverse order, so that a machine that drifts
@@ -78,8 +79,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # timed_run, beside th
 from timed_run import max_rss_mb, rss_mb, stopwatch  # noqa: E402
 
 from vision_lens import __version__, pipeline  # noqa: E402
-from vision_lens.capture import backbone_logits, input_memory_format  # noqa: E402
-from vision_lens.data import ImageFolderSource, ImageSource, TransformedSubset, open_split, select  # noqa: E402
+from vision_lens.capture import backbone_logits, input_memory_format, loads_in_phases  # noqa: E402
+from vision_lens.data import (ImageFolderSource, ImageSource, TransformedSubset, open_split,  # noqa: E402
+                              phased_batches, select)
 from vision_lens.fit import fit_lens  # noqa: E402
 from vision_lens.lenses import LensConfig, LinearProbe  # noqa: E402
 from vision_lens.options import RunOptions, default_cache_dir  # noqa: E402
@@ -106,11 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="images per forward pass of the pipeline's runs (default: the pipeline's own)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="backbone precision of the floor and of capture (default: fp32)")
-    parser.add_argument("--floor-decode", nargs="+", default=["inside", "before"], choices=("inside", "before"),
-                        help="where the floor decodes: inside the loader while the model runs, or every image "
-                             "before (default: both)")
-    parser.add_argument("--floor-batch-sizes", type=int, nargs="+", default=[64, 128, 256, 512],
-                        help="batch sizes the floor search tries (default: 64 128 256 512)")
+    parser.add_argument("--floor-decode", nargs="+", default=["inside", "before", "phased"],
+                        choices=("inside", "before", "phased"),
+                        help="how the floor decodes: inside the loader while the model runs, every image before, "
+                             "or in phases, the workers decoding a chunk while the model waits (default: all)")
+    parser.add_argument("--floor-batch-sizes", type=int, nargs="+", default=[64, 256, 512],
+                        help="batch sizes the floor search tries (default: 64 256 512)")
     parser.add_argument("--floor-workers", type=int, nargs="+", default=None,
                         help="loader workers the floor search tries (default: 0, 1, 2, 4, ... and the usable cores)")
     parser.add_argument("--floor-memory-mb", type=float, default=4096,
@@ -187,7 +190,7 @@ def mean(values: list[float | None]) -> float | None:
 class FloorConfig:
     """One way to pass the images through the model: where they are decoded, images per batch, loader workers."""
 
-    decode: str  # "inside" the loader while the model runs, or every image "before"
+    decode: str  # "inside" the loader while the model runs, every image "before", or in "phased" chunks
     batch_size: int
     workers: int
 
@@ -198,11 +201,16 @@ def default_floor_workers(cores: int) -> list[int]:
     return sorted(set(counts) | {cores})
 
 
+def pipeline_decode(opts: RunOptions) -> str:
+    """How capture decodes with ``opts`` (resolved): in phases on the CPU with workers, else inside the loader."""
+    return "phased" if opts.workers and loads_in_phases(opts.device) else "inside"
+
+
 def floor_configs(args: argparse.Namespace, own: FloorConfig) -> list[FloorConfig]:
     """The grid of the floor search, with the pipeline's ``own`` configuration in it."""
     workers = args.floor_workers if args.floor_workers is not None else default_floor_workers(usable_cores())
     grid = [FloorConfig(decode, batch, w) for decode in args.floor_decode for batch in args.floor_batch_sizes
-            for w in workers]
+            for w in workers if w or decode != "phased"]  # phases without workers: the main process decodes
     return grid if own in grid else [*grid, own]
 
 
@@ -222,8 +230,13 @@ def floor_pass(selected: list[tuple[ImageSource, np.ndarray]], adapter, config: 
     bf16 = precision == "bf16"
     with stopwatch() as elapsed:
         for source, indices in selected:
-            loader = DataLoader(TransformedSubset(source, indices, adapter.transform), batch_size=config.batch_size,
-                                num_workers=config.workers, pin_memory=pin and config.decode == "inside")
+            dataset = TransformedSubset(source, indices, adapter.transform)
+            if config.decode == "phased":
+                for images, _ in phased_batches(dataset, config.batch_size, config.workers, pin_memory=pin):
+                    backbone_logits(adapter, images, memory_format, bf16)
+                continue
+            loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
+                                pin_memory=pin and config.decode == "inside")
             if config.decode == "inside":
                 for images, _ in loader:
                     backbone_logits(adapter, images, memory_format, bf16)
@@ -447,7 +460,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         opts = run_options(args, Path(tmp) / "out", Path(tmp) / "cache")
         adapter = pipeline.load_model(opts)  # resolves the pipeline's default batch size and workers
-        own = FloorConfig("inside", opts.batch_size, opts.workers)
+        own = FloorConfig(pipeline_decode(opts), opts.batch_size, opts.workers)
         selected = selected_images(opts)
         warm_page_cache(selected)
         search = search_floor(selected, adapter, floor_configs(args, own), own, args.precision, args.floor_memory_mb,

@@ -80,7 +80,8 @@ def pipeline_section(bench: dict | None) -> list[str]:
     lines += ["", "### The floor: the fastest plain pass found", "",
               f"Every configuration passed the {search['images']:,} images through the model with no hooks, once "
               f"in each of {search.get('rounds', 1)} rounds (the second in reverse order), and keeps its fastest "
-              "pass (`inside`: the loader decodes while the model runs; `before`: every image decoded first).", ""]
+              "pass (`inside`: the loader decodes while the model runs; `before`: every image decoded first; "
+              "`phased`: the workers decode a chunk while the model waits, as capture does on the CPU).", ""]
     lines += table(["decode", "batch", "workers", "seconds", "images/s", ""], rows)
     floor_runs = ", ".join(f"{s:.1f}" for s in bench["floor_runs_s"])
     lines += ["", f"The winner, passed again between the runs: **floor {bench['floor_s']:.1f} s** "

@@ -53,10 +53,11 @@ def test_batch_size_and_workers_default_to_the_device():
     from vision_lens.threads import usable_cores
 
     assert default_batch_size("cpu") == 64 and default_batch_size("cuda:1") == 256
-    assert default_workers("cpu") == 0 and default_workers("cuda:1") == usable_cores()
+    cpu_workers = usable_cores() if usable_cores() > 1 else 0
+    assert default_workers("cpu") == cpu_workers and default_workers("cuda:1") == usable_cores()
     opts = RunOptions(model="cifar:resnet8", weights="random", data="data", out="out", device="cpu")
     load_model(opts)
-    assert (opts.batch_size, opts.workers) == (64, 0)  # resolved before capture, so that run.json records them
+    assert (opts.batch_size, opts.workers) == (64, cpu_workers)  # resolved before capture: run.json records them
     given = RunOptions(model="cifar:resnet8", weights="random", data="data", out="out", device="cpu", batch_size=7,
                        workers=3)
     load_model(given)

@@ -90,8 +90,9 @@ class CommonOptions:
         "stay float32)", choices=("fp32", "bf16"))
     batch_size: int = _opt(None, "images per forward pass during capture (default: 64 on the CPU, 256 on a GPU)",
                            type=int)
-    workers: int = _opt(None, "data-loading worker processes (default: 0 on the CPU, where the forward pass uses "
-                        "every core, so the main process decodes between passes; one per core with a GPU)", type=int)
+    workers: int = _opt(None, "data-loading worker processes (default: one per core; on the CPU they decode a "
+                        "chunk of images while the model waits, then wait while it runs on them, since both need "
+                        "every core; with a GPU they decode while it runs; 0: the main process decodes)", type=int)
     cache_dir: str = _opt(None, "feature cache root (default: $VISION_LENS_CACHE or ~/.cache/vision_lens)")
     download_root: str = _opt(None, "where torchvision:cifar10 is downloaded (default: <cache-dir>/datasets)")
     overwrite: bool = _opt(False, "replace an existing, non-empty --out", action="store_true")
