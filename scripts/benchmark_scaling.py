@@ -36,7 +36,7 @@ model's own preprocessing, on this machine; its readout (blocks, head width, cla
   measured on an 8192^3 product on this workplace's H200 machine (.library/device/KINDS.md, 2026-10-28); fp32
   67 TFLOP/s, the datasheet's, not measured; 16 host cores, the lent machine's.
 
-Sizes for 2 cores: the defaults take about 20 to 30 minutes there (``--quick``: seconds, for the tests). Example::
+Sizes for 2 cores: the defaults take about 30 minutes there (``--quick``: seconds, for the tests). Example::
 
     OMP_NUM_THREADS=2 python scripts/benchmark_scaling.py --out results/benchmark/scaling-cpu.json \\
         --figure results/benchmark/scaling-cpu.png

@@ -122,7 +122,8 @@ def pipeline_section(bench: dict | None) -> list[str]:
 def scaling_section(scaling: dict | None) -> list[str]:
     lines = ["## Scaling: lens fits and evaluation, and a full ImageNet run", "", "Measured by", "", "```bash",
              SCALING_COMMAND, "```", "",
-             "(about 20 to 30 minutes on 2 quiet cores; it prints every point as it is measured)."]
+             "(about 30 minutes on 2 quiet cores, most of it the 1,000-class and 2,048-wide points; it prints every "
+             "point as it is measured)."]
     if scaling is None:
         return lines + ["", f"Not measured yet: `{SCALING}` is missing."]
     base = scaling["base"]
