@@ -7,7 +7,8 @@
 # OUT/<arch>-<precision>.log (its stderr). A model that fails or passes MODEL_TIMEOUT leaves its log, and
 # the next model still runs. Environment knobs, with their defaults: DATA (a fresh temporary folder),
 # FIT_PER_CLASS=10, EVAL_PER_CLASS=5, WORKERS (every CPU), PRECISION=fp32 (or bf16), MODEL_TIMEOUT=270
-# seconds, FIT_LIMIT / EVAL_LIMIT (default: every image) and PYTHON=python3.
+# seconds, FIT_LIMIT / EVAL_LIMIT (default: every image), FLOOR_OPTIONS (options of the floor search, e.g.
+# "--floor-batch-sizes 128 256 --floor-workers 8 16"; default: the benchmark's own grid) and PYTHON=python3.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/benchmark_gpu.sh OUT [MODEL ...]}
@@ -39,14 +40,17 @@ status=0
 for model in "$@"; do
   name="${model#*:}-$precision"
   echo "== $model ($precision)"
-  # One repeat: on a GPU the floor's passes barely vary, and the device time is short.
+  # One repeat and one round of the floor search: on a GPU the passes barely vary, and the device time is short.
   # scikit-learn is left out: at 1,000 classes it takes minutes per block.
+  # shellcheck disable=SC2086  # FLOOR_OPTIONS is a list of options
   timeout "${MODEL_TIMEOUT:-270}" "$python" scripts/benchmark_pipeline.py --model "$model" --weights random \
     --data "$data" --fit-split train --eval-split val --workers "$workers" --precision "$precision" \
-    --repeats 1 --no-sklearn "${limits[@]}" > "$out/$name.json" 2> "$out/$name.log"
+    --repeats 1 --no-sklearn --floor-rounds 1 ${FLOOR_OPTIONS:-} "${limits[@]}" > "$out/$name.json" 2> "$out/$name.log"
   rc=$?
   echo "   exit $rc; $("$python" -c "import json, sys; r = json.load(open(sys.argv[1])); print('ratio', round(r['ratio'], 2),
-'images/s', {k: round(v) for k, v in r['images_per_s'].items()})" "$out/$name.json" 2>/dev/null || tail -3 "$out/$name.log")"
+'whole-run ratio', round(r['whole_run']['ratio'], 2), 'capture', round(r['capture']['fraction_of_floor'], 2),
+'of the floor', r['floor'], 'images/s', {k: round(v) for k, v in r['images_per_s'].items()})" "$out/$name.json" \
+    2>/dev/null || tail -3 "$out/$name.log")"
   [ $rc -eq 0 ] || status=1
 done
 exit $status

@@ -1,56 +1,62 @@
 #!/usr/bin/env python
-"""The whole pipeline against its floor, in one process and one run; prints JSON.
+"""The whole ``vision-lens run`` against the fastest plain forward pass that can be found; prints JSON.
 
-* ``floor_s``: a plain DataLoader (the same decoding, transforms, batch size and
-  workers) and a forward pass with no hooks, the input sent to the device as capture
-  sends it (pinned memory, ``channels_last`` on CUDA, ``--precision``), over the fit
-  and the eval images (the
-  folders are scanned once, before anything is timed; the pipeline's scan counts in
-  its setup).
-* ``pipeline_s``: ``pipeline.run`` with a fresh feature cache, and its stages:
-  capture of the fit split, fitting the lenses, capture of the eval split,
-  evaluation and writing (metrics, figures, report); ``setup_s`` is the rest
-  (loading the model, preparing the output folder).
-* The two alternate, ``--repeats`` pipeline runs each between two floor passes
-  (floor, pipeline, floor, pipeline, ..., floor; every time in
-  ``floor_runs_s`` and ``pipeline_runs_s``), and ``floor_s``, ``pipeline_s`` and
-  the stages are means, so that neither side gains from when it ran or from the
-  state the other leaves. ``ratio = pipeline_s / floor_s``; ``images_per_s`` is
-  the fit and eval images over each mean.
-  The stages are timed by wrapping ``pipeline.train``, ``pipeline.evaluate`` and
-  ``pipeline.capture_split``, which ``pipeline.run`` must reach through the module.
-* ``linear_probe``: our linear probe on every block as the pipeline fits it (the
-  penalty chosen per block on a held-out slice, then the refit), and ours against
-  scikit-learn's ``LogisticRegression`` at one penalty for every block (the same loss,
-  L2 strength and iteration limit; scikit-learn on the raw features with its bias
-  unpenalised, ours on standardised features), on the cached fit features, scored on
-  the cached eval features: fit times and accuracies (``--no-sklearn`` leaves
-  scikit-learn out: at ImageNet's 1,000 classes it takes minutes per block).
-* ``capture_peak_rss``: the peak resident memory of the main process while it
-  captures the fit split, at two sizes (``--rss-sizes``; default a quarter of the fit
-  images, and all of them), each in a fresh subprocess so the peaks do not mix (DataLoader workers,
-  separate processes, are not counted). The sizes alternate, ``--repeats`` times each; ``peak_mb``
-  is the mean of the peaks in ``peak_runs_mb``. The largest size's subprocess then captures it
-  again, into fresh caches, up to ``--rss-rounds`` times in all, and ``peak_rounds_mb`` holds its
-  peak after each round: glibc's heap behind torch's activations fragments as images pass and
-  plateaus, at a height that differs between runs and grows with the batch size (``--batch-size``;
-  capture returns the free heap every 16 batches, which lowers it), so whether memory grows with
-  the number of images shows best within one process.
-* ``capture_bytes_per_image``: what storing every block's full output would take per
-  image, against the pooled features and logits that capture keeps.
+* ``floor_search``: the plain pass, searched. Every configuration of ``--floor-decode`` (``inside``:
+  a DataLoader decodes and transforms the images while the model runs; ``before``: every image is
+  decoded and transformed into memory first, by the same loader, then the model runs on them from
+  there; ``phased``: the loader's workers decode a chunk while the model waits, then wait while it
+  runs, ``data.phased_batches``, as capture loads on the CPU), ``--floor-batch-sizes`` and ``--floor-workers`` (0 decodes in the main process) passes the
+  fit and the eval images through the model, with no hooks and nothing kept, the input sent to the
+  device as capture sends it (pinned memory, ``channels_last`` on CUDA, ``--precision``), once per
+  round of ``--floor-rounds`` (every other round in reverse order, so that a machine that drifts
+  favours no end of the grid), after an untimed warm-up. Each configuration's fastest pass is its
+  ``seconds`` in ``configs`` (every pass in ``runs_s``; ``pipeline: true`` marks the one the pipeline
+  itself runs, whether or not it was in the grid); ``winner`` is the fastest, the floor. ``before``
+  is left out where the decoded images would take more than ``--floor-memory-mb``.
+* ``runs``: ``vision-lens run`` itself, ``--repeats`` times, each in a fresh interpreter
+  (``scripts/timed_run.py``) with a fresh feature cache and the pipeline's own defaults (or
+  ``--batch-size`` and ``--workers``). ``wall_s`` is the whole process from the outside, imports,
+  start and exit included; ``stages`` are the times measured inside it, each in one function of
+  the pipeline and exclusive of the stages it calls (see scripts/timed_run.py), with
+  ``command_s``, the time in ``vision_lens.cli.main``. Beside each run the interpreter's own
+  ``python -c "import torch, torchvision"`` is timed from the outside too (``import_runs_s``).
+* The floor's winner and the runs alternate (floor, import, run, floor, import, run, ..., floor;
+  every pass in ``floor_runs_s``), so that neither side gains from when it ran; ``floor_s`` and the
+  other times are means over the passes.
+  - ``capture``: ``capture_fit`` + ``capture_eval``, and ``fraction_of_floor``, capture's images/s
+    over the floor's (``floor_s / capture_s``): everything capture does is in it (decoding, hashing
+    every image's bytes, pooling in the hooks, writing the cache, loading it).
+  - ``ratio = pipeline_s / floor_s``, with ``pipeline_s`` the mean ``command_s`` (the run without
+    the process's imports).
+  - ``whole_run``: ``wall_s`` over ``floor_s`` plus the import of torch and torchvision, which a
+    plain pass needs too (``ratio``); every import beyond those, the fits, the evaluation with its
+    bootstrap, the figures and the report count against it.
+* ``linear_probe``: our linear probe on every block as the pipeline fits it (the penalty chosen per
+  block on a held-out slice, then the refit), and ours against scikit-learn's
+  ``LogisticRegression`` at one penalty for every block (the same loss, L2 strength and iteration
+  limit; scikit-learn on the raw features with its bias unpenalised, ours on standardised
+  features), on the last run's cached fit features, scored on its cached eval features: fit times
+  and accuracies (``--no-sklearn`` leaves scikit-learn out: at ImageNet's 1,000 classes it takes
+  minutes per block).
+* ``capture_peak_rss``: the peak resident memory of the main process while it captures the fit
+  split, at two sizes (``--rss-sizes``; default a quarter of the fit images, and all of them), each
+  in a fresh subprocess so the peaks do not mix (DataLoader workers, separate processes, are not
+  counted). The sizes alternate, ``--repeats`` times each; ``peak_mb`` is the mean of the peaks in
+  ``peak_runs_mb``. The largest size's subprocess then captures it again, into fresh caches, up to
+  ``--rss-rounds`` times in all, and ``peak_rounds_mb`` holds its peak after each round: glibc's
+  heap behind torch's activations fragments as images pass and plateaus, at a height that differs
+  between runs and grows with the batch size (capture returns the free heap every 16 batches, which
+  lowers it), so whether memory grows with the number of images shows best within one process.
+* ``capture_bytes_per_image``: what storing every block's full output would take per image,
+  against the pooled features and logits that capture keeps.
 
-Neither pays the process's one-off imports: the package (with matplotlib and
-seaborn) is imported and the model loaded once before either is timed. From a
-shell they take about 3.5 s, of which torch and torchvision, which a plain pass
-needs too, take 3.4 s. Both meet a warm page cache: every selected image file
-is read once before anything is timed (here, reading the 20k CIFAR files took
-3.3 s from disk and 0.4 s from the page cache). On the 2-core development
-machine one floor pass over the same 20k CIFAR images took from 17.7 to 30.8 s
-within one evening, which is why the two sides alternate. Example::
+The floor passes meet a warm page cache (every selected image file is read once before anything is
+timed), and so do the runs. ``--search-only`` prints the floor search alone. Example (the committed
+benchmark; see docs/performance.md)::
 
-    python scripts/benchmark_pipeline.py --model cifar:resnet20 \\
+    OMP_NUM_THREADS=2 python scripts/benchmark_pipeline.py --model cifar:resnet20 \\
         --weights ../shared/weights/cifar10-resnets/resnet20-12fca82f.th \\
-        --data ../shared/data/cifar10 --fit-limit 10000 --eval-limit 10000 --workers 2
+        --data ../shared/data/cifar10 --fit-limit 10000 --eval-limit 10000 --rss-sizes 10000 50000
 """
 
 from __future__ import annotations
@@ -59,27 +65,32 @@ import argparse
 import dataclasses
 import json
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vision_lens import __version__, pipeline
-from vision_lens.capture import backbone_logits, input_memory_format
-from vision_lens.data import ImageFolderSource, ImageSource, TransformedSubset, open_split, select
-from vision_lens.fit import fit_lens
-from vision_lens.lenses import LensConfig, LinearProbe
-from vision_lens.readout import FeatureLayout
-from vision_lens.options import RunOptions, default_cache_dir
-from vision_lens.threads import limit_torch_threads
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # timed_run, beside this file
+from timed_run import max_rss_mb, rss_mb, stopwatch  # noqa: E402
+
+from vision_lens import __version__, pipeline  # noqa: E402
+from vision_lens.capture import backbone_logits, input_memory_format, loads_in_phases  # noqa: E402
+from vision_lens.data import (ImageFolderSource, ImageSource, TransformedSubset, open_split,  # noqa: E402
+                              phased_batches, select)
+from vision_lens.fit import fit_lens  # noqa: E402
+from vision_lens.lenses import LensConfig, LinearProbe  # noqa: E402
+from vision_lens.options import RunOptions, default_cache_dir  # noqa: E402
+from vision_lens.readout import FeatureLayout  # noqa: E402
+from vision_lens.threads import limit_torch_threads, usable_cores  # noqa: E402
+
+TIMED_RUN = Path(__file__).resolve().parent / "timed_run.py"
+CAPTURE_STAGES = ("capture_fit", "capture_eval")
+IMPORT_STAGES = ("import_torch_torchvision", "import_vision_lens")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,14 +102,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-split", default="test", help="split folder of the eval images (default: test)")
     parser.add_argument("--fit-limit", type=int, default=None, help="fit images (default: the whole fit split)")
     parser.add_argument("--eval-limit", type=int, default=None, help="eval images (default: the whole eval split)")
-    parser.add_argument("--workers", type=int, default=2, help="data-loading workers (default: 2)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="data-loading workers of the pipeline's runs (default: the pipeline's own)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per forward pass, for capture and the floor alike (default: capture's, "
-                             "64 on the CPU and 256 on a GPU)")
+                        help="images per forward pass of the pipeline's runs (default: the pipeline's own)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                         help="backbone precision of the floor and of capture (default: fp32)")
+    parser.add_argument("--floor-decode", nargs="+", default=["inside", "before", "phased"],
+                        choices=("inside", "before", "phased"),
+                        help="how the floor decodes: inside the loader while the model runs, every image before, "
+                             "or in phases, the workers decoding a chunk while the model waits (default: all)")
+    parser.add_argument("--floor-batch-sizes", type=int, nargs="+", default=[64, 256, 512],
+                        help="batch sizes the floor search tries (default: 64 256 512)")
+    parser.add_argument("--floor-workers", type=int, nargs="+", default=None,
+                        help="loader workers the floor search tries (default: 0, 1, 2, 4, ... and the usable cores)")
+    parser.add_argument("--floor-memory-mb", type=float, default=4096,
+                        help="the most memory the decoded images of a 'before' floor may take (default: 4096)")
+    parser.add_argument("--floor-rounds", type=int, default=2,
+                        help="passes over the grid, every other one in reverse order; each configuration keeps its "
+                             "fastest (default: 2)")
+    parser.add_argument("--search-only", action="store_true", help="print the floor search and stop")
     parser.add_argument("--repeats", type=int, default=2,
-                        help="pipeline runs, each between two floor passes (default: 2)")
+                        help="runs of the pipeline, each between two passes of the floor (default: 2)")
     parser.add_argument("--sklearn", action=argparse.BooleanOptionalAction, default=True,
                         help="compare the linear probe with scikit-learn's (default: yes; at ImageNet's 1,000 "
                              "classes scikit-learn takes minutes per block)")
@@ -127,61 +152,17 @@ def run_options(args: argparse.Namespace, out: Path, cache_dir: Path) -> RunOpti
     )
 
 
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-@contextmanager
-def stopwatch():
-    """Yields a dict whose ``"s"`` holds the elapsed seconds once the block is left."""
-    synchronize()
-    elapsed = {"s": None}
-    start = time.perf_counter()
-    try:
-        yield elapsed
-    finally:
-        synchronize()
-        elapsed["s"] = time.perf_counter() - start
-
-
-@contextmanager
-def timed_stages(opts: RunOptions):
-    """Wrap the pipeline's stage functions; yields {stage: seconds} and {capture stage: SplitFeatures}.
-
-    Times are exclusive: a capture that runs inside ``train`` counts as capture, not as fitting,
-    whether ``run`` captures the splits itself or leaves it to ``train`` and ``evaluate``.
-    """
-    seconds: dict[str, float] = {}
-    caches: dict[str, object] = {}
-    originals = {name: getattr(pipeline, name) for name in ("train", "evaluate", "capture_split")}
-    nested: list[float] = []  # per active wrapped call, the time spent in wrapped calls inside it
-
-    def wrapped(name, fn):
-        def call(*args, **kwargs):
-            nested.append(0.0)
-            with stopwatch() as elapsed:
-                result = fn(*args, **kwargs)
-            inner = nested.pop()
-            if nested:
-                nested[-1] += elapsed["s"]
-            stage = name
-            if name == "capture_split":
-                split = args[2] if len(args) > 2 else kwargs["split"]
-                stage = "capture_fit" if split == opts.fit_split else "capture_eval"
-                caches[stage] = result
-            seconds[stage] = seconds.get(stage, 0.0) + elapsed["s"] - inner
-            return result
-
-        return call
-
-    for name, fn in originals.items():
-        setattr(pipeline, name, wrapped(name, fn))
-    try:
-        yield seconds, caches
-    finally:
-        for name, fn in originals.items():
-            setattr(pipeline, name, fn)
+def run_command(args: argparse.Namespace, out: Path, cache_dir: Path) -> list[str]:
+    """``vision-lens run`` with the options of :func:`run_options`, as a command line."""
+    command = ["run", "--match-classes-by-position", "--model", args.model, "--weights", args.weights, "--data",
+               args.data, "--out", str(out), "--fit-split", args.fit_split, "--eval-split", args.eval_split,
+               "--precision", args.precision, "--cache-dir", str(cache_dir),
+               "--download-root", str(Path(default_cache_dir()) / "datasets")]
+    for flag, value in (("--fit-limit", args.fit_limit), ("--eval-limit", args.eval_limit),
+                        ("--workers", args.workers), ("--batch-size", args.batch_size)):
+        if value is not None:
+            command += [flag, str(value)]
+    return command
 
 
 def selected_images(opts: RunOptions) -> list[tuple[ImageSource, np.ndarray]]:
@@ -205,45 +186,145 @@ def mean(values: list[float | None]) -> float | None:
     return None if None in values else sum(values) / len(values)
 
 
-def mean_timings(floor_runs: list[float], pipeline_runs: list[dict]) -> dict:
-    """``floor_s``, ``pipeline_s`` and the stages as means over the runs (each run's time kept), and ``ratio``."""
-    floor_s = mean(floor_runs)
-    pipeline_s = mean([run["pipeline_s"] for run in pipeline_runs])
-    stages = {stage: mean([run["stages"][stage] for run in pipeline_runs]) for stage in pipeline_runs[0]["stages"]}
-    return {"floor_s": floor_s, "pipeline_s": pipeline_s, "stages": stages, "ratio": pipeline_s / floor_s,
-            "floor_runs_s": floor_runs, "pipeline_runs_s": [run["pipeline_s"] for run in pipeline_runs]}
+@dataclasses.dataclass(frozen=True)
+class FloorConfig:
+    """One way to pass the images through the model: where they are decoded, images per batch, loader workers."""
+
+    decode: str  # "inside" the loader while the model runs, every image "before", or in "phased" chunks
+    batch_size: int
+    workers: int
 
 
-def measure_pipeline(opts: RunOptions) -> tuple[dict, dict]:
-    """``pipeline.run`` once, with its stage breakdown; returns (timings, caches by stage)."""
-    with timed_stages(opts) as (seconds, caches), stopwatch() as total:
-        pipeline.run(opts)
+def default_floor_workers(cores: int) -> list[int]:
+    """0, 1, 2, 4, ... up to ``cores``, and ``cores`` itself."""
+    counts = [0] + [2**k for k in range(cores.bit_length()) if 2**k <= cores]
+    return sorted(set(counts) | {cores})
 
-    stages = {
-        "capture_fit_s": seconds["capture_fit"],
-        "fit_lenses_s": seconds["train"],
-        "capture_eval_s": seconds["capture_eval"],
-        "evaluate_write_s": seconds["evaluate"],
-        "setup_s": total["s"] - sum(seconds.values()),  # model loading and the checks before capture
-    }
-    return {"pipeline_s": total["s"], "stages": stages}, caches
+
+def pipeline_decode(opts: RunOptions) -> str:
+    """How capture decodes with ``opts`` (resolved): in phases on the CPU with workers, else inside the loader."""
+    return "phased" if opts.workers and loads_in_phases(opts.device) else "inside"
+
+
+def floor_configs(args: argparse.Namespace, own: FloorConfig) -> list[FloorConfig]:
+    """The grid of the floor search, with the pipeline's ``own`` configuration in it."""
+    workers = args.floor_workers if args.floor_workers is not None else default_floor_workers(usable_cores())
+    grid = [FloorConfig(decode, batch, w) for decode in args.floor_decode for batch in args.floor_batch_sizes
+            for w in workers if w or decode != "phased"]  # phases without workers: the main process decodes
+    return grid if own in grid else [*grid, own]
+
+
+def decoded_mb(selected: list[tuple[ImageSource, np.ndarray]], adapter) -> float:
+    """The memory the transformed images of ``selected`` take, decoded (one image's, times their number)."""
+    source, indices = selected[0]
+    image = adapter.transform(source.load(int(indices[0])))
+    return image.numel() * image.element_size() * sum(len(i) for _, i in selected) / 2**20
 
 
 @torch.no_grad()
-def measure_floor(selected: list[tuple[ImageSource, np.ndarray]], opts: RunOptions, adapter) -> float:
-    """Decode, transform and forward the ``selected`` images with no hooks and nothing kept.
-
-    The input goes to the device as capture sends it (pinned memory, memory layout, precision).
-    """
+def floor_pass(selected: list[tuple[ImageSource, np.ndarray]], adapter, config: FloorConfig, precision: str) -> float:
+    """Decode, transform and forward the ``selected`` images in ``config``'s way, with no hooks and nothing kept;
+    returns the seconds. The input goes to the device as capture sends it (pinned memory, layout, precision)."""
     memory_format = input_memory_format(adapter.device)
+    pin = adapter.device.type == "cuda"
+    bf16 = precision == "bf16"
     with stopwatch() as elapsed:
         for source, indices in selected:
             dataset = TransformedSubset(source, indices, adapter.transform)
-            loader = DataLoader(dataset, batch_size=opts.batch_size, num_workers=opts.workers,
-                                pin_memory=adapter.device.type == "cuda")
-            for images, _ in loader:
-                backbone_logits(adapter, images, memory_format, opts.precision == "bf16")
+            if config.decode == "phased":
+                for images, _ in phased_batches(dataset, config.batch_size, config.workers, pin_memory=pin):
+                    backbone_logits(adapter, images, memory_format, bf16)
+                continue
+            loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers,
+                                pin_memory=pin and config.decode == "inside")
+            if config.decode == "inside":
+                for images, _ in loader:
+                    backbone_logits(adapter, images, memory_format, bf16)
+                continue
+            decoded, start = None, 0
+            for images, _ in loader:  # every image first, into one tensor
+                if decoded is None:
+                    decoded = torch.empty((len(indices), *images.shape[1:]), dtype=images.dtype, pin_memory=pin)
+                decoded[start : start + len(images)] = images
+                start += len(images)
+            for start in range(0, len(decoded), config.batch_size):
+                backbone_logits(adapter, decoded[start : start + config.batch_size], memory_format, bf16)
     return elapsed["s"]
+
+
+def search_floor(selected, adapter, configs: list[FloorConfig], own: FloorConfig, precision: str,
+                 memory_mb: float, rounds: int = 2, measure=floor_pass) -> dict:
+    """Every configuration's time (``measure``: see :func:`floor_pass`), the fastest as ``winner``.
+
+    The grid is passed ``rounds`` times, every other round in reverse order, so that a machine that slows or
+    speeds up as the search runs favours no end of it; a configuration's ``seconds`` is the least of its
+    passes (all in ``runs_s``). ``before`` configurations whose decoded images exceed ``memory_mb`` are listed
+    as skipped.
+    """
+    images = sum(len(indices) for _, indices in selected)
+    needed = decoded_mb(selected, adapter)
+    (source, indices), *_ = selected
+    measure([(source, indices[:256])], adapter, FloorConfig("inside", 64, 0), precision)  # warm-up, untimed
+    rows = {config: dataclasses.asdict(config) | {"pipeline": config == own} for config in configs}
+    for config, row in rows.items():
+        if config.decode == "before" and needed > memory_mb:
+            row["skipped"] = f"the decoded images take {needed:.0f} MiB, over --floor-memory-mb {memory_mb:.0f}"
+    for round_ in range(rounds):
+        for config in configs if round_ % 2 == 0 else configs[::-1]:
+            row = rows[config]
+            if "skipped" not in row:
+                row.setdefault("runs_s", []).append(measure(selected, adapter, config, precision))
+                row |= {"seconds": min(row["runs_s"]), "images_per_s": images / min(row["runs_s"])}
+            print(f"[benchmark] floor {row}", file=sys.stderr)
+    tried = list(rows.values())
+    winner = min((row for row in tried if "seconds" in row), key=lambda row: row["seconds"])
+    return {"images": images, "rounds": rounds, "configs": tried, "winner": winner,
+            "pipeline_config": next((row for row in tried if row["pipeline"]), None)}
+
+
+def measure_import() -> float:
+    """Wall seconds of a fresh interpreter that imports torch and torchvision, and exits."""
+    with stopwatch() as elapsed:
+        subprocess.run([sys.executable, "-c", "import torch, torchvision"], check=True)
+    return elapsed["s"]
+
+
+def measure_run(command: list[str]) -> dict:
+    """``vision-lens`` ``command`` in a fresh interpreter (scripts/timed_run.py): its stages as measured inside,
+    and ``wall_s``, the whole process from the outside."""
+    with stopwatch() as elapsed:
+        done = subprocess.run([sys.executable, str(TIMED_RUN), *command], stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"vision-lens {' '.join(command)} failed (exit {done.returncode}); see its stderr above")
+    return json.loads(done.stdout.splitlines()[-1]) | {"wall_s": elapsed["s"]}
+
+
+def summarise(floor_runs: list[float], imports: list[float], runs: list[dict]) -> dict:
+    """Means over the passes, the capture fraction and both ratios (see the module docstring)."""
+    floor_s = mean(floor_runs)
+    stages = {stage: mean([run["stages"].get(stage, 0.0) for run in runs]) for stage in runs[0]["stages"]}
+    capture_s = sum(stages[stage] for stage in CAPTURE_STAGES)
+    pipeline_s = mean([run["command_s"] for run in runs])
+    wall_s, import_s = mean([run["wall_s"] for run in runs]), mean(imports)
+    return {
+        "floor_s": floor_s, "pipeline_s": pipeline_s, "ratio": pipeline_s / floor_s, "stages": stages,
+        "capture": {"s": capture_s, "fraction_of_floor": floor_s / capture_s},
+        "whole_run": {"wall_s": wall_s, "import_torch_torchvision_s": import_s,
+                      "ratio": wall_s / (floor_s + import_s)},
+        "floor_runs_s": floor_runs, "pipeline_runs_s": [run["command_s"] for run in runs],
+        "wall_runs_s": [run["wall_s"] for run in runs], "import_runs_s": imports,
+        "stage_runs_s": [run["stages"] for run in runs],
+    }
+
+
+def read_caches(adapter, opts: RunOptions) -> dict:
+    """The fit and eval splits of a finished run with ``opts``, read back from its complete feature caches
+    (``pipeline.capture_split``), by stage."""
+    layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
+    return {f"capture_{side}": pipeline.capture_split(adapter, opts, split, limit, layout,
+                                                       open_split(opts.data, split, opts.download_root))
+            for side, split, limit in (("fit", opts.fit_split, opts.fit_limit),
+                                       ("eval", opts.eval_split, opts.eval_limit))}
 
 
 def labelled(cache) -> tuple[list[np.ndarray], np.ndarray]:
@@ -325,20 +406,6 @@ def bytes_per_image(opts: RunOptions, adapter, cache) -> dict:
     return {"full_block_maps": full, "kept": int(kept), "ratio": full / kept}
 
 
-def rss_mb(field: str) -> float | None:
-    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process from /proc, in MiB; None off Linux."""
-    status = Path("/proc/self/status")
-    if not status.is_file():
-        return None
-    line = next(line for line in status.read_text().splitlines() if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
-
-
-def max_rss_mb() -> float:
-    """getrusage's peak resident memory of this process in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
 def capture_rss(args: argparse.Namespace) -> dict:
     """In this (fresh) process: load the model, capture ``args.capture_rss_of`` fit images
     ``args.capture_rounds`` times, each into a fresh cache, and report the peak after each round.
@@ -392,24 +459,35 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         opts = run_options(args, Path(tmp) / "out", Path(tmp) / "cache")
-        adapter = pipeline.load_model(opts)  # the one-off imports (the model's family), before either is timed
+        adapter = pipeline.load_model(opts)  # resolves the pipeline's default batch size and workers
+        own = FloorConfig(pipeline_decode(opts), opts.batch_size, opts.workers)
         selected = selected_images(opts)
         warm_page_cache(selected)
-        floor_runs, runs = [measure_floor(selected, opts, adapter)], []
+        search = search_floor(selected, adapter, floor_configs(args, own), own, args.precision, args.floor_memory_mb,
+                              args.floor_rounds)
+        if args.search_only:
+            print(json.dumps(search, indent=1))
+            return
+        winner = FloorConfig(*(search["winner"][f.name] for f in dataclasses.fields(FloorConfig)))
+        floor_runs, imports, runs = [floor_pass(selected, adapter, winner, args.precision)], [], []
         for repeat in range(args.repeats):
-            run_opts = run_options(args, Path(tmp) / f"out-{repeat}", Path(tmp) / f"cache-{repeat}")
-            runs.append(measure_pipeline(run_opts))
-            floor_runs.append(measure_floor(selected, opts, adapter))
-        _, caches = runs[-1]
+            out, cache = Path(tmp) / f"out-{repeat}", Path(tmp) / f"cache-{repeat}"
+            imports.append(measure_import())
+            runs.append(measure_run(run_command(args, out, cache)))
+            floor_runs.append(floor_pass(selected, adapter, winner, args.precision))
+        caches = read_caches(adapter, run_options(args, out, cache))
         probes = compare_linear_probes(opts, adapter, caches, args.sklearn)
-        fit_images, eval_images = (len(caches[c].labels) for c in ("capture_fit", "capture_eval"))
-    means = mean_timings(floor_runs, [timings for timings, _ in runs])
+        fit_images, eval_images = (len(caches[c].labels) for c in CAPTURE_STAGES)
+    means = summarise(floor_runs, imports, runs)
+    images = fit_images + eval_images
     report = {
         "model": args.model, "weights": args.weights, "data": args.data, "fit_images": fit_images,
-        "eval_images": eval_images, "workers": args.workers, "batch_size": opts.batch_size, "device": opts.device,
+        "eval_images": eval_images, "workers": opts.workers, "batch_size": opts.batch_size, "device": opts.device,
         "accelerator": torch.cuda.get_device_name() if adapter.device.type == "cuda" else None,
-        "precision": args.precision, "torch_threads": threads, **means,
-        "images_per_s": {side: (fit_images + eval_images) / means[f"{side}_s"] for side in ("floor", "pipeline")},
+        "precision": args.precision, "torch_threads": threads, "usable_cores": usable_cores(),
+        "floor_search": search, "floor": dataclasses.asdict(winner), **means,
+        "images_per_s": {"floor": images / means["floor_s"], "pipeline": images / means["pipeline_s"],
+                         "capture": images / means["capture"]["s"]},
         "linear_probe": probes,
         "capture_bytes_per_image": bytes_per_image(opts, adapter, caches["capture_fit"]),
         "capture_peak_rss": measure_capture_rss(args, args.rss_sizes or [max(1, fit_images // 4), fit_images]),

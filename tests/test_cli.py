@@ -46,18 +46,22 @@ def test_torch_threads_are_capped_at_the_usable_cores(monkeypatch):
     assert torch.get_num_threads() == before
 
 
-def test_batch_size_defaults_to_the_device():
-    from vision_lens.capture import default_batch_size
+def test_batch_size_and_workers_default_to_the_device():
+    from vision_lens.capture import default_batch_size, default_workers
     from vision_lens.options import RunOptions
     from vision_lens.pipeline import load_model
+    from vision_lens.threads import usable_cores
 
     assert default_batch_size("cpu") == 64 and default_batch_size("cuda:1") == 256
+    cpu_workers = usable_cores() if usable_cores() > 1 else 0
+    assert default_workers("cpu") == cpu_workers and default_workers("cuda:1") == usable_cores()
     opts = RunOptions(model="cifar:resnet8", weights="random", data="data", out="out", device="cpu")
     load_model(opts)
-    assert opts.batch_size == 64  # resolved before capture, so that run.json records it
-    given = RunOptions(model="cifar:resnet8", weights="random", data="data", out="out", device="cpu", batch_size=7)
+    assert (opts.batch_size, opts.workers) == (64, cpu_workers)  # resolved before capture: run.json records them
+    given = RunOptions(model="cifar:resnet8", weights="random", data="data", out="out", device="cpu", batch_size=7,
+                       workers=3)
     load_model(given)
-    assert given.batch_size == 7
+    assert (given.batch_size, given.workers) == (7, 3)
 
 
 @pytest.mark.parametrize("flag, value", [("--batch-size", "0"), ("--workers", "-1")])

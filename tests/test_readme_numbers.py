@@ -55,39 +55,11 @@ def test_quoted_baseline_accuracy_matches(run, page):
 
 
 def test_quoted_benchmark_matches_its_json():
+    """The README's headline of the committed benchmark; every other number of it is in docs/performance.md,
+    which tests/test_benchmark.py checks is rendered from the same JSON."""
     bench = json.loads((REPO / "results" / "benchmark" / "cifar10-resnet20-cpu.json").read_text())
     text = " ".join((REPO / "README.md").read_text().split())  # line breaks as spaces
     assert f"floor {bench['floor_s']:.1f} s, pipeline {bench['pipeline_s']:.1f} s, **ratio {bench['ratio']:.2f}**" in text
-    stages = bench["stages"]
-    capture = stages["capture_fit_s"] + stages["capture_eval_s"]
-    assert f"capture of both splits {capture:.1f} s ({capture / bench['floor_s']:.2f}x the floor" in text
-    assert f"fitting the three lenses {stages['fit_lenses_s']:.1f} s" in text
-    same = bench["linear_probe"]["same_penalty"]
-    assert f"ours took {same['ours_fit_s']:.2f} s against {same['sklearn_fit_s']:.2f} s" in text
-    assert f"**{same['speedup']:.1f}x faster**" in text
-    better = sum(o > s for o, s in zip(same["ours_acc"], same["sklearn_acc"]))
-    assert f"more accurate at {better} of the {len(same['ours_acc'])} blocks" in text
-    small, large = bench["capture_peak_rss"]
-    growth = large["peak_mb"] / small["peak_mb"] - 1
-    assert f"{small['peak_mb']:,.0f} MiB for {small['images']:,} images and {large['peak_mb']:,.0f} MiB for " \
-           f"{large['images']:,} (**{growth:+.1%}" in text.replace(" %", "%")
-    rounds = large["peak_rounds_mb"]
-    assert f"{len(rounds[0]) * large['images']:,} images in all, raised it to " + \
-           " and ".join(f"{r[-1]:,.0f}" for r in rounds) + " MiB" in text
-
-
-def test_quoted_batch256_benchmark_matches_its_json():
-    bench = json.loads((REPO / "results" / "benchmark" / "cifar10-resnet20-cpu-batch256.json").read_text())
-    default = json.loads((REPO / "results" / "benchmark" / "cifar10-resnet20-cpu.json").read_text())
-    text = " ".join((REPO / "README.md").read_text().split())
-    assert bench["batch_size"] == 256 and default["batch_size"] == 64
-    capture = [b["stages"]["capture_fit_s"] + b["stages"]["capture_eval_s"] for b in (bench, default)]
-    assert f"capture of both splits took {capture[0]:.1f} s against {capture[1]:.1f} s" in text
-    small, large = bench["capture_peak_rss"]
-    runs = " and ".join(f"{r:,.0f}" for r in small["peak_runs_mb"]) + ", " + \
-        " and ".join(f"{r:,.0f}" for r in large["peak_runs_mb"])
-    assert f"peaked at {small['peak_mb']:,.0f} MiB for {small['images']:,} images and {large['peak_mb']:,.0f} MiB " \
-           f"for {large['images']:,} (runs {runs} MiB) and at " + \
-           " and ".join(f"{r[-1]:,.0f}" for r in large["peak_rounds_mb"]) + " MiB after" in text
-    growth = large["peak_mb"] / small["peak_mb"] - 1
-    assert f"its growth, {growth:+.1%} here," in text.replace(" %", "%")
+    if "whole_run" in bench:  # since the floor search (issue 22): the two targets, as measured
+        assert (f"capture at {bench['capture']['fraction_of_floor']:.2f} of the floor's images/s, the whole run "
+                f"**{bench['whole_run']['ratio']:.2f}** times the floor and the import of torch") in text

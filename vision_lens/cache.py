@@ -15,11 +15,22 @@ order; each commit records a chunk ``{"stop", "images", "arrays"}``: the rows
 it ends at, a hash of the content ids of the images they were computed from
 (hashes of the bytes the loader decoded), and a SHA-256 of its rows
 in every array. ``done`` (the rows committed) is advanced atomically only
-after the rows are written to the mapped files, so a run killed at any point
+after the rows are written to the files, so a run killed at any point
 resumes from the last commit: the kernel's page cache keeps the rows
 of a process that dies. They are not forced to disk (msync cost 0.17 s per
 10k-image CIFAR split); should a machine crash lose rows the manifest lists,
 their chunk's checksum no longer matches and they are captured again.
+
+The arrays are memory-mapped read-only; rows are written with ``pwrite``. A
+store into a mapped page that the disk has no room for kills the process
+with SIGBUS, which no handler can turn into a message, while ``pwrite`` fails
+with ENOSPC. So, before a file is created or grown, the free space on its
+disk is checked and the whole file is allocated (``posix_fallocate``, where
+the file system has it): a disk too small for the cache stops the run before
+the first forward pass, with a message that gives both sizes. A disk that
+fills up anyway (another process, a file system without allocation) stops
+capture with a message naming the cache; the rows committed before it are
+kept, and the same command resumes from them once there is room.
 
 Opening checks every file's size and every committed chunk against the
 manifest and the current images. The rows from the first chunk that fails
@@ -31,9 +42,11 @@ at all. Complete caches are opened read-only, so reading never changes them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import mmap
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +74,51 @@ def images_digest(content_ids: Sequence[str] | None) -> str:
     if content_ids is None:
         return ""
     return hashlib.sha256("\n".join(content_ids).encode()).hexdigest()
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes that can still be written on the file system holding ``path``; None where the OS does not say."""
+    try:
+        stat = os.statvfs(path)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def unallocated_bytes(path: Path, size: int) -> int:
+    """Bytes of a file of ``size`` bytes at ``path`` that no disk block holds yet (all of them if it is missing):
+    what the file system must still find room for."""
+    try:
+        return max(0, size - os.stat(path).st_blocks * 512)
+    except (OSError, AttributeError):  # AttributeError: no st_blocks (Windows)
+        return size
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 2**20:,.1f} MiB"
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NPY_HEADER_BYTES = 128  # what numpy writes before the data of our arrays' shapes (for the free-space check)
+
+
+FULL_DISK_ADVICE = "Free some space there, or pass --cache-dir a folder on a disk with room (which captures afresh)"
+
+
+def _kept(done: int) -> str:
+    if not done:
+        return "nothing had been captured yet"
+    return f"the {done} rows captured before it are kept, and the same command resumes from them"
+
+
+def write_error(path: Path, name: str, exc: OSError, done: int) -> CacheError:
+    """The message for a write into the cache at ``path`` (its file ``name``) that failed with ``exc`` after ``done``
+    rows were committed: what happened, what is kept and what to do."""
+    if exc.errno in NO_SPACE:
+        return CacheError(f"the disk under the feature cache {path} is full ({name}: {exc.strerror}); {_kept(done)} "
+                          f"once there is room. {FULL_DISK_ADVICE}")
+    return CacheError(f"cannot write the feature cache {path} ({name}: {exc.strerror or exc}); {_kept(done)} once it "
+                      "can be written. Make it writable, or pass --cache-dir another folder")
 
 
 def npy_file_problem(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
@@ -175,7 +233,8 @@ class FeatureCache:
 
     @classmethod
     def _map(cls, path: Path, manifest: dict, shapes: dict, content_ids, lock) -> "FeatureCache":
-        """Memory-map the arrays: read-only when complete or not writable; created when missing or truncated."""
+        """Memory-map the arrays (read-only: rows are written with ``pwrite``), created when missing or truncated and
+        allocated when rows remain to be written."""
         manifest.setdefault("chunks", [])
         manifest["done"] = manifest["chunks"][-1]["stop"] if manifest["chunks"] else 0
         n = shapes["labels"][0]
@@ -193,12 +252,13 @@ class FeatureCache:
                   file=sys.stderr)
             manifest["chunks"], manifest["done"], fresh = [], 0, True
         complete = manifest["done"] == n
+        files = {name: path / f"{name}.npy" for name in shapes}
+        if not complete and lock is not None:
+            cls._make_room(path, files, shapes, dtypes, fresh, manifest["done"])
         arrays = {}
         for name, shape in shapes.items():
-            dtype, file = dtypes[name], path / f"{name}.npy"
-            mode = "r" if complete or lock is None else ("w+" if fresh else "r+")
             try:
-                arrays[name] = np.lib.format.open_memmap(file, mode=mode, dtype=dtype, shape=tuple(shape))
+                arrays[name] = np.lib.format.open_memmap(files[name], mode="r", dtype=dtypes[name], shape=tuple(shape))
             except (OSError, ValueError) as exc:
                 raise CacheError(f"feature cache {path} is damaged ({name}.npy: {exc}); delete {path} and rerun") from exc
         feats = [arrays[f"block_{k}"] for k in range(sum(s.startswith("block_") for s in shapes))]
@@ -208,10 +268,32 @@ class FeatureCache:
             cache._write_manifest()
         return cache
 
+    @staticmethod
+    def _make_room(path: Path, files: dict[str, Path], shapes: dict, dtypes: dict, fresh: bool, done: int) -> None:
+        """Create the array files (when ``fresh``) and allocate every one at its full size, after checking that
+        their disk has room for what is not allocated yet; CacheError giving both sizes where it has not."""
+        sizes = {name: NPY_HEADER_BYTES + int(np.prod(shapes[name])) * dtypes[name].itemsize for name in shapes}
+        needed = sum(unallocated_bytes(files[name], size) for name, size in sizes.items())
+        free = free_bytes(path)
+        if free is not None and needed > free:
+            raise CacheError(f"not enough free disk space for the feature cache {path}: it needs {_megabytes(needed)} "
+                             f"more and its disk has {_megabytes(free)} free; {_kept(done)}. {FULL_DISK_ADVICE}")
+        for name, file in files.items():
+            try:
+                if fresh:
+                    np.lib.format.open_memmap(file, mode="w+", dtype=dtypes[name], shape=tuple(shapes[name]))
+                with open(file, "r+b") as f:
+                    if hasattr(os, "posix_fallocate"):
+                        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as exc:
+                if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # this file system cannot allocate
+                    continue
+                raise write_error(path, file.name, exc, done) from exc
+
     def _chunk_checksum(self, start: int, stop: int) -> str:
         digest = hashlib.sha256()
         for array in self._arrays.values():
-            digest.update(np.ascontiguousarray(array[start:stop]).tobytes())
+            digest.update(np.ascontiguousarray(array[start:stop]))  # rows of a C-ordered array: no copy
         return digest.hexdigest()
 
     def _verify(self) -> None:
@@ -243,20 +325,15 @@ class FeatureCache:
         if chunk is not None:
             print(f"[vision-lens] feature cache {self.path}: {problem}; capturing them again", file=sys.stderr)
         self.manifest["chunks"] = self.manifest["chunks"][:chunk] if chunk is not None else []
-        was_complete = self.complete
         self.manifest["done"] = self.manifest["chunks"][-1]["stop"] if self.manifest["chunks"] else 0
-        if was_complete:  # mapped read-only; the rows to capture again need write access
-            self._remap_writable()
         self._write_manifest()
 
-    def _remap_writable(self) -> None:
-        arrays = {name: np.lib.format.open_memmap(self.path / f"{name}.npy", mode="r+") for name in self._arrays}
-        self.features = [arrays[f"block_{k}"] for k in range(len(self.features))]
-        self.logits, self.labels = arrays["logits"], arrays["labels"]
-        self.aux_logits = {k: arrays[f"aux_{k}"] for k in self.aux_logits}
-
-    def _write_manifest(self) -> None:
-        write_text_atomic(self.path / "manifest.json", json.dumps(self.manifest, indent=1))
+    def _write_manifest(self, manifest: dict | None = None) -> None:
+        """Write ``manifest`` (default: this cache's) atomically; CacheError saying what is kept if it fails."""
+        try:
+            write_text_atomic(self.path / "manifest.json", json.dumps(manifest or self.manifest, indent=1))
+        except OSError as exc:
+            raise write_error(self.path, "manifest.json", exc, self.done) from exc
 
     def _release(self) -> None:
         if self.lock is not None:
@@ -267,25 +344,37 @@ class FeatureCache:
         self, start: int, features: list[np.ndarray], logits: np.ndarray, labels: np.ndarray,
         aux_logits: dict[int, np.ndarray] | None = None,
     ) -> None:
-        """Write rows ``start:start+len(labels)`` (not yet committed)."""
-        stop = start + len(labels)
-        for dst, src in zip(self.features, features):
-            dst[start:stop] = src
-        self.logits[start:stop] = logits
-        self.labels[start:stop] = labels
-        for k, src in (aux_logits or {}).items():
-            self.aux_logits[k][start:stop] = src
+        """Write rows ``start:start+len(labels)`` (not yet committed), with ``pwrite``: a full disk raises
+        CacheError (see the module docstring)."""
+        rows = {f"block_{k}": values for k, values in enumerate(features)} | {"logits": logits, "labels": labels}
+        rows |= {f"aux_{k}": values for k, values in (aux_logits or {}).items()}
+        arrays = self._arrays
+        for name, values in rows.items():
+            array = arrays[name]
+            data = memoryview(np.ascontiguousarray(values, dtype=array.dtype)).cast("B")
+            if data.nbytes != len(labels) * array[:1].nbytes:
+                raise ValueError(f"{name}: rows of {tuple(np.shape(values))}, expected "
+                                 f"{(len(labels), *array.shape[1:])}")
+            offset = array.offset + start * array[:1].nbytes
+            try:
+                fd = os.open(self.path / f"{name}.npy", os.O_WRONLY)
+                try:
+                    while data:  # pwrite may write less than asked
+                        written = os.pwrite(fd, data, offset)
+                        data, offset = data[written:], offset + written
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise write_error(self.path, f"{name}.npy", exc, self.done) from exc
 
     def commit(self, done: int, content_ids: Sequence[str] | None = None) -> None:
         """Record that the first ``done`` rows are final, with their checksums and those of ``content_ids``, the
         content ids of the images of the rows since the last commit."""
-        start = self.done
-        self.manifest["chunks"].append(
-            {"stop": done, "images": images_digest(content_ids), "arrays": self._chunk_checksum(start, done)}
-        )
-        self.manifest["done"] = done
-        self._write_manifest()
-        for array in self._arrays.values():  # written pages stay in the page cache: unmap them, so memory stays flat
+        chunk = {"stop": done, "images": images_digest(content_ids), "arrays": self._chunk_checksum(self.done, done)}
+        manifest = self.manifest | {"chunks": [*self.manifest["chunks"], chunk], "done": done}
+        self._write_manifest(manifest)  # a failure leaves this cache as on disk: at the last commit
+        self.manifest = manifest
+        for array in self._arrays.values():  # the checksum mapped the rows' pages: unmap them, so memory stays flat
             if isinstance(getattr(array, "_mmap", None), mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
                 array._mmap.madvise(mmap.MADV_DONTNEED)
         if self.complete:

@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 from .adapters import ModelAdapter
 from .cache import FeatureCache
 from .checks import check_activations
-from .data import DataError, ImageSource, TransformedSubset
+from .data import DataError, ImageSource, TransformedSubset, phased_batches
 from .readout import BlockPooling, FeatureLayout
+from .threads import usable_cores
 
 
 REMEMBER_EVERY = 4096  # captured images' content ids held before they are written to the hash index
@@ -112,13 +113,53 @@ def capture_key(
     }
 
 
-def default_batch_size(device: str) -> int:
-    """Images per capture forward pass when none is given: 64 on the CPU, 256 on an accelerator.
+# Capture's batch size and loader workers when none are given, and how the loader runs, per kind of device.
+# * CPU, a worker per usable core, decoding in phases (data.phased_batches): the forward pass runs on every
+#   core (torch's threads), so a loader that decodes while it runs takes cores from it, and decoding in the
+#   main process between batches leaves all but one core idle while it decodes. Of one 20k-image CIFAR-10
+#   pass of ResNet-20 on 2 cores, 2 workers decoding inside the loader at 64 images per batch took 12.7 s,
+#   decoding every image first and then the forward pass 9.7 to 11.4 s (issue 22): phases do that a chunk at a
+#   time, with the decoding spread over the workers. With the loader in the main process capture cost 1.07 to
+#   1.11 times the plain pass of the same configuration (CPU time, 2,000 images, cProfile: the hooks' pooling
+#   2 %, hashing and the cache's writes and checks under 1 % each). The floor search of
+#   scripts/benchmark_pipeline.py (results/benchmark/cifar10-resnet20-cpu.json, `floor_search`; rendered in
+#   docs/performance.md) times these defaults, as the pipeline's line, against every other configuration;
+#   tests/test_benchmark.py checks that the committed search ran with them and found them the fastest way to
+#   stream the images (or within a tenth of it). One core: no worker, nothing to spread the decoding over.
+# * CPU, 64 images: a batch's activations live in the process heap; a larger batch raised capture's peak
+#   memory by 185 to 207 MiB at 256 per batch and made the heap fragment more as images passed, for 22.9 s
+#   against 23.1 s of capture (results/benchmark/cifar10-resnet20-cpu-batch256.json).
+# * GPU, 256 images and a worker per usable core, decoding while the model runs: the forward pass is on the
+#   device and the cores are free to decode. Not measured yet (no GPU was available to the sessions that wrote
+#   this); the GPU benchmark (scripts/benchmark_gpu.sh) runs the same floor search there.
+CAPTURE_DEFAULTS = {"cpu": {"batch_size": 64, "workers": None, "phased": True},
+                    "accelerator": {"batch_size": 256, "workers": None, "phased": False}}
 
-    On the CPU a batch's activations live in the process heap: a larger batch raises the peak memory of
-    capture, and makes the heap fragment more as images pass, for no gain in speed there.
-    """
-    return 64 if str(device).split(":")[0] == "cpu" else 256
+
+def _device_defaults(device: str) -> dict:
+    return CAPTURE_DEFAULTS["cpu" if str(device).split(":")[0] == "cpu" else "accelerator"]
+
+
+def default_batch_size(device: str) -> int:
+    """Images per capture forward pass when none is given (see ``CAPTURE_DEFAULTS``): 64 on the CPU, 256 on an
+    accelerator."""
+    return _device_defaults(device)["batch_size"]
+
+
+def default_workers(device: str) -> int:
+    """Data-loading workers of capture when none are given (see ``CAPTURE_DEFAULTS``): one per usable core (none
+    where there is one core only on the CPU)."""
+    workers = _device_defaults(device)["workers"]
+    if workers is not None:
+        return workers
+    cores = usable_cores()
+    return 0 if cores == 1 and str(device).split(":")[0] == "cpu" else cores
+
+
+def loads_in_phases(device: str) -> bool:
+    """Whether capture's loader workers decode in phases on ``device`` (see ``data.phased_batches``): on the CPU,
+    where the forward pass runs on the same cores; not with a GPU, where decoding overlaps it."""
+    return _device_defaults(device)["phased"]
 
 
 def input_memory_format(device: torch.device, channels_last: bool | None = None) -> torch.memory_format:
@@ -149,7 +190,7 @@ def capture(
     label_map: np.ndarray,
     layout: FeatureLayout,
     batch_size: int | None = None,
-    workers: int = 2,
+    workers: int | None = None,
     desc: str = "capture",
     bf16: bool = False,
     channels_last: bool | None = None,
@@ -165,7 +206,8 @@ def capture(
     the cache key too); pooling and the cache stay float32. ``channels_last``
     (default: on CUDA devices) hands the backbone its input in that memory
     layout; it changes no value, so it is not part of the key. ``batch_size``
-    defaults to :func:`default_batch_size` of the device.
+    and ``workers`` default to :func:`default_batch_size` and :func:`default_workers` of the device; on the CPU
+    the workers decode in phases (:func:`loads_in_phases`).
     """
     dims = [layout.width(k) for k in range(len(layout.blocks))]
     aux_blocks = tuple(k for k, b in enumerate(adapter.blocks) if b.name in adapter.aux_classifiers)
@@ -176,13 +218,14 @@ def capture(
     )
     if cache.complete:
         return cache
-    loader = DataLoader(
-        _SafeSubset(source, indices[cache.done :], adapter.transform, adapter.input_size, content_ids=True),
-        batch_size=batch_size or default_batch_size(adapter.device.type),
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=adapter.device.type == "cuda",
-    )
+    dataset = _SafeSubset(source, indices[cache.done :], adapter.transform, adapter.input_size, content_ids=True)
+    batch_size = batch_size or default_batch_size(adapter.device.type)
+    workers = default_workers(adapter.device.type) if workers is None else workers
+    pin = adapter.device.type == "cuda"
+    if workers and loads_in_phases(adapter.device.type):
+        loader = phased_batches(dataset, batch_size, workers, _collate, pin)
+    else:
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate, pin_memory=pin)
     start = cache.done
     commit_rows = max(1, COMMIT_BYTES // cache.row_bytes)
     uncommitted: list[str] = []  # content ids of the rows written since the last commit

@@ -28,7 +28,6 @@ from typing import Iterable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-import seaborn as sns
 from matplotlib.lines import Line2D
 
 from .analysis import (ResultsLike, as_results, defined_transfer, has_transfer, layer_values, penalty_profiles,
@@ -36,7 +35,7 @@ from .analysis import (ResultsLike, as_results, defined_transfer, has_transfer, 
 from .artifacts import RunFolderError, RunResults, require_complete
 from .files import write_text_atomic
 from .errors import OptionError
-from .plotting import LENS_LABELS, LENS_STYLES, penalty_vs_distance
+from .plotting import LENS_LABELS, LENS_STYLES, palette, penalty_vs_distance
 
 COMPARED_METRICS = ("ce", "kl")
 MIN_FONT_SIZE = 8  # points, at the saved figure size
@@ -116,7 +115,7 @@ def compare(
                 f"{', '.join(lens_types)} and no tuned layer_transfer (its lenses: {present}); pass --lens-types "
                 "that it has, or another input"
             )
-    palette = sns.color_palette("colorblind")
+    colours = palette()
     fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(5 * (len(metrics) + 1), 4.4))
     styles_used: list[str] = []
     for ax, metric in zip(axes, metrics):
@@ -127,7 +126,7 @@ def compare(
                 if np.isfinite(layer_values(run.aggregate[lens_type][metric])).sum() < 2:
                     continue  # defined at one block only (an Inception's logit lens): no curve to normalise
                 x, y = normalised_layerwise(run, metric, lens_type)
-                ax.plot(x, y, LENS_STYLES.get(lens_type, "-"), marker="o", ms=3, color=palette[r_i % len(palette)],
+                ax.plot(x, y, LENS_STYLES.get(lens_type, "-"), marker="o", ms=3, color=colours[r_i % len(colours)],
                         label=f"{lens_type} · {run.name}")
                 styles_used += [lens_type] if lens_type not in styles_used else []
         ax.axhline(1, color="grey", lw=0.8, ls=":")
@@ -141,7 +140,7 @@ def compare(
     penalty_ax = axes[-1]
     if with_transfer:
         penalty_vs_distance([runs[i] for i in with_transfer], relative=True, normalise=True,
-                            colors=[palette[i % len(palette)] for i in with_transfer], ax=penalty_ax)
+                            colors=[colours[i % len(colours)] for i in with_transfer], ax=penalty_ax)
         penalty_ax.get_legend().remove()  # the figure legend names the runs
     else:
         penalty_ax.text(0.5, 0.5, "no input has a tuned-lens layer_transfer", ha="center", va="center",
@@ -149,7 +148,7 @@ def compare(
     penalty_ax.set_title("tuned lens: transfer penalty, normalised (unitless)", fontsize=10)
 
     # Every panel is unitless, so the legend names the inputs without a unit.
-    run_handles = [Line2D([], [], color=palette[i % len(palette)], lw=2.5, label=run.name) for i, run in enumerate(runs)]
+    run_handles = [Line2D([], [], color=colours[i % len(colours)], lw=2.5, label=run.name) for i, run in enumerate(runs)]
     style_handles = [Line2D([], [], color="black", ls=LENS_STYLES.get(t, "-"), label=LENS_LABELS.get(t, t))
                      for t in styles_used]
     fig.legend(handles=run_handles + style_handles, loc="lower center", ncol=min(len(runs) + len(styles_used), 5),

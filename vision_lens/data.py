@@ -22,11 +22,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -397,3 +398,51 @@ class TransformedSubset(torch.utils.data.Dataset):
             )
         item = self.transform(image), int(self.source.labels[index])
         return (*item, tuple(content)) if self.content_ids else item
+
+
+PHASE_BYTES = 64 * 2**20  # about this much of decoded images is held per phase of phased_batches
+
+
+class _PhaseSampler(torch.utils.data.Sampler):
+    """The batches of one phase: rows ``rows`` of the dataset, ``batch_size`` at a time (set before each pass)."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size, self.rows = batch_size, range(0)
+
+    def __iter__(self):
+        for start in range(self.rows.start, self.rows.stop, self.batch_size):
+            yield list(range(start, min(start + self.batch_size, self.rows.stop)))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.rows) / self.batch_size)
+
+
+def phased_batches(dataset: torch.utils.data.Dataset, batch_size: int, workers: int, collate_fn: Callable | None = None,
+                   pin_memory: bool = False, phase_bytes: int = PHASE_BYTES) -> Iterator:
+    """The batches of ``dataset`` in order, decoded by ``workers`` loader processes a phase at a time: while they
+    decode a phase the caller waits, and while the caller works through it they wait.
+
+    Where the model runs on the same cores as the loader (a CPU, whose forward pass already uses every core),
+    decoding inside the loader while the model runs makes the two compete for the cores; in phases, decoding
+    still uses every worker and the forward pass every core. A phase holds about ``phase_bytes`` of decoded
+    images (the first, one batch per worker, measures them), so memory stays flat in the number of images.
+    """
+    sampler = _PhaseSampler(batch_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_fn,
+                                         pin_memory=pin_memory, persistent_workers=True)
+    step = batch_size * workers  # rows per round of the workers
+    start, phase = 0, step
+    try:
+        while start < len(dataset):
+            sampler.rows = range(start, min(start + phase, len(dataset)))
+            batches = list(loader)
+            start = sampler.rows.stop
+            images = next((b[0] for b in batches if isinstance(b, (tuple, list)) and isinstance(b[0], torch.Tensor)),
+                          None)
+            if images is not None and len(images):
+                per_image = images[0].numel() * images.element_size()
+                phase = step * max(1, phase_bytes // (per_image * step))
+            yield from batches
+            del batches
+    finally:
+        del loader  # its persistent workers end with it

@@ -90,7 +90,9 @@ class CommonOptions:
         "stay float32)", choices=("fp32", "bf16"))
     batch_size: int = _opt(None, "images per forward pass during capture (default: 64 on the CPU, 256 on a GPU)",
                            type=int)
-    workers: int = _opt(2, "data-loading worker processes", type=int)
+    workers: int = _opt(None, "data-loading worker processes (default: one per core; on the CPU they decode a "
+                        "chunk of images while the model waits, then wait while it runs on them, since both need "
+                        "every core; with a GPU they decode while it runs; 0: the main process decodes)", type=int)
     cache_dir: str = _opt(None, "feature cache root (default: $VISION_LENS_CACHE or ~/.cache/vision_lens)")
     download_root: str = _opt(None, "where torchvision:cifar10 is downloaded (default: <cache-dir>/datasets)")
     overwrite: bool = _opt(False, "replace an existing, non-empty --out", action="store_true")
@@ -105,7 +107,7 @@ class CommonOptions:
     def __post_init__(self):
         _check_count("--batch-size", self.batch_size, "a number of images per forward pass")
         _check_count("--eval-limit", self.eval_limit, "a number of images to evaluate on, or leave it out for all")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise OptionError(f"--workers {self.workers}: give 0 (load in the main process) or more loader processes")
         if not 0 <= self.seed <= MAX_SEED:
             raise OptionError(f"--seed {self.seed}: give an integer from 0 to {MAX_SEED}")

@@ -26,7 +26,7 @@ from .adapters import ModelAdapter, create_adapter
 from .artifacts import (RunResults, check_output, load_results, mark_complete, prepare_output, require_complete,
                         write_results, writing_into)
 from .cache import FeatureCache
-from .capture import capture, default_batch_size
+from .capture import capture, default_batch_size, default_workers
 from .checks import check_fit
 from .data import DataError, ImageSource, SelectedImages, data_id, select
 from .files import write_text_atomic
@@ -82,10 +82,11 @@ def stop_processes() -> None:
 
 
 def load_model(opts: CommonOptions) -> ModelAdapter:
-    """The adapter on ``opts.device``; ``auto`` and the default batch size are resolved here, and kept in ``opts``
-    for run.json."""
+    """The adapter on ``opts.device``; ``auto`` and the default batch size and workers are resolved here, and kept
+    in ``opts`` for run.json."""
     opts.device = resolve_device(opts.device)
     opts.batch_size = opts.batch_size or default_batch_size(opts.device)
+    opts.workers = default_workers(opts.device) if opts.workers is None else opts.workers
     _start_processes(opts)
     return create_adapter(opts.model, weights=opts.weights, seed=opts.seed).to(opts.device)
 

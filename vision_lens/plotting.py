@@ -1,4 +1,4 @@
-"""Plotting helpers for lens results (seaborn/matplotlib).
+"""Plotting helpers for lens results (matplotlib).
 
 Every function takes result folders (``str``/``Path``), ``aggregate_metrics.json``
 files (ours or those written by ``tuned-lens eval``) or loaded
@@ -12,6 +12,12 @@ drew on, so figures can be composed and saved by the caller::
 
 ``prediction_trajectory`` instead takes a model adapter, a loaded lens and one
 image, and runs the model.
+
+Only matplotlib's ``Figure`` machinery is imported here; pyplot is imported
+when a function is called without ``ax`` (to give it a figure of its own). No
+seaborn either: importing it pulls in pandas and scipy.stats, which cost a run
+more than drawing its figures did; the colours are its colorblind palette, and
+the heatmaps are drawn with matplotlib's ``pcolormesh``.
 """
 
 from __future__ import annotations
@@ -21,11 +27,11 @@ import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import matplotlib.pyplot as plt
-from matplotlib.figure import Figure
 import numpy as np
-import seaborn as sns
 import torch
+from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
 from PIL import Image
 
 from .adapters import ModelAdapter
@@ -72,8 +78,66 @@ X_AXES = ("block", "relative_depth")
 UNDEFINED_HATCH = {"facecolor": "#e0e0e0", "hatch": "///", "edgecolor": "#9e9e9e"}
 HEATMAP_CLIP_PERCENTILE = 95
 HEATMAP_MAX_ANNOTATED = 24  # blocks; beyond that cell values no longer fit
+# seaborn's "colorblind" palette, its ten colours in order.
+COLORBLIND = ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133",
+              "#56b4e9")
+# The heatmaps' colour maps: dark for large penalties (magma reversed, the family of seaborn's "rocket"), and
+# another for KL so that the two never read alike.
+HEATMAP_CMAPS = {"kl": "viridis_r"}
+HEATMAP_CMAP = "magma_r"
 PAIR_GROUP_STYLES = {"all": ("-", "o", ""), "within_stage": ("-", "o", " · within stage"),
                      "across_stage": ("--", "s", " · across stages")}
+
+
+def palette(n: int | None = None) -> list[tuple[float, float, float]]:
+    """The colorblind palette as RGB; with ``n``, ``n`` colours, cycling."""
+    colours = [to_rgb(c) for c in COLORBLIND]
+    return colours if n is None else [colours[i % len(colours)] for i in range(n)]
+
+
+def new_axes(**subplots):
+    """``pyplot.subplots(**subplots)``: a figure for a caller that passed no Axes (pyplot is imported only here,
+    so that writing a run's files never loads it)."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(**subplots)
+
+
+def _luminance(rgb) -> float:
+    """The relative luminance of an sRGB colour (WCAG's definition): where text on it should turn white."""
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3]]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def heatmap(ax: Axes, values: np.ndarray, mask: np.ndarray, *, vmin: float, vmax: float, cmap: str,
+            xticklabels: Sequence[str], yticklabels: Sequence[str], annot: np.ndarray | str | None = None,
+            fontsize: float | None = None, square: bool = False, cbar_label: str = "", extend: str = "neither",
+            linewidth: float = 0.0, xrotation: float = 90):
+    """Cells of ``values`` (row 0 on top) in ``cmap`` from ``vmin`` to ``vmax``, with a colour bar; cells under
+    ``mask`` are left out (transparent). ``annot`` prints text in every other cell, dark on light cells and white
+    on dark ones: an array of strings, or a format for the values (e.g. ``".1f"``). Returns the QuadMesh."""
+    data = np.ma.masked_where(mask, values)
+    rows, cols = values.shape
+    mesh = ax.pcolormesh(data, cmap=cmap, vmin=vmin, vmax=vmax, edgecolors="white" if linewidth else "face",
+                         linewidth=linewidth)
+    ax.set(xlim=(0, cols), ylim=(0, rows))
+    ax.invert_yaxis()
+    ax.set_xticks(np.arange(cols) + 0.5, xticklabels, rotation=xrotation)
+    ax.set_yticks(np.arange(rows) + 0.5, yticklabels)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if square:
+        ax.set_aspect("equal")
+    colorbar = ax.figure.colorbar(mesh, ax=ax, extend=extend, label=cbar_label)
+    colorbar.outline.set_linewidth(0)
+    if annot is not None:
+        colours = mesh.cmap(mesh.norm(data))
+        for i, j in zip(*np.nonzero(~mask)):
+            text = format(values[i, j], annot) if isinstance(annot, str) else annot[i, j]
+            ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=fontsize,
+                    color="0.15" if _luminance(colours[i, j]) > 0.408 else "white",
+                    in_layout=False)  # inside the axes: tight_layout need not measure them
+    return mesh
 
 
 def metric_label(metric: str, runs: Sequence[RunResults]) -> str:
@@ -84,7 +148,7 @@ def metric_label(metric: str, runs: Sequence[RunResults]) -> str:
     return label
 
 
-def _hatch_undefined(ax: plt.Axes) -> None:
+def _hatch_undefined(ax: Axes) -> None:
     # Masked heatmap cells are transparent, so the hatched axes background marks them.
     ax.patch.set_facecolor(UNDEFINED_HATCH["facecolor"])
     ax.patch.set_hatch(UNDEFINED_HATCH["hatch"])
@@ -96,8 +160,8 @@ def layerwise(
     metric: str = "acc",
     x: str = "block",
     lens_types: Sequence[str] = ("tuned", "shared", "logit", "linear_probe", "aux_head"),
-    ax: plt.Axes | None = None,
-) -> plt.Axes:
+    ax: Axes | None = None,
+) -> Axes:
     """One line per model and lens type: ``metric`` at every block.
 
     ``x="block"`` labels the axis with block names (block indices when the
@@ -113,8 +177,8 @@ def layerwise(
     if x not in X_AXES:
         raise ValueError(f"x must be one of {X_AXES}, got {x!r}")
     runs = as_results(results)
-    ax = ax or plt.subplots(figsize=(7, 4))[1]
-    palette = sns.color_palette("colorblind")
+    ax = ax or new_axes(figsize=(7, 4))[1]
+    colours = palette()
     drawn, banded = 0, False
     for r_i, run in enumerate(runs):
         for t_i, lens_type in enumerate(t for t in lens_types if t in run.aggregate):
@@ -124,7 +188,7 @@ def layerwise(
             y = layer_values(by_layer)
             xs = relative_depth(len(y)) if x == "relative_depth" else np.arange(len(y))
             label = LENS_LABELS.get(lens_type, lens_type) + (f" · {run.name}" if len(runs) > 1 else "")
-            color = palette[(r_i if len(runs) > 1 else t_i) % len(palette)]
+            color = colours[(r_i if len(runs) > 1 else t_i) % len(colours)]
             ax.plot(xs, y, LENS_STYLES.get(lens_type, "-"), marker="o", ms=3.5, color=color, label=label)
             bounds = (run.intervals or {}).get(lens_type, {}).get(metric)
             if bounds:
@@ -164,8 +228,8 @@ def layerwise(
 
 
 def transfer_heatmap(
-    results: ResultsLike, kind: str = "penalty", lens_type: str = "tuned", ax: plt.Axes | None = None
-) -> plt.Axes:
+    results: ResultsLike, kind: str = "penalty", lens_type: str = "tuned", ax: Axes | None = None
+) -> Axes:
     """Heatmap of the transfer matrix: train block on the rows, eval block on the columns.
 
     As in the tuned-lens paper's transfer figure. Undefined cells (no
@@ -179,7 +243,7 @@ def transfer_heatmap(
     (run,) = as_results(results)
     matrix = transfer_matrix(run, kind, lens_type)
     names = block_names(run, len(matrix))
-    ax = ax or plt.subplots(figsize=(6.5, 5.5))[1]
+    ax = ax or new_axes(figsize=(6.5, 5.5))[1]
     _hatch_undefined(ax)
     undefined = np.isnan(matrix)
     # With every cell undefined (no labels, no paths) there is no range to read off.
@@ -188,22 +252,13 @@ def transfer_heatmap(
     clipped = defined.max() > vmax
     name = "transfer penalty" if kind == "penalty" else kind.upper()
     annotate = len(matrix) <= HEATMAP_MAX_ANNOTATED
-    sns.heatmap(
-        matrix,
-        mask=undefined,
-        vmin=min(0.0, float(defined.min())),
-        vmax=vmax,
-        cmap="rocket_r" if kind != "kl" else "mako_r",
-        annot=annotate,
-        fmt=".1f",
-        annot_kws={"fontsize": min(7.0, max(4.0, 70 / len(matrix)))},
-        xticklabels=names,
-        yticklabels=names,
-        square=True,
-        cbar_kws={"label": f"{name} ({reported_unit(run)})"
-                           + (f"\ncolour clipped at the {HEATMAP_CLIP_PERCENTILE}th percentile" if clipped else ""),
-                  "extend": "max" if clipped else "neither"},
-        ax=ax,
+    heatmap(
+        ax, matrix, undefined, vmin=min(0.0, float(defined.min())), vmax=vmax,
+        cmap=HEATMAP_CMAPS.get(kind, HEATMAP_CMAP), annot=".1f" if annotate else None,
+        fontsize=min(7.0, max(4.0, 70 / len(matrix))), xticklabels=names, yticklabels=names, square=True,
+        cbar_label=f"{name} ({reported_unit(run)})"
+                   + (f"\ncolour clipped at the {HEATMAP_CLIP_PERCENTILE}th percentile" if clipped else ""),
+        extend="max" if clipped else "neither",
     )
     for k in stage_boundaries(run):
         ax.axhline(k, color="black", lw=0.8)
@@ -226,8 +281,8 @@ def penalty_vs_distance(
     stages: bool = False,
     pair_counts: bool = True,
     colors: Sequence | None = None,
-    ax: plt.Axes | None = None,
-) -> plt.Axes:
+    ax: Axes | None = None,
+) -> Axes:
     """Mean transfer penalty as a function of block distance ``|i - j|``, one line per model.
 
     If representations drift gradually (the claim tested), the penalty grows
@@ -242,8 +297,8 @@ def penalty_vs_distance(
     one colour per run (default: the colorblind palette).
     """
     runs = as_results(results)
-    ax = ax or plt.subplots(figsize=(6, 4))[1]
-    colors = colors or sns.color_palette("colorblind", len(runs))
+    ax = ax or new_axes(figsize=(6, 4))[1]
+    colors = colors or palette(len(runs))
     drawn = []  # (profile, colour) for the pair-count bars
     for run, color in zip(runs, colors):
         if not defined_transfer(run, lens_type):  # no translator reads another block: nothing to draw
@@ -275,7 +330,7 @@ def penalty_vs_distance(
     return ax
 
 
-def _pair_count_bars(ax: plt.Axes, drawn: list) -> plt.Axes:
+def _pair_count_bars(ax: Axes, drawn: list) -> Axes:
     """Pale bars of the number of block pairs behind each mean, on a right-hand axis labelled ``block pairs``.
 
     The bars fill the lowest quarter of the plot, behind the lines.
@@ -328,8 +383,8 @@ def prediction_trajectory(
     image: Image.Image | str | Path,
     k: int = 5,
     label: str | None = None,
-    ax: plt.Axes | None = None,
-) -> plt.Axes:
+    ax: Axes | None = None,
+) -> Axes:
     """Top-``k`` classes and their probabilities under ``lens`` at every block, for one image.
 
     The vision analog of tuned-lens's ``PredictionTrajectory``: rows are the
@@ -363,18 +418,16 @@ def prediction_trajectory(
     image_drawn = ax is None
     if image_drawn:
         height = 0.42 * len(rows) + 1.4
-        fig, (image_ax, ax) = plt.subplots(
-            1, 2, figsize=(1.3 * k + 4.5, height), gridspec_kw={"width_ratios": [1.1, 0.9 * k + 1.6]}
+        fig, (image_ax, ax) = new_axes(
+            nrows=1, ncols=2, figsize=(1.3 * k + 4.5, height), gridspec_kw={"width_ratios": [1.1, 0.9 * k + 1.6]}
         )
         image_ax.imshow(image.convert("RGB"))
         image_ax.set_title("\n".join(caption) or "input", fontsize=8)
         image_ax.axis("off")
     _hatch_undefined(ax)
-    sns.heatmap(
-        probs, mask=np.isnan(probs), annot=names, fmt="", annot_kws={"fontsize": 7}, vmin=0, vmax=1, cmap="Blues",
-        xticklabels=[f"top {r + 1}" for r in range(k)], yticklabels=labels, linewidths=0.5, linecolor="white",
-        cbar_kws={"label": "probability"}, ax=ax,
-    )
+    heatmap(ax, probs, np.isnan(probs), annot=names, fontsize=7, vmin=0, vmax=1, cmap="Blues",
+            xticklabels=[f"top {r + 1}" for r in range(k)], yticklabels=labels, linewidth=0.5,
+            cbar_label="probability", xrotation=0)
     for r, p in enumerate(rows):
         if p is None:
             ax.text(k / 2, r + 0.5, "undefined: no identity path", ha="center", va="center", fontsize=7,
@@ -391,23 +444,23 @@ def prediction_trajectory(
 
 def penalty_frontier(
     runs: Sequence[str | Path], recipe_runs: Sequence[str | Path | None] | None = None, labels: Sequence[str] | None = None,
-    ax: plt.Axes | None = None,
-) -> plt.Axes:
+    ax: Axes | None = None,
+) -> Axes:
     """The regularisation frontier: the mean transfer penalty between neighbouring blocks (|i - j| = 1) against
     the mean own CE, one curve per run folder along its ``frontier.json`` sweep (written by ``vision-lens
     frontier``; the strongest penalty labelled). The run's own fit (the L2 strength chosen per block on held-out
     fit images) is marked with a circle and, where ``recipe_runs`` gives a run under ``--recipe tuned-lens`` of
     the same model, that fit with a star. A verdict on penalties holds only if it holds along the whole curve.
     """
-    ax = ax or plt.subplots(figsize=(6.5, 4.8))[1]
-    palette = sns.color_palette("colorblind")
+    ax = ax or new_axes(figsize=(6.5, 4.8))[1]
+    colours = palette()
     recipe_runs = list(recipe_runs or [None] * len(runs))
     for i, (run_dir, recipe_dir) in enumerate(zip(runs, recipe_runs)):
         path = Path(run_dir) / FRONTIER_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{run_dir} has no frontier.json; run `vision-lens frontier {run_dir}` first")
         frontier = json.loads(path.read_text())
-        color = palette[i % len(palette)]
+        color = colours[i % len(colours)]
         label = labels[i] if labels else frontier["model"]
         points = [(p["own_ce"], p["penalty_by_distance"].get("1"), p["weight_decay"]) for p in frontier["points"]]
         points = [p for p in points if p[1] is not None]

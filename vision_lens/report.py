@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from . import __version__
 from .analysis import ResultsLike, as_results, defined_transfer, has_transfer, reported_unit
@@ -46,13 +46,19 @@ TABLE_METRICS = ("acc", "top5", "agree", "ce", "kl", "entropy")
 FIGURE_METRICS = ("acc", "ce", "kl", "agree")
 
 
-def png_data_uri(fig: plt.Figure) -> str:
-    """The figure as an inline ``data:image/png;base64,...`` URI (the figure is closed)."""
+def png_data_uri(fig: Figure) -> str:
+    """The figure as an inline ``data:image/png;base64,...`` URI."""
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
     return _data_uri(buffer.getvalue())
+
+
+def subplots(figsize: tuple[float, float], ncols: int = 1):
+    """A new Figure (not pyplot's: writing a report never loads pyplot nor touches the user's figures) and its
+    Axes, one per column."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(1, ncols)
 
 
 def _data_uri(png: bytes) -> str:
@@ -79,7 +85,7 @@ def run_figures(run: RunResults) -> list[str]:
     for pair in (present[i : i + 2] for i in range(0, len(present), 2)):
         uri = _saved_png_uri(run.path / LAYERWISE_FIGURE) if pair == ["acc", "ce"] else None
         if uri is None:
-            fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+            fig, axes = subplots((11, 4), ncols=2)
             for ax, metric in zip(axes, pair):
                 layerwise(run, metric, ax=ax)
             axes[-1].set_visible(len(pair) == 2)
@@ -88,12 +94,12 @@ def run_figures(run: RunResults) -> list[str]:
     if has_transfer(run):
         uri = _saved_png_uri(run.path / TRANSFER_FIGURE)
         if uri is None:
-            fig, ax = plt.subplots(figsize=(6.5, 5.5))
+            fig, ax = subplots((6.5, 5.5))
             transfer_heatmap(run, "penalty", ax=ax)
             uri = png_data_uri(fig)
         figures.append(_figure(uri, "transfer penalty: translator of block i (rows) evaluated on block j (columns)"))
     if defined_transfer(run):
-        fig, ax = plt.subplots(figsize=(6, 3.8))
+        fig, ax = subplots((6, 3.8))
         penalty_vs_distance(run, stages=bool(run.block_names), ax=ax)
         figures.append(_figure(png_data_uri(fig), "mean transfer penalty against block distance |i − j|, within and "
                                                   "across stages (bars: block pairs per distance; error bars, where "
@@ -168,13 +174,13 @@ def run_section(run: RunResults) -> str:
 
 def comparison_section(runs: list[RunResults]) -> str:
     """Cross-run plots on a relative-depth axis, for reports of several runs."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = subplots((12, 4.2), ncols=2)
     layerwise(runs, "acc", x="relative_depth", lens_types=("tuned", "logit"), ax=axes[0])
     layerwise(runs, "kl", x="relative_depth", lens_types=("tuned", "logit"), ax=axes[1])
     figures = [_figure(png_data_uri(fig), "accuracy and KL against relative depth")]
     transfer_runs = [r for r in runs if defined_transfer(r)]
     if transfer_runs:
-        fig, ax = plt.subplots(figsize=(6.5, 4))
+        fig, ax = subplots((6.5, 4))
         penalty_vs_distance(transfer_runs, relative=True, ax=ax)
         figures.append(_figure(png_data_uri(fig), "mean transfer penalty against block distance as a fraction of depth"))
     return f'<section><h2>All runs</h2>{"".join(figures)}</section>'
