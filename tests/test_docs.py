@@ -637,6 +637,16 @@ def test_the_number_extraction_reads_prose_not_names_or_code():
     assert [t for _, t in numbers(text)] == ["0.9173", "1,000", "1e-6", "3", "6", "32x32", "2.14.1", "2^18"]
 
 
+def test_the_readme_is_short_and_starts_with_install_demo_and_the_tests_that_ci_runs():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(readme) <= 15_000, f"README.md has {len(readme)} characters; move detail to docs/"
+    first_screen = "\n".join(readme.splitlines()[:40])
+    first_block = _FENCE.search(first_screen)
+    assert first_block, "the README's first screen holds no command block"
+    ci = (REPO / ".ci" / "run").read_text().split("# The README's test command:")[1].strip()
+    for command in ("pip install -c constraints.txt", "vision-lens demo", ci):
+        assert command in first_block.group(0), f"the README's first commands lack {command!r}"
+
 # ---------------------------------------------------------------------------------------------------------------
 # Links and references
 
