@@ -1,4 +1,4 @@
-"""Plotting helpers for lens results (matplotlib).
+"""Plotting helpers for lens results (seaborn and matplotlib).
 
 Every function takes result folders (``str``/``Path``), ``aggregate_metrics.json``
 files (ours or those written by ``tuned-lens eval``) or loaded
@@ -13,11 +13,11 @@ drew on, so figures can be composed and saved by the caller::
 ``prediction_trajectory`` instead takes a model adapter, a loaded lens and one
 image, and runs the model.
 
-Only matplotlib's ``Figure`` machinery is imported here; pyplot is imported
-when a function is called without ``ax`` (to give it a figure of its own). No
-seaborn either: importing it pulls in pandas and scipy.stats, which cost a run
-more than drawing its figures did; the colours are its colorblind palette, and
-the heatmaps are drawn with matplotlib's ``pcolormesh``.
+Importing this module loads only matplotlib's ``Figure`` machinery. seaborn
+(which pulls in pandas and scipy.stats) is imported at the first drawing that
+needs it, and pyplot when a function is called without ``ax`` (to give it a
+figure of its own), so that importing the pipeline stays cheap and a
+notebook's backend is left as it was.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from matplotlib.axes import Axes
-from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -78,21 +77,24 @@ X_AXES = ("block", "relative_depth")
 UNDEFINED_HATCH = {"facecolor": "#e0e0e0", "hatch": "///", "edgecolor": "#9e9e9e"}
 HEATMAP_CLIP_PERCENTILE = 95
 HEATMAP_MAX_ANNOTATED = 24  # blocks; beyond that cell values no longer fit
-# seaborn's "colorblind" palette, its ten colours in order.
-COLORBLIND = ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133",
-              "#56b4e9")
-# The heatmaps' colour maps: dark for large penalties (magma reversed, the family of seaborn's "rocket"), and
-# another for KL so that the two never read alike.
-HEATMAP_CMAPS = {"kl": "viridis_r"}
-HEATMAP_CMAP = "magma_r"
+# The heatmaps' colour maps (seaborn's): dark for large penalties, and another for KL so that the two never
+# read alike.
+HEATMAP_CMAPS = {"kl": "mako_r"}
+HEATMAP_CMAP = "rocket_r"
 PAIR_GROUP_STYLES = {"all": ("-", "o", ""), "within_stage": ("-", "o", " · within stage"),
                      "across_stage": ("--", "s", " · across stages")}
 
 
+def seaborn():
+    """The seaborn module, imported at the first drawing (see the module's docstring)."""
+    import seaborn as sns
+
+    return sns
+
+
 def palette(n: int | None = None) -> list[tuple[float, float, float]]:
-    """The colorblind palette as RGB; with ``n``, ``n`` colours, cycling."""
-    colours = [to_rgb(c) for c in COLORBLIND]
-    return colours if n is None else [colours[i % len(colours)] for i in range(n)]
+    """seaborn's colorblind palette as RGB; with ``n``, ``n`` colours, cycling."""
+    return seaborn().color_palette("colorblind", n)
 
 
 def new_axes(**subplots):
@@ -103,41 +105,11 @@ def new_axes(**subplots):
     return plt.subplots(**subplots)
 
 
-def _luminance(rgb) -> float:
-    """The relative luminance of an sRGB colour (WCAG's definition): where text on it should turn white."""
-    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3]]
-    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
-
-
-def heatmap(ax: Axes, values: np.ndarray, mask: np.ndarray, *, vmin: float, vmax: float, cmap: str,
-            xticklabels: Sequence[str], yticklabels: Sequence[str], annot: np.ndarray | str | None = None,
-            fontsize: float | None = None, square: bool = False, cbar_label: str = "", extend: str = "neither",
-            linewidth: float = 0.0, xrotation: float = 90):
-    """Cells of ``values`` (row 0 on top) in ``cmap`` from ``vmin`` to ``vmax``, with a colour bar; cells under
-    ``mask`` are left out (transparent). ``annot`` prints text in every other cell, dark on light cells and white
-    on dark ones: an array of strings, or a format for the values (e.g. ``".1f"``). Returns the QuadMesh."""
-    data = np.ma.masked_where(mask, values)
-    rows, cols = values.shape
-    mesh = ax.pcolormesh(data, cmap=cmap, vmin=vmin, vmax=vmax, edgecolors="white" if linewidth else "face",
-                         linewidth=linewidth)
-    ax.set(xlim=(0, cols), ylim=(0, rows))
-    ax.invert_yaxis()
-    ax.set_xticks(np.arange(cols) + 0.5, xticklabels, rotation=xrotation)
-    ax.set_yticks(np.arange(rows) + 0.5, yticklabels)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    if square:
-        ax.set_aspect("equal")
-    colorbar = ax.figure.colorbar(mesh, ax=ax, extend=extend, label=cbar_label)
-    colorbar.outline.set_linewidth(0)
-    if annot is not None:
-        colours = mesh.cmap(mesh.norm(data))
-        for i, j in zip(*np.nonzero(~mask)):
-            text = format(values[i, j], annot) if isinstance(annot, str) else annot[i, j]
-            ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=fontsize,
-                    color="0.15" if _luminance(colours[i, j]) > 0.408 else "white",
-                    in_layout=False)  # inside the axes: tight_layout need not measure them
-    return mesh
+def _out_of_layout(texts) -> None:
+    """Cell annotations lie inside their axes, so tight_layout need not measure them (a third of the time
+    save_run_figures spent)."""
+    for text in texts:
+        text.set_in_layout(False)
 
 
 def metric_label(metric: str, runs: Sequence[RunResults]) -> str:
@@ -252,14 +224,16 @@ def transfer_heatmap(
     clipped = defined.max() > vmax
     name = "transfer penalty" if kind == "penalty" else kind.upper()
     annotate = len(matrix) <= HEATMAP_MAX_ANNOTATED
-    heatmap(
-        ax, matrix, undefined, vmin=min(0.0, float(defined.min())), vmax=vmax,
-        cmap=HEATMAP_CMAPS.get(kind, HEATMAP_CMAP), annot=".1f" if annotate else None,
-        fontsize=min(7.0, max(4.0, 70 / len(matrix))), xticklabels=names, yticklabels=names, square=True,
-        cbar_label=f"{name} ({reported_unit(run)})"
-                   + (f"\ncolour clipped at the {HEATMAP_CLIP_PERCENTILE}th percentile" if clipped else ""),
-        extend="max" if clipped else "neither",
+    seaborn().heatmap(
+        matrix, mask=undefined, vmin=min(0.0, float(defined.min())), vmax=vmax,
+        cmap=HEATMAP_CMAPS.get(kind, HEATMAP_CMAP), annot=annotate, fmt=".1f",
+        annot_kws={"fontsize": min(7.0, max(4.0, 70 / len(matrix)))}, xticklabels=names, yticklabels=names,
+        square=True, ax=ax,
+        cbar_kws={"label": f"{name} ({reported_unit(run)})"
+                           + (f"\ncolour clipped at the {HEATMAP_CLIP_PERCENTILE}th percentile" if clipped else ""),
+                  "extend": "max" if clipped else "neither"},
     )
+    _out_of_layout(ax.texts)
     for k in stage_boundaries(run):
         ax.axhline(k, color="black", lw=0.8)
         ax.axvline(k, color="black", lw=0.8)
@@ -425,9 +399,12 @@ def prediction_trajectory(
         image_ax.set_title("\n".join(caption) or "input", fontsize=8)
         image_ax.axis("off")
     _hatch_undefined(ax)
-    heatmap(ax, probs, np.isnan(probs), annot=names, fontsize=7, vmin=0, vmax=1, cmap="Blues",
-            xticklabels=[f"top {r + 1}" for r in range(k)], yticklabels=labels, linewidth=0.5,
-            cbar_label="probability", xrotation=0)
+    seaborn().heatmap(
+        probs, mask=np.isnan(probs), annot=names, fmt="", annot_kws={"fontsize": 7}, vmin=0, vmax=1, cmap="Blues",
+        xticklabels=[f"top {r + 1}" for r in range(k)], yticklabels=labels, linewidths=0.5, linecolor="white",
+        cbar_kws={"label": "probability"}, ax=ax,
+    )
+    _out_of_layout(ax.texts)
     for r, p in enumerate(rows):
         if p is None:
             ax.text(k / 2, r + 0.5, "undefined: no identity path", ha="center", va="center", fontsize=7,
