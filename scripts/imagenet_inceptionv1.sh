@@ -18,6 +18,6 @@ common=(--data "$IMAGENET" --fit-split train --eval-split val --fit-limit "$FIT_
         --workers "${WORKERS:-8}" --overwrite)
 vision-lens run --model torchvision:googlenet --weights "${WEIGHTS_GOOGLENET:-pretrained}" \
   --out results/imagenet-googlenet "${common[@]}"
-# lucent's 1008 outputs have no synset map: label metrics are null, KL and agreement are reported.
+# lucent's outputs 1 … 1000 are the devkit synsets (the adapter maps the folders onto them); 0 and 1001 … 1007 are unused.
 vision-lens run --model lucent:inceptionv1 --weights "${WEIGHTS_LUCENT:-pretrained}" \
   --out results/imagenet-lucent-inceptionv1 "${common[@]}"

@@ -376,7 +376,7 @@ SOURCES: dict[str, list[Source]] = {
         one(lambda: run(R20).run["eval_images"], ",", "eval images, run.json"),
         one(lambda: baseline_acc(R20), ".4f"),
         each(lambda: [agg(R20)["tuned"]["acc"][k] for k in ("layer_0", "layer_9")], ".3f", "tuned acc, stem and last"),
-        one(lambda: probe_tuned_gap(R20), ".3f"),
+        one(lambda: probe_tuned_gap(R20), lambda v: f"{math.ceil(v * 1000) / 1000:.3f}", "the largest gap, rounded up"),
         one(lambda: neighbour_penalty(R20), ".2f"),
         one(lambda: neighbour_penalty(R20) / own_ce(R20), ".1f"),
         one(lambda: own_ce(R20), ".2f"),

@@ -3,8 +3,9 @@
 That the lenses can be fitted through the model's unembedding, the data
 layout of every split the command reads, that their classes match each other
 and the model, and that the feature cache can be written (or already holds
-complete captures to read). ``--out`` is checked by
-``artifacts.prepare_output``, before this.
+complete captures to read). ``--out`` is checked, creating nothing, by
+``artifacts.check_output`` before this, and created by
+``artifacts.prepare_output`` after it, so that a bad argument leaves no folder.
 """
 
 from __future__ import annotations
