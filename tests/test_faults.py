@@ -52,6 +52,9 @@ from vision_lens.files import FolderLock
 def die(*args, **kwargs):
     os.kill(os.getpid(), getattr(signal, sys.argv[2]))
 
+# Ctrl-C in a terminal reaches Python's handler, but a process started under a background job (`pytest &`)
+# inherits SIGINT ignored, and Python then installs none: restore it, as a terminal would have it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 stage = sys.argv[1]
 capture.COMMIT_BYTES = 0  # a commit after every batch
 if stage == "capture":
