@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -225,23 +226,29 @@ time.sleep(600)
 """
 
 
-def test_a_second_run_on_a_busy_out_stops_at_once_naming_the_holder(base, baseline, tmp_path, capsys):
-    out = tmp_path / "out"
-    shutil.copytree(base / "baseline", out)
-    # A holder that is busy for sure: another process, as a run that is still fitting into --out.
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), LOCK_NAME], cwd=REPO, text=True,
+@contextmanager
+def held_by_another_process(folder: Path):
+    """``folder``'s writer lock, held for the block by another process (as a run still fitting there); its pid."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder), LOCK_NAME], cwd=REPO, text=True,
                               stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert holder.stdout.readline() == "held\n"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_second_run_on_a_busy_out_stops_at_once_naming_the_holder(base, baseline, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(base / "baseline", out)
+    with held_by_another_process(out) as pid:
         before = tree_bytes(out)
         for extra in ([], ["--overwrite"]):
             assert run_on(base / "data", out, tmp_path / "cache", *extra) == 2
             err = capsys.readouterr().err
-            assert f"--out {out} is being written by another vision-lens process (pid {holder.pid})" in err
+            assert f"--out {out} is being written by another vision-lens process (pid {pid})" in err
             assert tree_bytes(out) == before and not (tmp_path / "cache").exists()  # nothing removed, nothing captured
-    finally:
-        holder.kill()
-        holder.wait()
     assert run_on(base / "data", out, base / "cache", "--overwrite") == 0  # free again
 
 
@@ -559,8 +566,10 @@ def test_overwrite_refuses_an_out_holding_the_data_the_cache_or_the_weights(base
     assert inside != "weights" or weights.is_file()
 
 
-def tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+def tree_bytes(folder: Path, *without: str) -> dict[str, bytes]:
+    """Every file under ``folder`` by its relative path, but ``without`` and the lock file (its last holder's pid)."""
+    files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    return {name: p.read_bytes() for name, p in files.items() if name not in (LOCK_NAME, *without)}
 
 
 def test_eval_into_its_own_lens_folder_is_refused_and_deletes_nothing(base, baseline, tmp_path, capsys):
@@ -792,3 +801,62 @@ def test_lenses_are_not_evaluated_on_the_images_they_were_fitted_on(base, baseli
     assert run["options"]["eval_on_fit_images"] is True and "not held-out numbers" in run["warnings"][0]
     assert evaluate(data, "test", "e4") == 0  # held-out images: as before, no warning
     assert "warnings" not in json.loads((tmp_path / "e4" / "run.json").read_text())
+
+
+# --------------------------------------------------------------------------- third round: what the audit of issue 21 found
+
+def frontier_args(run: Path, cache: Path, *strengths: str) -> list[str]:
+    return ["frontier", str(run), "--strengths", *(strengths or ("0.1",)), "--cache-dir", str(cache)]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
+def test_frontier_checks_its_strengths_when_the_command_line_is_read(base, baseline, tmp_path, capsys, value):
+    run = tmp_path / "run"
+    shutil.copytree(base / "baseline", run)
+    before = tree_bytes(run)
+    assert main(frontier_args(run, tmp_path / "cache", "0.1", value)) == 2
+    err = capsys.readouterr().err
+    assert f"vision-lens frontier: error: --strengths {float(value)}: give a finite penalty above 0" in err
+    assert tree_bytes(run) == before and not (tmp_path / "cache").exists()  # nothing written, nothing captured
+
+
+def test_frontier_holds_the_run_folders_lock(base, baseline, tmp_path, capsys, monkeypatch):
+    import vision_lens.frontier as frontier_module
+
+    run = tmp_path / "run"
+    shutil.copytree(base / "baseline", run)
+    with held_by_another_process(run) as pid:
+        before = tree_bytes(run)
+        assert main(frontier_args(run, tmp_path / "cache")) == 2
+        assert (f"vision-lens frontier: error: run folder {run} is being written by another vision-lens process "
+                f"(pid {pid}); wait for it to finish") in capsys.readouterr().err
+        assert tree_bytes(run) == before and not (tmp_path / "cache").exists()
+    # While the frontier refits, a run with --overwrite on its folder (another process) is refused, removing nothing.
+    sweep, overwrites = frontier_module.sweep, []
+
+    def overwrite_then_sweep(*args, **kwargs):
+        overwrites.append(vision_lens(*run_args(base / "data", run, base / "cache"), "--overwrite"))
+        return sweep(*args, **kwargs)
+
+    monkeypatch.setattr(frontier_module, "sweep", overwrite_then_sweep)
+    assert main(frontier_args(run, base / "cache")) == 0
+    (overwrite,) = overwrites
+    assert overwrite.returncode == 2 and (f"--out {run} is being written by another vision-lens process "
+                                          f"(pid {os.getpid()})") in overwrite.stderr, overwrite.stderr
+    assert tree_bytes(run, MANIFEST_NAME, "frontier.json") == {k: v for k, v in before.items() if k != MANIFEST_NAME}
+
+
+def test_a_full_disk_under_frontier_stops_in_one_line_and_the_rerun_writes_it(base, baseline, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base / "baseline", run)
+    before = tree_bytes(run, MANIFEST_NAME)  # which lists frontier.json before it is written
+    args = frontier_args(run, base / "cache")  # a complete cache: only the run folder is written
+    full = vision_lens(700, *args, code=SMALL_DISK)  # frontier.json is about 1 KB, the manifest under 500 bytes
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    assert (f"vision-lens frontier: error: run folder {run}: cannot write {run / 'frontier.json'} (File too large); "
+            "the run's own files are as they were. Free space there and rerun the same command") in full.stderr
+    assert not (run / "frontier.json").exists() and not list(run.rglob("*.tmp"))
+    assert tree_bytes(run, MANIFEST_NAME) == before
+    assert main(args) == 0  # the rerun, in process
+    assert [p["weight_decay"] for p in json.loads((run / "frontier.json").read_text())["points"]] == [0.1]
+    assert "frontier.json" in manifest(run)["files"] and manifest(run)["complete"] is True
