@@ -860,3 +860,15 @@ def test_a_full_disk_under_frontier_stops_in_one_line_and_the_rerun_writes_it(ba
     assert main(args) == 0  # the rerun, in process
     assert [p["weight_decay"] for p in json.loads((run / "frontier.json").read_text())["points"]] == [0.1]
     assert "frontier.json" in manifest(run)["files"] and manifest(run)["complete"] is True
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--epochs", "0"], "--epochs 0: give a number of training epochs (at least 1)"),
+    (["--seed", "-1"], "--seed -1: give an integer from 0 to 4294967295"),
+    (["--device", "gpu"], "--device 'gpu' is not a torch device"),
+], ids=["epochs", "seed", "device"])
+def test_a_bad_demo_option_is_named_and_leaves_no_out_folder(tmp_path, capsys, extra, message):
+    out = tmp_path / "a" / "demo"
+    assert main(["demo", "--out", str(out), *extra]) == 2
+    assert f"vision-lens demo: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
