@@ -872,3 +872,22 @@ def test_a_bad_demo_option_is_named_and_leaves_no_out_folder(tmp_path, capsys, e
     assert main(["demo", "--out", str(out), *extra]) == 2
     assert f"vision-lens demo: error: {message}" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+def test_eval_refuses_lenses_fitted_on_other_weights_or_another_model(base, baseline, tmp_path, capsys):
+    from vision_lens.adapters.base import file_sha256
+
+    lens = base / "baseline"
+    fitted = json.loads((lens / "lenses" / "tuned" / "config.json").read_text())["weights_id"]
+    state = create_adapter("cifar:resnet8", weights="random").model.state_dict()  # the weights of the fit
+    state["conv1.weight"] = 2 * state["conv1.weight"]  # another backbone under the same head
+    other = tmp_path / "other.th"
+    torch.save({"state_dict": state}, other)
+    for option, value, given in (("--weights", other, f"cifar:resnet8 with weights {file_sha256(other)}"),
+                                 ("--model", "cifar:resnet14", "cifar:resnet14 with weights random-init:")):
+        assert main(["eval", *EVAL_OPTIONS, option, str(value), "--data", str(base / "data"), "--lens", str(lens),
+                     "--out", str(tmp_path / "e"), "--cache-dir", str(tmp_path / "cache")]) == 2
+        err = capsys.readouterr().err
+        assert (f"lens folder {lens / 'lenses' / 'tuned'} was fitted on cifar:resnet8 with weights {fitted} (head "
+                in err and f"not on {given}" in err and "pass the --model and --weights it was fitted on" in err), err
+        assert not (tmp_path / "e").exists() and not (tmp_path / "cache").exists()
