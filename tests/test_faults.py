@@ -891,3 +891,15 @@ def test_eval_refuses_lenses_fitted_on_other_weights_or_another_model(base, base
         assert (f"lens folder {lens / 'lenses' / 'tuned'} was fitted on cifar:resnet8 with weights {fitted} (head "
                 in err and f"not on {given}" in err and "pass the --model and --weights it was fitted on" in err), err
         assert not (tmp_path / "e").exists() and not (tmp_path / "cache").exists()
+
+
+def test_eval_refuses_a_complete_run_missing_a_lens_it_lists(base, baseline, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(base / "baseline", run)
+    shutil.rmtree(run / "lenses" / "tuned")  # before, shared and the probe were evaluated without it, exit 0
+    assert main(["eval", *EVAL_OPTIONS, "--data", str(base / "data"), "--cache-dir", str(base / "cache"),
+                 "--lens", str(run), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert (f"vision-lens eval: error: {run} lacks files that its run wrote there (lenses/tuned/config.json, "
+            "lenses/tuned/params.pt); restore them") in err and "Traceback" not in err
+    assert not (tmp_path / "e").exists()

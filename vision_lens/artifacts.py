@@ -278,13 +278,22 @@ def mark_complete(out: str | Path) -> None:
         lock.release()
 
 
-def require_complete(path: str | Path) -> None:
-    """Refuse a run folder (or a file in one) whose manifest says its run did not finish."""
+def require_complete(path: str | Path, needs: str | None = None) -> None:
+    """Refuse a run folder (or a file in one) whose manifest says its run did not finish; with ``needs`` (a folder
+    of it, ``lenses/``), also one that lacks any file its manifest lists there, so that what remains is not used
+    as if it were all."""
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     manifest = read_manifest(folder)
     if manifest is not None and not manifest["complete"]:
         raise RunFolderError(f"{folder} is an incomplete run (it stopped before finishing); rerun the command that "
                              "writes it, or pass a finished run")
+    if manifest is None or needs is None:
+        return
+    missing = sorted(f for f in manifest["files"] if f.startswith(needs) and not (folder / f).is_file())
+    if missing:
+        raise RunFolderError(f"{folder} lacks files that its run wrote there ({', '.join(missing[:6])}"
+                             f"{', ...' if len(missing) > 6 else ''}); restore them, or fit the lenses again with "
+                             "`vision-lens train` or `run`")
 
 
 def layer_keys(keys) -> list[str]:
