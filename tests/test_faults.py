@@ -903,3 +903,18 @@ def test_eval_refuses_a_complete_run_missing_a_lens_it_lists(base, baseline, tmp
     assert (f"vision-lens eval: error: {run} lacks files that its run wrote there (lenses/tuned/config.json, "
             "lenses/tuned/params.pt); restore them") in err and "Traceback" not in err
     assert not (tmp_path / "e").exists()
+
+
+def test_an_extra_class_folder_in_the_eval_split_is_named_by_name_and_by_position(data_copy, tmp_path, capsys):
+    shutil.copytree(data_copy / "test" / "cat", data_copy / "test" / "zebra")
+    test = data_copy / "test"
+    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
+    err = capsys.readouterr().err
+    assert f"{test} (split 'test'): its class folders do not match" in err
+    assert "unknown to the model: zebra; missing: none" in err
+    # Matched by position, the count is wrong: the message names the folder the model has no class for.
+    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache", "--match-classes-by-position") == 2
+    err = capsys.readouterr().err
+    assert (f"{test} (split 'test'): the data has 11 classes but cifar:resnet8 has 10 outputs, matched by position "
+            "(unknown to the model: zebra; missing: none)") in err and "Traceback" not in err
+    assert not (tmp_path / "cache" / "features").exists() and not (tmp_path / "out").exists()
