@@ -918,3 +918,18 @@ def test_an_extra_class_folder_in_the_eval_split_is_named_by_name_and_by_positio
     assert (f"{test} (split 'test'): the data has 11 classes but cifar:resnet8 has 10 outputs, matched by position "
             "(unknown to the model: zebra; missing: none)") in err and "Traceback" not in err
     assert not (tmp_path / "cache" / "features").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_full_cache_dir_stops_in_one_line_naming_the_cache_and_the_rerun_gives_the_same_numbers(
+        base, baseline, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = run_args(base / "data", out, cache)
+    full = vision_lens(1000, *args, code=SMALL_DISK)  # the fit cache's first array file is 2.7 KB
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    (fit,) = [p for p in (cache / "features").iterdir() if p.is_dir()]
+    assert full.stderr.rstrip().splitlines()[-1] == (
+        f"vision-lens run: error: cannot write the feature cache {fit} (block_0.npy: File too large); nothing had "
+        "been captured yet. Make it writable, or pass --cache-dir another folder")
+    assert manifest(out)["complete"] is False
+    assert main(args) == 0  # the rerun, in process
+    assert (out / "aggregate_metrics.json").read_bytes() == baseline
