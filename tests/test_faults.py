@@ -547,23 +547,26 @@ def test_overwrite_removes_only_what_the_package_wrote(base, baseline, tmp_path,
 
 
 @pytest.mark.parametrize("inside", ["data", "cache", "weights"])
-def test_overwrite_refuses_an_out_holding_the_data_the_cache_or_the_weights(base, tmp_path, capsys, inside):
+def test_overwrite_refuses_an_out_holding_the_data_the_cache_or_the_weights(base, baseline, tmp_path, capsys, inside):
     out = tmp_path / "out"
-    data, cache, weights = out / "data", out / "cache", out / "weights.th"
-    shutil.copytree(base / "data", data)
-    if inside != "data":
-        data = base / "data"
+    shutil.copytree(base / "baseline", out)  # a finished run: --overwrite would replace its files, but for the input
+    data, cache, extra = base / "data", tmp_path / "cache", []
+    if inside == "data":
+        data = out / "data"
+        shutil.copytree(base / "data", data)
     if inside == "cache":
-        cache.mkdir()
+        cache = out / "cache"
+        shutil.copytree(base / "cache", cache)  # a real one: complete captures of both splits
     if inside == "weights":
-        torch.save(create_adapter("cifar:resnet8", weights="random").model.state_dict(), weights)
-    extra = ["--weights", str(weights)] if inside == "weights" else []
+        torch.save(create_adapter("cifar:resnet8", weights="random").model.state_dict(), out / "weights.th")
+        extra = ["--weights", str(out / "weights.th")]
+    before = tree_bytes(out)
     assert run_on(data, out, cache, "--overwrite", *extra) == 2
     err = capsys.readouterr().err
     option = {"data": "--data", "cache": "--cache-dir", "weights": "--weights"}[inside]
     assert "refuses to touch" in err and f"({option})" in err
-    assert list((out / "data").rglob("*.png")) and (inside != "cache" or cache.is_dir())
-    assert inside != "weights" or weights.is_file()
+    assert tree_bytes(out) == before  # the input, and the run beside it, byte for byte
+    assert inside == "cache" or not cache.exists()  # nothing captured
 
 
 def tree_bytes(folder: Path, *without: str) -> dict[str, bytes]:
