@@ -7,6 +7,7 @@ import errno
 import gc
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,7 +23,7 @@ from vision_lens.capture import capture
 from vision_lens.data import ImageFolderSource
 from vision_lens.readout import FeatureLayout
 
-from .conftest import write_image_folder
+from .conftest import REPO, unavailable, write_image_folder
 
 
 class CountingSource(ImageFolderSource):
@@ -107,14 +108,31 @@ def test_a_manifest_that_cannot_be_written_leaves_the_cache_at_its_last_commit(s
     assert json.loads(manifest.read_text())["done"] == 4
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs (root only; skipped where it cannot be mounted)."""
-    mount = tmp_path / "disk"
+def mount_small_disk(mount: Path) -> None:
+    """A 1 MiB tmpfs on the new folder ``mount``; where it cannot be mounted (it needs root), the test is skipped, or
+    fails where CI is set."""
     mount.mkdir()
     if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
                                                        capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
+        unavailable("cannot mount a small tmpfs here (needs root)", "run the CI job as root")
+
+
+def test_a_small_disk_that_cannot_be_mounted_skips_here_and_fails_in_ci(tmp_path, monkeypatch):
+    assert re.search(r"^export CI=1\b", (REPO / ".ci" / "run").read_text(), re.M)  # CI sets it
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no mount command
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="cannot mount a small tmpfs"):
+        mount_small_disk(tmp_path / "here")
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="CI is set, so it must run: run the CI job as root"):
+        mount_small_disk(tmp_path / "ci")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs, unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount_small_disk(mount)
     try:
         yield mount
     finally:
