@@ -824,6 +824,10 @@ def test_frontier_checks_its_strengths_when_the_command_line_is_read(base, basel
 def test_frontier_holds_the_run_folders_lock(base, baseline, tmp_path, capsys, monkeypatch):
     import vision_lens.frontier as frontier_module
 
+    plain = tmp_path / "plain"  # no run: refused before a lock file is created there
+    plain.mkdir()
+    assert main(frontier_args(plain, tmp_path / "cache")) == 2
+    assert f"{plain} holds no aggregate_metrics.json" in capsys.readouterr().err and not list(plain.iterdir())
     run = tmp_path / "run"
     shutil.copytree(base / "baseline", run)
     with held_by_another_process(run) as pid:

@@ -52,12 +52,11 @@ def frontier(run_dir: str | Path, strengths: Sequence[float] = FRONTIER_STRENGTH
     no other process writes the folder, nor removes it with ``--overwrite``, while it is refitted.
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir} is not a folder; pass a run folder written by `vision-lens run`")
+    load_results(run_dir)  # a run folder (else an error naming it), before a lock file is created in it
     with holding_lock(run_dir, RUN_FOLDER):
-        result = sweep(run_dir, strengths, **overrides)
+        result = sweep(run_dir, strengths, **overrides)  # reads the run again, now that no other process writes it
         out = run_dir / FRONTIER_FILE
-        with writing_into(run_dir, RUN_FOLDER, kept=f"the run's own files are as they were. Free space there and "
+        with writing_into(run_dir, RUN_FOLDER, kept="the run's own files are as they were. Free space there and "
                                                     "rerun the same command"):
             add_to_manifest(run_dir, FRONTIER_FILE)  # first: a frontier.json it does not list would block --overwrite
             write_text_atomic(out, json.dumps(result, indent=1, allow_nan=False) + "\n")
