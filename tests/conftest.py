@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 import numpy as np
 import pytest
@@ -46,6 +46,14 @@ def require_shared() -> None:
     )
     if os.environ.get("VISION_LENS_REQUIRE_SHARED") == "1":
         pytest.fail(reason + ", and VISION_LENS_REQUIRE_SHARED=1 makes them mandatory")
+    pytest.skip(reason)
+
+
+def unavailable(reason: str, remedy: str) -> NoReturn:
+    """Skip a test that this machine lacks a tool or a privilege for; fail it instead where ``CI`` is set (``.ci/run``
+    exports CI=1): where the guarantees are checked, a missing tool must not pass silently."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI is set, so it must run: {remedy}")
     pytest.skip(reason)
 
 

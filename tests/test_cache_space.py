@@ -7,6 +7,7 @@ import errno
 import gc
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -107,14 +108,21 @@ def test_a_manifest_that_cannot_be_written_leaves_the_cache_at_its_last_commit(s
     assert json.loads(manifest.read_text())["done"] == 4
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs (root only; skipped where it cannot be mounted)."""
-    mount = tmp_path / "disk"
+def mount_small_disk(mount: Path) -> None:
+    """A 1 MiB tmpfs on the new folder ``mount``; where it cannot be mounted (it needs root and a container that
+    allows mounts), the test is skipped, in CI too: the command-level full-cache case of tests/test_faults.py
+    fills the disk with a file-size limit instead, which needs no privilege."""
     mount.mkdir()
     if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
                                                        capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
+        pytest.skip("cannot mount a small tmpfs here (needs root and a container that allows mounts)")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs, unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount_small_disk(mount)
     try:
         yield mount
     finally:

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from vision_lens.cli import main
 from vision_lens.data import DataError
 from vision_lens.files import FolderLock
 
-from .conftest import CIFAR10_CLASSES, REPO, write_image_folder
+from .conftest import CIFAR10_CLASSES, REPO, unavailable, write_image_folder
 
 COMMON = ["--model", "cifar:resnet8", "--weights", "random", "--max-iter", "5", "--workers", "0", "--batch-size", "4"]
 EVAL_OPTIONS = [o for o in COMMON if o not in ("--max-iter", "5")]  # eval takes no fitting options
@@ -228,23 +229,29 @@ time.sleep(600)
 """
 
 
-def test_a_second_run_on_a_busy_out_stops_at_once_naming_the_holder(base, baseline, tmp_path, capsys):
-    out = tmp_path / "out"
-    shutil.copytree(base / "baseline", out)
-    # A holder that is busy for sure: another process, as a run that is still fitting into --out.
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), LOCK_NAME], cwd=REPO, text=True,
+@contextmanager
+def held_by_another_process(folder: Path):
+    """``folder``'s writer lock, held for the block by another process (as a run still fitting there); its pid."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder), LOCK_NAME], cwd=REPO, text=True,
                               stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert holder.stdout.readline() == "held\n"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_second_run_on_a_busy_out_stops_at_once_naming_the_holder(base, baseline, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(base / "baseline", out)
+    with held_by_another_process(out) as pid:
         before = tree_bytes(out)
         for extra in ([], ["--overwrite"]):
             assert run_on(base / "data", out, tmp_path / "cache", *extra) == 2
             err = capsys.readouterr().err
-            assert f"--out {out} is being written by another vision-lens process (pid {holder.pid})" in err
+            assert f"--out {out} is being written by another vision-lens process (pid {pid})" in err
             assert tree_bytes(out) == before and not (tmp_path / "cache").exists()  # nothing removed, nothing captured
-    finally:
-        holder.kill()
-        holder.wait()
     assert run_on(base / "data", out, base / "cache", "--overwrite") == 0  # free again
 
 
@@ -341,10 +348,8 @@ def test_an_invalid_lens_config_is_named(base, baseline, tmp_path, capsys):
 @pytest.fixture
 def nobody(base):
     if NOBODY is None:
-        reason = "needs setpriv (util-linux) to run without the root capabilities that bypass file permissions"
-        if os.environ.get("CI"):  # where these guarantees are checked, a missing tool must not pass silently
-            pytest.fail(reason + "; install util-linux on the CI machine")
-        pytest.skip(reason)
+        unavailable("needs setpriv (util-linux) to run without the root capabilities that bypass file permissions",
+                    "install util-linux on the CI machine")
     return NOBODY
 
 
@@ -543,27 +548,32 @@ def test_overwrite_removes_only_what_the_package_wrote(base, baseline, tmp_path,
 
 
 @pytest.mark.parametrize("inside", ["data", "cache", "weights"])
-def test_overwrite_refuses_an_out_holding_the_data_the_cache_or_the_weights(base, tmp_path, capsys, inside):
+def test_overwrite_refuses_an_out_holding_the_data_the_cache_or_the_weights(base, baseline, tmp_path, capsys, inside):
     out = tmp_path / "out"
-    data, cache, weights = out / "data", out / "cache", out / "weights.th"
-    shutil.copytree(base / "data", data)
-    if inside != "data":
-        data = base / "data"
+    shutil.copytree(base / "baseline", out)  # a finished run: --overwrite would replace its files, but for the input
+    data, cache, extra = base / "data", tmp_path / "cache", []
+    if inside == "data":
+        data = out / "data"
+        shutil.copytree(base / "data", data)
     if inside == "cache":
-        cache.mkdir()
+        cache = out / "cache"
+        shutil.copytree(base / "cache", cache)  # a real one: complete captures of both splits
     if inside == "weights":
-        torch.save(create_adapter("cifar:resnet8", weights="random").model.state_dict(), weights)
-    extra = ["--weights", str(weights)] if inside == "weights" else []
+        torch.save(create_adapter("cifar:resnet8", weights="random").model.state_dict(), out / "weights.th")
+        extra = ["--weights", str(out / "weights.th")]
+    before = tree_bytes(out)
     assert run_on(data, out, cache, "--overwrite", *extra) == 2
     err = capsys.readouterr().err
     option = {"data": "--data", "cache": "--cache-dir", "weights": "--weights"}[inside]
     assert "refuses to touch" in err and f"({option})" in err
-    assert list((out / "data").rglob("*.png")) and (inside != "cache" or cache.is_dir())
-    assert inside != "weights" or weights.is_file()
+    assert tree_bytes(out) == before  # the input, and the run beside it, byte for byte
+    assert inside == "cache" or not cache.exists()  # nothing captured
 
 
-def tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+def tree_bytes(folder: Path, *without: str) -> dict[str, bytes]:
+    """Every file under ``folder`` by its relative path, but ``without`` and the lock file (its last holder's pid)."""
+    files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    return {name: p.read_bytes() for name, p in files.items() if name not in (LOCK_NAME, *without)}
 
 
 def test_eval_into_its_own_lens_folder_is_refused_and_deletes_nothing(base, baseline, tmp_path, capsys):
@@ -795,3 +805,139 @@ def test_lenses_are_not_evaluated_on_the_images_they_were_fitted_on(base, baseli
     assert run["options"]["eval_on_fit_images"] is True and "not held-out numbers" in run["warnings"][0]
     assert evaluate(data, "test", "e4") == 0  # held-out images: as before, no warning
     assert "warnings" not in json.loads((tmp_path / "e4" / "run.json").read_text())
+
+
+# --------------------------------------------------------------------------- third round: what the audit of issue 21 found
+
+def frontier_args(run: Path, cache: Path, *strengths: str) -> list[str]:
+    return ["frontier", str(run), "--strengths", *(strengths or ("0.1",)), "--cache-dir", str(cache)]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
+def test_frontier_checks_its_strengths_when_the_command_line_is_read(base, baseline, tmp_path, capsys, value):
+    run = tmp_path / "run"
+    shutil.copytree(base / "baseline", run)
+    before = tree_bytes(run)
+    assert main(frontier_args(run, tmp_path / "cache", "0.1", value)) == 2
+    err = capsys.readouterr().err
+    assert f"vision-lens frontier: error: --strengths {float(value)}: give a finite penalty above 0" in err
+    assert tree_bytes(run) == before and not (tmp_path / "cache").exists()  # nothing written, nothing captured
+
+
+def test_frontier_holds_the_run_folders_lock(base, baseline, tmp_path, capsys, monkeypatch):
+    import vision_lens.frontier as frontier_module
+
+    plain = tmp_path / "plain"  # no run: refused before a lock file is created there
+    plain.mkdir()
+    assert main(frontier_args(plain, tmp_path / "cache")) == 2
+    assert f"{plain} holds no aggregate_metrics.json" in capsys.readouterr().err and not list(plain.iterdir())
+    run = tmp_path / "run"
+    shutil.copytree(base / "baseline", run)
+    with held_by_another_process(run) as pid:
+        before = tree_bytes(run)
+        assert main(frontier_args(run, tmp_path / "cache")) == 2
+        assert (f"vision-lens frontier: error: run folder {run} is being written by another vision-lens process "
+                f"(pid {pid}); wait for it to finish") in capsys.readouterr().err
+        assert tree_bytes(run) == before and not (tmp_path / "cache").exists()
+    # While the frontier refits, a run with --overwrite on its folder (another process) is refused, removing nothing.
+    sweep, overwrites = frontier_module.sweep, []
+
+    def overwrite_then_sweep(*args, **kwargs):
+        overwrites.append(vision_lens(*run_args(base / "data", run, base / "cache"), "--overwrite"))
+        return sweep(*args, **kwargs)
+
+    monkeypatch.setattr(frontier_module, "sweep", overwrite_then_sweep)
+    assert main(frontier_args(run, base / "cache")) == 0
+    (overwrite,) = overwrites
+    assert overwrite.returncode == 2 and (f"--out {run} is being written by another vision-lens process "
+                                          f"(pid {os.getpid()})") in overwrite.stderr, overwrite.stderr
+    assert tree_bytes(run, MANIFEST_NAME, "frontier.json") == {k: v for k, v in before.items() if k != MANIFEST_NAME}
+
+
+def test_a_full_disk_under_frontier_stops_in_one_line_and_the_rerun_writes_it(base, baseline, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base / "baseline", run)
+    before = tree_bytes(run, MANIFEST_NAME)  # which lists frontier.json before it is written
+    args = frontier_args(run, base / "cache")  # a complete cache: only the run folder is written
+    full = vision_lens(700, *args, code=SMALL_DISK)  # frontier.json is about 1 KB, the manifest under 500 bytes
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    assert (f"vision-lens frontier: error: run folder {run}: cannot write {run / 'frontier.json'} (File too large); "
+            "the run's own files are as they were. Free space there and rerun the same command") in full.stderr
+    assert not (run / "frontier.json").exists() and not list(run.rglob("*.tmp"))
+    assert tree_bytes(run, MANIFEST_NAME) == before
+    assert main(args) == 0  # the rerun, in process
+    assert [p["weight_decay"] for p in json.loads((run / "frontier.json").read_text())["points"]] == [0.1]
+    assert "frontier.json" in manifest(run)["files"] and manifest(run)["complete"] is True
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--epochs", "0"], "--epochs 0: give a number of training epochs (at least 1)"),
+    (["--seed", "-1"], "--seed -1: give an integer from 0 to 4294967295"),
+    (["--device", "gpu"], "--device 'gpu' is not a torch device"),
+], ids=["epochs", "seed", "device"])
+def test_a_bad_demo_option_is_named_and_leaves_no_out_folder(tmp_path, capsys, extra, message):
+    out = tmp_path / "a" / "demo"
+    assert main(["demo", "--out", str(out), *extra]) == 2
+    assert f"vision-lens demo: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
+def test_eval_refuses_lenses_fitted_on_other_weights_or_another_model(base, baseline, tmp_path, capsys):
+    from vision_lens.adapters.base import file_sha256
+
+    lens = base / "baseline"
+    fitted = json.loads((lens / "lenses" / "tuned" / "config.json").read_text())["weights_id"]
+    state = create_adapter("cifar:resnet8", weights="random").model.state_dict()  # the weights of the fit
+    state["conv1.weight"] = 2 * state["conv1.weight"]  # another backbone under the same head
+    other = tmp_path / "other.th"
+    torch.save({"state_dict": state}, other)
+    for option, value, given in (("--weights", other, f"cifar:resnet8 with weights {file_sha256(other)}"),
+                                 ("--model", "cifar:resnet14", "cifar:resnet14 with weights random-init:")):
+        assert main(["eval", *EVAL_OPTIONS, option, str(value), "--data", str(base / "data"), "--lens", str(lens),
+                     "--out", str(tmp_path / "e"), "--cache-dir", str(tmp_path / "cache")]) == 2
+        err = capsys.readouterr().err
+        assert (f"lens folder {lens / 'lenses' / 'tuned'} was fitted on cifar:resnet8 with weights {fitted} (head "
+                in err and f"not on {given}" in err and "pass the --model and --weights it was fitted on" in err), err
+        assert not (tmp_path / "e").exists() and not (tmp_path / "cache").exists()
+
+
+def test_eval_refuses_a_complete_run_missing_a_lens_it_lists(base, baseline, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(base / "baseline", run)
+    shutil.rmtree(run / "lenses" / "tuned")  # before, shared and the probe were evaluated without it, exit 0
+    assert main(["eval", *EVAL_OPTIONS, "--data", str(base / "data"), "--cache-dir", str(base / "cache"),
+                 "--lens", str(run), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert (f"vision-lens eval: error: {run} lacks files that its run wrote there (lenses/tuned/config.json, "
+            "lenses/tuned/params.pt); restore them") in err and "Traceback" not in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_an_extra_class_folder_in_the_eval_split_is_named_by_name_and_by_position(data_copy, tmp_path, capsys):
+    shutil.copytree(data_copy / "test" / "cat", data_copy / "test" / "zebra")
+    test = data_copy / "test"
+    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
+    err = capsys.readouterr().err
+    assert f"{test} (split 'test'): its class folders do not match" in err
+    assert "unknown to the model: zebra; missing: none" in err
+    # Matched by position, the count is wrong: the message names the folder the model has no class for.
+    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache", "--match-classes-by-position") == 2
+    err = capsys.readouterr().err
+    assert (f"{test} (split 'test'): the data has 11 classes but cifar:resnet8 has 10 outputs, matched by position "
+            "(unknown to the model: zebra; missing: none)") in err and "Traceback" not in err
+    assert not (tmp_path / "cache" / "features").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_full_cache_dir_stops_in_one_line_naming_the_cache_and_the_rerun_gives_the_same_numbers(
+        base, baseline, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = run_args(base / "data", out, cache)
+    full = vision_lens(1000, *args, code=SMALL_DISK)  # the fit cache's first array file is 2.7 KB
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    (fit,) = [p for p in (cache / "features").iterdir() if p.is_dir()]
+    assert full.stderr.rstrip().splitlines()[-1] == (
+        f"vision-lens run: error: cannot write the feature cache {fit} (block_0.npy: File too large); nothing had "
+        "been captured yet. Make it writable, or pass --cache-dir another folder")
+    assert manifest(out)["complete"] is False
+    assert main(args) == 0  # the rerun, in process
+    assert (out / "aggregate_metrics.json").read_bytes() == baseline

@@ -146,9 +146,9 @@ def check_output(out: str | Path, overwrite: bool, keep: Mapping[str, str | Path
     _removable(out, overwrite, keep or {})
 
 
-def _busy(out: Path, pid: str) -> OutputExistsError:
-    return OutputExistsError(f"--out {out} is being written by another vision-lens process (pid {pid}); wait for it "
-                             "to finish, or choose another --out")
+def _busy(out: Path, pid: str, name: str = "--out") -> OutputExistsError:
+    return OutputExistsError(f"{name} {out} is being written by another vision-lens process (pid {pid}); wait for it "
+                             f"to finish{', or choose another --out' if name == '--out' else ''}")
 
 
 def prepare_output(out: str | Path, overwrite: bool, keep: Mapping[str, str | Path] | None = None) -> Path:
@@ -163,14 +163,11 @@ def prepare_output(out: str | Path, overwrite: bool, keep: Mapping[str, str | Pa
     """
     out = Path(out)
     check_output(out, overwrite, keep)
-    lock = FolderLock(out, LOCK_NAME)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        lock.acquire(wait=False)  # before anything is removed: a second run must not delete the first one's files
-    except FolderBusyError as exc:
-        raise _busy(out, exc.pid) from None
     except OSError as exc:
         raise _not_writable(out, exc) from exc
+    lock = _lock(out)  # before anything is removed: a second run must not delete the first one's files
     try:
         _clear_output(out, overwrite, keep or {})
         _write_manifest(out, complete=False, files=[])
@@ -183,8 +180,20 @@ def prepare_output(out: str | Path, overwrite: bool, keep: Mapping[str, str | Pa
     return out
 
 
-def _not_writable(out: Path, exc: OSError) -> RunFolderError:
-    return RunFolderError(f"--out {out} is not writable ({exc.strerror or exc}); choose a folder you can write to")
+def _lock(out: Path, name: str = "--out") -> FolderLock:
+    """``out``'s writer lock, taken at once; an error naming the folder (as ``name`` calls it) and any holder."""
+    lock = FolderLock(out, LOCK_NAME)
+    try:
+        lock.acquire(wait=False)
+    except FolderBusyError as exc:
+        raise _busy(out, exc.pid, name) from None
+    except OSError as exc:
+        raise _not_writable(out, exc, name) from exc
+    return lock
+
+
+def _not_writable(out: Path, exc: OSError, name: str = "--out") -> RunFolderError:
+    return RunFolderError(f"{name} {out} is not writable ({exc.strerror or exc}); choose a folder you can write to")
 
 
 def _removable(out: Path, overwrite: bool, keep: Mapping[str, str | Path]) -> set[str]:
@@ -224,24 +233,39 @@ def _clear_output(out: Path, overwrite: bool, keep: Mapping[str, str | Path]) ->
 
 
 class OutputWriteError(RunFolderError):
-    """A file of --out could not be written (a full disk, say); the message names it, what was kept and the rerun."""
+    """A file of --out (or of the run folder that `frontier` adds to) could not be written (a full disk, say); the
+    message names it, what was kept and the rerun."""
+
+
+RUN_KEPT = ("nothing already written was lost: the feature cache keeps every captured row and --out stays marked "
+            "incomplete. Free space there (or pass another --out) and rerun the same command, which resumes from the "
+            "cache")
 
 
 @contextmanager
-def writing_into(out: Path):
+def writing_into(out: Path, name: str = "--out", kept: str = RUN_KEPT):
     """Turn an OSError of the writes in the block (a full disk, a file size limit, a folder gone read-only) into an
-    OutputWriteError naming the file: the run stops in one line, and its folder stays marked incomplete for the
-    rerun that resumes it."""
+    OutputWriteError naming the file and the folder (as ``name`` calls it), then what was ``kept``: the command stops
+    in one line (a run's folder stays marked incomplete for the rerun that resumes it)."""
     try:
         yield
     except OSError as exc:
         if isinstance(exc, UserError):
             raise
-        raise OutputWriteError(
-            f"--out {out}: cannot write {exc.filename or out} ({exc.strerror or exc}); nothing already written was "
-            "lost: the feature cache keeps every captured row and --out stays marked incomplete. Free space there (or "
-            "pass another --out) and rerun the same command, which resumes from the cache"
-        ) from exc
+        raise OutputWriteError(f"{name} {out}: cannot write {exc.filename or out} ({exc.strerror or exc}); {kept}") \
+            from exc
+
+
+@contextmanager
+def holding_lock(folder: Path, name: str):
+    """``folder``'s writer lock (the one a run holds on its --out) for the block, for a command that adds to a
+    complete run: while another process writes the folder it is refused at once, naming the holder, and while the
+    block runs a run on that folder is refused in turn, so ``--overwrite`` cannot remove it meanwhile."""
+    lock = _lock(folder, name)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def mark_complete(out: str | Path) -> None:
@@ -254,13 +278,22 @@ def mark_complete(out: str | Path) -> None:
         lock.release()
 
 
-def require_complete(path: str | Path) -> None:
-    """Refuse a run folder (or a file in one) whose manifest says its run did not finish."""
+def require_complete(path: str | Path, needs: str | None = None) -> None:
+    """Refuse a run folder (or a file in one) whose manifest says its run did not finish; with ``needs`` (a folder
+    of it, ``lenses/``), also one that lacks any file its manifest lists there, so that what remains is not used
+    as if it were all."""
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     manifest = read_manifest(folder)
     if manifest is not None and not manifest["complete"]:
         raise RunFolderError(f"{folder} is an incomplete run (it stopped before finishing); rerun the command that "
                              "writes it, or pass a finished run")
+    if manifest is None or needs is None:
+        return
+    missing = sorted(f for f in manifest["files"] if f.startswith(needs) and not (folder / f).is_file())
+    if missing:
+        raise RunFolderError(f"{folder} lacks files that its run wrote there ({', '.join(missing[:6])}"
+                             f"{', ...' if len(missing) > 6 else ''}); restore them, or fit the lenses again with "
+                             "`vision-lens train` or `run`")
 
 
 def layer_keys(keys) -> list[str]:

@@ -105,20 +105,21 @@ NPY_HEADER_BYTES = 128  # what numpy writes before the data of our arrays' shape
 FULL_DISK_ADVICE = "Free some space there, or pass --cache-dir a folder on a disk with room (which captures afresh)"
 
 
-def _kept(done: int) -> str:
+def _kept(done: int, when: str = "") -> str:
+    """What a failed write keeps, after ``done`` committed rows; ``when``: when the rerun resumes from them."""
     if not done:
         return "nothing had been captured yet"
-    return f"the {done} rows captured before it are kept, and the same command resumes from them"
+    return f"the {done} rows captured before it are kept, and the same command resumes from them{when}"
 
 
 def write_error(path: Path, name: str, exc: OSError, done: int) -> CacheError:
     """The message for a write into the cache at ``path`` (its file ``name``) that failed with ``exc`` after ``done``
     rows were committed: what happened, what is kept and what to do."""
     if exc.errno in NO_SPACE:
-        return CacheError(f"the disk under the feature cache {path} is full ({name}: {exc.strerror}); {_kept(done)} "
-                          f"once there is room. {FULL_DISK_ADVICE}")
-    return CacheError(f"cannot write the feature cache {path} ({name}: {exc.strerror or exc}); {_kept(done)} once it "
-                      "can be written. Make it writable, or pass --cache-dir another folder")
+        return CacheError(f"the disk under the feature cache {path} is full ({name}: {exc.strerror}); "
+                          f"{_kept(done, ' once there is room')}. {FULL_DISK_ADVICE}")
+    return CacheError(f"cannot write the feature cache {path} ({name}: {exc.strerror or exc}); "
+                      f"{_kept(done, ' once it can be written')}. Make it writable, or pass --cache-dir another folder")
 
 
 def npy_file_problem(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> str | None:

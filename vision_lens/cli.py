@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 
             out = compare_to_file(args["inputs"], args["out"], args["lens_types"], args["labels"])
         elif command == "frontier":
+            from .options import check_penalty
+
+            for strength in args["strengths"] or ():
+                check_penalty("--strengths", strength)
             from .frontier import FRONTIER_STRENGTHS, frontier
 
             overrides = {k: args[k] for k in ("cache_dir", "workers") if args[k] is not None}

@@ -68,9 +68,13 @@ def demo(out: str, overwrite: bool = False, epochs: int = 5, seed: int = 0, devi
     but contend, which on a busy machine made the demo several times slower.
     """
     from .artifacts import prepare_output
-    from .options import RunOptions
+    from .options import RunOptions, check_count, check_device, check_seed
     from .pipeline import run
 
+    # Before --out is created: a bad value leaves no folder behind.
+    check_count("--epochs", epochs, "a number of training epochs")
+    check_seed(seed)
+    check_device(device)
     out_path = prepare_output(out, overwrite)
     inputs = out_path / "demo-inputs"
     print(f"[vision-lens demo] writing sklearn digits to {inputs / 'digits'}", file=sys.stderr)

@@ -24,7 +24,8 @@ from typing import Sequence
 import torch
 
 from .analysis import summarise_transfer
-from .artifacts import FRONTIER_FILE, RunFolderError, RunResults, add_to_manifest, load_results, require_complete
+from .artifacts import (FRONTIER_FILE, RunFolderError, RunResults, add_to_manifest, holding_lock, load_results,
+                        require_complete, writing_into)
 from .files import write_text_atomic
 from .fit import FitSettings, fit_lens
 from .lenses import build_lenses
@@ -33,6 +34,7 @@ from .options import RunOptions
 from .pipeline import capture_split, load_model, preflight
 from .readout import FeatureLayout
 
+RUN_FOLDER = "run folder"  # how the messages name the folder frontier adds to
 FRONTIER_STRENGTHS = tuple(float(f"{10 ** (e / 2):.3g}") for e in range(-12, 1))  # 1e-6, 3.16e-6, ..., 1
 
 
@@ -44,8 +46,25 @@ def run_options(run_dir: Path, **overrides) -> RunOptions:
 
 
 def frontier(run_dir: str | Path, strengths: Sequence[float] = FRONTIER_STRENGTHS, **overrides) -> Path:
-    """Refit ``run_dir``'s tuned and shared lenses at every strength, evaluate them, write ``frontier.json``."""
+    """Refit ``run_dir``'s tuned and shared lenses at every strength, evaluate them, write ``frontier.json``.
+
+    The run folder's writer lock is held from before the first check to the last write, as a run holds its --out:
+    no other process writes the folder, nor removes it with ``--overwrite``, while it is refitted.
+    """
     run_dir = Path(run_dir)
+    load_results(run_dir)  # a run folder (else an error naming it), before a lock file is created in it
+    with holding_lock(run_dir, RUN_FOLDER):
+        result = sweep(run_dir, strengths, **overrides)  # reads the run again, now that no other process writes it
+        out = run_dir / FRONTIER_FILE
+        with writing_into(run_dir, RUN_FOLDER, kept="the run's own files are as they were. Free space there and "
+                                                    "rerun the same command"):
+            add_to_manifest(run_dir, FRONTIER_FILE)  # first: a frontier.json it does not list would block --overwrite
+            write_text_atomic(out, json.dumps(result, indent=1, allow_nan=False) + "\n")
+    return out
+
+
+def sweep(run_dir: Path, strengths: Sequence[float], **overrides) -> dict:
+    """What ``frontier.json`` holds: the sweep of refits of the complete run ``run_dir``, evaluated."""
     require_complete(run_dir)
     base = load_results(run_dir)
     if base.run.get("model") is None:
@@ -70,13 +89,9 @@ def frontier(run_dir: str | Path, strengths: Sequence[float] = FRONTIER_STRENGTH
             aggregate, _ = evaluate_lenses(lenses, held_out.features, held_out.logits, held_out.labels)
         point = RunResults(run_dir, base.name, aggregate, layers, {"block_stages": stages})
         points.append({"weight_decay": strength} | summarise_transfer(point))
-    result = {
+    return {
         "model": base.name, "run": str(run_dir), "loss": opts.loss, "fit_images": len(fit.labels),
         "eval_images": len(held_out.labels), "max_iter": opts.max_iter, "strengths": list(strengths),
         "points": points, "run_fit": summarise_transfer(base),
         "command": f"vision-lens frontier {run_dir}",
     }
-    out = run_dir / FRONTIER_FILE
-    write_text_atomic(out, json.dumps(result, indent=1, allow_nan=False) + "\n")
-    add_to_manifest(run_dir, FRONTIER_FILE)
-    return out

@@ -174,10 +174,13 @@ class SavedLens(nn.Module):
             raise LensFolderError(f"{config_path} is damaged ({exc.__class__.__name__}: {exc}); {refit}") from exc
         if config.lens_type != cls.lens_type:
             raise LensFolderError(f"lens folder {path} holds a {config.lens_type!r} lens, not {cls.lens_type!r}")
-        if config.model != adapter.name or config.unembed_hash != unembed_hash(adapter.unembed):
+        # The weights too: a backbone changed under the same head (fine-tuned, another checkpoint) has other features.
+        fitted_on = (config.model, config.weights_id, config.unembed_hash)
+        if fitted_on != (adapter.name, adapter.weights_id, unembed_hash(adapter.unembed)):
             raise LensFolderError(
-                f"lens folder {path} was fitted on {config.model} (head {config.unembed_hash}), not on "
-                f"{adapter.name} (head {unembed_hash(adapter.unembed)}); pass the --model and --weights it was fitted on"
+                f"lens folder {path} was fitted on {config.model} with weights {config.weights_id} (head "
+                f"{config.unembed_hash}), not on {adapter.name} with weights {adapter.weights_id} (head "
+                f"{unembed_hash(adapter.unembed)}); pass the --model and --weights it was fitted on"
             )
         if list(layout.blocks) != [b.name for b in adapter.blocks]:
             raise LensFolderError(f"lens folder {path} was fitted on other blocks than {adapter.name} has")

@@ -53,9 +53,23 @@ def check_device(device: str) -> None:
         raise OptionError(f"--device {device}: torch has no MPS (Apple GPU) backend here; pass --device cpu (or auto)")
 
 
-def _check_count(option: str, value: int | None, what: str) -> None:
+def check_count(option: str, value: int | None, what: str) -> None:
+    """OptionError naming ``option`` unless ``value`` is None (left out) or at least 1."""
     if value is not None and value < 1:
         raise OptionError(f"{option} {value}: give {what} (at least 1)")
+
+
+def check_seed(seed: int) -> None:
+    """OptionError naming ``--seed`` unless numpy's seeding takes it."""
+    if not 0 <= seed <= MAX_SEED:
+        raise OptionError(f"--seed {seed}: give an integer from 0 to {MAX_SEED}")
+
+
+def check_penalty(option: str, value: float, otherwise: str = "") -> None:
+    """OptionError naming ``option`` unless ``value`` is a finite L2 penalty above 0 (``otherwise``: what else the
+    option takes)."""
+    if not (math.isfinite(value) and value > 0):
+        raise OptionError(f"{option} {value}: give a finite penalty above 0 (e.g. 1e-3){otherwise}")
 
 
 def _opt(default, help: str, **kw):
@@ -105,12 +119,11 @@ class CommonOptions:
         "data whose folders are not named after the model's classes; recorded in run.json)", action="store_true")
 
     def __post_init__(self):
-        _check_count("--batch-size", self.batch_size, "a number of images per forward pass")
-        _check_count("--eval-limit", self.eval_limit, "a number of images to evaluate on, or leave it out for all")
+        check_count("--batch-size", self.batch_size, "a number of images per forward pass")
+        check_count("--eval-limit", self.eval_limit, "a number of images to evaluate on, or leave it out for all")
         if self.workers is not None and self.workers < 0:
             raise OptionError(f"--workers {self.workers}: give 0 (load in the main process) or more loader processes")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise OptionError(f"--seed {self.seed}: give an integer from 0 to {MAX_SEED}")
+        check_seed(self.seed)
         check_device(self.device)
         self.cache_dir = self.cache_dir or default_cache_dir()
         self.download_root = self.download_root or str(Path(self.cache_dir) / "datasets")
@@ -147,12 +160,12 @@ class RunOptions(CommonOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_count("--fit-limit", self.fit_limit, "a number of images to fit on, or leave it out for all")
-        _check_count("--max-iter", self.max_iter, "a number of L-BFGS iterations")
-        _check_count("--pool-grid", self.pool_grid, "1 (the global average) or a grid side k > 1")
-        if self.weight_decay is not None and not (math.isfinite(self.weight_decay) and self.weight_decay > 0):
-            raise OptionError(f"--weight-decay {self.weight_decay}: give a finite penalty above 0 (e.g. 1e-3), or "
-                              "leave it out to choose one per block on held-out images")
+        check_count("--fit-limit", self.fit_limit, "a number of images to fit on, or leave it out for all")
+        check_count("--max-iter", self.max_iter, "a number of L-BFGS iterations")
+        check_count("--pool-grid", self.pool_grid, "1 (the global average) or a grid side k > 1")
+        if self.weight_decay is not None:
+            check_penalty("--weight-decay", self.weight_decay,
+                          ", or leave it out to choose one per block on held-out images")
 
     @property
     def fit_settings(self):

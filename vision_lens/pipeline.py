@@ -252,7 +252,7 @@ def evaluate(
     if out is None:
         _check_output(opts)
     if standalone:
-        require_complete(lens_dir)
+        require_complete(lens_dir, needs="lenses/")  # every lens the run fitted, or none evaluated
         adapter = load_model(opts)
     fitted = {
         t: LENS_TYPES[t].load(lens_dir / "lenses" / t, adapter)

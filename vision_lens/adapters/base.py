@@ -193,14 +193,16 @@ class ModelAdapter(abc.ABC):
         otherwise, or where ``by_position`` asks for it. Images of a class mapped to -1 count as unlabelled:
         label metrics skip them, while KL and agreement with the model still use them.
         """
-        if self.class_folders is None or by_position:
-            if len(classes) != self.num_classes:
-                raise ClassMatchError(f"the data has {len(classes)} classes but {self.name} has {self.num_classes} "
-                                      "outputs, matched by position")
-            return np.arange(len(classes))
-        output = {name: k for k, name in enumerate(self.class_folders)}
+        output = {name: k for k, name in enumerate(self.class_folders or ())}
         unknown = [c for c in classes if c not in output]
-        missing = [name for name in self.class_folders if name not in set(classes)]
+        missing = [name for name in output if name not in set(classes)]
+        if self.class_folders is None or by_position:
+            if len(classes) != self.num_classes:  # which folders are extra or gone: by name where the model knows them
+                named = (f"unknown to the model: {_listed(unknown)}; missing: {_listed(missing)}" if output
+                         else f"the class folders: {_listed(list(classes))}")
+                raise ClassMatchError(f"the data has {len(classes)} classes but {self.name} has {self.num_classes} "
+                                      f"outputs, matched by position ({named})")
+            return np.arange(len(classes))
         if unknown or missing:
             raise ClassMatchError(
                 f"its class folders do not match {self.name}'s classes (unknown to the model: {_listed(unknown)}; "
