@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -34,6 +35,15 @@ def load_script(name: str) -> ModuleType:
     sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def findings_runs() -> list[Path]:
+    """The run folders of the ``summarise_results.py --findings`` command that results/README.md prints (its
+    tables are that command's output)."""
+    text = (REPO / "results" / "README.md").read_text()
+    command = re.search(r"python scripts/summarise_results\.py --findings ((?:results/\S+ ?)+)", text)
+    assert command, "results/README.md must print the command that makes its tables"
+    return [REPO / r for r in command.group(1).split()]
 
 
 def require_shared() -> None:

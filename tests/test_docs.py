@@ -34,7 +34,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pytest
 
-from .conftest import REPO, load_script
+from .conftest import REPO, findings_runs, load_script
 
 DOCS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md"))
 LONG_DESCRIPTION = "LONG_DESCRIPTION.md"  # setup.cfg's long_description (tested below)
@@ -256,14 +256,6 @@ def catalogue_table() -> str:
     from vision_lens.catalogue import markdown
 
     return markdown()
-
-
-def findings_runs() -> list[Path]:
-    """The run folders of the ``summarise_results.py --findings`` command that results/README.md prints."""
-    text = (REPO / "results" / "README.md").read_text()
-    command = re.search(r"python scripts/summarise_results\.py --findings ((?:results/\S+ ?)+)", text)
-    assert command, "results/README.md must print the command that makes its tables"
-    return [REPO / r for r in command.group(1).split()]
 
 
 def findings_tables() -> str:
