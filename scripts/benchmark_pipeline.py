@@ -424,7 +424,7 @@ def capture_rss(args: argparse.Namespace) -> dict:
         peaks = []
         for n in range(args.capture_rounds):
             fresh = dataclasses.replace(opts, cache_dir=str(Path(tmp) / f"cache-{n}"))
-            (cache,), _ = pipeline.capture_shards(adapter, fresh, opts.fit_split, args.capture_rss_of, layout, source)
+            (cache,), _, _ = pipeline.capture_shards(adapter, fresh, opts.fit_split, args.capture_rss_of, layout, source)
             # Off Linux the peak is that of the whole process, imports included.
             peaks.append(rss_mb("VmHWM") or max_rss_mb())
         return {"images": len(cache.labels), "before_capture_mb": before, "peak_mb": peaks[0], "peak_rounds_mb": peaks}

@@ -136,8 +136,12 @@ CAPTURE_DEFAULTS = {"cpu": {"batch_size": 64, "workers": None, "phased": True},
                     "accelerator": {"batch_size": 256, "workers": None, "phased": False}}
 
 
+def _on_cpu(device: str) -> bool:
+    return str(device).split(":")[0] == "cpu"
+
+
 def _device_defaults(device: str) -> dict:
-    return CAPTURE_DEFAULTS["cpu" if str(device).split(":")[0] == "cpu" else "accelerator"]
+    return CAPTURE_DEFAULTS["cpu" if _on_cpu(device) else "accelerator"]
 
 
 def default_batch_size(device: str) -> int:
@@ -153,7 +157,7 @@ def default_workers(device: str) -> int:
     if workers is not None:
         return workers
     cores = usable_cores()
-    return 0 if cores == 1 and str(device).split(":")[0] == "cpu" else cores
+    return 0 if cores == 1 and _on_cpu(device) else cores
 
 
 def loads_in_phases(device: str) -> bool:

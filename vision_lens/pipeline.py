@@ -123,15 +123,15 @@ class SplitFeatures:
 def capture_shards(
     adapter: ModelAdapter, opts: CommonOptions, split: str, limit: int | None, layout: FeatureLayout,
     source: ImageSource,
-) -> tuple[list[FeatureCache], int] | None:
+) -> tuple[list[FeatureCache], int, np.ndarray] | None:
     """Capture one split (its images: ``source``) into the feature cache (reused or resumed when it exists),
     without loading it.
 
     Under ``torchrun`` each of the N processes captures one of N disjoint,
     contiguous shards of the split (every image exactly once, no padding), each
     into its own resumable cache; after a barrier, rank 0 gets all shards' caches
-    in order, with the number of the split's classes that are model outputs, and
-    the other ranks get None.
+    in order, with the number of the split's classes that are model outputs and
+    the indices of the images selected, and the other ranks get None.
     """
     classes = label_map(opts, adapter, split, source)
     indices = select(len(source), limit, opts.seed)
@@ -154,7 +154,7 @@ def capture_shards(
         if rank != 0:
             return None
     # Rank 0 opens the other shards' complete caches (and would capture any shard a crashed rank left).
-    return [own if r == rank else capture_shard(r) for r in range(world)], int((classes >= 0).sum())
+    return [own if r == rank else capture_shard(r) for r in range(world)], int((classes >= 0).sum()), indices
 
 
 def capture_split(
@@ -165,9 +165,8 @@ def capture_split(
     captured = capture_shards(adapter, opts, split, limit, layout, source)
     if captured is None:
         return None
-    caches, classes = captured
-    images = SelectedImages(data_id(opts.data), split, source, select(len(source), limit, opts.seed),
-                            Path(opts.cache_dir) / "features")
+    caches, classes, indices = captured
+    images = SelectedImages(data_id(opts.data), split, source, indices, Path(opts.cache_dir) / "features")
     return SplitFeatures.of(caches, adapter.device, classes, images)
 
 
