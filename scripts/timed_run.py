@@ -23,6 +23,9 @@ Only the standard library is imported here before the timed imports.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import json
 import resource
 import sys
@@ -103,6 +106,18 @@ def timed_stages(targets: list[tuple[object, tuple[str, ...]]], fit_split: str |
             setattr(module, name, fn)
 
 
+def _glibc():
+    """glibc, for ``malloc_trim``; None on other C libraries."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _glibc()
+
+
 def rss_mb(field: str) -> float | None:
     """``VmRSS`` (now) or ``VmHWM`` (peak) of this process from /proc, in MiB; None off Linux."""
     status = Path("/proc/self/status")
@@ -121,7 +136,14 @@ def max_rss_mb() -> float:
 def peak_memory():
     """Yields a dict whose ``"mb"`` holds, once the block is left, the peak resident memory of this process
     during the block above its memory at the start, in MiB (Linux: the peak is reset at the start by
-    ``5 > /proc/self/clear_refs``); None where the OS does not say."""
+    ``5 > /proc/self/clear_refs``); None where the OS does not say.
+
+    Memory freed before the block is first handed back to the OS (garbage collection, then glibc's
+    ``malloc_trim``): otherwise the block reuses pages still resident from earlier work and its own peak reads
+    as zero."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
     before = rss_mb("VmRSS")
     if before is not None:
         Path("/proc/self/clear_refs").write_text("5")

@@ -125,6 +125,23 @@ def test_every_stage_is_measured_where_it_runs(timed_run, tiny_data, tmp_path, m
     assert result["command_s"] == pytest.approx(result["total_s"])  # the imports took no (fake) time
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the peak is read from Linux's /proc")
+def test_peak_memory_counts_a_blocks_own_allocations_each_time(timed_run):
+    import torch
+
+    def allocate():  # 64 KB tensors, under glibc's mmap threshold: their pages stay resident once freed
+        tensors = [torch.ones(16_000) for _ in range(1600)]  # 100 MiB
+        del tensors
+
+    peaks = []
+    for _ in range(2):
+        with timed_run.peak_memory() as memory:
+            allocate()
+        peaks.append(memory["mb"])
+    # The second block reuses no pages left over from the first: both see their own ~100 MiB.
+    assert all(90 < peak < 130 for peak in peaks), peaks
+
+
 def test_summary_is_made_of_the_measured_passes(benchmark):
     runs = [{"command_s": c, "wall_s": w, "stages": {"capture_fit": f, "capture_eval": e, "fit_lens": 1.0}}
             for c, w, f, e in ((10.0, 14.0, 3.0, 2.0), (12.0, 16.0, 5.0, 2.0))]
