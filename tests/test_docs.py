@@ -169,6 +169,10 @@ def read_json(path: str):
     return json.loads((REPO / path).read_text())
 
 
+def resnet50_extrapolated() -> dict:
+    return next(e for e in read_json(SCALING)["extrapolated"] if e["name"] == "ResNet-50")
+
+
 @functools.cache
 def run(name: str):
     from vision_lens.analysis import load_results
@@ -237,6 +241,8 @@ RANDOM = ("cifar10-resnet20-random-init", "cifar10-inceptionv1-random-init")
 R20 = "cifar10-resnet20"
 INCEPTION = "cifar10-inceptionv1"
 CHECKPOINT = "results/checkpoints/cifar10-inceptionv1.json"
+BENCHMARK = "results/benchmark/cifar10-resnet20-cpu.json"
+SCALING = "results/benchmark/scaling-cpu.json"
 FIXTURE = "tests/data/tiny-gpt2-tuned-lens/make_fixture.py"
 PAPERS = {"2016": "Alain & Bengio (2016), the linear-probe paper cited", "2021": "Hassani et al. (2021), CCT",
           "2023": "Belrose et al. (2023), the tuned-lens paper"}
@@ -374,6 +380,14 @@ SOURCES: dict[str, list[Source]] = {
         one(lambda: own_ce(R20), ".2f"),
         each(lambda: last_translator_penalties(R20), ".2f"),
         each(lambda: (min(penalty_ratios()), max(penalty_ratios())), ".1f"),
+        each(lambda: (read_json(BENCHMARK)["fit_images"], read_json(BENCHMARK)["eval_images"]), ",",
+             "the benchmark's images"),
+        one(lambda: read_json(BENCHMARK)["capture"]["fraction_of_floor"], ".2f", "capture over the floor"),
+        one(lambda: len(read_json(BENCHMARK)["floor_search"]["configs"]), "", "the floor search's configurations"),
+        one(lambda: read_json(BENCHMARK)["whole_run"]["ratio"], ".2f", "the whole run over the floor"),
+        one(lambda: resnet50_extrapolated()["cpu_run_s"]["default"] / 3600, ".1f", "extrapolated hours, CPU"),
+        one(lambda: resnet50_extrapolated()["gpu_run_s"]["default"], ".0f", "extrapolated seconds, one GPU"),
+        one(lambda: read_json(BENCHMARK)["usable_cores"], "", "the benchmark machine's cores"),
     ],
     "results/README.md": [
         *cited("2016", "2023"),
