@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gc
 import json
 import resource
 import sys
@@ -138,10 +137,8 @@ def peak_memory():
     during the block above its memory at the start, in MiB (Linux: the peak is reset at the start by
     ``5 > /proc/self/clear_refs``); None where the OS does not say.
 
-    Memory freed before the block is first handed back to the OS (garbage collection, then glibc's
-    ``malloc_trim``): otherwise the block reuses pages still resident from earlier work and its own peak reads
-    as zero."""
-    gc.collect()
+    Memory freed before the block is first handed back to the OS (glibc's ``malloc_trim``): otherwise the block
+    reuses pages still resident from earlier work and its own peak reads as zero."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
     before = rss_mb("VmRSS")

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn, Sequence
+from typing import Callable, NoReturn, Sequence
 
-import numpy as np
-import pytest
-from PIL import Image
+# One thread per test process, and per process a test starts (set before torch is imported, and inherited):
+# the tests' tensors are small, so a second thread gains little, and the suite runs one process per core
+# (setup.cfg), where more threads spin against each other (tests/test_pipeline.py took 90 s with two threads
+# on a busy machine, 25 s with one).
+os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
-from vision_lens.adapters.cifar_resnet import CIFAR10_CLASSES
-from vision_lens.threads import limit_torch_threads
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
-# The tests' tensors are small: a second thread gains little, and on a busy machine OpenMP threads
-# spin against each other (tests/test_pipeline.py took 90 s with two threads, 25 s with one).
-limit_torch_threads(most=1)
+from vision_lens.adapters.cifar_resnet import CIFAR10_CLASSES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VISION_LENS_SHARED", REPO.parent / "shared"))
@@ -103,19 +106,37 @@ def tiny_data(tmp_path) -> Path:
     return tmp_path / "data"
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(path)`` once per test session, in whichever pytest-xdist worker asks first; the others wait for it
+    and get the same folder (the workers' temporary folders share a parent). Its users only read it."""
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent
+    path, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, a crashed builder's too
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)  # a builder that failed half-way
+            build(path)
+            done.touch()
+    return path
+
+
+def _cli_run(*args: str) -> Callable[[Path], None]:
+    def build(out: Path) -> None:
+        from vision_lens.cli import main
+
+        assert main(["run", *args, "--out", str(out)]) == 0
+
+    return build
+
+
 @pytest.fixture(scope="session")
 def resnet20_run(tmp_path_factory) -> Path:
-    """A real `vision-lens run` on ResNet-20: 2,000 fit and 1,000 eval CIFAR-10 images."""
+    """A real `vision-lens run` on ResNet-20: 2,000 fit images and all 10,000 test images."""
     require_shared()
-    from vision_lens.cli import main
-
-    out = tmp_path_factory.mktemp("runs") / "cifar10-resnet20"
-    code = main([
-        "run", "--model", "cifar:resnet20", "--weights", str(RESNET20), "--data", str(CIFAR), "--out", str(out),
-        "--fit-limit", "2000", "--eval-limit", "1000", "--workers", "0",
-    ])
-    assert code == 0
-    return out
+    return built_once(tmp_path_factory, "cifar10-resnet20", _cli_run(
+        "--model", "cifar:resnet20", "--weights", str(RESNET20), "--data", str(CIFAR), "--fit-limit", "2000"))
 
 
 RESNET32 = RESNET_WEIGHTS / "resnet32-d509ac18.th"
@@ -128,15 +149,9 @@ def resnet32_run(tmp_path_factory) -> Path:
     A second, deeper model for the cross-model plots; the lenses are under-fitted, which the plots don't mind.
     """
     require_shared()
-    from vision_lens.cli import main
-
-    out = tmp_path_factory.mktemp("runs") / "cifar10-resnet32"
-    code = main([
-        "run", "--model", "cifar:resnet32", "--weights", str(RESNET32), "--data", str(CIFAR), "--out", str(out),
-        "--fit-limit", "300", "--eval-limit", "200", "--max-iter", "20", "--workers", "0",
-    ])
-    assert code == 0
-    return out
+    return built_once(tmp_path_factory, "cifar10-resnet32", _cli_run(
+        "--model", "cifar:resnet32", "--weights", str(RESNET32), "--data", str(CIFAR), "--fit-limit", "300",
+        "--eval-limit", "200", "--max-iter", "20", "--workers", "0"))
 
 
 RESNET20_BLOCKS = ["stem"] + [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]

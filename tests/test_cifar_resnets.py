@@ -10,7 +10,6 @@ import torch
 
 from vision_lens.adapters import create_adapter
 from vision_lens.capture import BlockRecorder
-from vision_lens.cli import main
 from vision_lens.data import ImageFolderSource, TransformedSubset, select
 from vision_lens.lenses import build_lenses
 from vision_lens.readout import FeatureLayout
@@ -41,11 +40,9 @@ def test_logit_lens_at_last_block_reproduces_real_logits():
     torch.testing.assert_close(lens(rec.pooled[last], last), logits, rtol=1e-5, atol=1e-5)
 
 
-def test_resnet20_on_the_full_test_split(tmp_path):
+def test_resnet20_on_the_full_test_split(resnet20_run):
     """Acceptance: baseline accuracy 0.9173 on all 10,000 test PNGs; lenses rise from about chance to the model."""
-    out = tmp_path / "r20"
-    assert main(["run", "--model", "cifar:resnet20", "--weights", str(RESNET20), "--data", str(CIFAR),
-                 "--out", str(out), "--fit-limit", "2000"]) == 0
+    out = resnet20_run
     agg = json.loads((out / "aggregate_metrics.json").read_text())
     run = json.loads((out / "run.json").read_text())
     assert run["eval_images"] == 10000

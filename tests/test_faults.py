@@ -90,7 +90,9 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-@pytest.fixture(scope="module")
+# Session-scoped, not module-scoped: a test process of the suite (setup.cfg: one per core) that switches
+# between this module and others would otherwise tear the baseline run down and make it again.
+@pytest.fixture(scope="session")
 def base():
     """A folder every user can read (pytest's own temporary folders are root-only), removed afterwards."""
     path = Path(tempfile.mkdtemp(prefix="vision-lens-faults-"))
@@ -126,7 +128,7 @@ def writable_dir(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def baseline(base) -> bytes:
     """aggregate_metrics.json of an uninterrupted run (its cache, base/cache, is complete afterwards)."""
     result = vision_lens(*run_args(base / "data", base / "baseline", base / "cache"))

@@ -55,7 +55,7 @@ def tuned_lens_problem() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tuned_lens_cli():
     problem = tuned_lens_problem()
     if problem:
@@ -70,7 +70,7 @@ def run_script(*args: str | Path, env: dict) -> subprocess.CompletedProcess:
                           timeout=900)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not torn down and made again when a test process switches modules
 def reference(tuned_lens_cli, tmp_path_factory):
     """``(work, out, env)`` after one tiny ``all`` run."""
     root = tmp_path_factory.mktemp("lm-reference")

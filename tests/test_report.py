@@ -66,7 +66,7 @@ def test_every_run_writes_a_self_contained_report(resnet20_run):
     assert parts.external == []  # nothing to fetch: no scripts, stylesheets or remote images
     assert parts.table_rows == [10]
     text = " ".join(parts.text)
-    for fact in (run["model"], run["weights_sha256"], run["data"], "2000 (train split)", "1000 (test split)",
+    for fact in (run["model"], run["weights_sha256"], run["data"], "2000 (train split)", "10000 (test split)",
                  run["vision_lens"], "layer3.2"):
         assert fact in text
 
