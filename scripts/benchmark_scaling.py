@@ -36,7 +36,8 @@ model's own preprocessing, on this machine; its readout (blocks, head width, cla
   measured on an 8192^3 product on this workplace's H200 machine (.library/device/KINDS.md, 2026-10-28); fp32
   67 TFLOP/s, the datasheet's, not measured; 16 host cores, the lent machine's.
 
-Sizes for 2 cores: the defaults take about 9 minutes there (``--quick``: seconds, for the tests). Example::
+Sizes for 2 cores: the defaults take about 9 minutes there (``seconds`` in the JSON; ``--quick``: seconds, for
+the tests). Example::
 
     OMP_NUM_THREADS=2 python scripts/benchmark_scaling.py --out results/benchmark/scaling-cpu.json \\
         --figure results/benchmark/scaling-cpu.png
@@ -50,6 +51,7 @@ import json
 import math
 import platform
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -348,6 +350,7 @@ def draw(report: dict, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    started = time.perf_counter()
     threads = limit_torch_threads()
     base = dict(zip(AXES, args.base))
     measure_point(images=32, classes=3, width=8, blocks=2, recipe_steps=1)  # warm-up (first calls), untimed
@@ -369,6 +372,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "host_cores": args.gpu_host_cores},
         "extrapolated": [extrapolate(m, points, base, slopes, args, cpu_flops) | {"name": m["name"]} for m in models],
         "versions": {"vision_lens": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "seconds": time.perf_counter() - started,  # this whole benchmark, figure aside
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
