@@ -26,7 +26,7 @@ def numbers(tree, path=()):
 def test_two_processes_match_one(tmp_path, tiny_data):
     args = ["run", "--model", "cifar:resnet8", "--weights", "random", "--data", str(tiny_data), "--workers", "0",
             "--max-iter", "30", "--batch-size", "8", "--weight-decay", "1e-3"]  # one fit per lens: capture is tested
-    env = {**os.environ, "VISION_LENS_CACHE": str(tmp_path / "cache-2"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "VISION_LENS_CACHE": str(tmp_path / "cache-2")}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "vision_lens", *args, "--out", str(tmp_path / "two")]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -108,7 +108,7 @@ def vision_lens(*args, user: list[str] | None = None, code: str | None = None, b
 
     Returns the finished process, or with ``background`` the running one.
     """
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # one thread each: conftest set OMP_NUM_THREADS
     if user:  # matplotlib and torch want a writable home
         home = writable_dir(Path(tempfile.gettempdir()) / "vision-lens-faults-home")
         env |= {"HOME": str(home), "MPLCONFIGDIR": str(home)}
