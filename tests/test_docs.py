@@ -241,6 +241,8 @@ RANDOM = ("cifar10-resnet20-random-init", "cifar10-inceptionv1-random-init")
 R20 = "cifar10-resnet20"
 INCEPTION = "cifar10-inceptionv1"
 CHECKPOINT = "results/checkpoints/cifar10-inceptionv1.json"
+PREACT_CHECKPOINT = "results/checkpoints/cifar10-preact-resnet20.json"
+VIT_CHECKPOINT = "results/checkpoints/cifar10-vit.json"
 BENCHMARK = "results/benchmark/cifar10-resnet20-cpu.json"
 SCALING = "results/benchmark/scaling-cpu.json"
 FIXTURE = "tests/data/tiny-gpt2-tuned-lens/make_fixture.py"
@@ -388,6 +390,7 @@ SOURCES: dict[str, list[Source]] = {
         one(lambda: resnet50_extrapolated()["cpu_run_s"]["default"] / 3600, ".1f", "extrapolated hours, CPU"),
         one(lambda: resnet50_extrapolated()["gpu_run_s"]["default"], ".0f", "extrapolated seconds, one GPU"),
         one(lambda: read_json(BENCHMARK)["usable_cores"], "", "the benchmark machine's cores"),
+        one(lambda: read_json(VIT_CHECKPOINT)["test_acc"], ".3f", "the ViT's training record"),
     ],
     "results/README.md": [
         *cited("2016", "2023"),
@@ -455,6 +458,8 @@ SOURCES: dict[str, list[Source]] = {
         one(lambda: train_cifar().RECIPES["vit"].weight_decay), one(lambda: train_cifar().RECIPES["vit"].lr, "sci"),
         one(lambda: train_cifar().RECIPES["vit"].label_smoothing),
         one(lambda: train_cifar().RECIPES["preact_resnet"].epochs),
+        one(lambda: read_json(PREACT_CHECKPOINT)["test_acc"], ".4f", "the pre-activation ResNet's training record"),
+        one(lambda: read_json(VIT_CHECKPOINT)["test_acc"], ".3f", "the ViT's training record"),
         each(torchvision_sizes, "", "torchvision's weights.transforms()"),
         allow("32", "a ResNet's total stride: timm's avg_down shortcuts are exact on sides divisible by it"),
         allow("0", "an index: lucent's dummy output 0, rank 0"),
