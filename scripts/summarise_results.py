@@ -22,6 +22,7 @@ import numpy as np
 
 from vision_lens import analysis
 from vision_lens.artifacts import FRONTIER_FILE, layer_keys
+from vision_lens.metrics import mean_by_distance, pair_groups
 
 TABLE = [("tuned", "acc"), ("shared", "acc"), ("logit", "acc"), ("linear_probe", "acc"),
          ("tuned", "ce"), ("shared", "ce"), ("logit", "ce"), ("tuned", "kl")]
@@ -53,6 +54,8 @@ def headlines(run) -> list[str]:
         diagonal = analysis.mean_diagonal_ce(run)
         lines[0] += f"; mean diagonal CE {diagonal:.2f} bits"
         for group, profile in analysis.penalty_profiles(run).items():
+            if not (profile.pairs > 0).any():  # one stage (a ViT): nothing crosses a stage change
+                continue
             far = int(np.nanargmax(np.where(profile.pairs > 0, profile.mean, np.nan)))
             lines.append(f"  penalty {group}: d=1 {interval(profile, 1)} ({profile.pairs[1]} pairs); "
                          f"max at d={far} {interval(profile, far)} ({profile.pairs[far]} pairs) = "
@@ -128,6 +131,9 @@ def transfer_table(runs) -> str:
         for group in ("within_stage", "across_stage"):
             profile = profiles[group]
             defined = np.flatnonzero(profile.pairs > 0)
+            if not len(defined):  # one stage (a ViT): no pair crosses a stage change
+                cells += ["—", "—"]
+                continue
             near, far = defined.min(), defined.max()
             cells += [f"{interval(profile, near)} (d={near}, {profile.pairs[near]} pairs)",
                       f"{interval(profile, far)} (d={far}, {profile.pairs[far]} pairs)"]
@@ -213,17 +219,74 @@ def distance_growth(by_distance: dict) -> float:
     return by_distance["2"] / by_distance["1"]
 
 
+FIT_LABELS = {"optimum": "default", "tuned-lens": "tuned-lens recipe", None: "`tuned-lens train` itself"}
+
+
+def image_blocks(run) -> np.ndarray:
+    """The blocks whose readout depends on the image: all but a class-token ViT's ``embed`` at ``--pool-grid 1``
+    (the class token before the first block is one learned vector, the same for every image, so its lens is a
+    constant and its translator learns only a bias)."""
+    names = analysis.block_names(run, len(analysis.transfer_matrix(run)))
+    constant = [name == "embed" and run.run.get("options", {}).get("pool_grid") == 1 for name in names]
+    return np.flatnonzero(~np.array(constant))
+
+
+def stream_profile(run) -> tuple[np.ndarray, np.ndarray, float]:
+    """Over :func:`image_blocks`: the mean penalty over the lenses' own CE at each block distance within one stage
+    (the whole model for a ViT or an LLM, whose blocks all read and write one residual stream; tuned-lens output has
+    no stages), the pairs at each distance, and the own CE (bits)."""
+    keep = image_blocks(run)
+    penalty = analysis.transfer_matrix(run)[np.ix_(keep, keep)]
+    own = float(np.nanmean(np.diag(analysis.transfer_matrix(run, "ce"))[keep]))
+    stages = np.array(run.block_stages)[keep] if run.block_names else np.zeros(len(keep))
+    means, pairs = mean_by_distance(penalty / own, pair_groups(stages)["within_stage"])
+    return means, pairs, own
+
+
+def rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation of two tie-free sequences (1: ``y`` rises with ``x`` at every step)."""
+    rx, ry = (np.argsort(np.argsort(v)).astype(float) for v in (x, y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def stream_table(runs) -> str:
+    """Every run with transfer on one scale-free footing, tuned-lens output (a language model) included
+    (:func:`stream_profile`): the penalty over the own CE at distance 1 and at the largest distance within a stage,
+    their growth from d=1 to d=2, and how the penalty ranks with distance (Spearman's rho over d >= 1, where a stage
+    spans three distances or more; 1 = it rises at every step)."""
+    rows = []
+    for run in runs:
+        if not analysis.defined_transfer(run):
+            continue
+        means, pairs, own = stream_profile(run)
+        defined = np.flatnonzero((pairs > 0) & (np.arange(len(pairs)) > 0))
+        far = defined.max()
+        names = analysis.block_names(run, len(analysis.transfer_matrix(run)))
+        keep = image_blocks(run)
+        blocks = f"{len(keep)}" + ("" if len(keep) == len(names) else f" (`{names[keep[0]]}` on)")
+        fit = FIT_LABELS[run.run.get("options", {}).get("recipe", "optimum") if run.run else None]
+        rho = rank_correlation(defined, means[defined]) if len(defined) > 2 else np.nan  # two always rank perfectly
+        rows.append([run.path.name, fit, blocks, analysis.reported_unit(run), f"{own:.2f}", f"{means[1]:.2f}",
+                     f"{means[far]:.2f} (d={far})", f"{means[2] / means[1]:.2f}" if far >= 2 else "—",
+                     "—" if np.isnan(rho) else f"{rho:+.2f}"])
+    return markdown(["run", "fit", "blocks", "unit", "lens's own CE", "penalty / own CE at d=1", "at the largest d",
+                     "d=2 / d=1", "rank correlation with d"], rows)
+
+
 def findings(runs) -> str:
     """``results/README.md``'s tables, in its order: depth (every default-fit run), then transfer (default fits,
     then the tuned-lens recipe's), the frontier, shared lens and aux heads (trained runs only: a random model's
-    tuned lens follows noise)."""
-    recipe = [run for run in runs if run.run.get("options", {}).get("recipe") == "tuned-lens"]
-    default = [run for run in runs if run not in recipe]
+    tuned lens follows noise), and last every trained run with transfer beside the language-model reference
+    (``tuned-lens eval`` output, which has no run.json and enters only that table)."""
+    tool = [run for run in runs if not run.run]
+    ours = [run for run in runs if run.run]
+    recipe = [run for run in ours if run.run.get("options", {}).get("recipe") == "tuned-lens"]
+    default = [run for run in ours if run not in recipe]
     trained = [run for run in default if run.run.get("weights") != "random"]
     trained_recipe = [run for run in recipe if run.run.get("weights") != "random"]
     return "\n\n".join([depth_table(default), transfer_table(trained), transfer_table(trained_recipe),
                          frontier_table(trained), shared_table(trained), shared_table(trained_recipe),
-                         aux_table(trained)])
+                         aux_table(trained), stream_table(trained + trained_recipe + tool)])
 
 
 def main() -> None:

@@ -235,6 +235,7 @@ def most_iterations(names: Iterable[str]) -> int:
 
 RESNETS = ("cifar10-resnet20", "cifar10-resnet32", "cifar10-resnet44")
 PREACT = "cifar10-preact-resnet20"
+VIT = "cifar10-vit"
 RESIDUAL = (*RESNETS, PREACT)  # the trained models with transfer
 TRAINED = (*RESNETS, "cifar10-inceptionv1")
 RANDOM = ("cifar10-resnet20-random-init", "cifar10-inceptionv1-random-init")
@@ -391,6 +392,8 @@ SOURCES: dict[str, list[Source]] = {
         one(lambda: resnet50_extrapolated()["gpu_run_s"]["default"], ".0f", "extrapolated seconds, one GPU"),
         one(lambda: read_json(BENCHMARK)["usable_cores"], "", "the benchmark machine's cores"),
         one(lambda: read_json(VIT_CHECKPOINT)["test_acc"], ".3f", "the ViT's training record"),
+        each(lambda: [load_script("summarise_results").stream_profile(run(name))[0][1]
+                      for name in (VIT, VIT + "-tuned-lens-recipe")], ".2f", "the ViT's neighbours / own CE, 2d"),
     ],
     "results/README.md": [
         *cited("2016", "2023"),
@@ -402,8 +405,9 @@ SOURCES: dict[str, list[Source]] = {
         one(lambda: re.search(r"(\d+) CPU cores", read_json(CHECKPOINT)["machine"]).group(1), "", "the machine"),
         hand_timed("9", "the six runs' minutes with the features cached (also in scripts/cifar10_runs.sh)"),
         hand_timed("25", "the six runs' minutes capturing afresh (also in scripts/cifar10_runs.sh)"),
-        each(lambda: [baseline_acc(r) for r in (*TRAINED, PREACT, *RANDOM)], ".4f", "baseline accuracies"),
+        each(lambda: [baseline_acc(r) for r in (*TRAINED, PREACT, VIT, *RANDOM)], ".4f", "baseline accuracies"),
         one(lambda: train_cifar().RECIPES["preact_resnet"].epochs, "", "the pre-activation ResNet's epochs"),
+        one(lambda: train_cifar().RECIPES["vit"].epochs, "", "the ViT's epochs"),
         one(lambda: recipe().steps, "", "TunedLensRecipe's steps"),
         one(lambda: recipe().weight_decay, "sci", "TunedLensRecipe's weight decay"),
         one(lambda: code("vision_lens.adapters.cifar_inception").RANDOM_INIT_WIDTH,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from .conftest import REPO, findings_runs, load_script
@@ -25,10 +26,11 @@ def test_results_readme_tables_are_recomputed_from_the_committed_runs(summarise)
     text = FINDINGS.read_text()
     runs = findings_runs()
     expected = {f"cifar10-{m}{suffix}" for m in RESIDUAL for suffix in ("", "-tuned-lens-recipe")}
-    expected |= {"cifar10-inceptionv1", "cifar10-resnet20-random-init", "cifar10-inceptionv1-random-init"}
+    expected |= {"cifar10-vit", "cifar10-vit-tuned-lens-recipe", "cifar10-inceptionv1", "cifar10-resnet20-random-init",
+                 "cifar10-inceptionv1-random-init"}
     assert {r.name for r in runs} >= expected
     tables = summarise.findings(summarise.analysis.as_results(runs)).split("\n\n")
-    assert len(tables) == 7
+    assert len(tables) == 8
     for table in tables:
         assert table in text, f"results/README.md lacks this table (rerun the command):\n{table}"
 
@@ -57,3 +59,59 @@ def test_the_verdicts_of_results_readme_hold_in_the_committed_runs(summarise):
         points = summarise.frontier_points(run)
         assert min(summarise.point_ratio(p) for p in points) < 1, run.name
         assert min(summarise.distance_growth(p["penalty_by_distance"]) for p in points) > 1, run.name
+
+
+# Issue 18's accuracy targets on the CIFAR-10 test split, for the residual-stream controls trained here.
+TARGETS = {"cifar10-vit": 0.80}
+
+
+def test_the_residual_controls_reach_their_targets_and_read_the_model_at_the_last_block():
+    """The ViT and the pre-activation ResNet, under both fits: the model's accuracy, the tuned lens agreeing with
+    the model at the last block, and (the ViT, one residual stream) a transfer penalty for every pair of blocks."""
+    from vision_lens import analysis
+
+    names = [f"cifar10-{m}{suffix}" for m in ("vit", "preact-resnet20") for suffix in ("", "-tuned-lens-recipe")]
+    runs = {run.path.name: run for run in analysis.as_results([REPO / "results" / n for n in names])}
+    for name, target in TARGETS.items():
+        assert runs[name].aggregate["baseline"]["acc"]["final"] >= target, name
+    for name, run in runs.items():
+        last = list(run.aggregate["tuned"]["agree"])[-1]
+        assert run.aggregate["tuned"]["agree"][last] >= 0.99, name
+    for name in ("cifar10-vit", "cifar10-vit-tuned-lens-recipe"):
+        assert np.isfinite(analysis.transfer_matrix(runs[name])).all(), name
+
+
+def test_the_stream_table_leaves_out_only_a_class_token_vits_constant_embed(summarise):
+    """`embed` read at the class token (--pool-grid 1) is one vector for every image; with patch tokens it is not,
+    and tuned-lens output (no block names) keeps every layer."""
+    import dataclasses
+
+    from vision_lens import analysis
+
+    vit, fixture = analysis.as_results([REPO / "results" / "cifar10-vit", REPO / "tests" / "data" / "tiny-gpt2-tuned-lens"])
+    assert list(summarise.image_blocks(vit)) == list(range(1, 7))
+    gridded = dataclasses.replace(vit, run=vit.run | {"options": vit.run["options"] | {"pool_grid": 2}})
+    assert list(summarise.image_blocks(gridded)) == list(range(7))
+    assert list(summarise.image_blocks(fixture)) == list(range(6))
+    means, pairs, own = summarise.stream_profile(vit)
+    assert list(pairs) == [0, 10, 8, 6, 4, 2]  # blocks.0 .. blocks.5: the pairs at each distance, both directions
+    ce = analysis.transfer_matrix(vit, "ce")
+    assert own == pytest.approx(np.diag(ce)[1:].mean())
+    assert means[1] == pytest.approx(np.mean([analysis.transfer_matrix(vit)[i, j] for i in range(1, 7)
+                                              for j in range(1, 7) if abs(i - j) == 1]) / own)
+
+
+def test_the_vits_verdicts_of_results_readme_hold_in_its_committed_runs(summarise):
+    """Section 2's ViT verdicts: neighbours below the own CE under both fits and at every frontier strength, the
+    penalty rising at every step of distance under both fits, and the distance ordering flipping at the strongest L2."""
+    from vision_lens import analysis
+
+    default, recipe = analysis.as_results([REPO / "results" / n for n in ("cifar10-vit", "cifar10-vit-tuned-lens-recipe")])
+    for run in (default, recipe):
+        assert summarise.neighbour_ratio(run) < 1
+        means, pairs, _ = summarise.stream_profile(run)
+        assert (np.diff(means[1:]) > 0).all(), means
+    points = summarise.frontier_points(default)
+    assert all(summarise.point_ratio(p) < 1 for p in points)
+    growth = [summarise.distance_growth(p["penalty_by_distance"]) for p in points]
+    assert growth[0] > 1 and growth[-1] < 1, growth
