@@ -238,7 +238,8 @@ PREACT = "cifar10-preact-resnet20"
 VIT = "cifar10-vit"
 RESIDUAL = (*RESNETS, PREACT)  # the trained models with transfer
 TRAINED = (*RESNETS, "cifar10-inceptionv1")
-RANDOM = ("cifar10-resnet20-random-init", "cifar10-inceptionv1-random-init")
+LINEAR_HEAD_RANDOM = ("cifar10-resnet20-random-init", "cifar10-inceptionv1-random-init")  # fitted by the fast path
+RANDOM = (*LINEAR_HEAD_RANDOM, "cifar10-vit-random-init")
 R20 = "cifar10-resnet20"
 INCEPTION = "cifar10-inceptionv1"
 CHECKPOINT = "results/checkpoints/cifar10-inceptionv1.json"
@@ -430,7 +431,7 @@ SOURCES: dict[str, list[Source]] = {
         one(lambda: option_default("max_iter"), "", "--max-iter's default"),
         each(lambda: code("vision_lens.fit").PENALTY_GRID, "sci", "fit.PENALTY_GRID"),
         one(lambda: 100 * code("vision_lens.fit").FitSettings().validation_fraction, ".0f", "the validation slice"),
-        one(lambda: most_iterations((*TRAINED, *RANDOM)), "", "the most L-BFGS iterations of a final solve"),
+        one(lambda: most_iterations((*TRAINED, *LINEAR_HEAD_RANDOM)), "", "the most L-BFGS iterations of a final solve"),
         any_of(pinned_versions, "", "constraints.txt and setup.cfg"),
         one(lambda: recipe().momentum, "", "TunedLensRecipe"),
         one(lambda: recipe().lr_scale * (1 - recipe().momentum), ".1f", "TunedLensRecipe's learning rate"),
