@@ -114,4 +114,4 @@ def test_the_vits_verdicts_of_results_readme_hold_in_its_committed_runs(summaris
     points = summarise.frontier_points(default)
     assert all(summarise.point_ratio(p) < 1 for p in points)
     growth = [summarise.distance_growth(p["penalty_by_distance"]) for p in points]
-    assert growth[0] > 1 and growth[-1] < 1, growth
+    assert all(g > 1 for g in growth[:-2]) and all(g < 1 for g in growth[-2:]), growth  # flips at the two strongest
