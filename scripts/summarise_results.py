@@ -22,7 +22,6 @@ import numpy as np
 
 from vision_lens import analysis
 from vision_lens.artifacts import FRONTIER_FILE, layer_keys
-from vision_lens.metrics import mean_by_distance, pair_groups
 
 TABLE = [("tuned", "acc"), ("shared", "acc"), ("logit", "acc"), ("linear_probe", "acc"),
          ("tuned", "ce"), ("shared", "ce"), ("logit", "ce"), ("tuned", "kl")]
@@ -234,13 +233,11 @@ def image_blocks(run) -> np.ndarray:
 def stream_profile(run) -> tuple[np.ndarray, np.ndarray, float]:
     """Over :func:`image_blocks`: the mean penalty over the lenses' own CE at each block distance within one stage
     (the whole model for a ViT or an LLM, whose blocks all read and write one residual stream; tuned-lens output has
-    no stages), the pairs at each distance, and the own CE (bits)."""
+    no stages, so all its pairs count), the pairs at each distance, and the own CE (bits)."""
     keep = image_blocks(run)
-    penalty = analysis.transfer_matrix(run)[np.ix_(keep, keep)]
-    own = float(np.nanmean(np.diag(analysis.transfer_matrix(run, "ce"))[keep]))
-    stages = np.array(run.block_stages)[keep] if run.block_names else np.zeros(len(keep))
-    means, pairs = mean_by_distance(penalty / own, pair_groups(stages)["within_stage"])
-    return means, pairs, own
+    profiles = analysis.penalty_profiles(run, normalise=True, blocks=keep)
+    profile = profiles.get("within_stage", profiles["all"])
+    return profile.mean, profile.pairs, analysis.mean_diagonal_ce(run, blocks=keep)
 
 
 def rank_correlation(x: np.ndarray, y: np.ndarray) -> float:

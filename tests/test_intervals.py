@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import numpy as np
 import torch
 from torch import nn
@@ -98,6 +99,19 @@ def test_penalty_profiles_within_and_across_stage():
     assert every.mean[0] == 0 and every.pairs[0] == 10 and every.low is None
     relative = analysis.penalty_profiles(resnet20_like_run(), relative=True)["within_stage"]
     assert np.allclose(relative.distance, np.arange(10) / 9)
+
+
+def test_penalty_profiles_over_some_blocks():
+    """``blocks`` keeps the pairs among those blocks, with their stages and their own CE as the normaliser."""
+    run = resnet20_like_run()
+    kept = analysis.penalty_profiles(run, blocks=range(4, 10))  # layer2.0 .. layer3.2
+    assert list(kept["within_stage"].pairs[:3]) == [0, 8, 4] and np.allclose(kept["within_stage"].mean[1:3], [1, 2])
+    assert list(kept["across_stage"].pairs) == [0, 2, 4, 6, 4, 2]
+    assert analysis.mean_diagonal_ce(run, blocks=range(4, 10)) == 1.0  # ce = penalty + 1 on the diagonal
+    normalised = analysis.penalty_profiles(run, normalise=True, blocks=range(4, 10))["within_stage"]
+    assert np.allclose(normalised.mean[1:3], [1, 2]) and normalised.low is None
+    with pytest.raises(ValueError, match="consecutive"):
+        analysis.penalty_profiles(run, blocks=[1, 3])
 
 
 def test_penalty_profiles_read_the_bootstrap_intervals_and_stage_boundaries():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Iterable, Sequence, Union
 
 import numpy as np
 
@@ -76,10 +76,11 @@ def transfer_matrix(run: RunResults, kind: str = "penalty", lens_type: str = "tu
     return np.array([[np.nan if table[i][j] is None else table[i][j] for j in keys] for i in keys], dtype=float)
 
 
-def mean_diagonal_ce(run: RunResults, lens_type: str = "tuned") -> float:
-    """Mean over blocks of ``ce[k][k]``: each translator on its own block (undefined blocks skipped)."""
+def mean_diagonal_ce(run: RunResults, lens_type: str = "tuned", blocks: Sequence[int] | None = None) -> float:
+    """Mean over blocks of ``ce[k][k]``: each translator on its own block (undefined blocks skipped); over the
+    block indices ``blocks`` only, where given."""
     diagonal = np.diag(transfer_matrix(run, "ce", lens_type))
-    return float(np.nanmean(diagonal))
+    return float(np.nanmean(diagonal if blocks is None else diagonal[list(blocks)]))
 
 
 @dataclass
@@ -94,7 +95,8 @@ class DistanceProfile:
 
 
 def penalty_profiles(
-    run: RunResults, lens_type: str = "tuned", relative: bool = False, normalise: bool = False
+    run: RunResults, lens_type: str = "tuned", relative: bool = False, normalise: bool = False,
+    blocks: Sequence[int] | None = None,
 ) -> dict[str, DistanceProfile]:
     """The mean transfer penalty against block distance: over ``all`` cells, and split by stage.
 
@@ -106,14 +108,23 @@ def penalty_profiles(
     Undefined cells are left out of means and counts. ``relative`` divides the
     distance by ``blocks - 1``; ``normalise`` divides penalties by
     :func:`mean_diagonal_ce` (then no interval is given: the bootstrap did not
-    resample that ratio). Intervals come from the run's
-    ``aggregate_metrics_ci.json`` where it has one.
+    resample that ratio). ``blocks`` (consecutive block indices, in order) keeps only
+    the pairs among those blocks; the normalising CE is then theirs, and no
+    interval is given either. Intervals come
+    from the run's ``aggregate_metrics_ci.json`` where it has one.
     """
     matrix = transfer_matrix(run, "penalty", lens_type)
+    stages = list(run.block_stages) if run.block_names else None
+    if blocks is not None:
+        keep = list(blocks)
+        if not keep or keep != list(range(keep[0], keep[0] + len(keep))):  # gaps would change the distances
+            raise ValueError(f"blocks must be consecutive block indices in order, got {keep}")
+        matrix = matrix[np.ix_(keep, keep)]
+        stages = None if stages is None else [stages[k] for k in keep]
     if normalise:
-        matrix = matrix / mean_diagonal_ce(run, lens_type)
-    groups = pair_groups(run.block_stages) if run.block_names else {"all": None}
-    saved = None if normalise or run.intervals is None else (
+        matrix = matrix / mean_diagonal_ce(run, lens_type, blocks)
+    groups = pair_groups(stages) if stages is not None else {"all": None}
+    saved = None if normalise or blocks is not None or run.intervals is None else (
         run.intervals.get(lens_type, {}).get("layer_transfer", {}).get("penalty_by_distance"))
     distance = relative_depth(len(matrix)) if relative else np.arange(len(matrix))
     profiles = {}
