@@ -236,6 +236,7 @@ def most_iterations(names: Iterable[str]) -> int:
 RESNETS = ("cifar10-resnet20", "cifar10-resnet32", "cifar10-resnet44")
 PREACT = "cifar10-preact-resnet20"
 VIT = "cifar10-vit"
+INCEPTION_RECIPE = "cifar10-inceptionv1-tuned-lens-recipe"
 RESIDUAL = (*RESNETS, PREACT)  # the trained models with transfer
 TRAINED = (*RESNETS, "cifar10-inceptionv1")
 LINEAR_HEAD_RANDOM = ("cifar10-resnet20-random-init", "cifar10-inceptionv1-random-init")  # fitted by the fast path
@@ -358,6 +359,11 @@ def lm_default(flag: str) -> str:
     return script_default("train_reference_lm", flag)
 
 
+def block_accuracy(name: str, lens: str) -> np.ndarray:
+    """A committed run's accuracy of ``lens`` at every block, in block order."""
+    return code("vision_lens.analysis").layer_values(run(name).aggregate[lens]["acc"])
+
+
 def power_of_two(value: int) -> str:
     return f"2^{int(math.log2(value))}"
 
@@ -424,6 +430,10 @@ SOURCES: dict[str, list[Source]] = {
         one(lambda: re.search(r"n_layer=(\d+)", (REPO / FIXTURE).read_text()).group(1), "", "the toy GPT-2's layers"),
         one(lambda: re.search(r"(\d+) steps", (REPO / FIXTURE).read_text()).group(1), "", "its training steps"),
         one(lambda: run(R20).run["options"]["max_iter"], "", "the iteration limit"),
+        each(lambda: block_accuracy(INCEPTION_RECIPE, "tuned")[[0, -1]], ".3f",
+             "InceptionV1's tuned lens under the recipe, first and last block"),
+        one(lambda: np.nanmax(block_accuracy(INCEPTION_RECIPE, "linear_probe") - block_accuracy(INCEPTION_RECIPE, "tuned")),
+            ".3f", "its largest probe - tuned accuracy gap"),
     ],
     LONG_DESCRIPTION: cited("2023"),
     "docs/method.md": [

@@ -26,7 +26,8 @@ def test_results_readme_tables_are_recomputed_from_the_committed_runs(summarise)
     text = FINDINGS.read_text()
     runs = findings_runs()
     expected = {f"cifar10-{m}{suffix}" for m in RESIDUAL for suffix in ("", "-tuned-lens-recipe")}
-    expected |= {"cifar10-vit", "cifar10-vit-tuned-lens-recipe", "cifar10-inceptionv1", "cifar10-resnet20-random-init",
+    expected |= {"cifar10-vit", "cifar10-vit-tuned-lens-recipe", "cifar10-inceptionv1",
+                 "cifar10-inceptionv1-tuned-lens-recipe", "cifar10-resnet20-random-init",
                  "cifar10-inceptionv1-random-init", "cifar10-vit-random-init", "cifar10-preact-resnet20-random-init"}
     assert {r.name for r in runs} >= expected
     tables = summarise.findings(summarise.analysis.as_results(runs)).split("\n\n")
