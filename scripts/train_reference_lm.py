@@ -2,7 +2,7 @@
 """A language-model reference at the CIFAR ViT's scale, lensed by the real tuned-lens (docs/lm-reference.md).
 
 Usage:
-    scripts/train_reference_lm.py lm   [--work runs/lm-reference] [--steps 800] [--resume] ...
+    scripts/train_reference_lm.py lm   [--work runs/lm-reference] [--steps 500] [--resume] ...
     scripts/train_reference_lm.py lens [--work runs/lm-reference] [--out results/lm-reference] ...
     scripts/train_reference_lm.py all  [the options of both]
 
@@ -442,8 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     lm.add_argument("--depth", type=int, default=6)
     lm.add_argument("--heads", type=int, default=3)
     lm.add_argument("--batch-size", type=int, default=16, help="sequences per step (default: 16)")
-    lm.add_argument("--steps", type=int, default=800,
-                    help="optimizer steps (default: 800, 3.3M tokens, about 2.4 passes over the training works)")
+    lm.add_argument("--steps", type=int, default=500,
+                    help="optimizer steps (default: 500, 2.0M tokens, about 1.5 passes over the training works)")
     lm.add_argument("--lr", type=float, default=1e-3)
     lm.add_argument("--warmup", type=int, default=100, help="warm-up steps (default: 100)")
     lm.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")

@@ -237,6 +237,7 @@ RESNETS = ("cifar10-resnet20", "cifar10-resnet32", "cifar10-resnet44")
 PREACT = "cifar10-preact-resnet20"
 VIT = "cifar10-vit"
 INCEPTION_RECIPE = "cifar10-inceptionv1-tuned-lens-recipe"
+LM = "lm-reference"  # the language-model reference: tuned-lens eval output
 RESIDUAL = (*RESNETS, PREACT)  # the trained models with transfer
 TRAINED = (*RESNETS, "cifar10-inceptionv1")
 LINEAR_HEAD_RANDOM = ("cifar10-resnet20-random-init", "cifar10-inceptionv1-random-init")  # fitted by the fast path
@@ -364,6 +365,14 @@ def block_accuracy(name: str, lens: str) -> np.ndarray:
     return code("vision_lens.analysis").layer_values(run(name).aggregate[lens]["acc"])
 
 
+def lm_record(*keys: str):
+    """A value of the committed language-model reference's record (results/lm-reference/record.json)."""
+    value = json.loads((REPO / "results" / "lm-reference" / "record.json").read_text())
+    for key in keys:
+        value = value[key]
+    return value
+
+
 def power_of_two(value: int) -> str:
     return f"2^{int(math.log2(value))}"
 
@@ -401,6 +410,8 @@ SOURCES: dict[str, list[Source]] = {
         one(lambda: read_json(VIT_CHECKPOINT)["test_acc"], ".3f", "the ViT's training record"),
         each(lambda: [load_script("summarise_results").stream_profile(run(name))[0][1]
                       for name in (VIT, VIT + "-tuned-lens-recipe")], ".2f", "the ViT's neighbours / own CE, 2d"),
+        one(lambda: load_script("summarise_results").stream_profile(run(LM))[0][1], ".2f",
+            "the language model's neighbours / own CE, 2d"),
     ],
     "results/README.md": [
         *cited("2016", "2023"),
@@ -430,6 +441,13 @@ SOURCES: dict[str, list[Source]] = {
         one(lambda: re.search(r"n_layer=(\d+)", (REPO / FIXTURE).read_text()).group(1), "", "the toy GPT-2's layers"),
         one(lambda: re.search(r"(\d+) steps", (REPO / FIXTURE).read_text()).group(1), "", "its training steps"),
         one(lambda: run(R20).run["options"]["max_iter"], "", "the iteration limit"),
+        allow("5", "section 5; block distance 5, the largest of the ViT and the language model (section 2d's table)"),
+        each(lambda: [lm_record("settings", key) for key in ("steps", "width", "depth", "heads")], "",
+             "the language-model reference's settings"),
+        *[one(lambda key=key, scale=scale, fmt=fmt: lm_record(*key) / scale, fmt, "results/lm-reference/record.json: "
+              + ".".join(key)) for key, scale, fmt in (
+            (("validation", "perplexity"), 1, ".1f"), (("validation", "unigram_perplexity"), 1, ".1f"),
+            (("validation", "tokens"), 1e3, ".0f"), (("parameters",), 1e6, ".2f"), (("train_tokens",), 1e6, ".2f"))],
         each(lambda: block_accuracy(INCEPTION_RECIPE, "tuned")[[0, -1]], ".3f",
              "InceptionV1's tuned lens under the recipe, first and last block"),
         one(lambda: np.nanmax(block_accuracy(INCEPTION_RECIPE, "linear_probe") - block_accuracy(INCEPTION_RECIPE, "tuned")),
@@ -526,17 +544,16 @@ SOURCES: dict[str, list[Source]] = {
         allow("0.1", "GPT-2's default dropout (transformers' GPT2Config), and AdamW's weight decay"),
         allow("5", "the corpus criterion (at least 5 MB) and the Debian packages' sizes (under 5 MB)"),
         allow("4", "the Jane Austen package's size (about 4 MB, Debian); also the held-out works and batch sequences"),
-        *[hand_timed(t, what) for t, what in (
-            ("2.4", "passes over the training text (the training tokens over the corpus's, which is not committed)"),
-            ("467", "KB held out (corpus statistics, not committed)"), ("4.59", "MB of training text"),
-            ("1.36", "M training tokens"), ("4.6", "MB the tokenizer was trained on"),
-            ("2048", "tokens of the timed lens step"), ("45", "s per lens step"), ("8", "s per model step; tokens per "
-             "micro-batch"), ("0.9", "of a core that the timed process got; also betas and momentum"),
-            ("7.3", "s, the fastest timed model step"), ("10.5", "s, the slowest"), ("8.4", "s, their mean"),
-            ("12", "model steps timed"), ("1.9", "h for 800 steps"), ("1.6", "h for the lens"),
-            ("9", "s per eval batch"),
-            ("140", "K held-out tokens"), ("10", "min of eval"), ("1639", "validation perplexity at step 12"),
-            ("599", "unigram perplexity"))],
+        *[one(lambda key=key, scale=scale, fmt=fmt: lm_record(*key) / scale, fmt, "results/lm-reference/record.json: "
+              + ".".join(key)) for key, scale, fmt in (
+            (("corpus", "validation_bytes"), 1e3, ".0f"), (("corpus", "train_bytes"), 1e6, ".2f"),
+            (("corpus", "train_bytes"), 1e6, ".1f"), (("train_tokens",), 1e6, ".2f"),
+            (("seconds",), 60, ".0f"), (("seconds_per_step",), 1, ".1f"),
+            (("lens", "train_seconds"), 60, ".0f"), (("lens", "eval_seconds"), 60, ".0f"),
+            (("validation", "perplexity"), 1, ".1f"), (("validation", "unigram_perplexity"), 1, ".1f"),
+            (("validation", "tokens"), 1e3, ".0f"))],
+        one(lambda: lm_record("tokens_seen") / lm_record("train_tokens"), ".1f", "passes over the training tokens"),
+        one(lambda: lm_record("lens", "train_seconds") / lm_record("lens", "steps"), ".0f", "s per lens step"),
     ],
 }
 

@@ -116,3 +116,15 @@ def test_the_vits_verdicts_of_results_readme_hold_in_its_committed_runs(summaris
     assert all(summarise.point_ratio(p) < 1 for p in points)
     growth = [summarise.distance_growth(p["penalty_by_distance"]) for p in points]
     assert all(g > 1 for g in growth[:-2]) and all(g < 1 for g in growth[-2:]), growth  # flips at the two strongest
+
+
+def test_the_language_model_reference_shows_small_distance_growing_penalties(summarise):
+    """Section 2d's verdict on the GPT-2 reference (tuned-lens eval output): its neighbouring layers transfer well
+    below its lenses' own CE, and the penalty rises at every step of distance, as the ViT's does."""
+    lm, vit = summarise.analysis.as_results([REPO / "results" / "lm-reference",
+                                             REPO / "results" / "cifar10-vit-tuned-lens-recipe"])
+    assert not lm.run  # the tool's own output, not a vision-lens run
+    for run in (lm, vit):
+        means, pairs, _ = summarise.stream_profile(run)
+        defined = means[1:][pairs[1:] > 0]
+        assert defined[0] < 0.5 and (np.diff(defined) > 0).all(), run.name

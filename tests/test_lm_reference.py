@@ -89,12 +89,13 @@ def reference(tuned_lens_cli, tmp_path_factory):
     return work, out, env
 
 
-def test_eval_folder_has_a_transfer_table_for_every_layer_pair(reference):
-    _, out, _ = reference
+def check_eval_folder(out: Path, depth: int) -> None:
+    """``out`` is what the script writes: tuned-lens eval's files, with a finite ce and kl transfer table for every
+    pair of the ``depth`` layers, for both lenses; the lens config; the record."""
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "aggregate_metrics.json", "batches.jsonl", "lens/config.json", "record.json"]
     aggregate = json.loads((out / "aggregate_metrics.json").read_text())
-    layers = [f"layer_{k}" for k in range(DEPTH)]
+    layers = [f"layer_{k}" for k in range(depth)]
     assert set(aggregate) == {"logit", "tuned", "baseline"}
     for lens_type in ("logit", "tuned"):
         assert list(aggregate[lens_type]["ce"]) == layers
@@ -102,7 +103,25 @@ def test_eval_folder_has_a_transfer_table_for_every_layer_pair(reference):
             table = aggregate[lens_type]["layer_transfer"][kind]
             assert set(table) == set(layers) and all(set(row) == set(layers) for row in table.values())
             assert all(math.isfinite(v) for row in table.values() for v in row.values())
-    assert json.loads((out / "lens" / "config.json").read_text())["num_hidden_layers"] == DEPTH
+    assert json.loads((out / "lens" / "config.json").read_text())["num_hidden_layers"] == depth
+
+
+def test_eval_folder_has_a_transfer_table_for_every_layer_pair(reference):
+    check_eval_folder(reference[1], DEPTH)
+
+
+def test_the_committed_reference_is_a_trained_model_lensed_by_tuned_lens():
+    """results/lm-reference: the full-size run (docs/lm-reference.md), far below the unigram perplexity of its
+    validation tokens, its lens trained by tuned-lens's default recipe at the documented scaling."""
+    out = REPO / "results" / "lm-reference"
+    record = json.loads((out / "record.json").read_text())
+    check_eval_folder(out, record["settings"]["depth"])
+    validation = record["validation"]
+    assert validation["perplexity"] < validation["unigram_perplexity"] / 2
+    assert record["steps"] == record["settings"]["steps"] and validation["tokens"] > 100_000
+    lens = record["lens"]
+    assert lens["steps"] == 250 and lens["versions"]["tuned-lens"] == "0.2.0"
+    assert "--tokens" not in lens["tuned_lens_eval"].split()  # every held-out token
 
 
 def test_record_states_the_commands_and_both_perplexities(reference):
