@@ -554,6 +554,7 @@ SOURCES: dict[str, list[Source]] = {
             (("validation", "tokens"), 1e3, ".0f"))],
         one(lambda: lm_record("tokens_seen") / lm_record("train_tokens"), ".1f", "passes over the training tokens"),
         one(lambda: lm_record("lens", "train_seconds") / lm_record("lens", "steps"), ".0f", "s per lens step"),
+        hand_timed("18", "s per lens step with the cores to itself, read off tuned-lens's progress bar"),
     ],
 }
 
