@@ -157,3 +157,20 @@ def test_resume_reloads_the_checkpoint_and_a_second_start_is_refused(reference):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = json.loads((work / "record.json").read_text())
     assert again["steps"] == STEPS and again["validation"]["loss_nats"] == pytest.approx(first["validation"]["loss_nats"])
+
+
+def test_the_committed_model_is_the_recorded_one_in_fp16():
+    """results/checkpoints/lm-reference: the reference's GPT-2 (save_pretrained, fp16) with its tokenizer, of the
+    recorded shape and size."""
+    import torch
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    folder = REPO / "results" / "checkpoints" / "lm-reference"
+    record = json.loads((REPO / "results" / "lm-reference" / "record.json").read_text())
+    model = GPT2LMHeadModel.from_pretrained(folder, dtype="auto")  # as stored
+    settings, config = record["settings"], model.config
+    assert (config.n_embd, config.n_layer, config.n_head, config.n_positions) == (
+        settings["width"], settings["depth"], settings["heads"], settings["context"])
+    assert sum(p.numel() for p in model.parameters()) == record["parameters"]
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+    assert len(PreTrainedTokenizerFast.from_pretrained(folder)) == settings["vocab_size"]
