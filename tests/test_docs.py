@@ -367,10 +367,16 @@ def block_accuracy(name: str, lens: str) -> np.ndarray:
 
 def lm_record(*keys: str):
     """A value of the committed language-model reference's record (results/lm-reference/record.json)."""
-    value = json.loads((REPO / "results" / "lm-reference" / "record.json").read_text())
+    value = read_json("results/lm-reference/record.json")
     for key in keys:
         value = value[key]
     return value
+
+
+def lm_records(*entries: tuple[tuple[str, ...], float, str]) -> list[Source]:
+    """One required source per ``(keys, scale, fmt)``: that value of the record, divided by ``scale``."""
+    return [one(lambda keys=keys, scale=scale: lm_record(*keys) / scale, fmt,
+                "results/lm-reference/record.json: " + ".".join(keys)) for keys, scale, fmt in entries]
 
 
 def power_of_two(value: int) -> str:
@@ -444,10 +450,8 @@ SOURCES: dict[str, list[Source]] = {
         allow("5", "section 5; block distance 5, the largest of the ViT and the language model (section 2d's table)"),
         each(lambda: [lm_record("settings", key) for key in ("steps", "width", "depth", "heads")], "",
              "the language-model reference's settings"),
-        *[one(lambda key=key, scale=scale, fmt=fmt: lm_record(*key) / scale, fmt, "results/lm-reference/record.json: "
-              + ".".join(key)) for key, scale, fmt in (
-            (("validation", "perplexity"), 1, ".1f"), (("validation", "unigram_perplexity"), 1, ".1f"),
-            (("validation", "tokens"), 1e3, ".0f"), (("parameters",), 1e6, ".2f"), (("train_tokens",), 1e6, ".2f"))],
+        *lm_records((("validation", "perplexity"), 1, ".1f"), (("validation", "unigram_perplexity"), 1, ".1f"),
+                    (("validation", "tokens"), 1e3, ".0f"), (("parameters",), 1e6, ".2f"), (("train_tokens",), 1e6, ".2f")),
         each(lambda: block_accuracy(INCEPTION_RECIPE, "tuned")[[0, -1]], ".3f",
              "InceptionV1's tuned lens under the recipe, first and last block"),
         one(lambda: np.nanmax(block_accuracy(INCEPTION_RECIPE, "linear_probe") - block_accuracy(INCEPTION_RECIPE, "tuned")),
@@ -544,14 +548,12 @@ SOURCES: dict[str, list[Source]] = {
         allow("0.1", "GPT-2's default dropout (transformers' GPT2Config), and AdamW's weight decay"),
         allow("5", "the corpus criterion (at least 5 MB) and the Debian packages' sizes (under 5 MB)"),
         allow("4", "the Jane Austen package's size (about 4 MB, Debian); also the held-out works and batch sequences"),
-        *[one(lambda key=key, scale=scale, fmt=fmt: lm_record(*key) / scale, fmt, "results/lm-reference/record.json: "
-              + ".".join(key)) for key, scale, fmt in (
-            (("corpus", "validation_bytes"), 1e3, ".0f"), (("corpus", "train_bytes"), 1e6, ".2f"),
-            (("corpus", "train_bytes"), 1e6, ".1f"), (("train_tokens",), 1e6, ".2f"),
-            (("seconds",), 60, ".0f"), (("seconds_per_step",), 1, ".1f"),
-            (("lens", "train_seconds"), 60, ".0f"), (("lens", "eval_seconds"), 60, ".0f"),
-            (("validation", "perplexity"), 1, ".1f"), (("validation", "unigram_perplexity"), 1, ".1f"),
-            (("validation", "tokens"), 1e3, ".0f"))],
+        *lm_records((("corpus", "validation_bytes"), 1e3, ".0f"), (("corpus", "train_bytes"), 1e6, ".2f"),
+                    (("corpus", "train_bytes"), 1e6, ".1f"), (("train_tokens",), 1e6, ".2f"),
+                    (("seconds",), 60, ".0f"), (("seconds_per_step",), 1, ".1f"),
+                    (("lens", "train_seconds"), 60, ".0f"), (("lens", "eval_seconds"), 60, ".0f"),
+                    (("validation", "perplexity"), 1, ".1f"), (("validation", "unigram_perplexity"), 1, ".1f"),
+                    (("validation", "tokens"), 1e3, ".0f")),
         one(lambda: lm_record("tokens_seen") / lm_record("train_tokens"), ".1f", "passes over the training tokens"),
         one(lambda: lm_record("lens", "train_seconds") / lm_record("lens", "steps"), ".0f", "s per lens step"),
         hand_timed("18", "s per lens step with the cores to itself, read off tuned-lens's progress bar"),
