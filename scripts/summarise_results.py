@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -221,23 +222,25 @@ def distance_growth(by_distance: dict) -> float:
 FIT_LABELS = {"optimum": "default", "tuned-lens": "tuned-lens recipe", None: "`tuned-lens train` itself"}
 
 
-def image_blocks(run) -> np.ndarray:
-    """The blocks whose readout depends on the image: all but a class-token ViT's ``embed`` at ``--pool-grid 1``
-    (the class token before the first block is one learned vector, the same for every image, so its lens is a
-    constant and its translator learns only a bias)."""
-    names = analysis.block_names(run, len(analysis.transfer_matrix(run)))
-    constant = [name == "embed" and run.run.get("options", {}).get("pool_grid") == 1 for name in names]
-    return np.flatnonzero(~np.array(constant))
+@dataclass
+class StreamProfile:
+    """:func:`stream_profile` of one run."""
+
+    blocks: np.ndarray  # the block indices kept (analysis.image_blocks)
+    ratio: np.ndarray  # mean penalty / own CE at each block distance (NaN where no pair)
+    pairs: np.ndarray  # the block pairs at each distance
+    own_ce: float  # the kept blocks' mean own CE (bits)
 
 
-def stream_profile(run) -> tuple[np.ndarray, np.ndarray, float]:
-    """Over :func:`image_blocks`: the mean penalty over the lenses' own CE at each block distance within one stage
-    (the whole model for a ViT or an LLM, whose blocks all read and write one residual stream; tuned-lens output has
-    no stages, so all its pairs count), the pairs at each distance, and the own CE (bits)."""
-    keep = image_blocks(run)
-    profiles = analysis.penalty_profiles(run, normalise=True, blocks=keep)
+def stream_profile(run) -> StreamProfile:
+    """Over :func:`~vision_lens.analysis.image_blocks`: the mean penalty over the lenses' own CE at each block
+    distance within one stage (the whole model for a ViT or an LLM, whose blocks all read and write one residual
+    stream; tuned-lens output has no stages, so all its pairs count), the pairs at each distance, and the own CE."""
+    keep = analysis.image_blocks(run)
+    profiles = analysis.penalty_profiles(run, blocks=keep)
     profile = profiles.get("within_stage", profiles["all"])
-    return profile.mean, profile.pairs, analysis.mean_diagonal_ce(run, blocks=keep)
+    own = analysis.mean_diagonal_ce(run, blocks=keep)
+    return StreamProfile(keep, profile.mean / own, profile.pairs, own)
 
 
 def rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
@@ -255,15 +258,15 @@ def stream_table(runs) -> str:
     for run in runs:
         if not analysis.defined_transfer(run):
             continue
-        means, pairs, own = stream_profile(run)
-        defined = np.flatnonzero((pairs > 0) & (np.arange(len(pairs)) > 0))
+        stream = stream_profile(run)
+        means = stream.ratio
+        defined = np.flatnonzero((stream.pairs > 0) & (np.arange(len(stream.pairs)) > 0))
         far = defined.max()
         names = analysis.block_names(run, len(analysis.transfer_matrix(run)))
-        keep = image_blocks(run)
-        blocks = f"{len(keep)}" + ("" if len(keep) == len(names) else f" (`{names[keep[0]]}` on)")
-        fit = FIT_LABELS[run.run.get("options", {}).get("recipe", "optimum") if run.run else None]
+        blocks = f"{len(stream.blocks)}" + ("" if len(stream.blocks) == len(names) else f" (`{names[stream.blocks[0]]}` on)")
+        fit = FIT_LABELS[analysis.fit_recipe(run)]
         rho = rank_correlation(defined, means[defined]) if len(defined) > 2 else np.nan  # two always rank perfectly
-        rows.append([run.path.name, fit, blocks, analysis.reported_unit(run), f"{own:.2f}", f"{means[1]:.2f}",
+        rows.append([run.path.name, fit, blocks, analysis.reported_unit(run), f"{stream.own_ce:.2f}", f"{means[1]:.2f}",
                      f"{means[far]:.2f} (d={far})", f"{means[2] / means[1]:.2f}" if far >= 2 else "—",
                      "—" if np.isnan(rho) else f"{rho:+.2f}"])
     return markdown(["run", "fit", "blocks", "unit", "lens's own CE", "penalty / own CE at d=1", "at the largest d",
@@ -277,7 +280,7 @@ def findings(runs) -> str:
     (``tuned-lens eval`` output, which has no run.json and enters only that table)."""
     tool = [run for run in runs if not run.run]
     ours = [run for run in runs if run.run]
-    recipe = [run for run in ours if run.run.get("options", {}).get("recipe") == "tuned-lens"]
+    recipe = [run for run in ours if analysis.fit_recipe(run) == "tuned-lens"]
     default = [run for run in ours if run not in recipe]
     trained = [run for run in default if run.run.get("weights") != "random"]
     trained_recipe = [run for run in recipe if run.run.get("weights") != "random"]

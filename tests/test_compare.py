@@ -25,7 +25,7 @@ import tuned_lens
 from vision_lens import analysis, plotting
 from vision_lens.artifacts import load_results
 from vision_lens.cli import main
-from vision_lens.compare import compare
+from vision_lens.compare import compare, compared_numbers
 
 TUNED_LENS_EVAL = Path(__file__).parent / "data" / "tiny-gpt2-tuned-lens" / "aggregate_metrics.json"
 LLM_NAME = "tiny-gpt2-tuned-lens"
@@ -119,3 +119,21 @@ def test_compare_cli_takes_run_folders_eval_folders_and_json_files(resnet20_run,
     assert np.allclose(numbers["inputs"][0]["layerwise"]["tuned"]["ce"]["normalised"],
                        [v / ce["layer_0"] for v in ce.values()])
     assert main(["compare", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+def test_compare_leaves_out_a_class_token_vits_constant_embed():
+    """The committed ViT's `embed` is read at the class token (one vector for every image): its pairs say nothing
+    about a shared stream, so the transfer curve, drawn and written, runs over blocks.0 .. blocks.5 only."""
+    vit = load_results(Path(__file__).parents[1] / "results" / "cifar10-vit")
+    assert vit.block_names[0] == "embed" and list(analysis.image_blocks(vit)) == list(range(1, 7))
+    penalty, ce = analysis.transfer_matrix(vit), analysis.transfer_matrix(vit, "ce")
+    own = np.diag(ce)[1:].mean()
+    expected = [np.mean([penalty[i, j] for i in range(1, 7) for j in range(1, 7) if abs(i - j) == d]) / own
+                for d in range(6)]
+    transfer = compared_numbers([vit])[0]["transfer"]
+    assert np.allclose(transfer["relative_distance"], np.linspace(0, 1, 6))
+    assert transfer["pairs"] == [6, 10, 8, 6, 4, 2]
+    assert np.allclose(transfer["normalised_penalty"], expected)
+    penalty_ax = compare([vit]).axes[2]
+    line = {line.get_label(): line for line in penalty_ax.get_lines()}[vit.name]
+    assert np.allclose(line.get_ydata(), expected)

@@ -414,9 +414,9 @@ SOURCES: dict[str, list[Source]] = {
         one(lambda: resnet50_extrapolated()["gpu_run_s"]["default"], ".0f", "extrapolated seconds, one GPU"),
         one(lambda: read_json(BENCHMARK)["usable_cores"], "", "the benchmark machine's cores"),
         one(lambda: read_json(VIT_CHECKPOINT)["test_acc"], ".3f", "the ViT's training record"),
-        each(lambda: [load_script("summarise_results").stream_profile(run(name))[0][1]
+        each(lambda: [load_script("summarise_results").stream_profile(run(name)).ratio[1]
                       for name in (VIT, VIT + "-tuned-lens-recipe")], ".2f", "the ViT's neighbours / own CE, 2d"),
-        one(lambda: load_script("summarise_results").stream_profile(run(LM))[0][1], ".2f",
+        one(lambda: load_script("summarise_results").stream_profile(run(LM)).ratio[1], ".2f",
             "the language model's neighbours / own CE, 2d"),
     ],
     "results/README.md": [

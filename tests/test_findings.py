@@ -90,11 +90,13 @@ def test_the_stream_table_leaves_out_only_a_class_token_vits_constant_embed(summ
     from vision_lens import analysis
 
     vit, fixture = analysis.as_results([REPO / "results" / "cifar10-vit", REPO / "tests" / "data" / "tiny-gpt2-tuned-lens"])
-    assert list(summarise.image_blocks(vit)) == list(range(1, 7))
+    assert list(analysis.image_blocks(vit)) == list(range(1, 7))
     gridded = dataclasses.replace(vit, run=vit.run | {"options": vit.run["options"] | {"pool_grid": 2}})
-    assert list(summarise.image_blocks(gridded)) == list(range(7))
-    assert list(summarise.image_blocks(fixture)) == list(range(6))
-    means, pairs, own = summarise.stream_profile(vit)
+    assert list(analysis.image_blocks(gridded)) == list(range(7))
+    assert list(analysis.image_blocks(fixture)) == list(range(6))
+    stream = summarise.stream_profile(vit)
+    means, pairs, own = stream.ratio, stream.pairs, stream.own_ce
+    assert list(stream.blocks) == list(range(1, 7))
     assert list(pairs) == [0, 10, 8, 6, 4, 2]  # blocks.0 .. blocks.5: the pairs at each distance, both directions
     ce = analysis.transfer_matrix(vit, "ce")
     assert own == pytest.approx(np.diag(ce)[1:].mean())
@@ -110,7 +112,7 @@ def test_the_vits_verdicts_of_results_readme_hold_in_its_committed_runs(summaris
     default, recipe = analysis.as_results([REPO / "results" / n for n in ("cifar10-vit", "cifar10-vit-tuned-lens-recipe")])
     for run in (default, recipe):
         assert summarise.neighbour_ratio(run) < 1
-        means, pairs, _ = summarise.stream_profile(run)
+        means = summarise.stream_profile(run).ratio
         assert (np.diff(means[1:]) > 0).all(), means
     points = summarise.frontier_points(default)
     assert all(summarise.point_ratio(p) < 1 for p in points)
@@ -125,6 +127,6 @@ def test_the_language_model_reference_shows_small_distance_growing_penalties(sum
                                              REPO / "results" / "cifar10-vit-tuned-lens-recipe"])
     assert not lm.run  # the tool's own output, not a vision-lens run
     for run in (lm, vit):
-        means, pairs, _ = summarise.stream_profile(run)
-        defined = means[1:][pairs[1:] > 0]
+        stream = summarise.stream_profile(run)
+        defined = stream.ratio[1:][stream.pairs[1:] > 0]
         assert defined[0] < 0.5 and (np.diff(defined) > 0).all(), run.name

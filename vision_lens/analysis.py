@@ -47,6 +47,21 @@ def block_names(run: RunResults, blocks: int) -> list[str]:
     return run.block_names or [f"layer_{k}" for k in range(blocks)]
 
 
+def image_blocks(run: RunResults) -> np.ndarray:
+    """The indices of the blocks whose readout depends on the image: all but a class-token ViT's ``embed`` read at
+    ``--pool-grid 1`` (the class token before the first block is one learned vector, the same for every image, so
+    its lens is a constant and its translator learns only a bias). Every layer of tuned-lens output (no run.json)."""
+    names = run.block_names or layer_keys(run.aggregate["tuned"]["ce"])
+    pool_grid = run.run.get("options", {}).get("pool_grid")
+    return np.flatnonzero([not (name == "embed" and pool_grid == 1) for name in names])
+
+
+def fit_recipe(run: RunResults) -> str | None:
+    """How the run's translators were fitted: ``optimum`` (the default: the convex optimum at the held-out
+    strength) or ``tuned-lens`` (``--recipe tuned-lens``); None for ``tuned-lens eval`` output (no run.json)."""
+    return run.run.get("options", {}).get("recipe", "optimum") if run.run else None
+
+
 def has_transfer(run: RunResults, lens_type: str = "tuned") -> bool:
     """Whether the run holds a transfer matrix for ``lens_type``."""
     return "layer_transfer" in run.aggregate.get(lens_type, {})
@@ -110,15 +125,17 @@ def penalty_profiles(
     :func:`mean_diagonal_ce` (then no interval is given: the bootstrap did not
     resample that ratio). ``blocks`` (consecutive block indices, in order) keeps only
     the pairs among those blocks; the normalising CE is then theirs, and no
-    interval is given either. Intervals come
+    interval is given either (unless ``blocks`` is every block). Intervals come
     from the run's ``aggregate_metrics_ci.json`` where it has one.
     """
     matrix = transfer_matrix(run, "penalty", lens_type)
     stages = list(run.block_stages) if run.block_names else None
     if blocks is not None:
-        keep = list(blocks)
+        keep = [int(k) for k in blocks]
         if not keep or keep != list(range(keep[0], keep[0] + len(keep))):  # gaps would change the distances
             raise ValueError(f"blocks must be consecutive block indices in order, got {keep}")
+        blocks = None if keep == list(range(len(matrix))) else keep  # every block: as if none were given
+    if blocks is not None:
         matrix = matrix[np.ix_(keep, keep)]
         stages = None if stages is None else [stages[k] for k in keep]
     if normalise:

@@ -9,7 +9,10 @@ do not compare; only two unitless quantities are drawn:
 * CE or KL at a layer as a fraction of the same lens's value at the first layer
   (the first layer where it is defined);
 * the transfer penalty ``ce[i][j] - ce[j][j]`` as a fraction of the mean
-  diagonal CE, against the distance ``|i - j|`` as a fraction of depth.
+  diagonal CE, against the distance ``|i - j|`` as a fraction of depth, over the
+  blocks whose readout depends on the image (:func:`~vision_lens.analysis.image_blocks`:
+  a class-token ViT's ``embed`` is one vector for every image, so its pairs say
+  nothing about a shared stream).
 
 :func:`compare_to_file` writes these numbers beside the figure, as JSON
 (:func:`compared_numbers`), for a table.
@@ -30,8 +33,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 
-from .analysis import (ResultsLike, as_results, defined_transfer, has_transfer, layer_values, penalty_profiles,
-                       relative_depth)
+from .analysis import (ResultsLike, as_results, defined_transfer, has_transfer, image_blocks, layer_values,
+                       penalty_profiles, relative_depth)
 from .artifacts import RunFolderError, RunResults, require_complete
 from .files import write_text_atomic
 from .errors import OptionError
@@ -85,7 +88,7 @@ def compared_numbers(
                                                                    "normalised": _finite_or_none(y)}
         transfer = None
         if defined_transfer(run):
-            profile = penalty_profiles(run, relative=True, normalise=True)["all"]
+            profile = penalty_profiles(run, relative=True, normalise=True, blocks=image_blocks(run))["all"]
             transfer = {"relative_distance": profile.distance.tolist(),
                         "normalised_penalty": _finite_or_none(profile.mean), "pairs": profile.pairs.tolist()}
         numbers.append({"name": run.name, "path": str(run.path), "layerwise": layerwise, "transfer": transfer,
@@ -140,7 +143,8 @@ def compare(
     penalty_ax = axes[-1]
     if with_transfer:
         penalty_vs_distance([runs[i] for i in with_transfer], relative=True, normalise=True,
-                            colors=[colours[i % len(colours)] for i in with_transfer], ax=penalty_ax)
+                            colors=[colours[i % len(colours)] for i in with_transfer], ax=penalty_ax,
+                            image_blocks_only=True)
         penalty_ax.get_legend().remove()  # the figure legend names the runs
     else:
         penalty_ax.text(0.5, 0.5, "no input has a tuned-lens layer_transfer", ha="center", va="center",
