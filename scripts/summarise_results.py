@@ -263,7 +263,8 @@ def stream_table(runs) -> str:
         defined = np.flatnonzero((stream.pairs > 0) & (np.arange(len(stream.pairs)) > 0))
         far = defined.max()
         names = analysis.block_names(run, len(analysis.transfer_matrix(run)))
-        blocks = f"{len(stream.blocks)}" + ("" if len(stream.blocks) == len(names) else f" (`{names[stream.blocks[0]]}` on)")
+        first = names[stream.blocks[0]]
+        blocks = f"{len(stream.blocks)}" + ("" if len(stream.blocks) == len(names) else f" (`{first}` on)")
         fit = FIT_LABELS[analysis.fit_recipe(run)]
         rho = rank_correlation(defined, means[defined]) if len(defined) > 2 else np.nan  # two always rank perfectly
         rows.append([run.path.name, fit, blocks, analysis.reported_unit(run), f"{stream.own_ce:.2f}", f"{means[1]:.2f}",

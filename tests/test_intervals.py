@@ -123,6 +123,8 @@ def test_penalty_profiles_read_the_bootstrap_intervals_and_stage_boundaries():
     assert np.allclose(within.low[1:3], [0.5, 1.5]) and np.isnan(within.high[0])
     assert profiles["across_stage"].low is None
     assert analysis.penalty_profiles(resnet20_like_run(saved), normalise=True)["within_stage"].low is None
+    every = analysis.penalty_profiles(resnet20_like_run(saved), blocks=range(10))["within_stage"]  # as if none given
+    assert np.allclose(every.low[1:3], [0.5, 1.5]) and np.array_equal(every.pairs, within.pairs)
     assert analysis.stage_boundaries(resnet20_like_run()) == [1, 4, 7]
 
 

@@ -134,10 +134,11 @@ def penalty_profiles(
         keep = [int(k) for k in blocks]
         if not keep or keep != list(range(keep[0], keep[0] + len(keep))):  # gaps would change the distances
             raise ValueError(f"blocks must be consecutive block indices in order, got {keep}")
-        blocks = None if keep == list(range(len(matrix))) else keep  # every block: as if none were given
-    if blocks is not None:
-        matrix = matrix[np.ix_(keep, keep)]
-        stages = None if stages is None else [stages[k] for k in keep]
+        if keep == list(range(len(matrix))):  # every block: as if none were given (intervals kept)
+            blocks = None
+        else:
+            matrix = matrix[np.ix_(keep, keep)]
+            stages = None if stages is None else [stages[k] for k in keep]
     if normalise:
         matrix = matrix / mean_diagonal_ce(run, lens_type, blocks)
     groups = pair_groups(stages) if stages is not None else {"all": None}
