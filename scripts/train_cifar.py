@@ -9,7 +9,8 @@ Architectures and their recipes (``RECIPES``; ``--epochs`` and ``--lr`` override
   output's cross-entropy plus 0.3 times that of each auxiliary classifier, so the
   auxiliary heads are trained and can be reported beside the lenses. SGD with
   Nesterov momentum 0.9, weight decay 5e-4, one-cycle learning rate peaking at 0.1.
-* ``preact_resnet20`` (any ``preact_resnet<6n+2>``): the same SGD recipe.
+* ``preact_resnet20`` (any ``preact_resnet<6n+2>``) and ``plain20`` (any ``plain<6n+2>``, ResNet-20 without
+  shortcuts): the same SGD recipe, 80 epochs, one recipe for both so that they differ only in the network.
 * ``vit`` (``cifar:vit``): AdamW (weight decay 0.05), one-cycle learning rate
   peaking at 1e-3, label smoothing 0.1: the usual recipe for ViTs trained from
   scratch on small data sets.
@@ -72,23 +73,26 @@ class Recipe:
     label_smoothing: float = 0.0
 
 
+CIFAR_RESNET_RECIPE = Recipe("sgd", 0.1, 5e-4, 80)
 RECIPES = {
     "inceptionv1": Recipe("sgd", 0.1, 5e-4, 20),
-    "preact_resnet": Recipe("sgd", 0.1, 5e-4, 80),
+    "preact_resnet": CIFAR_RESNET_RECIPE,
+    "plain": CIFAR_RESNET_RECIPE,
     "vit": Recipe("adamw", 1e-3, 0.05, 15, label_smoothing=0.1),  # 15 epochs: 2.6 h on 2 CPU cores
 }
 
 
 def recipe_of(arch: str) -> Recipe:
-    key = "preact_resnet" if arch.startswith("preact_resnet") else arch
+    key = next((k for k in ("preact_resnet", "plain") if arch.startswith(k)), arch)
     if key not in RECIPES:
-        raise SystemExit(f"--arch {arch}: choose inceptionv1, vit or preact_resnet<6n+2> (e.g. preact_resnet20)")
+        raise SystemExit(f"--arch {arch}: choose inceptionv1, vit, preact_resnet<6n+2> (e.g. preact_resnet20) or "
+                         "plain<6n+2> (e.g. plain20)")
     return RECIPES[key]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", required=True, help="inceptionv1, vit or preact_resnet<6n+2>")
+    parser.add_argument("--arch", required=True, help="inceptionv1, vit, preact_resnet<6n+2> or plain<6n+2>")
     parser.add_argument("--data", required=True, help="CIFAR-10 root with train/ and test/ ImageFolders")
     parser.add_argument("--out", required=True, help="checkpoint file to write (its record: the same name, .json)")
     parser.add_argument("--width", type=float, default=RANDOM_INIT_WIDTH,

@@ -1,4 +1,5 @@
-"""The residual-stream controls: cifar:vit, timm ViTs and cifar:preact_resnet, their readout and their training."""
+"""The residual-stream controls: cifar:vit, timm ViTs, cifar:preact_resnet and the plain CNN cifar:plain (no
+stream), their readout and their training."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _logit_lens_at_last_block(name: str, x: torch.Tensor, **kw) -> tuple[torch.T
         return lens(recorder.pooled[-1], len(adapter.blocks) - 1), logits, recorder.pooled
 
 
-@pytest.mark.parametrize("name", ["cifar:vit", "cifar:preact_resnet20", "cifar:preact_resnet8"])
+@pytest.mark.parametrize("name", ["cifar:vit", "cifar:preact_resnet20", "cifar:preact_resnet8", "cifar:plain20"])
 def test_the_logit_lens_at_the_last_block_is_the_models_output(name):
     torch.manual_seed(1)
     lens_logits, logits, _ = _logit_lens_at_last_block(name, torch.randn(3, 3, 32, 32))
@@ -53,6 +54,23 @@ def test_vit_blocks_are_the_embedding_and_every_block_read_at_the_class_token():
         adapter.logits(x)
     patches = seen["out"][:, 1:].reshape(2, 8, 8, 192)
     torch.testing.assert_close(recorder.pooled[3][:, 192:384], patches[:, :4, :4].mean((1, 2)))
+
+
+def test_the_plain_cnn_is_resnet20_without_its_shortcuts_read_through_the_same_channel_embedding():
+    plain, resnet = (create_adapter(f"cifar:{arch}", weights="random", seed=0) for arch in ("plain20", "resnet20"))
+    assert [(b.name, b.module, b.channels, b.stage) for b in plain.blocks] == [
+        (b.name, b.module, b.channels, b.stage) for b in resnet.blocks]
+    for p, r in zip(plain.blocks, resnet.blocks):  # the option-A embedding, though the network has no such path
+        assert p.path.stride == r.path.stride and torch.equal(p.path.weight, r.path.weight)
+    assert not any("shortcut" in name for name, _ in plain.model.named_modules())
+    resnet.model.load_state_dict(plain.model.state_dict())  # the same parameters, shortcuts have none
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # what the shortcuts add is the whole difference
+        assert not torch.allclose(plain.logits(x), resnet.logits(x))
+        block = plain.model.layer1[1]
+        h = torch.randn(2, 16, 8, 8)
+        torch.testing.assert_close(block(h), torch.relu(block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(h)))))))
 
 
 def test_stages_come_from_the_adapters():

@@ -29,6 +29,9 @@ CATALOGUE: tuple[ModelEntry, ...] = (
       for d in (20, 32, 44, 56, 110)),
     ModelEntry("cifar:preact_resnet20", 10, "the pre-activation stream averaged (option-A paths); LayerNorm + linear",
                _TRAINED_HERE.format("cifar10-preact-resnet20.th", "preact_resnet20")),
+    ModelEntry("cifar:plain20", 10, "ResNet-20 without shortcuts, each block's map averaged (option-A channel "
+               "embedding, not the network's own path); linear head",
+               "not yet trained here: scripts/train_cifar.py --arch plain20; or --weights random"),
     ModelEntry("cifar:inceptionv1", 12, "each block's map averaged; only inception5b has a path; aux heads reported",
                _TRAINED_HERE.format("cifar10-inceptionv1.th", "inceptionv1")),
     ModelEntry("cifar:vit", 7, _VIT, _TRAINED_HERE.format("cifar10-vit.th", "vit")),

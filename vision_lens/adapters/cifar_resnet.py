@@ -14,6 +14,17 @@ globally averaged stream through a LayerNorm and a linear layer: a language
 model's final LayerNorm and unembedding, on images (He et al. put BN-ReLU before
 the pool instead, which no pooled vector reads exactly). Train one with
 ``scripts/train_cifar.py --arch preact_resnet20``.
+
+``cifar:plain<depth>``: ResNet-(6n+2)'s architecture with its shortcuts removed,
+the "plain" network He et al. trained beside their CIFAR ResNets: each block is
+``relu(bn2(conv2(relu(bn1(conv1(x))))))`` and nothing carries a block's input
+past it. There is no residual stream, yet within a stage every block's output
+has one shape, so a translator fitted on one block can be applied to another.
+The adapter gives each block the ResNet's option-A channel embedding (subsample
+by 2, zero-pad channels) as its path into the head's space, for the tuned lens's
+skip term and for transfer across stages; the network itself has no such path,
+so its logit lens is the network's own read-out only at the last block. Train
+one with ``scripts/train_cifar.py --arch plain20``.
 """
 
 from __future__ import annotations
@@ -74,6 +85,20 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+class PlainBlock(nn.Module):
+    """ResNet's basic block without its shortcut: ``relu(bn2(conv2(relu(bn1(conv1(x))))))``."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
 class PreActBlock(nn.Module):
     """A full pre-activation block: ``x + conv2(relu(bn2(conv1(relu(bn1(x))))))``, the sum left as it is."""
 
@@ -110,18 +135,19 @@ def _kaiming_init(model: nn.Module) -> None:
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for 32x32 inputs: 3 stages of n blocks, 16/32/64 channels."""
+    """ResNet-(6n+2) for 32x32 inputs: 3 stages of n blocks, 16/32/64 channels; ``block=PlainBlock`` for the plain
+    network of the same depth (no shortcuts)."""
 
-    def __init__(self, depth: int = 20, num_classes: int = 10):
+    def __init__(self, depth: int = 20, num_classes: int = 10, block: type[nn.Module] = BasicBlock):
         super().__init__()
         n = _depth_blocks(depth)
         self.depth = depth
         self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU()
-        self.layer1 = _stage(BasicBlock, 16, 16, n, 1)
-        self.layer2 = _stage(BasicBlock, 16, 32, n, 2)
-        self.layer3 = _stage(BasicBlock, 32, 64, n, 2)
+        self.layer1 = _stage(block, 16, 16, n, 1)
+        self.layer2 = _stage(block, 16, 32, n, 2)
+        self.layer3 = _stage(block, 32, 64, n, 2)
         self.linear = nn.Linear(64, num_classes)
         _kaiming_init(self)
 
@@ -160,10 +186,16 @@ class CifarResNetAdapter(ModelAdapter):
     def __init__(self, model: CifarResNet | PreActCifarResNet):
         self.model = model
         self.class_names = class_names(model.linear.out_features)
-        read = path_reader(model)
-        # The option-A shortcut that carries stage s into stage s+1 sits in that stage's first block,
-        # and each one keeps every 2nd pixel.
-        carry = {"layer1": ("layer2.0.shortcut", "layer3.0.shortcut"), "layer2": ("layer3.0.shortcut",), "layer3": ()}
+        if isinstance(model.layer2[0], PlainBlock):
+            # No shortcut to read off: the option-A embedding a ResNet of this shape would have (module doc).
+            read = path_reader(nn.ModuleDict({"into_layer2": OptionAShortcut(8), "into_layer3": OptionAShortcut(16)}))
+            carry = {"layer1": ("into_layer2", "into_layer3"), "layer2": ("into_layer3",), "layer3": ()}
+        else:
+            read = path_reader(model)
+            # The option-A shortcut that carries stage s into stage s+1 sits in that stage's first block,
+            # and each one keeps every 2nd pixel.
+            carry = {"layer1": ("layer2.0.shortcut", "layer3.0.shortcut"), "layer2": ("layer3.0.shortcut",),
+                     "layer3": ()}
         paths = {s: read(carry[s], c, 2 ** len(carry[s])) for s, c in (("layer1", 16), ("layer2", 32), ("layer3", 64))}
         # The stem's output is the stream that layer1 reads: after BN-ReLU, or straight from the pre-activation
         # net's first convolution. It is a stage of its own.
@@ -190,12 +222,13 @@ def cifar_transform() -> transforms.Compose:
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
 
 
-ARCHS = ("resnet<6n+2>", "preact_resnet<6n+2>", "inceptionv1", "vit")
+ARCHS = ("resnet<6n+2>", "preact_resnet<6n+2>", "plain<6n+2>", "inceptionv1", "vit")
 
 
 def _depth(arch: str) -> int:
-    digits = arch.removeprefix("preact_").removeprefix("resnet")
-    if not arch.removeprefix("preact_").startswith("resnet") or not digits.isdigit():
+    digits = arch.removeprefix("preact_").removeprefix("resnet") if not arch.startswith("plain") \
+        else arch.removeprefix("plain")
+    if not arch.removeprefix("preact_").startswith(("resnet", "plain")) or not digits.isdigit():
         raise UnknownModelError(f"--model cifar:{arch}: not a CIFAR model; the cifar: family has "
                          f"{', '.join(ARCHS)} (depth 6n+2, e.g. cifar:resnet20, cifar:preact_resnet20)")
     return int(digits)
@@ -211,13 +244,15 @@ def _build(arch: str, state: dict | None, num_classes: int | None) -> nn.Module:
     # A checkpoint decides its class count; the pipeline checks it against the data.
     if state is not None and "linear.weight" in state:
         num_classes = state["linear.weight"].shape[0]
+    if arch.startswith("plain"):
+        return CifarResNet(_depth(arch), num_classes or 10, block=PlainBlock)
     network = PreActCifarResNet if arch.startswith("preact_") else CifarResNet
     return network(_depth(arch), num_classes or 10)
 
 
 def _published(arch: str) -> str:
-    if arch in ("inceptionv1", "vit") or arch.startswith("preact_"):
-        _depth(arch) if arch.startswith("preact_") else None
+    if arch in ("inceptionv1", "vit") or arch.startswith(("preact_", "plain")):
+        _depth(arch) if arch.startswith(("preact_", "plain")) else None
         raise WeightsError(f"cifar:{arch} has no published weights; train them with scripts/train_cifar.py "
                            f"--arch {arch} (or use the checkpoint in results/checkpoints/) and pass --weights PATH, "
                            f"or --weights random")
@@ -246,6 +281,6 @@ def _wrap(model: nn.Module, arch: str, weights_id: str) -> ModelAdapter:
 
 
 # cifar:resnet{20,32,44,56,110} (any 6n+2 depth for random init or a local file, e.g. resnet14 for the demo),
-# cifar:preact_resnet<6n+2>, cifar:inceptionv1 (GoogLeNet's topology for 32x32 inputs, see cifar_inception.py)
+# cifar:preact_resnet<6n+2>, cifar:plain<6n+2> (no shortcuts), cifar:inceptionv1 (GoogLeNet's topology for 32x32 inputs, see cifar_inception.py)
 # and cifar:vit (a pre-LN Vision Transformer for 32x32 inputs, see cifar_vit.py).
 register_family("cifar", ModelFamily(_build, _wrap, _published))
