@@ -1,8 +1,23 @@
-"""Fact lists shipped with the package."""
+"""Fact lists shipped with the package, and where the committed results are.
+
+The committed runs' result files and the checkpoints trained here live in the
+checkout's ``results/`` folder; a built wheel carries them as the package data
+``vision_lens/references/`` (``setup.cfg`` maps that package onto ``results/``).
+:func:`results_root` finds whichever this installation has.
+"""
 
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
+
+
+def results_root() -> Path:
+    """The committed results: ``vision_lens/references`` in an installed wheel, else the checkout's ``results/``
+    (an editable install, or the source tree on ``sys.path``)."""
+    package = Path(str(resources.files("vision_lens")))
+    installed = package / "references"
+    return installed if installed.is_dir() else package.parent / "results"
 
 
 def devkit_synsets() -> list[tuple[str, str]]:
