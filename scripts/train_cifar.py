@@ -56,8 +56,8 @@ from torchvision import transforms
 from tqdm.auto import tqdm
 
 from vision_lens.adapters.cifar_inception import RANDOM_INIT_WIDTH
-from vision_lens.adapters.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 from vision_lens.adapters.base import create_adapter
+from vision_lens.adapters.zoo import CIFAR
 from vision_lens.data import ImageFolderSource, TransformedSubset
 from vision_lens.options import resolve_device
 
@@ -133,7 +133,8 @@ def decoded(source: ImageFolderSource, workers: int) -> tuple[Tensor, Tensor]:
 
 
 def normalised(images: Tensor) -> Tensor:
-    mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in (CIFAR_MEAN, CIFAR_STD))
+    """As the cifar: models' registered preprocessing (ImageNet's mean and std) normalises them."""
+    mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in (CIFAR.mean, CIFAR.std))
     return ((images.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
 
 

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vision_lens.adapters.cifar_resnet import CIFAR10_CLASSES  # noqa: E402
+from vision_lens.adapters.weights import CIFAR10_CLASSES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VISION_LENS_SHARED", REPO.parent / "shared"))

@@ -10,7 +10,7 @@ import vision_lens
 PACKAGE = Path(vision_lens.__file__).parent
 # In pipeline order; modules in one tuple are one stage. The cache is the store capture writes to.
 STAGES = [
-    ("errors", "threads", "files", "catalogue", "readout"), ("adapters",), ("data",), ("cache",), ("checks",), ("capture",), ("lenses",),
+    ("errors", "threads", "files", "readout"), ("adapters",), ("data",), ("cache",), ("checks",), ("capture",), ("lenses",),
     ("fit",), ("metrics",), ("artifacts",), ("analysis",), ("plotting",), ("compare", "report"),
     ("options", "preflight", "pipeline", "frontier", "demo", "cli", "__main__"),
 ]

@@ -264,8 +264,8 @@ def pinned_versions() -> list[str]:
     return re.findall(r"(?:==|>=|<=|<|>)\s*(\d+(?:\.\d+)*)", text)
 
 
-def catalogue_table() -> str:
-    from vision_lens.catalogue import markdown
+def models_table() -> str:
+    from vision_lens.adapters.listing import markdown
 
     return markdown()
 
@@ -394,7 +394,7 @@ def hand_timed(token: str, what: str) -> Source:
 SOURCES: dict[str, list[Source]] = {
     "README.md": [
         *cited("2023"),
-        table(catalogue_table, "vision_lens.catalogue.markdown(), what `vision-lens models` lists"),
+        table(models_table, "vision_lens.adapters.listing.markdown(), the registry `vision-lens models` lists"),
         one(lambda: run(R20).run["fit"]["tuned"]["images"], ",", "fit images, run.json"),
         one(lambda: run(R20).run["eval_images"], ",", "eval images, run.json"),
         one(lambda: baseline_acc(R20), ".4f"),

@@ -261,7 +261,7 @@ def test_torchvision_cifar10_source(monkeypatch, tmp_path):
 
     import torchvision.datasets
 
-    from vision_lens.adapters.cifar_resnet import CIFAR10_CLASSES
+    from vision_lens.adapters.weights import CIFAR10_CLASSES
     from vision_lens.data import DataError, open_split
 
     class OfflineCIFAR10:

@@ -16,7 +16,7 @@ from PIL import Image
 from vision_lens import plotting
 from vision_lens.artifacts import load_results
 from vision_lens.adapters import create_adapter
-from vision_lens.adapters.cifar_resnet import CIFAR10_CLASSES
+from vision_lens.adapters.weights import CIFAR10_CLASSES
 from vision_lens.lenses import TunedLens, build_lenses
 from vision_lens.readout import FeatureLayout
 

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", RunOptions, "train, then eval, into one output folder"),
     ):
         add_options(sub.add_parser(name, help=text, description=text), cls)
-    text = "list every model family and architecture: blocks, readout and where the weights come from"
+    text = ("list every registered architecture: blocks, readout, where --weights pretrained comes from and the "
+            "preprocessing")
     sub.add_parser("models", help=text, description=text)
     demo = sub.add_parser("demo", help="offline smoke test: digits, a small ResNet trained on the spot, the full pipeline")
     demo.add_argument("--out", default="vision-lens-demo", help="output folder (default: vision-lens-demo)")
@@ -106,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     if command == "models":  # no torch: answers at once
-        from .catalogue import FAMILIES, table
+        from .adapters.listing import table
 
         print(table())
-        print(f"\nfamilies: {', '.join(f + ':' for f in FAMILIES)}; timm:<name> takes any timm model in a listed "
-              "layout. `vision-lens run --model NAME --weights random` builds any of them untrained.")
+        print("\nA name with <...> stands for every name of that form. `vision-lens run --model NAME --weights random` "
+              "builds any of them untrained; --weights PATH loads a checkpoint of it.")
         return 0
     from . import pipeline
     from .errors import UserError

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adapters.base import ClassMatchError, ModelError
+from .adapters.errors import ClassMatchError, ModelError
 from .cache import CacheError, cache_key_hash
 from .capture import capture_key
 from .data import DataError, ImageSource, SelectedImages, data_id, open_split, select

@@ -19,15 +19,16 @@ lenses at their blocks.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.googlenet import BasicConv2d, Inception, InceptionAux
 
 from ..readout import Block, IdentityPath
-from .base import ModelAdapter, WeightsError
+from .base import ModelAdapter, ModelFamily
+from .cifar import read_as_cifar
+from .errors import WeightsError
+from .weights import LoadedWeights
 
 # GoogLeNet's (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj) per inception block.
 INCEPTIONS = {
@@ -87,12 +88,10 @@ class CifarInceptionV1(nn.Module):
 
 
 class CifarInceptionAdapter(ModelAdapter):
-    input_size = (32, 32)  # the transform does not resize; cifar_resnet's family wrapper relaxes it for files
+    """Blocks ``conv1`` .. ``inception5b``; only the last has a path; ``aux1`` and ``aux2`` reported beside them."""
 
-    def __init__(self, model: CifarInceptionV1, class_names: list[str], transform: Callable):
+    def __init__(self, model: CifarInceptionV1):
         self.model = model
-        self.class_names = class_names
-        self._transform = transform  # the CIFAR family's, shared with its ResNets
         self.aux_classifiers = {block: model.get_submodule(aux) for block, aux in AUX_AT.items()}
         self.blocks = []
         for name in BLOCKS:
@@ -108,11 +107,11 @@ class CifarInceptionAdapter(ModelAdapter):
         return self.model.fc
 
     @property
-    def transform(self) -> Callable:
+    def transform(self):
         return self._transform
 
 
-def build(state: dict | None, num_classes: int | None) -> CifarInceptionV1:
+def build(arch: str, state: dict | None, num_classes: int | None) -> CifarInceptionV1:
     """Random init (``state`` None) at ``RANDOM_INIT_WIDTH``, or shaped like the checkpoint ``state`` (its width
     and classes)."""
     if state is None:
@@ -121,3 +120,10 @@ def build(state: dict | None, num_classes: int | None) -> CifarInceptionV1:
         raise WeightsError("no width or fc.weight, so not a checkpoint of cifar:inceptionv1 "
                            "(scripts/train_cifar.py --arch inceptionv1 writes them)")
     return CifarInceptionV1(state["fc.weight"].shape[0], float(state["width"]))
+
+
+def wrap(model: CifarInceptionV1, arch: str, weights: LoadedWeights) -> ModelAdapter:
+    return read_as_cifar(CifarInceptionAdapter(model), weights)
+
+
+FAMILY = ModelFamily(build, wrap)

@@ -29,31 +29,16 @@ one with ``scripts/train_cifar.py --arch plain20``.
 
 from __future__ import annotations
 
+import re
+
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision import transforms
 
 from ..readout import Block
-from . import cifar_inception
-from .base import ModelAdapter, ModelError, ModelFamily, UnknownModelError, WeightsError, path_reader, register_family
-
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-CIFAR_MEAN = (0.485, 0.456, 0.406)
-CIFAR_STD = (0.229, 0.224, 0.225)
-_URL = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
-PRETRAINED = {
-    "resnet20": _URL + "resnet20-12fca82f.th",
-    "resnet32": _URL + "resnet32-d509ac18.th",
-    "resnet44": _URL + "resnet44-014dd654.th",
-    "resnet56": _URL + "resnet56-4bfd9763.th",
-    "resnet110": _URL + "resnet110-1d1ed7c2.th",
-}
-# The published files' sha256 prefixes (in their names, as torch.hub checks them): weights known to take 32x32.
-PUBLISHED_SHA256_PREFIXES = tuple(url.rsplit("-", 1)[1].removesuffix(".th") for url in PRETRAINED.values())
-
-
-def class_names(n: int) -> list[str]:
-    return CIFAR10_CLASSES if n == 10 else [str(i) for i in range(n)]
+from .base import ModelAdapter, ModelFamily, path_reader
+from .cifar import read_as_cifar
+from .errors import ModelError, UnknownModelError
+from .weights import LoadedWeights
 
 
 class OptionAShortcut(nn.Module):
@@ -178,14 +163,10 @@ class PreActCifarResNet(nn.Module):
 
 
 class CifarResNetAdapter(ModelAdapter):
-    # The transform does not resize. The network is fully convolutional, but CIFAR-10 weights (published,
-    # or the random-init control) see 32x32 images; a checkpoint file of unknown origin may have been
-    # trained at another size (the demo's 16x16 digits), so its size is not checked.
-    input_size = (32, 32)
+    """Blocks ``stem`` and every ``layerS.B``, each with its option-A path into the head's space."""
 
     def __init__(self, model: CifarResNet | PreActCifarResNet):
         self.model = model
-        self.class_names = class_names(model.linear.out_features)
         if isinstance(model.layer2[0], PlainBlock):
             # No shortcut to read off: the option-A embedding a ResNet of this shape would have (module doc).
             read = path_reader(nn.ModuleDict({"into_layer2": OptionAShortcut(8), "into_layer3": OptionAShortcut(16)}))
@@ -214,73 +195,27 @@ class CifarResNetAdapter(ModelAdapter):
 
     @property
     def transform(self):
-        return cifar_transform()
+        return self._transform
 
 
-def cifar_transform() -> transforms.Compose:
-    """The published CIFAR-10 checkpoints' preprocessing: no resize, ImageNet mean and std."""
-    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
-
-
-ARCHS = ("resnet<6n+2>", "preact_resnet<6n+2>", "plain<6n+2>", "inceptionv1", "vit")
-
-
-def _depth(arch: str) -> int:
-    digits = arch.removeprefix("preact_").removeprefix("resnet") if not arch.startswith("plain") \
-        else arch.removeprefix("plain")
-    if not arch.removeprefix("preact_").startswith(("resnet", "plain")) or not digits.isdigit():
-        raise UnknownModelError(f"--model cifar:{arch}: not a CIFAR model; the cifar: family has "
-                         f"{', '.join(ARCHS)} (depth 6n+2, e.g. cifar:resnet20, cifar:preact_resnet20)")
-    return int(digits)
-
-
-def _build(arch: str, state: dict | None, num_classes: int | None) -> nn.Module:
-    if arch == "inceptionv1":
-        return cifar_inception.build(state, num_classes)
-    if arch == "vit":
-        from . import cifar_vit  # imports timm, which takes seconds
-
-        return cifar_vit.build(state, num_classes)
-    # A checkpoint decides its class count; the pipeline checks it against the data.
+def build(arch: str, state: dict | None, num_classes: int | None) -> nn.Module:
+    """``resnet<depth>``, ``preact_resnet<depth>`` or ``plain<depth>``: random init with ``num_classes`` (default
+    10), or shaped like the checkpoint ``state``, which decides its class count (the pipeline checks it against the
+    data)."""
+    match = re.fullmatch(r"(resnet|preact_resnet|plain)(\d+)", arch)
+    if match is None:
+        raise UnknownModelError(f"--model cifar:{arch}: not a CIFAR ResNet (cifar:resnet<6n+2>, "
+                                "cifar:preact_resnet<6n+2>, cifar:plain<6n+2>)")
     if state is not None and "linear.weight" in state:
         num_classes = state["linear.weight"].shape[0]
-    if arch.startswith("plain"):
-        return CifarResNet(_depth(arch), num_classes or 10, block=PlainBlock)
-    network = PreActCifarResNet if arch.startswith("preact_") else CifarResNet
-    return network(_depth(arch), num_classes or 10)
+    kind, depth = match.group(1), int(match.group(2))
+    if kind == "preact_resnet":
+        return PreActCifarResNet(depth, num_classes or 10)
+    return CifarResNet(depth, num_classes or 10, block=PlainBlock if kind == "plain" else BasicBlock)
 
 
-def _published(arch: str) -> str:
-    if arch in ("inceptionv1", "vit") or arch.startswith(("preact_", "plain")):
-        _depth(arch) if arch.startswith(("preact_", "plain")) else None
-        raise WeightsError(f"cifar:{arch} has no published weights; train them with scripts/train_cifar.py "
-                           f"--arch {arch} (or use the checkpoint in results/checkpoints/) and pass --weights PATH, "
-                           f"or --weights random")
-    _depth(arch)
-    if arch not in PRETRAINED:
-        raise WeightsError(f"--model cifar:{arch} has no published weights; pass --weights PATH or --weights random")
-    return PRETRAINED[arch]
+def wrap(model: nn.Module, arch: str, weights: LoadedWeights) -> ModelAdapter:
+    return read_as_cifar(CifarResNetAdapter(model), weights)
 
 
-def _wrap(model: nn.Module, arch: str, weights_id: str) -> ModelAdapter:
-    if arch == "inceptionv1":
-        adapter = cifar_inception.CifarInceptionAdapter(model, class_names(model.fc.out_features), cifar_transform())
-    elif arch == "vit":
-        from .vit import VisionTransformerAdapter
-
-        adapter = VisionTransformerAdapter(model, class_names(model.head.out_features), cifar_transform())
-    else:
-        adapter = CifarResNetAdapter(model)
-    # Ten outputs are CIFAR-10's classes, in the order of its class folders (a dataset laid out otherwise, like
-    # the demo's digits, is matched by position only when asked to).
-    if adapter.num_classes == len(CIFAR10_CLASSES):
-        adapter.class_folders = CIFAR10_CLASSES
-    if not weights_id.startswith(("random-init:", *PUBLISHED_SHA256_PREFIXES)):
-        adapter.input_size = None
-    return adapter
-
-
-# cifar:resnet{20,32,44,56,110} (any 6n+2 depth for random init or a local file, e.g. resnet14 for the demo),
-# cifar:preact_resnet<6n+2>, cifar:plain<6n+2> (no shortcuts), cifar:inceptionv1 (GoogLeNet's topology for 32x32 inputs, see cifar_inception.py)
-# and cifar:vit (a pre-LN Vision Transformer for 32x32 inputs, see cifar_vit.py).
-register_family("cifar", ModelFamily(_build, _wrap, _published))
+FAMILY = ModelFamily(build, wrap)

@@ -19,7 +19,11 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from .base import WeightsError
+from .base import ModelAdapter, ModelFamily
+from .cifar import read_as_cifar
+from .errors import WeightsError
+from .vit import VisionTransformerAdapter
+from .weights import LoadedWeights
 
 CONFIG = dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3, mlp_ratio=2.0, global_pool="token")
 TOKENIZER_CHANNELS = 64  # the first convolution's
@@ -41,7 +45,7 @@ class ConvTokenizer(nn.Module):
         return x.flatten(2).transpose(1, 2)
 
 
-def build(state: dict | None, num_classes: int | None) -> VisionTransformer:
+def build(arch: str, state: dict | None, num_classes: int | None) -> VisionTransformer:
     """The ViT, randomly initialised with ``num_classes`` (default 10), or shaped like the checkpoint ``state``."""
     if state is not None:
         if "head.weight" not in state or "patch_embed.conv1.weight" not in state:
@@ -51,3 +55,10 @@ def build(state: dict | None, num_classes: int | None) -> VisionTransformer:
     model = VisionTransformer(num_classes=num_classes or 10, **CONFIG)
     model.patch_embed = ConvTokenizer(CONFIG["embed_dim"])
     return model
+
+
+def wrap(model: VisionTransformer, arch: str, weights: LoadedWeights) -> ModelAdapter:
+    return read_as_cifar(VisionTransformerAdapter(model), weights)
+
+
+FAMILY = ModelFamily(build, wrap)

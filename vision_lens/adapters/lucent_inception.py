@@ -32,13 +32,14 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from lucent.modelzoo.inceptionv1.InceptionV1 import InceptionV1, model_urls
+from lucent.modelzoo.inceptionv1.InceptionV1 import InceptionV1
 from torch import Tensor, nn
 from torchvision import transforms
 
 from ..readout import Block, IdentityPath
 from ..resources import devkit_synsets
-from .base import ClassMatchError, ModelAdapter, ModelError, ModelFamily, UnknownModelError, register_family
+from .base import ModelAdapter, ModelFamily
+from .errors import ClassMatchError, UnknownModelError
 
 BLOCKS = (
     "conv2d0", "conv2d1", "conv2d2", "mixed3a", "mixed3b", "mixed4a", "mixed4b",
@@ -106,21 +107,12 @@ class LucentInceptionV1Adapter(ModelAdapter):
         return captured[0]
 
 
-def _check(arch: str) -> None:
+def build(arch: str, state: dict | None, num_classes: int | None) -> InceptionV1:
     if arch != "inceptionv1":
         raise UnknownModelError(f"--model lucent:{arch} is not supported; lucent's model zoo has lucent:inceptionv1")
-
-
-def _build(arch: str, state: dict | None, num_classes: int | None) -> InceptionV1:
-    _check(arch)
     # The redirected ReLU only changes gradients (for feature visualisation); the forward pass is the same.
     return InceptionV1(pretrained=False, redirected_ReLU=False)
 
 
-def _published(arch: str) -> str:
-    _check(arch)
-    return model_urls["inceptionv1"]
-
-
-# lucent:inceptionv1; "pretrained" is lucent's URL, as inceptionv1(pretrained=True).
-register_family("lucent", ModelFamily(_build, lambda model, arch, weights_id: LucentInceptionV1Adapter(model), _published))
+# "pretrained" is lucent's URL (its model_urls["inceptionv1"], registered in zoo.py).
+FAMILY = ModelFamily(build, lambda model, arch, weights: LucentInceptionV1Adapter(model))

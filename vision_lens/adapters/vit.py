@@ -13,24 +13,31 @@ tuned lens is tuned-lens's ``unembed(h + A h + b)``); a larger grid adds the
 patch tokens' averages over grid cells (:class:`~vision_lens.readout.BlockPooling`).
 
 A ViT that pools its tokens before the head (``global_pool='avg'`` and the like,
-or an attention-pool head) has no single vector whose unembedding gives its
-logits, so it is refused by name rather than approximated.
+or an attention-pool head), or that averages two heads on two tokens (DeiT's
+distilled models), has no single vector whose unembedding gives its logits, so
+it is refused by name rather than approximated.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 from torch import nn
 
 from ..readout import Block, IdentityPath
-from .base import ModelAdapter, ModelError
+from .base import ModelAdapter
+from .errors import ModelError
 
 STAGE = "blocks"  # a ViT is a single stage: every block reads and writes one stream of one width
 
 
 def check_readout(model: nn.Module, name: str) -> None:
     """ModelError, naming the config, where no class token's vector gives ``model``'s logits exactly."""
+    if getattr(model, "head_dist", None) is not None:
+        raise ModelError(
+            f"--model {name}: this ViT averages two heads, one on its class token and one on its distillation token "
+            f"(DeiT's distilled models), so no single token's vector gives its logits and an exact logit lens does "
+            f"not exist; vision-lens refuses it rather than approximate. Use its undistilled twin, e.g. "
+            f"timm:deit_tiny_patch16_224"
+        )
     pool = getattr(model, "global_pool", None)
     if getattr(model, "cls_token", None) is None or pool != "token" or getattr(model, "attn_pool", None) is not None:
         raise ModelError(
@@ -42,15 +49,15 @@ def check_readout(model: nn.Module, name: str) -> None:
 
 
 class VisionTransformerAdapter(ModelAdapter):
-    """A class-token ViT: blocks ``embed``, ``blocks.0`` ..; unembed ``norm``, ``fc_norm``, ``head``."""
+    """A class-token ViT: blocks ``embed``, ``blocks.0`` ..; unembed ``norm``, ``fc_norm``, ``head``.
 
-    def __init__(self, model: nn.Module, class_names: list[str], transform: Callable,
-                 input_size: tuple[int, int] | None = (32, 32), class_folders: list[str] | None = None):
+    The family that wraps it sets the classes, the preprocessing and the input size (``cifar.read_as_cifar``,
+    ``timm_hub.read_as_timm``).
+    """
+
+    def __init__(self, model: nn.Module):
         check_readout(model, f"{type(model).__name__}")
         self.model = model
-        self.class_names, self.class_folders = class_names, class_folders
-        self._transform = transform
-        self.input_size = input_size
         dim = model.embed_dim
         path = IdentityPath.identity(dim)
         tokens = (model.num_prefix_tokens, *model.patch_embed.grid_size)
@@ -66,5 +73,5 @@ class VisionTransformerAdapter(ModelAdapter):
         return self._unembed
 
     @property
-    def transform(self) -> Callable:
+    def transform(self):
         return self._transform

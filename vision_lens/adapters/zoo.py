@@ -1,0 +1,127 @@
+"""The built-in architectures: one registration each, with its weights entry (torch-free).
+
+``vision-lens models``, the README's model table and the contract tests read
+these. A stated block count is checked against the built model by
+``tests/test_architecture_contract.py``; so are the facts the libraries also
+state (torchvision's URLs and accuracies, timm's hub ids, the preprocessing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from .registry import Architecture, Pattern, register
+from .weights import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, Weights
+
+
+@dataclass(frozen=True)
+class TimmModules:
+    """Takes the timm models defined in these modules of ``timm.models`` (timm's own grouping by architecture)."""
+
+    modules: tuple[str, ...]
+
+    def __call__(self, arch: str) -> bool:
+        import timm
+
+        return timm.is_model(arch) and timm.models.is_model_in_modules(arch, self.modules)
+
+    def names(self) -> Iterable[str]:
+        import timm
+
+        return timm.list_models(module=list(self.modules))
+
+
+def _family(module: str) -> str:
+    return f"{__package__}.{module}:FAMILY"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CIFAR-10 (cifar:)
+
+CIFAR = Preprocessing(IMAGENET_MEAN, IMAGENET_STD)  # no resize; the published checkpoints' normalisation
+CIFAR_UNTRAINED = Weights(None, CIFAR, "cifar10")
+_AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
+_CIFAR_RESNET = "stem + every layerS.B, each block's map averaged (option-A shortcut paths); linear head"
+_PREACT = "stem + every layerS.B, the pre-activation stream averaged (option-A paths); LayerNorm + linear"
+_PLAIN = ("ResNet without shortcuts: stem + every layerS.B, map averaged (option-A channel embedding, not the "
+          "network's own path); linear head")
+
+
+def _trained_here(file: str, arch: str) -> Weights:
+    return Weights(f"results/checkpoints/{file}", CIFAR, "cifar10",
+                   train=f"python scripts/train_cifar.py --arch {arch} --data CIFAR10_DIR --out results/checkpoints/{file}")
+
+
+# Their README's test errors: 8.27, 7.37, 6.90, 6.61 and 6.32 %.
+for depth, file, accuracy in ((20, "resnet20-12fca82f.th", 0.9173), (32, "resnet32-d509ac18.th", 0.9263),
+                              (44, "resnet44-014dd654.th", 0.9310), (56, "resnet56-4bfd9763.th", 0.9339),
+                              (110, "resnet110-1d1ed7c2.th", 0.9368)):
+    register(Architecture(f"cifar:resnet{depth}", _family("cifar_resnet"), _CIFAR_RESNET, blocks=1 + (depth - 2) // 2,
+                          weights=Weights(_AKAMASTER + file, CIFAR, "cifar10", "akamaster/pytorch_resnet_cifar10",
+                                          accuracy=accuracy)))
+register(Architecture("cifar:resnet<6n+2>", _family("cifar_resnet"), _CIFAR_RESNET + "; any depth 6n+2",
+                      CIFAR_UNTRAINED, takes=Pattern(r"resnet\d+"), example="cifar:resnet8"))
+register(Architecture("cifar:preact_resnet20", _family("cifar_resnet"), _PREACT, blocks=10,
+                      weights=_trained_here("cifar10-preact-resnet20.th", "preact_resnet20")))
+register(Architecture("cifar:preact_resnet<6n+2>", _family("cifar_resnet"), _PREACT + "; any depth 6n+2",
+                      CIFAR_UNTRAINED, takes=Pattern(r"preact_resnet\d+"), example="cifar:preact_resnet8"))
+register(Architecture("cifar:plain20", _family("cifar_resnet"), _PLAIN, blocks=10,
+                      weights=_trained_here("cifar10-plain20.th", "plain20")))
+register(Architecture("cifar:plain<6n+2>", _family("cifar_resnet"), _PLAIN + "; any depth 6n+2", CIFAR_UNTRAINED,
+                      takes=Pattern(r"plain\d+"), example="cifar:plain8"))
+register(Architecture("cifar:inceptionv1", _family("cifar_inception"),
+                      "conv1 .. inception5b, each block's map averaged; only inception5b has a path; aux heads "
+                      "reported", blocks=12, weights=_trained_here("cifar10-inceptionv1.th", "inceptionv1")))
+register(Architecture("cifar:vit", _family("cifar_vit"), "embed + every blocks.N, the class token; final LayerNorm + "
+                      "head", blocks=7, weights=_trained_here("cifar10-vit.th", "vit")))
+
+# ---------------------------------------------------------------------------------------------------------------
+# ImageNet: torchvision's weights enums, timm's hub, lucent's model zoo
+
+_TORCHVISION = "https://download.pytorch.org/models/"
+_TV_RESNET = "stem + every layerS.B, map averaged (downsample shortcut paths); linear head"
+V1 = Preprocessing(IMAGENET_MEAN, IMAGENET_STD, resize=256, crop=224)  # torchvision's IMAGENET1K_V1 weights
+V2 = Preprocessing(IMAGENET_MEAN, IMAGENET_STD, resize=232, crop=224)  # and IMAGENET1K_V2
+
+for arch, blocks, file, preprocessing, accuracy, tag in (
+    ("resnet18", 9, "resnet18-f37072fd.pth", V1, 0.69758, "ResNet18_Weights.IMAGENET1K_V1"),
+    ("resnet34", 17, "resnet34-b627a593.pth", V1, 0.73314, "ResNet34_Weights.IMAGENET1K_V1"),
+    ("resnet50", 17, "resnet50-11ad3fa6.pth", V2, 0.80858, "ResNet50_Weights.IMAGENET1K_V2"),
+    ("resnet101", 34, "resnet101-cd907fc2.pth", V2, 0.81886, "ResNet101_Weights.IMAGENET1K_V2"),
+    ("resnet152", 51, "resnet152-f82ba261.pth", V2, 0.82284, "ResNet152_Weights.IMAGENET1K_V2"),
+):
+    register(Architecture(f"torchvision:{arch}", _family("torchvision_resnet"), _TV_RESNET, blocks=blocks,
+                          weights=Weights(_TORCHVISION + file, preprocessing, "imagenet", "torchvision", tag, accuracy)))
+register(Architecture("torchvision:googlenet", _family("torchvision_googlenet"),
+                      "conv1 .. inception5b, each block's map averaged; only inception5b has a path; aux heads",
+                      blocks=12, weights=Weights(_TORCHVISION + "googlenet-1378be20.pth", V1, "imagenet", "torchvision",
+                                                 "GoogLeNet_Weights.IMAGENET1K_V1", 0.69778)))
+
+_TIMM_HUB = "timm's hub"
+_TIMM_OPEN = Weights("hf-hub:timm/<name>.<its default tag>", None, None, _TIMM_HUB)  # the model's pretrained config
+_TIMM_RESNETS = TimmModules(("resnet", "senet", "resnest", "res2net", "sknet"))
+_VIT = "embed + every blocks.N, the class token; final LayerNorm + head"
+_TIMM_VITS = TimmModules(("vision_transformer", "vision_transformer_hybrid", "deit"))
+
+
+def _timm_hub(hub_id: str, resize: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Weights:
+    return Weights(f"hf-hub:{hub_id}", Preprocessing(mean, std, resize, 224, "bicubic"), "imagenet", _TIMM_HUB)
+
+
+register(Architecture("timm:resnet50", _family("timm_resnet"), _TV_RESNET, blocks=17,
+                      weights=_timm_hub("timm/resnet50.a1_in1k", 235)))
+register(Architecture("timm:<ResNet>", _family("timm_resnet"), _TV_RESNET + "; any timm model of timm's resnet, "
+                      "senet, resnest, res2net or sknet modules in torchvision's layout", _TIMM_OPEN,
+                      takes=_TIMM_RESNETS, example="timm:resnet18d"))
+register(Architecture("timm:vit_small_patch16_224", _family("timm_vit"), _VIT, blocks=13,
+                      weights=_timm_hub("timm/vit_small_patch16_224.augreg_in21k_ft_in1k", 248, (0.5,) * 3, (0.5,) * 3)))
+register(Architecture("timm:<ViT>", _family("timm_vit"), _VIT + "; any timm ViT that reads its class token "
+                      "(timm:vit_*, timm:deit_*)", _TIMM_OPEN, takes=_TIMM_VITS, example="timm:vit_tiny_patch16_224"))
+
+register(Architecture("lucent:inceptionv1", _family("lucent_inception"),
+                      "Lucid's blocks conv2d0 .. mixed5b, map averaged; only mixed5b has a path", blocks=12,
+                      weights=Weights("https://github.com/ProGamerGov/pytorch-old-tensorflow-models/raw/master/"
+                                      "inception5h.pth",
+                                      Preprocessing((117 / 255,) * 3, (1 / 255,) * 3, 256, 224), "lucid",
+                                      "lucent's model zoo")))
