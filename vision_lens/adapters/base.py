@@ -157,6 +157,21 @@ def path_reader(model: nn.Module) -> Callable[[Sequence[str], int, int], Identit
 
 
 
+def on_pooled_vector(*modules: nn.Module) -> nn.Module:
+    """``modules``, made for ``(N, C, 1, 1)`` maps (a head's 1x1 convolution, a LayerNorm2d), as one module on
+    pooled ``(N, C)`` vectors: what a head that pools first and then works on the 1x1 map computes."""
+    return _OnPooledVector(nn.Sequential(*modules))
+
+
+class _OnPooledVector(nn.Module):
+    def __init__(self, modules: nn.Sequential):
+        super().__init__()
+        self.on_map = modules
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.on_map(x[:, :, None, None]).flatten(1)
+
+
 @dataclass(frozen=True)
 class ModelFamily:
     """How one family builds and wraps its networks; an :class:`~vision_lens.adapters.registry.Architecture`

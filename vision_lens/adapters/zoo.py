@@ -119,6 +119,20 @@ register(Architecture("timm:vit_small_patch16_224", _family("timm_vit"), _VIT, b
 register(Architecture("timm:<ViT>", _family("timm_vit"), _VIT + "; any timm ViT that reads its class token "
                       "(timm:vit_*, timm:deit_*)", _TIMM_OPEN, takes=_TIMM_VITS, example="timm:vit_tiny_patch16_224"))
 
+_EFFICIENTNET = ("stem + every blocks.S.B (inverted residuals: skips within a stage only), map averaged, then the "
+                 "features after conv_head and bn2; only those have a path; linear head")
+_MOBILENETV3 = ("stem + every blocks.S.B (inverted residuals: skips within a stage only), map averaged; only the last "
+                "has a path; conv_head, act2 + linear on the pooled vector")
+register(Architecture("timm:efficientnet_b0", _family("timm_mbconv"), _EFFICIENTNET, blocks=18,
+                      weights=_timm_hub("timm/efficientnet_b0.ra_in1k", 256)))
+register(Architecture("timm:mobilenetv2_100", _family("timm_mbconv"), _EFFICIENTNET, blocks=19,
+                      weights=_timm_hub("timm/mobilenetv2_100.ra_in1k", 256)))
+register(Architecture("timm:mobilenetv3_large_100", _family("timm_mbconv"), _MOBILENETV3, blocks=17,
+                      weights=_timm_hub("timm/mobilenetv3_large_100.ra_in1k", 256)))
+register(Architecture("timm:<MBConv>", _family("timm_mbconv"), "as above; any timm model of timm's efficientnet "
+                      "(EfficientNet, MobileNetV2, ...) or mobilenetv3 (MobileNetV3, ...) modules", _TIMM_OPEN,
+                      takes=TimmModules(("efficientnet", "mobilenetv3")), example="timm:mobilenetv3_small_050"))
+
 register(Architecture("lucent:inceptionv1", _family("lucent_inception"),
                       "Lucid's blocks conv2d0 .. mixed5b, map averaged; only mixed5b has a path", blocks=12,
                       weights=Weights("https://github.com/ProGamerGov/pytorch-old-tensorflow-models/raw/master/"
