@@ -133,6 +133,13 @@ register(Architecture("timm:<MBConv>", _family("timm_mbconv"), "as above; any ti
                       "(EfficientNet, MobileNetV2, ...) or mobilenetv3 (MobileNetV3, ...) modules", _TIMM_OPEN,
                       takes=TimmModules(("efficientnet", "mobilenetv3")), example="timm:mobilenetv3_small_050"))
 
+_CONVNEXT = ("stem + every stages.S.blocks.B, map averaged; the last stage's blocks have the identity path; head norm + "
+             "fc on the pooled vector")
+register(Architecture("timm:convnext_tiny", _family("timm_convnext"), _CONVNEXT, blocks=19,
+                      weights=_timm_hub("timm/convnext_tiny.in12k_ft_in1k", 235)))
+register(Architecture("timm:<ConvNeXt>", _family("timm_convnext"), _CONVNEXT + "; any timm model of timm's convnext "
+                      "module", _TIMM_OPEN, takes=TimmModules(("convnext",)), example="timm:convnext_atto"))
+
 register(Architecture("lucent:inceptionv1", _family("lucent_inception"),
                       "Lucid's blocks conv2d0 .. mixed5b, map averaged; only mixed5b has a path", blocks=12,
                       weights=Weights("https://github.com/ProGamerGov/pytorch-old-tensorflow-models/raw/master/"
