@@ -505,6 +505,8 @@ SOURCES: dict[str, list[Source]] = {
     ],
     "docs/development.md": [
         *sizes("1x1"),
+        hand_timed("11", "minutes to add timm's ConvNeXt, first edit to passing contract tests (issue 36's report)"),
+        hand_timed("5", "of them, minutes the contract tests ran on the busy machine (issue 36's report)"),
         one(lambda: re.search(r"(\d+) CPU cores", read_json(CHECKPOINT)["machine"]).group(1), "", "the machine"),
     ],
     "docs/performance.md": [Source(lambda: [t for _, t in numbers(load_script("render_performance").render())], False,

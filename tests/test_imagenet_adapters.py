@@ -303,7 +303,8 @@ def test_other_timm_layouts_are_refused():
             create_adapter(name, weights="random")
 
 
-@pytest.mark.parametrize("name", ["torchvision:resnet18", "torchvision:googlenet", "timm:resnet18", "lucent:inceptionv1"])
+@pytest.mark.parametrize("name", ["torchvision:resnet18", "torchvision:googlenet", "timm:resnet18", "lucent:inceptionv1",
+                                  "timm:mobilenetv3_small_050", "timm:convnext_atto"])
 def test_cli_run_on_an_imagefolder(tmp_path, name):
     """``vision-lens run`` end to end on 224x224 images of 3 classes, from a saved checkpoint."""
     weights = tmp_path / "weights.pth"
@@ -324,12 +325,24 @@ def test_cli_run_on_an_imagefolder(tmp_path, name):
     aggregate = json.loads((out / "aggregate_metrics.json").read_text())
     layers = json.loads((out / "layers.json").read_text())
     last = f"layer_{len(layers) - 1}"
-    assert layers[last] == {"resnet18": "layer4.1", "googlenet": "inception5b", "inceptionv1": "mixed5b"}[name.split(":")[1]]
+    assert layers[last] == {"resnet18": "layer4.1", "googlenet": "inception5b", "inceptionv1": "mixed5b",
+                            "mobilenetv3_small_050": "blocks.5.0", "convnext_atto": "stages.3.blocks.1"}[name.split(":")[1]]
     assert aggregate["logit"]["kl"][last] == pytest.approx(0, abs=1e-4)
     assert aggregate["logit"]["agree"][last] == 1
-    # The ResNets' stems have a linear path to the head; the Inceptions' first blocks have none.
-    assert (aggregate["logit"]["kl"]["layer_0"] is None) == (name in ("torchvision:googlenet", "lucent:inceptionv1"))
+    # The ResNets' stems have a linear path to the head; the first blocks of the Inceptions, MBConv and ConvNeXt none.
+    no_path = ("googlenet", "inceptionv1", "mobilenetv3_small_050", "convnext_atto")
+    assert (aggregate["logit"]["kl"]["layer_0"] is None) == (name.split(":")[1] in no_path)
     assert (out / "report.html").is_file() and (out / "layerwise.png").is_file()
     # Every model reports label metrics, lucent's through the devkit class map.
     assert aggregate["tuned"]["acc"][last] is not None and aggregate["baseline"]["acc"]["final"] is not None
     assert "linear_probe" in aggregate
+
+
+def test_a_convnext_that_normalises_the_map_before_pooling_is_read_at_that_norm():
+    """convnext_tiny_hnf applies norm_pre (a LayerNorm2d, per pixel) to the last block's map: its output, the block
+    ``features``, is the head's input, and no stage block has a path."""
+    adapter = create_adapter("timm:convnext_tiny_hnf", weights="random", num_classes=CLASSES)
+    assert adapter.blocks[-1].name == "features" and adapter.blocks[-1].module == "norm_pre"
+    assert all(b.path is None for b in adapter.blocks[:-1]) and adapter.unembed is adapter.model.head.fc
+    full, pooled, logits = run_blocks(adapter, images(2, 64))
+    close(logit_lens(adapter)(pooled[-1], len(adapter.blocks) - 1), logits)

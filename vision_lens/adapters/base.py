@@ -233,6 +233,9 @@ def _pretrained(family: ModelFamily, architecture: registry.Architecture, name: 
         raise WeightsError(f"--model {name} has no published weights; pass --weights PATH (a checkpoint of it) or "
                            "--weights random")
     if entry.kind == "hub":
+        if family.load_published is None:
+            raise WeightsError(f"--model {name}: its weights entry names a hub ({entry.source}) but its family has no "
+                               "hub loader; pass --weights PATH or --weights random")
         model = family.build(arch, None, None)
         return model, family.load_published(model, arch)
     if entry.kind == "url":

@@ -20,13 +20,10 @@ import difflib
 import importlib
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Protocol
+from typing import Iterable, Protocol
 
 from .errors import ModelError, UnknownModelError
 from .weights import Weights
-
-if TYPE_CHECKING:
-    from .base import ModelFamily
 
 
 class Takes(Protocol):
@@ -69,7 +66,7 @@ class Architecture:
     """
 
     name: str
-    family: str | "ModelFamily"
+    family: str | object
     readout: str
     weights: Weights = Weights()
     blocks: int | None = None
@@ -90,7 +87,8 @@ class Architecture:
     def open_ended(self) -> bool:
         return self.takes is not None
 
-    def load_family(self) -> "ModelFamily":
+    def load_family(self):
+        """The :class:`~vision_lens.adapters.base.ModelFamily` (the registry itself imports no torch)."""
         if not isinstance(self.family, str):
             return self.family
         module, attribute = self.family.split(":")
@@ -111,7 +109,7 @@ def register(architecture: Architecture) -> Architecture:
     return architecture
 
 
-def register_family(namespace: str, family: "ModelFamily", example: str, readout: str = "",
+def register_family(namespace: str, family: object, example: str, readout: str = "",
                     weights: Weights = Weights()) -> Architecture:
     """Make every ``namespace:<arch>`` a model that ``family`` builds (its ``build`` refuses the archs it does not
     know with :class:`~vision_lens.adapters.errors.UnknownModelError`): one open-ended registration, whose
