@@ -91,7 +91,8 @@ class CommonOptions:
     out: str = _opt(None, "output folder for lenses, metrics and plots", required=True)
     weights: str = _opt(
         "pretrained",
-        "checkpoint path or URL; 'pretrained' loads the published weights for --model, "
+        "checkpoint path or URL; 'pretrained' loads the weights `vision-lens models` lists for --model (published, or "
+        "trained here), "
         "'random' a random initialisation (the control)",
     )
     fit_split: str = _opt("train", "split folder whose images fit the lenses")
