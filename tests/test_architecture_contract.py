@@ -178,6 +178,17 @@ def test_the_weights_entry_states_the_preprocessing_and_class_order(architecture
                                rtol=0, atol=1e-5)
 
 
+def test_the_unembedding_takes_any_leading_dimensions(built):
+    """The fitters and the transfer matrices run several translators' outputs through it at once."""
+    _, adapter, _ = built
+    h = torch.randn(3, 2, adapter.head_dim, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        batched = adapter.unembed(h)
+        one_by_one = torch.stack([adapter.unembed(row) for row in h])
+    assert batched.shape == (3, 2, adapter.num_classes)
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-6)
+
+
 def test_random_weights_saved_to_a_file_load_back_through_weights_path(built, tmp_path):
     """``--weights PATH`` reads the same network back (BatchNorm statistics randomised, so they must load too)."""
     architecture, adapter, _ = built

@@ -159,7 +159,8 @@ def path_reader(model: nn.Module) -> Callable[[Sequence[str], int, int], Identit
 
 def on_pooled_vector(*modules: nn.Module) -> nn.Module:
     """``modules``, made for ``(N, C, 1, 1)`` maps (a head's 1x1 convolution, a LayerNorm2d), as one module on
-    pooled ``(N, C)`` vectors: what a head that pools first and then works on the 1x1 map computes."""
+    pooled ``(..., C)`` vectors: what a head that pools first and then works on the 1x1 map computes. Any leading
+    dimensions, as every unembedding takes (the fitters run several translators' outputs at once)."""
     return _OnPooledVector(nn.Sequential(*modules))
 
 
@@ -169,7 +170,8 @@ class _OnPooledVector(nn.Module):
         self.on_map = modules
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.on_map(x[:, :, None, None]).flatten(1)
+        y = self.on_map(x.reshape(-1, x.shape[-1], 1, 1)).flatten(1)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 @dataclass(frozen=True)
