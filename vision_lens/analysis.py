@@ -156,15 +156,6 @@ def penalty_profiles(
     return profiles
 
 
-def penalty_by_distance(run: RunResults, lens_type: str = "tuned", normalise: bool = False) -> np.ndarray:
-    """Mean transfer penalty over the cells with ``|i - j| = d``, for d = 0 .. blocks-1; null cells ignored.
-
-    With ``normalise`` the penalties are divided by :func:`mean_diagonal_ce`,
-    so runs reported in different units (bits per image, bits per byte) compare.
-    """
-    return penalty_profiles(run, lens_type, normalise=normalise)["all"].mean
-
-
 def stage_boundaries(run: RunResults) -> list[int]:
     """Block indices k where a new stage starts (blocks k-1 and k differ in
     :attr:`~vision_lens.artifacts.RunResults.block_stages`); none for runs without block names."""

@@ -1,23 +1,12 @@
-"""Lens math only: maps from a block's pooled features to class logits.
+"""What every lens shares: its config, saving and loading, and decoding through the model's unembedding.
 
-A lens never sees images or loops; it takes the feature rows of block
-``index`` (laid out as :class:`~vision_lens.readout.FeatureLayout` says) and
-returns logits. ``LogitLens`` and ``TunedLens`` share the model's frozen
-``unembed`` and the network's own identity paths; they differ only in
-``transform_hidden``. ``LinearProbe`` is the label-trained baseline of Alain &
-Bengio (2016) and does not use the unembedding.
-
-The tuned lens reads the whole block. Where block ``k`` has an identity path
-``P_k`` (affine, with channel map ``W_k``), its translator is residual around
-what the network itself forwards::
-
-    h_k = P_k(p_path) + A_k (W_k p_whole) + b_k,    logits = unembed(h_k)
-
-``p_path`` is the average over the sub-grid that the path reads (so
-``A_k = 0, b_k = 0`` is exactly the logit lens), ``p_whole`` the averages over
-the whole map (global mean, plus grid cells), carried slot by slot into the
-head's space by the path's channel map. Transfer applies ``A_i, b_i`` to block
-``j``'s carried features.
+A lens maps the feature rows of block ``index`` (laid out as
+:class:`~vision_lens.readout.FeatureLayout` says) to logits, never seeing images
+or loops. Fitting sees a lens only through :meth:`SavedLens.fit_groups` (each
+translator with the blocks it is fitted on), :meth:`SavedLens.fit_inputs` and
+:meth:`SavedLens.decode`: the logits of a translator's output ``h`` are
+``decode(forwarded + h)`` (no ``forwarded`` where nothing is carried), so a new
+kind that keeps to this shape needs no change to any fitter.
 
 Artifacts follow tuned-lens: a folder with ``config.json`` and ``params.pt``.
 """
@@ -31,16 +20,17 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .adapters import ModelAdapter
-from .adapters.base import file_sha256, state_dict_sha256
-from .errors import UserError
-from .files import write_bytes_atomic, write_text_atomic
-from .readout import FeatureLayout
+from ..adapters import ModelAdapter
+from ..adapters.base import file_sha256, state_dict_sha256
+from ..errors import UserError
+from ..files import write_bytes_atomic, write_text_atomic
+from ..lens_kinds import LensKind, lens_kind
+from ..readout import FeatureLayout
+from ..schema import LENS_CONFIG, SCHEMA_KEY, UNVERSIONED, schema_version, upgrade_fit_v1
 
 
 class LensFolderError(UserError, ValueError):
@@ -58,11 +48,12 @@ class LensConfig:
     num_classes: int
     lens_type: str = "tuned"
     unembed_hash: str = ""
-    fit: dict = field(default_factory=dict)  # how it was fitted: loss, images, penalty per block, ...
-    params_sha256: str = ""  # of params.pt, set when saved ("" in folders written before it was recorded)
+    fit: dict = field(default_factory=dict)  # how it was fitted: loss, images, settings, a FitRecord per block
+    params_sha256: str = ""  # of params.pt, set when saved
     # The images it was fitted on (data.SelectedImages.record: data, split, count, a sample's content ids), which
-    # eval checks it is not evaluated on ({} in folders written before it was recorded)
+    # eval checks it is not evaluated on
     fit_images: dict = field(default_factory=dict)
+    schema: int = LENS_CONFIG  # the version it was written in (lenses read from older folders: that version)
 
     @classmethod
     def from_adapter(cls, adapter: ModelAdapter, layout: FeatureLayout, lens_type: str) -> "LensConfig":
@@ -81,12 +72,24 @@ class LensConfig:
         return FeatureLayout.from_dict(self.layout)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        record = dataclasses.asdict(self)
+        return {SCHEMA_KEY: record.pop("schema")} | record
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LensConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def read(cls, saved: dict, path: Path) -> "LensConfig":
+        """A ``config.json``'s contents (read from ``path``), in the current form: a version-1 config (written before
+        versions were recorded) may lack ``params_sha256`` and ``fit_images``, and its fit records are upgraded;
+        a newer one must hold every field (a missing one is a TypeError, as damage is)."""
+        version = schema_version(saved, LENS_CONFIG, path)
+        names = {f.name for f in dataclasses.fields(cls)} - {"schema"}
+        values = {k: v for k, v in saved.items() if k in names}
+        if version == UNVERSIONED:
+            values["fit"] = upgrade_fit_v1(values.get("fit", {}))
+        else:
+            missing = sorted(names - set(values))
+            if missing:
+                raise TypeError(f"missing {', '.join(missing)}")
+        return cls(**values, schema=version)
 
 
 def unembed_hash(unembed: nn.Module) -> str:
@@ -96,11 +99,17 @@ def unembed_hash(unembed: nn.Module) -> str:
 class SavedLens(nn.Module):
     """Save/load in the tuned-lens layout; subclasses keep trainable state in ``params``."""
 
+    lens_type = ""
     config: LensConfig
     params: nn.ModuleList
 
+    @property
+    def kind(self) -> LensKind:
+        """The kind's declaration in the registry (what it is fitted to, its solvers, label, style)."""
+        return lens_kind(self.lens_type)
+
     def fit_groups(self) -> list[tuple[nn.Module, list[int]]]:
-        """What fitting optimises: each module with the blocks whose loss it is fitted on."""
+        """What fitting optimises: each translator with the blocks whose loss it is fitted on."""
         return [(module, [k]) for k, module in enumerate(self.params)]
 
     def standardization_groups(self) -> list[list[int]]:
@@ -108,11 +117,14 @@ class SavedLens(nn.Module):
         return [[k] for k in range(len(self.params))]
 
     def fit_inputs(self, features: Tensor, index: int) -> tuple[Tensor, Tensor | None]:
-        """Block ``index`` as a translator sees it: ``(input, forwarded)``, see :meth:`decode`.
-
-        Both are fixed while a lens is fitted, so fitting computes them once.
-        """
+        """Block ``index`` as a translator sees it: ``(input, forwarded)``; the logits are
+        ``decode(hidden(translator, input, forwarded))``. Both are fixed while a lens is fitted."""
         raise NotImplementedError
+
+    @staticmethod
+    def hidden(translator: nn.Module, inputs: Tensor, forwarded: Tensor | None) -> Tensor:
+        """A translator's output, plus what is forwarded (the identity path's) where something is."""
+        return translator(inputs) if forwarded is None else forwarded + translator(inputs)
 
     @property
     def head(self) -> nn.Linear | None:
@@ -125,16 +137,22 @@ class SavedLens(nn.Module):
 
     @property
     def decodes_linearly(self) -> bool:
-        """Whether the logits are affine in the translator's output (the fast convex solver's case)."""
+        """Whether the logits are affine in the translator's output (where the convex solver may apply)."""
         return True
 
     def decode(self, hidden: Tensor) -> Tensor:
-        """Logits of a translator's output ``(..., out)`` plus what is forwarded (see :meth:`fit_inputs`)."""
+        """Logits of :meth:`hidden`'s output ``(..., out)``."""
         return hidden
 
     def base_logits(self, forwarded: Tensor | None) -> Tensor | None:
         """What the logits add to the head's map of a translator's output (None: nothing)."""
         return None
+
+    @torch.no_grad()
+    def reset(self, seed: int = 0) -> None:
+        """Every translator at its start (see ``Translator.reset``), seeded per translator."""
+        for k, (module, _) in enumerate(self.fit_groups()):
+            module.reset(torch.Generator().manual_seed(seed + k))
 
     def save(self, path: str | Path) -> None:
         """``params.pt`` and ``config.json`` into the folder ``path``, each written atomically (a failed write, a
@@ -166,11 +184,13 @@ class SavedLens(nn.Module):
             raise LensFolderError(f"{config_path} is no lens config of this vision-lens (an older one wrote configs "
                                   f"before whole-block readout, without 'layout'); {refit}")
         try:
-            config = LensConfig.from_dict(saved)
+            config = LensConfig.read(saved, config_path)
             layout = config.feature_layout
             if not isinstance(config.fit_images, dict) or not isinstance(config.fit_images.get("sample", []), list):
                 raise TypeError("fit_images is not an object with a list of sampled content ids")
         except (TypeError, ValueError, KeyError) as exc:
+            if isinstance(exc, UserError):
+                raise
             raise LensFolderError(f"{config_path} is damaged ({exc.__class__.__name__}: {exc}); {refit}") from exc
         if config.lens_type != cls.lens_type:
             raise LensFolderError(f"lens folder {path} holds a {config.lens_type!r} lens, not {cls.lens_type!r}")
@@ -210,9 +230,13 @@ class SavedLens(nn.Module):
 
 
 class Lens(SavedLens, abc.ABC):
-    """Decodes block features through the model's own frozen ``unembed``."""
+    """Decodes block features through the model's own frozen ``unembed``, reading a block's identity path.
 
-    lens_type = ""
+    Where block ``k`` has an identity path ``P_k`` (affine, with channel map ``W_k``), what the network itself
+    forwards to the head is ``P_k(p_path)``, ``p_path`` the average over the sub-grid that the path reads; the
+    whole block (``p_whole``: the global mean, plus grid cells) reaches the head's space slot by slot through
+    ``W_k``.
+    """
 
     def __init__(self, config: LensConfig, adapter: ModelAdapter):
         super().__init__()
@@ -247,81 +271,6 @@ class Lens(SavedLens, abc.ABC):
         hidden = self.transform_hidden(features, index)
         return None if hidden is None else self.unembed(hidden)
 
-
-class Translator(nn.Module):
-    """An affine map on standardised inputs: ``x -> A (x - mean) / scale + b``, zero-initialised.
-
-    Zero: a tuned lens starts as the logit lens, and weight decay pulls
-    towards it. Standardising (``mean`` and ``scale`` are set once from the
-    fit images, see :meth:`SavedLens.standardization_groups`) conditions
-    L-BFGS well and makes the L2 penalty treat input channels alike. It is
-    still one affine map. Translators that are applied to other blocks
-    (transfer, sharing) all use one standardisation, so that a translator
-    meets another block's features in the coordinates it was fitted in.
-    """
-
-    def __init__(self, n_in: int, n_out: int):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(n_in))
-        self.register_buffer("scale", torch.ones(n_in))
-        self.varying = torch.ones(n_in, dtype=torch.bool)  # inputs that vary on the fit images
-        self.linear = nn.Linear(n_in, n_out)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-
-    @torch.no_grad()
-    def standardize(self, mean: Tensor, std: Tensor) -> None:
-        """Standardise inputs by ``mean`` and ``std``; a constant input channel (std ~ 0) keeps scale 1."""
-        self.varying = std > 1e-6 * std.max().clamp(min=1e-12)
-        self.mean.copy_(mean)
-        self.scale.copy_(torch.where(self.varying, std, torch.ones_like(std)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.linear((x - self.mean) / self.scale)
-
-
-class LogitLens(Lens):
-    """The frozen unembedding applied to what the identity path carries from the block."""
-
-    lens_type = "logit"
-
-    def transform_hidden(self, features: Tensor, index: int) -> Tensor | None:
-        return self.forwarded(features, index)
-
-
-class TunedLens(Lens):
-    """An affine translator per block that reads the whole block, then the frozen unembedding.
-
-    With an identity path: ``P(p_path) + A (W p_whole) + b`` (see the module
-    docstring), ``A`` and ``b`` zero-initialised, so every tuned lens starts
-    as the logit lens and weight decay pulls towards it. Without a path the
-    translator is a plain affine map ``A p_whole + b`` into the head's space.
-    """
-
-    lens_type = "tuned"
-
-    def __init__(self, config: LensConfig, adapter: ModelAdapter):
-        super().__init__(config, adapter)
-        d, layout = config.head_dim, self.layout
-        for k, channels in enumerate(layout.channels):
-            self.params.append(Translator(layout.slots * (d if layout.has_path(k) else channels), d))
-
-    def standardization_groups(self) -> list[list[int]]:
-        """All blocks with an identity path together (they meet each other's translators in transfer), the rest alone."""
-        with_path = [k for k in range(len(self.layout.blocks)) if self.layout.has_path(k)]
-        return [with_path] * bool(with_path) + [[k] for k in range(len(self.layout.blocks)) if k not in with_path]
-
-    def fit_inputs(self, features: Tensor, index: int) -> tuple[Tensor, Tensor | None]:
-        """``(W p_whole, P p_path)`` with an identity path; ``(p_whole, None)`` without one."""
-        forwarded = self.forwarded(features, index)
-        if forwarded is None:
-            return self.layout.whole(features, index), None
-        return self.carried_whole(features, index), forwarded
-
-    @staticmethod
-    def hidden(translator: nn.Module, inputs: Tensor, forwarded: Tensor | None) -> Tensor:
-        return translator(inputs) if forwarded is None else forwarded + translator(inputs)
-
     @property
     def head(self) -> nn.Linear | None:
         return self.unembed if self.decodes_linearly else None
@@ -340,76 +289,3 @@ class TunedLens(Lens):
             return self.unembed(forwarded)
         bias = self.head.bias
         return torch.zeros(self.head.out_features, device=self.head.weight.device) if bias is None else bias.detach()
-
-    def translate(self, features: Tensor, index: int, translator: int) -> Tensor | None:
-        """Apply translator ``translator`` to block ``index``'s features (transfer when they differ).
-
-        Two blocks share a space only through their identity paths; where
-        either block lacks one, a cross-block transfer is undefined (None).
-        """
-        inputs, forwarded = self.fit_inputs(features, index)
-        if translator != index and (forwarded is None or not self.layout.has_path(translator)):
-            return None
-        return self.hidden(self.params[translator], inputs, forwarded)
-
-    def transform_hidden(self, features: Tensor, index: int) -> Tensor | None:
-        return self.translate(features, index, index)
-
-    def transfer(self, features: Tensor, index: int, translator: int) -> Tensor | None:
-        """Logits of translator ``translator`` applied to block ``index``'s features."""
-        hidden = self.translate(features, index, translator)
-        return None if hidden is None else self.unembed(hidden)
-
-
-class SharedTunedLens(TunedLens):
-    """One translator for every block with an identity path, fitted on all of them at once.
-
-    The sceptic's test of iterative refinement: if blocks refine one prediction
-    in a shared space, one translator decodes them all nearly as well as a
-    translator per block; the gap to ``TunedLens`` at each block is the price
-    of sharing. Blocks without a path share no space with the others, so the
-    shared lens is undefined (None) there.
-    """
-
-    lens_type = "shared"
-
-    def __init__(self, config: LensConfig, adapter: ModelAdapter):
-        Lens.__init__(self, config, adapter)
-        self.params.append(Translator(self.layout.slots * config.head_dim, config.head_dim))
-
-    def fit_groups(self) -> list[tuple[nn.Module, list[int]]]:
-        return [(self.params[0], [k for k in range(len(self.layout.blocks)) if self.layout.has_path(k)])]
-
-    def translate(self, features: Tensor, index: int, translator: int) -> Tensor | None:
-        inputs, forwarded = self.fit_inputs(features, index)
-        return None if forwarded is None else self.hidden(self.params[0], inputs, forwarded)
-
-
-class LinearProbe(SavedLens):
-    """Softmax regression on each block's whole-block pooled features, trained on the labels."""
-
-    lens_type = "linear_probe"
-
-    def __init__(self, config: LensConfig, adapter: ModelAdapter | None = None):
-        super().__init__()
-        self.config = config
-        self.layout = config.feature_layout
-        self.params = nn.ModuleList(
-            Translator(self.layout.slots * c, config.num_classes) for c in self.layout.channels
-        )
-
-    def fit_inputs(self, features: Tensor, index: int) -> tuple[Tensor, None]:
-        return self.layout.whole(features, index), None
-
-    def forward(self, features: Tensor, index: int) -> Tensor:
-        return self.params[index](self.layout.whole(features, index))
-
-
-LENS_TYPES: dict[str, type[SavedLens]] = {c.lens_type: c for c in (LogitLens, TunedLens, SharedTunedLens, LinearProbe)}
-
-
-def build_lenses(adapter: ModelAdapter, layout: FeatureLayout, lens_types: Sequence[str]) -> dict[str, SavedLens]:
-    """Fresh lenses of the given types for ``adapter`` on features laid out as ``layout``."""
-    return {
-        t: LENS_TYPES[t](LensConfig.from_adapter(adapter, layout, t), adapter).to(adapter.device) for t in lens_types
-    }
