@@ -10,6 +10,7 @@ and every kind round-trips through save and load. A kind added to the registry i
 from __future__ import annotations
 
 import copy
+import json
 import functools
 
 import pytest
@@ -243,3 +244,26 @@ def test_the_command_line_and_the_figures_read_the_registry():
     for kind in lens_kinds():
         assert (plotting.lens_label(kind.name), plotting.lens_style(kind.name)) == (kind.label, kind.style)
     assert plotting.default_lens_types()[:len(lens_kinds())] == [k.name for k in lens_kinds()]
+
+
+@pytest.mark.integration
+def test_a_kind_fitted_only_when_asked_goes_through_run_eval_and_the_frontier(tmp_path, tiny_data):
+    """`--lenses tuned low_rank`: the low-rank lens is fitted (by autograd: its kind declares no convex solver),
+    saved, evaluated with its transfer matrix (it transfers), read back by `eval`, and refitted by the frontier."""
+    from vision_lens.cli import main
+
+    common = ["--model", "cifar:resnet8", "--weights", "random", "--data", str(tiny_data), "--workers", "0",
+              "--cache-dir", str(tmp_path / "cache")]
+    assert main(["run", *common, "--max-iter", "5", "--lenses", "low_rank", "tuned", "--out", str(tmp_path / "r")]) == 0
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["options"]["lenses"] == ["tuned", "low_rank"] and set(run["fit"]) == {"tuned", "low_rank"}
+    assert {r["solver"] for r in run["fit"]["low_rank"]["blocks"].values()} == {"autograd"}
+    aggregate = json.loads((tmp_path / "r" / "aggregate_metrics.json").read_text())
+    assert list(aggregate) == ["tuned", "logit", "low_rank", "baseline"]  # registry order
+    assert "layer_transfer" in aggregate["low_rank"] and "layer_transfer" not in aggregate["logit"]
+    assert main(["eval", *common, "--lens", str(tmp_path / "r"), "--out", str(tmp_path / "e")]) == 0
+    evaluated = json.loads((tmp_path / "e" / "aggregate_metrics.json").read_text())
+    assert evaluated["low_rank"] == aggregate["low_rank"]
+    assert main(["frontier", str(tmp_path / "r"), "--strengths", "0.1"]) == 0
+    (point,) = json.loads((tmp_path / "r" / "frontier.json").read_text())["points"]
+    assert point["weight_decay"] == 0.1 and point["shared_gap"] is None  # no shared lens was fitted

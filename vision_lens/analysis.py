@@ -167,7 +167,8 @@ def summarise_transfer(run: RunResults) -> dict:
     """The transfer summary of one evaluated run (a point of ``vision-lens frontier``): the mean own CE (each
     translator on its own block), the mean penalty between neighbouring blocks within a stage and across stages
     (None where no such pair exists), the penalty by distance, and the shared lens's gap (its CE minus the tuned
-    lens's, averaged over the blocks where both are defined)."""
+    lens's, averaged over the blocks where both are defined; None where none is, or the run fitted no shared
+    lens)."""
     penalty = transfer_matrix(run, "penalty")
     groups = pair_groups(run.block_stages)
     neighbours = np.abs(np.subtract.outer(np.arange(len(penalty)), np.arange(len(penalty)))) == 1
@@ -177,7 +178,7 @@ def summarise_transfer(run: RunResults) -> dict:
         return float(values.mean()) if len(values) else None
 
     tuned, shared = (np.array([np.nan if v is None else v for v in run.aggregate[t]["ce"].values()], dtype=float)
-                     for t in ("tuned", "shared"))
+                     if t in run.aggregate else np.full(len(penalty), np.nan) for t in ("tuned", "shared"))
     gap = shared - tuned
     by_distance = penalty_profiles(run)["all"].mean
     return {
