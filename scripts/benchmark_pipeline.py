@@ -85,6 +85,7 @@ from vision_lens.data import (ImageFolderSource, ImageSource, TransformedSubset,
 from vision_lens.fit import fit_lens  # noqa: E402
 from vision_lens.lenses import LensConfig, LinearProbe  # noqa: E402
 from vision_lens.options import RunOptions, default_cache_dir  # noqa: E402
+from vision_lens.preflight import plan_split  # noqa: E402
 from vision_lens.readout import FeatureLayout  # noqa: E402
 from vision_lens.threads import limit_torch_threads, usable_cores  # noqa: E402
 
@@ -179,6 +180,11 @@ def warm_page_cache(selected: list[tuple[ImageSource, np.ndarray]]) -> None:
     for source, indices in selected:
         for index in indices if isinstance(source, ImageFolderSource) else ():
             Path(source.paths[index]).read_bytes()
+
+
+def host(values) -> np.ndarray:
+    """``values`` as a numpy array on the host: a cache's array as it is, a tensor (on any device) copied back."""
+    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
 
 
 def mean(values: list[float | None]) -> float | None:
@@ -318,20 +324,22 @@ def summarise(floor_runs: list[float], imports: list[float], runs: list[dict]) -
 
 
 def read_caches(adapter, opts: RunOptions) -> dict:
-    """The fit and eval splits of a finished run with ``opts``, read back from its complete feature caches
-    (``pipeline.capture_split``), by stage."""
+    """The fit and eval splits of a finished run with ``opts`` (resolved), read back from its complete feature
+    caches (``pipeline.capture_split``), by stage."""
     layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
-    return {f"capture_{side}": pipeline.capture_split(adapter, opts, split, limit, layout,
-                                                       open_split(opts.data, split, opts.download_root))
+    return {f"capture_{side}": pipeline.capture_split(
+                adapter, opts, plan_split(opts, adapter, split, open_split(opts.data, split, opts.download_root), limit,
+                                          layout), layout)
             for side, split, limit in (("fit", opts.fit_split, opts.fit_limit),
                                        ("eval", opts.eval_split, opts.eval_limit))}
 
 
 def labelled(cache) -> tuple[list[np.ndarray], np.ndarray]:
-    """Every block's features, and the labels, of the images that have a model class."""
-    labels = np.asarray(cache.labels)
+    """Every block's features, and the labels, of the images that have a model class, on the host (the labels
+    and logits of a split live on the model's device)."""
+    labels = host(cache.labels)
     keep = labels >= 0
-    return [np.asarray(f)[keep] for f in cache.features], labels[keep]
+    return [host(f)[keep] for f in cache.features], labels[keep]
 
 
 def compare_linear_probes(opts: RunOptions, adapter, caches: dict, sklearn: bool = True) -> dict:
@@ -357,13 +365,13 @@ def compare_linear_probes(opts: RunOptions, adapter, caches: dict, sklearn: bool
         return elapsed["s"], acc, records
 
     search_s, search_acc, records = ours(opts.fit_settings)
-    search = {"fit_s": search_s, "acc": search_acc, "weight_decay": [r["weight_decay"] for r in records]}
+    search = {"fit_s": search_s, "acc": search_acc, "weight_decay": [r.weight_decay for r in records]}
     if not sklearn:
         return {"search": search, "blocks": [b.name for b in adapter.blocks]}
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
-    weight_decay = sorted(r["weight_decay"] for r in records)[len(records) // 2]
+    weight_decay = sorted(r.weight_decay for r in records)[len(records) // 2]
     fixed_s, fixed_acc, _ = ours(dataclasses.replace(opts.fit_settings, weight_decay=weight_decay))
     sklearn_s, sklearn_acc = 0.0, []
     for k, block in enumerate(adapter.blocks):
@@ -402,7 +410,7 @@ def bytes_per_image(opts: RunOptions, adapter, cache) -> dict:
     finally:
         for hook in hooks:
             hook.remove()
-    kept = sum(np.asarray(f).itemsize * f.shape[1] for f in [*cache.features, cache.logits])
+    kept = sum(host(f[:1]).itemsize * f.shape[1] for f in [*cache.features, cache.logits])
     return {"full_block_maps": full, "kept": int(kept), "ratio": full / kept}
 
 
@@ -414,17 +422,17 @@ def capture_rss(args: argparse.Namespace) -> dict:
     (Linux: ``5 > /proc/self/clear_refs``) after loading: ``peak_mb`` is the peak during the first capture.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        opts = run_options(args, Path(tmp) / "out", Path(tmp) / "cache")
-        adapter = pipeline.load_model(opts)
+        adapter, opts = pipeline.load_model(run_options(args, Path(tmp) / "out", Path(tmp) / "cache"))
         before = rss_mb("VmRSS")
         if before is not None:
             Path("/proc/self/clear_refs").write_text("5")
         layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
         source = open_split(opts.data, opts.fit_split, opts.download_root)
         peaks = []
+        plan = plan_split(opts, adapter, opts.fit_split, source, args.capture_rss_of, layout)
         for n in range(args.capture_rounds):
             fresh = dataclasses.replace(opts, cache_dir=str(Path(tmp) / f"cache-{n}"))
-            (cache,), _, _ = pipeline.capture_shards(adapter, fresh, opts.fit_split, args.capture_rss_of, layout, source)
+            (cache,) = pipeline.capture_shards(adapter, fresh, plan, layout)
             # Off Linux the peak is that of the whole process, imports included.
             peaks.append(rss_mb("VmHWM") or max_rss_mb())
         return {"images": len(cache.labels), "before_capture_mb": before, "peak_mb": peaks[0], "peak_rounds_mb": peaks}
@@ -458,8 +466,8 @@ def main() -> None:
         print(json.dumps(capture_rss(args)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        opts = run_options(args, Path(tmp) / "out", Path(tmp) / "cache")
-        adapter = pipeline.load_model(opts)  # resolves the pipeline's default batch size and workers
+        # Resolves the pipeline's default batch size and workers.
+        adapter, opts = pipeline.load_model(run_options(args, Path(tmp) / "out", Path(tmp) / "cache"))
         own = FloorConfig(pipeline_decode(opts), opts.batch_size, opts.workers)
         selected = selected_images(opts)
         warm_page_cache(selected)
@@ -475,7 +483,7 @@ def main() -> None:
             imports.append(measure_import())
             runs.append(measure_run(run_command(args, out, cache)))
             floor_runs.append(floor_pass(selected, adapter, winner, args.precision))
-        caches = read_caches(adapter, run_options(args, out, cache))
+        caches = read_caches(adapter, dataclasses.replace(opts, out=str(out), cache_dir=str(cache)))
         probes = compare_linear_probes(opts, adapter, caches, args.sklearn)
         fit_images, eval_images = (len(caches[c].labels) for c in CAPTURE_STAGES)
     means = summarise(floor_runs, imports, runs)

@@ -32,6 +32,7 @@ STAGE_NAMES = {
     "capture_eval": "capture, eval split", "fit_lens": "lens fits (default)", "fit_by_recipe": "lens fits (recipe)",
     "train": "train (building, checking, saving lenses)", "evaluate_lenses": "metrics and bootstrap intervals",
     "write_results": "write the result files", "save_run_figures": "figures", "write_report": "report.html",
+    "prepare_output": "prepare --out", "save_lenses": "save the lenses",
     "evaluate": "evaluate (loading lenses, marking complete)",
 }
 KIND_NAMES = {"default:tuned": "tuned (default)", "default:shared": "shared (default)",
@@ -129,7 +130,7 @@ def scaling_section(scaling: dict | None) -> list[str]:
               f"on {scaling['machine']['cores']} quiet cores, most of it the largest classes and widths."]
     base = scaling["base"]
     machine = scaling["machine"]
-    lines += ["", f"`{SCALING}`, figure `{SCALING_FIGURE}`. On {machine['cores']} cores "
+    lines += ["", f"`{SCALING}`, figure [{Path(SCALING_FIGURE).name}](../{SCALING_FIGURE}). On {machine['cores']} cores "
                   f"({machine['torch_threads']} torch threads), synthetic features; every axis varied from "
                   + ", ".join(f"{a} {v:,}" for a, v in base.items())
                   + f"; the tuned-lens recipe measured for {scaling['recipe_steps']} of its 250 steps and "

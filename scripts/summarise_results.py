@@ -78,7 +78,7 @@ def headlines(run) -> list[str]:
     # vision-lens runs record their fits in run.json (tuned-lens output does not); the L-BFGS ones have max_iter.
     fits = {lens: fit for lens, fit in run.run.get("fit", {}).items() if "max_iter" in fit}
     if fits:
-        most = {lens: max(b["iterations"] for b in fit["blocks"].values() if b) for lens, fit in fits.items()}
+        most = {lens: max(b["steps"] for b in fit["blocks"].values() if b) for lens, fit in fits.items()}
         limit = next(iter(fits.values()))["max_iter"]
         lines.append("  L-BFGS iterations of the final solves, at most: "
                      + ", ".join(f"{SHORT.get(lens, lens)} {n}" for lens, n in most.items()) + f" (limit {limit})")

@@ -1,22 +1,21 @@
 #!/usr/bin/env python
-"""``vision-lens`` with every stage of ``pipeline.run`` timed, in a fresh interpreter; prints one line of JSON.
+"""``vision-lens`` with every stage of the pipeline timed, in a fresh interpreter; prints one line of JSON.
 (Also the stopwatch and the memory gauge of the benchmark scripts.)
 
     python scripts/timed_run.py run --model cifar:resnet20 --data DATA --out OUT ...
 
 runs the command line exactly as ``vision-lens`` would (``vision_lens.cli.main``), after timing
 its imports: ``import_torch_torchvision`` (what a plain forward pass needs too), then
-``import_vision_lens`` (the package's command line and pipeline, beyond torch). Every stage is
-the time measured inside one function of ``vision_lens.pipeline`` (or ``cli.main``), exclusive
-of the stages it calls: ``capture_fit`` and ``capture_eval`` (``capture_split`` of each split:
-capture into a fresh or resumed cache, and loading it), ``fit_lens`` and ``fit_by_recipe`` (the
-lens fits), ``train`` (the rest of it: building, checking and saving the lenses),
-``evaluate_lenses`` (metrics and bootstrap intervals), ``write_results``, ``save_run_figures``,
-``write_report``, ``evaluate`` (the rest of it), ``preflight``, ``load_model``,
-``_prepare_output``, ``run`` and ``main`` (option parsing and what they do between stages).
-``total_s`` runs from the first import to the end of ``main``; what no stage holds of it is
-``total_s`` minus their sum. The interpreter's own start and exit are outside ``total_s``: a
-caller that times the whole process (``scripts/benchmark_pipeline.py``) sees them.
+``import_vision_lens`` (the package's command line and pipeline, beyond torch). The pipeline
+reports each of its stages as it starts and ends (``on_stage``, see ``vision_lens.pipeline``;
+its ``STAGES``: ``load_model``, ``preflight``, ``prepare_output``, ``capture_fit`` and
+``capture_eval`` (capture into a fresh or resumed cache, and loading it), ``fit_lens`` and
+``fit_by_recipe`` (the lens fits), ``save_lenses``, ``evaluate_lenses`` (metrics and bootstrap
+intervals), ``write_results``, ``save_run_figures`` and ``write_report``); :class:`StageTimer`
+keeps each stage's time, exclusive of the stages it holds. ``main`` is the rest of the command:
+option parsing and what the pipeline does between stages. ``total_s`` runs from the first import
+to the end of ``main`` and is the sum of the stages. The interpreter's own start and exit are
+outside it: a caller that times the whole process (``scripts/benchmark_pipeline.py``) sees them.
 
 Only the standard library is imported here before the timed imports.
 """
@@ -33,12 +32,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 clock = time.perf_counter  # the stopwatches' clock (a test gives them one of its own)
-
-# The functions of vision_lens.pipeline that are timed; run() and the stages reach them through the module.
-PIPELINE_STAGES = ("run", "_prepare_output", "load_model", "preflight", "capture_split", "train", "fit_lens",
-                   "fit_by_recipe", "evaluate", "evaluate_lenses", "write_results", "save_run_figures",
-                   "write_report")
-
 
 def synchronize() -> None:
     """Wait for the GPU, if torch is imported and has one, so that a stage holds the work it queued."""
@@ -60,49 +53,29 @@ def stopwatch():
         elapsed["s"] = clock() - start
 
 
-@contextmanager
-def timed_stages(targets: list[tuple[object, tuple[str, ...]]], fit_split: str | None = None):
-    """Wrap the functions ``names`` of each ``(module, names)`` of ``targets``; yields ``(seconds, calls,
-    results)``: per stage its exclusive seconds (the time of the stages it calls is theirs) and its number of
-    calls, and ``capture_split``'s results by stage.
+class StageTimer:
+    """The pipeline's ``on_stage`` observer: per stage, its seconds exclusive of the stages it holds, and its
+    number of calls (``seconds`` and ``calls``, by stage name)."""
 
-    ``capture_split`` counts as ``capture_fit`` when its split is ``fit_split``, else as ``capture_eval``.
-    """
-    seconds: dict[str, float] = {}
-    calls: dict[str, int] = {}
-    results: dict[str, object] = {}
-    originals = {(module, name): getattr(module, name) for module, names in targets for name in names}
-    nested: list[float] = []  # per active wrapped call, the time spent in wrapped calls inside it
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._open: list[list] = []  # per stage under way: its name, its start, the time of the stages inside it
 
-    def wrapped(name, fn):
-        def call(*args, **kwargs):
-            stage = name
-            if name == "capture_split":
-                split = args[2] if len(args) > 2 else kwargs["split"]
-                stage = "capture_fit" if split == fit_split else "capture_eval"
-            nested.append(0.0)
-            try:
-                with stopwatch() as elapsed:
-                    result = fn(*args, **kwargs)
-            finally:
-                inner = nested.pop()
-                if nested:
-                    nested[-1] += elapsed["s"]
-                seconds[stage] = seconds.get(stage, 0.0) + elapsed["s"] - inner
-                calls[stage] = calls.get(stage, 0) + 1
-            if name == "capture_split":
-                results[stage] = result
-            return result
-
-        return call
-
-    for (module, name), fn in originals.items():
-        setattr(module, name, wrapped(name, fn))
-    try:
-        yield seconds, calls, results
-    finally:
-        for (module, name), fn in originals.items():
-            setattr(module, name, fn)
+    def __call__(self, stage: str, starting: bool) -> None:
+        synchronize()
+        now = clock()
+        if starting:
+            self._open.append([stage, now, 0.0])
+            return
+        name, start, inner = self._open.pop()
+        if name != stage:
+            raise RuntimeError(f"stage {stage!r} ended while {name!r} was under way")
+        elapsed = now - start
+        if self._open:
+            self._open[-1][2] += elapsed
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed - inner
+        self.calls[stage] = self.calls.get(stage, 0) + 1
 
 
 def _glibc():
@@ -152,16 +125,6 @@ def peak_memory():
         gauge["mb"] = None if peak is None or before is None else peak - before
 
 
-def option(argv: list[str], flag: str, default: str) -> str:
-    """The value of ``flag`` in a command line, or ``default``."""
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return default
-
-
 def timed_run(argv: list[str]) -> dict:
     """Import torch and torchvision, then the package, then run ``vision_lens.cli.main(argv)`` with every stage
     timed; returns ``{"exit", "total_s", "command_s", "stages": {stage: s}, "calls": {stage: n}}``, ``command_s`` the
@@ -173,13 +136,14 @@ def timed_run(argv: list[str]) -> dict:
             import torchvision  # noqa: F401
         imports["import_torch_torchvision"] = elapsed["s"]
         with stopwatch() as elapsed:
-            from vision_lens import cli, pipeline
+            from vision_lens import cli
         imports["import_vision_lens"] = elapsed["s"]
-        targets = [(pipeline, PIPELINE_STAGES), (cli, ("main",))]
-        with timed_stages(targets, option(argv, "--fit-split", "train")) as (seconds, calls, _), stopwatch() as command:
-            code = cli.main(argv)
-    return {"exit": code, "total_s": total["s"], "command_s": command["s"], "stages": imports | seconds,
-            "calls": calls | {name: 1 for name in imports}}
+        timer = StageTimer()
+        with stopwatch() as command:
+            code = cli.main(argv, on_stage=timer)
+    main = {"main": command["s"] - sum(timer.seconds.values())}
+    return {"exit": code, "total_s": total["s"], "command_s": command["s"], "stages": imports | timer.seconds | main,
+            "calls": timer.calls | {name: 1 for name in (*imports, "main")}}
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import vision_lens
 PACKAGE = Path(vision_lens.__file__).parent
 # In pipeline order; modules in one tuple are one stage. The cache is the store capture writes to.
 STAGES = [
-    ("errors", "threads", "files", "readout"), ("adapters",), ("data",), ("cache",), ("checks",), ("capture",), ("lenses",),
+    ("errors", "threads", "files", "schema", "lens_kinds", "readout"), ("adapters",), ("data",), ("cache",), ("checks",), ("capture",), ("lenses",),
     ("fit",), ("metrics",), ("artifacts",), ("analysis",), ("plotting",), ("compare", "report"),
     ("options", "preflight", "pipeline", "frontier", "demo", "cli", "__main__"),
 ]
@@ -53,5 +53,16 @@ def test_no_module_imports_a_later_stage():
 
 
 def test_lenses_do_not_import_capture():
-    assert "capture" not in imported_stages(PACKAGE / "lenses.py")
-    assert "adapters" in imported_stages(PACKAGE / "lenses.py")  # the check sees real imports
+    imported = set().union(*(imported_stages(path) for path in (PACKAGE / "lenses").glob("*.py")))
+    assert "capture" not in imported and "fit" not in imported
+    assert "adapters" in imported  # the check sees real imports
+
+
+def test_the_lens_kind_registry_and_the_options_load_no_torch():
+    """The registry is what --help lists the kinds from: reading it imports no lens module."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import vision_lens.lens_kinds as k, vision_lens.options; k.lens_kinds(); "
+            "assert not {'torch', 'numpy'} & set(sys.modules), sorted({'torch', 'numpy'} & set(sys.modules))")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,6 +13,8 @@ from vision_lens import threads
 
 from .conftest import REPO
 
+pytestmark = pytest.mark.integration
+
 HEAVY = ("torch", "torchvision", "matplotlib", "seaborn", "timm", "lucent", "sklearn")
 
 # Runs `python -m vision_lens ARGS` in-process, then prints which heavy modules it imported.
@@ -56,12 +58,15 @@ def test_batch_size_and_workers_default_to_the_device():
     cpu_workers = usable_cores() if usable_cores() > 1 else 0
     assert default_workers("cpu") == cpu_workers and default_workers("cuda:1") == usable_cores()
     opts = RunOptions(model="cifar:resnet8", weights="random", data="data", out="out", device="cpu")
-    load_model(opts)
-    assert (opts.batch_size, opts.workers) == (64, cpu_workers)  # resolved before capture: run.json records them
+    _, resolved = load_model(opts)
+    # Resolved before capture, into a copy that run.json records; the options as given are left as they were.
+    assert (resolved.device, resolved.batch_size, resolved.workers) == ("cpu", 64, cpu_workers)
+    assert resolved.lenses == ["tuned", "shared", "linear_probe"]  # the registry's default kinds
+    assert (opts.device, opts.batch_size, opts.workers, opts.lenses) == ("cpu", None, None, None)
     given = RunOptions(model="cifar:resnet8", weights="random", data="data", out="out", device="cpu", batch_size=7,
-                       workers=3)
-    load_model(given)
-    assert (given.batch_size, given.workers) == (7, 3)
+                       workers=3, lenses=["linear_probe", "tuned"])
+    _, resolved = load_model(given)
+    assert (resolved.batch_size, resolved.workers, resolved.lenses) == (7, 3, ["tuned", "linear_probe"])
 
 
 @pytest.mark.parametrize("flag, value", [("--batch-size", "0"), ("--workers", "-1")])
@@ -80,7 +85,7 @@ def test_a_bug_is_not_reported_as_the_users_fault(monkeypatch, tmp_path):
     from vision_lens import pipeline
     from vision_lens.cli import main
 
-    def bug(opts):
+    def bug(opts, **kwargs):
         raise ValueError("an internal bug")
 
     monkeypatch.setattr(pipeline, "run", bug)

@@ -36,6 +36,8 @@ import pytest
 
 from .conftest import REPO, findings_runs, load_script
 
+pytestmark = pytest.mark.results
+
 DOCS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md"))
 LONG_DESCRIPTION = "LONG_DESCRIPTION.md"  # setup.cfg's long_description (tested below)
 DOCUMENTS = ["README.md", "results/README.md", LONG_DESCRIPTION, *DOCS]
@@ -229,7 +231,7 @@ def last_translator_penalties(name: str) -> tuple[float, float]:
 
 
 def most_iterations(names: Iterable[str]) -> int:
-    return max(b["iterations"] for n in names for fit in run(n).run["fit"].values()
+    return max(b["steps"] for n in names for fit in run(n).run["fit"].values()
                for b in fit["blocks"].values() if b)
 
 
@@ -475,6 +477,10 @@ SOURCES: dict[str, list[Source]] = {
         one(lambda: code("vision_lens.frontier").FRONTIER_STRENGTHS[-1], "g", "the frontier's last strength"),
         one(lambda: code("vision_lens.metrics").BOOTSTRAP_RESAMPLES, ","),
         one(lambda: 100 * code("vision_lens.metrics").BOOTSTRAP_LEVEL, ".0f"),
+        one(lambda: code("vision_lens.lenses.low_rank").RANK, "", "the low-rank lens's rank"),
+        one(lambda: code("vision_lens.fit.targets").DENSE_ELEMENTS, power_of_two, "targets kept whole up to"),
+        one(lambda: code("vision_lens.fit.targets").CHUNK_ELEMENTS, power_of_two, "logits held at once"),
+        allow("50,257", "GPT-2's vocabulary, an example of a head too wide to keep its targets whole"),
     ],
     "docs/models.md": [
         *sizes("1x1", "2x2", "3x3", "4x4", "8x8", "16x16", "32x32", "224x224"),
@@ -507,12 +513,16 @@ SOURCES: dict[str, list[Source]] = {
         *sizes("1x1"),
         hand_timed("11", "minutes to add timm's ConvNeXt, first edit to passing contract tests (issue 36's report)"),
         hand_timed("5", "of them, minutes the contract tests ran on the busy machine (issue 36's report)"),
+        one(lambda: code("vision_lens.schema").UNVERSIONED, "", "the version of files written before versions"),
         one(lambda: re.search(r"(\d+) CPU cores", read_json(CHECKPOINT)["machine"]).group(1), "", "the machine"),
     ],
     "docs/performance.md": [Source(lambda: [t for _, t in numbers(load_script("render_performance").render())], False,
                                    "scripts/render_performance.py renders the page from the benchmark JSON; "
                                    "tests/test_benchmark.py checks that it is current")],
     "docs/plotting-and-compare.md": [any_of(pinned_versions, "", "constraints.txt")],
+    "docs/output-format.md": [
+        one(lambda: code("vision_lens.schema").UNVERSIONED, "", "the version of files written before versions"),
+    ],
     "docs/reliability.md": [
         one(lambda: in_file("vision_lens/cli.py", r"error: \{exc\}.*\n\s*return (\d+)"), "", "the CLI's exit status"),
         one(lambda: option_default("pool_grid"), "", "--pool-grid's default"),

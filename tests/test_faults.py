@@ -35,6 +35,8 @@ from vision_lens.files import FolderLock
 
 from .conftest import CIFAR10_CLASSES, REPO, unavailable, write_image_folder
 
+pytestmark = pytest.mark.integration
+
 COMMON = ["--model", "cifar:resnet8", "--weights", "random", "--max-iter", "5", "--workers", "0", "--batch-size", "4"]
 EVAL_OPTIONS = [o for o in COMMON if o not in ("--max-iter", "5")]  # eval takes no fitting options
 SETPRIV = shutil.which("setpriv")
@@ -428,9 +430,15 @@ def test_damaged_cache_rows_are_captured_again(base, baseline, tmp_path, capsys,
 def test_damaged_cache_manifest_stops_with_a_message(base, baseline, tmp_path, capsys):
     cache = tmp_path / "cache"
     shutil.copytree(base / "cache", cache)
-    (fit_cache(cache) / "manifest.json").write_text('{"key": ')
+    folder = fit_cache(cache)
+    (folder / "manifest.json").write_text('{"key": ')
     assert main(run_args(base / "data", tmp_path / "out", cache)) == 2
-    assert "has a damaged manifest.json; delete" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"feature cache {folder} has a damaged manifest.json; delete {folder} and rerun" in err
+    assert "Traceback" not in err and not (tmp_path / "out" / "aggregate_metrics.json").exists()
+    shutil.rmtree(folder)  # as the message says: the rerun captures that split again, to the same numbers
+    assert main(run_args(base / "data", tmp_path / "out", cache)) == 0
+    assert (tmp_path / "out" / "aggregate_metrics.json").read_bytes() == baseline
 
 
 @pytest.fixture

@@ -1,12 +1,16 @@
-"""Fitting: the L2 penalty chosen on held-out fit images, and what is recorded about it."""
+"""Fitting: the L2 penalty chosen on held-out fit images, what is recorded about it, the convex solver's
+preconditioning and stacking, the solvers against each other, and targets computed a chunk of rows at a time."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vision_lens.fit import PENALTY_GRID, FitSettings, fit_lens, validation_split
 from vision_lens.lenses import LensConfig, LinearProbe
 from vision_lens.readout import FeatureLayout
+
+pytestmark = pytest.mark.unit
 
 
 def probe_for(channels: int, classes: int) -> LinearProbe:
@@ -20,13 +24,14 @@ def test_penalty_is_weak_for_a_well_posed_problem_and_strong_for_noise():
     x = torch.randn(3000, 5, generator=gen)
     y = torch.multinomial((x @ torch.randn(5, 3, generator=gen) * 3).softmax(-1), 1, generator=gen)[:, 0]
     (record,) = fit_lens(probe_for(5, 3), [x], y, settings=FitSettings())
-    assert record["weight_decay"] <= 1e-5, record
+    assert record.weight_decay <= 1e-5, record
     # Noise: few images, many features, labels unrelated to them: only a strong penalty generalises.
     x = torch.randn(80, 200, generator=gen)
     y = torch.randint(0, 3, (80,), generator=gen)
     (record,) = fit_lens(probe_for(200, 3), [x], y, settings=FitSettings())
-    assert record["weight_decay"] == max(PENALTY_GRID), record
-    assert set(record["validation_loss_nats"]) == {repr(wd) for wd in PENALTY_GRID}
+    assert record.weight_decay == max(PENALTY_GRID), record
+    assert set(record.validation_loss_nats) == {repr(wd) for wd in PENALTY_GRID}
+    assert record.weight_decay == float(min(record.validation_loss_nats, key=record.validation_loss_nats.get))
 
 
 def test_a_fixed_penalty_skips_the_search_and_is_recorded():
@@ -34,8 +39,9 @@ def test_a_fixed_penalty_skips_the_search_and_is_recorded():
     x = torch.randn(200, 4, generator=gen)
     y = (x[:, 0] > 0).long()
     (record,) = fit_lens(probe_for(4, 2), [x], y, settings=FitSettings(weight_decay=1e-3))
-    assert record["weight_decay"] == 1e-3 and "validation_loss_nats" not in record
-    assert record["iterations"] > 0 and record["loss_nats"] < 0.3
+    assert record.weight_decay == 1e-3 and record.validation_loss_nats is None
+    assert "validation_loss_nats" not in record.to_dict() and record.solver == "convex"
+    assert record.steps > 0 and record.loss_nats < 0.3
 
 
 def test_validation_split_is_seeded_disjoint_and_complete():
@@ -65,66 +71,17 @@ def test_translators_that_transfer_share_one_standardisation():
     assert not torch.allclose(probe[0].mean, probe[1].mean[: probe[0].mean.numel()])
 
 
-def test_solving_every_block_at_once_reaches_each_blocks_own_optimum():
-    """The batched solve against each module minimised alone, through the lens's own forward pass."""
-    import copy
-
-    import torch.nn.functional as F
-
-    from vision_lens.adapters import create_adapter
-    from vision_lens.lenses import build_lenses
-
-    adapter = create_adapter("cifar:resnet8", weights="random", seed=0)
-    layout = FeatureLayout.of(adapter.blocks, 1)
-    gen = torch.Generator().manual_seed(0)
-    features = [torch.rand(1000, layout.width(k), generator=gen) * (k + 1) for k in range(len(adapter.blocks))]
-    final = torch.randn(1000, 10, generator=gen) * 2
-    labels = torch.randint(0, 10, (1000,), generator=gen)
-    lenses = build_lenses(adapter, layout, ["tuned", "linear_probe"])
-    wd = 1e-2
-    for lens_type, target in (("tuned", final), ("linear_probe", None)):
-        lens = lenses[lens_type]
-        fit_lens(lens, features, labels, target, FitSettings(max_iter=500, weight_decay=wd))
-
-        def objective(lens, k):
-            logits = lens(features[k], k)
-            if target is None:
-                loss = F.cross_entropy(logits, labels)
-            else:
-                loss = F.kl_div(logits.log_softmax(-1), target.log_softmax(-1), log_target=True, reduction="batchmean")
-            return loss + wd / 2 * sum(p.square().sum() for p in lens.params[k].linear.parameters())
-
-        for k in range(len(adapter.blocks)):
-            alone = copy.deepcopy(lens)
-            linear = alone.params[k].linear
-            torch.nn.init.zeros_(linear.weight), torch.nn.init.zeros_(linear.bias)
-            optimizer = torch.optim.LBFGS(list(linear.parameters()), max_iter=500, line_search_fn="strong_wolfe",
-                                          tolerance_grad=1e-9, tolerance_change=1e-12)
-
-            def closure():
-                optimizer.zero_grad()
-                loss = objective(alone, k)
-                loss.backward()
-                return loss
-
-            optimizer.step(closure)
-            # Ours is no worse than the reference solve, to float32 precision (the reference reaches the optimum, so
-            # a lens short of it fails); the logits then agree (the weights only up to flat directions).
-            assert objective(lens, k).item() <= closure().item() + 1e-5
-            with torch.no_grad():
-                torch.testing.assert_close(lens(features[k], k), alone(features[k], k), atol=2e-2, rtol=1e-2)
-
-
 def test_modules_stack_by_shape_and_active_inputs():
-    from vision_lens.fit import _solve_plan, _stacks
+    from vision_lens.fit.convex import stacks
+    from vision_lens.fit.selection import SOLVE_PARAMETERS, solve_plan
 
     shapes = [(1, 10)] * 5 + [(2, 10)]
-    stacks = _stacks(shapes, [64, 60, 16, 15, 32, 32])
-    assert stacks == [[0, 1], [4], [2, 3], [5]]  # 60 >= 0.75 * 64 stacks with 64; 32 does not; (2, 10) apart
-    assert _solve_plan([[0, 1], [4]], [10 * 64] * 5) == [[0, 1], [4]]
-    budget = 2**24  # a stack over the parameter budget is split, down to one module per solve
-    assert _solve_plan([[0, 1, 2]], [budget // 2] * 3) == [[0, 1], [2]]
-    assert _solve_plan([[0, 1]], [budget * 2] * 2) == [[0], [1]]
+    found = stacks(shapes, [64, 60, 16, 15, 32, 32])
+    assert found == [[0, 1], [4], [2, 3], [5]]  # 60 >= 0.75 * 64 stacks with 64; 32 does not; (2, 10) apart
+    assert solve_plan([[0, 1], [4]], [10 * 64] * 5) == [[0, 1], [4]]
+    budget = SOLVE_PARAMETERS  # a stack over the parameter budget is split, down to one module per solve
+    assert solve_plan([[0, 1, 2]], [budget // 2] * 3) == [[0, 1], [2]]
+    assert solve_plan([[0, 1]], [budget * 2] * 2) == [[0], [1]]
 
 
 def _direct_optimum(probe: LinearProbe, x: torch.Tensor, y: torch.Tensor, wd: float) -> float:
@@ -166,14 +123,14 @@ def test_preconditioned_solve_reaches_the_optimum_in_few_iterations():
             ours = float(F.cross_entropy(probe(x, 0), y)) + wd / 2 * sum(
                 float(p.square().sum()) for p in probe.params[0].linear.parameters())
         assert ours <= _direct_optimum(probe, x, y, wd) + 1e-5, (images, channels)
-        assert record["iterations"] < 50, record
+        assert record.steps < 50, record
 
 
 def test_symmetric_eigh_holds_where_lapack_eigh_fails_to_converge():
     """A label mean spread over 81 of 1,000 classes: the softmax curvature has 920 exactly zero and 80 exactly
     equal eigenvalues, on which this torch's LAPACK eigh fails to converge (a ResNet-50 run on 100 synthetic
     ImageNet images stopped there)."""
-    from vision_lens.fit import _symmetric_eigh
+    from vision_lens.fit.convex import _symmetric_eigh
 
     mean = torch.zeros(1000, dtype=torch.float64)
     mean[torch.arange(81) * 12] = 1 / 81
@@ -184,7 +141,7 @@ def test_symmetric_eigh_holds_where_lapack_eigh_fails_to_converge():
 
 
 def test_the_svd_fallback_is_an_eigendecomposition_and_moves_no_optimum(monkeypatch):
-    from vision_lens.fit import _symmetric_eigh
+    from vision_lens.fit.convex import _symmetric_eigh
 
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(400, 6, generator=gen)
@@ -208,10 +165,10 @@ def test_the_svd_fallback_is_an_eigendecomposition_and_moves_no_optimum(monkeypa
         torch.testing.assert_close(p, q, rtol=0, atol=1e-3)
 
 
-def test_the_autograd_fitter_reaches_the_fast_solvers_optimum_on_a_linear_head(monkeypatch):
+def test_the_autograd_fitter_reaches_the_fast_solvers_optimum_on_a_linear_head():
     """Both fitters, on one linear-head problem (penalty chosen on the grid), land on the same translators."""
     from vision_lens.adapters import create_adapter
-    from vision_lens.lenses import TunedLens, build_lenses
+    from vision_lens.lenses import build_lenses
 
     adapter = create_adapter("cifar:resnet8", weights="random", seed=0)
     layout = FeatureLayout.of(adapter.blocks, 1)
@@ -219,14 +176,13 @@ def test_the_autograd_fitter_reaches_the_fast_solvers_optimum_on_a_linear_head(m
     features = [torch.randn(600, layout.width(k), generator=gen) * (k + 1) for k in range(len(adapter.blocks))]
     final = features[-1][:, :64] @ adapter.unembed.weight.T * 3 + torch.randn(600, 10, generator=gen)
     fitted = {}
-    for linear in (True, False):
-        monkeypatch.setattr(TunedLens, "decodes_linearly", property(lambda self, linear=linear: linear))
+    for solver in ("convex", "autograd"):
         lens = build_lenses(adapter, layout, ["tuned"])["tuned"]
-        records = fit_lens(lens, features, final.argmax(-1), final, FitSettings(max_iter=500))
-        fitted[linear] = (lens, records)
-    (fast, fast_records), (general, general_records) = fitted[True], fitted[False]
-    assert all("solver" in r for r in general_records) and not any("solver" in r for r in fast_records)
-    assert [r["weight_decay"] for r in general_records] == [r["weight_decay"] for r in fast_records]
+        records = fit_lens(lens, features, final.argmax(-1), final, FitSettings(max_iter=500), solver=solver)
+        fitted[solver] = (lens, records)
+    (fast, fast_records), (general, general_records) = fitted["convex"], fitted["autograd"]
+    assert {r.solver for r in fast_records} == {"convex"} and {r.solver for r in general_records} == {"autograd"}
+    assert [r.weight_decay for r in general_records] == [r.weight_decay for r in fast_records]
     for a, b, ra, rb in zip(fast.params, general.params, fast_records, general_records):
-        assert abs(ra["loss_nats"] - rb["loss_nats"]) < 1e-4 * max(1.0, ra["loss_nats"]), (ra, rb)
+        assert abs(ra.loss_nats - rb.loss_nats) < 1e-4 * max(1.0, ra.loss_nats), (ra, rb)
         torch.testing.assert_close(b.linear.weight, a.linear.weight, atol=2e-3, rtol=2e-2)

@@ -13,6 +13,8 @@ from vision_lens.analysis import summarise_transfer
 from vision_lens.artifacts import read_manifest
 from vision_lens.frontier import FRONTIER_STRENGTHS
 
+pytestmark = pytest.mark.integration
+
 
 def _run(tmp_path, data, name, *extra):
     out = tmp_path / name
@@ -27,9 +29,13 @@ def test_the_default_sweep_spans_1e_6_to_1_in_half_decades():
     assert np.allclose(np.diff(np.log10(FRONTIER_STRENGTHS)), 0.5, atol=2e-3)
 
 
-def test_a_frontier_point_equals_a_direct_fit_at_that_strength(tmp_path, tiny_data):
+def test_a_frontier_point_equals_a_direct_fit_at_that_strength(tmp_path, tiny_data, monkeypatch):
     run = _run(tmp_path, tiny_data, "run")
-    assert main(["frontier", str(run), "--strengths", "0.01", "0.1", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert json.loads((run / "run.json").read_text())["options"]["cache_dir"] == str(tmp_path / "cache")
+    # Without --cache-dir the frontier reads the run's cache, as run.json records it, not the default one.
+    monkeypatch.setenv("VISION_LENS_CACHE", str(tmp_path / "default-cache"))
+    assert main(["frontier", str(run), "--strengths", "0.01", "0.1"]) == 0
+    assert not (tmp_path / "default-cache").exists()  # preflight would have created its features/ folder
     frontier = json.loads((run / "frontier.json").read_text())
     assert [p["weight_decay"] for p in frontier["points"]] == [0.01, 0.1]
     direct = _run(tmp_path, tiny_data, "direct", "--weight-decay", "0.01")

@@ -14,6 +14,8 @@ from hypothesis.extra.numpy import arrays
 from vision_lens import metrics
 from vision_lens.metrics import evaluate_lenses, per_image_metrics, transfer_penalty
 
+pytestmark = pytest.mark.unit
+
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 finite = st.floats(-30, 30, allow_nan=False, width=32)
 
@@ -144,18 +146,23 @@ def test_penalty_diagonal_is_exactly_zero(problem):
         assert transfer_ce[k][k] is None or transfer_ce[k][k] == pytest.approx(tuned["ce"][k], rel=1e-5, abs=1e-6)
 
 
+@st.composite
+def transfer_tables(draw, max_blocks: int = 6):
+    """``ce[layer_i][layer_j]``: a square table of finite values and None (undefined) anywhere, the diagonal too."""
+    n = draw(st.integers(1, max_blocks))
+    keys = [f"layer_{k}" for k in range(n)]
+    return {i: {j: draw(st.one_of(st.none(), finite)) for j in keys} for i in keys}
+
+
 @FAST
-@given(st.dictionaries(st.integers(0, 5), st.one_of(st.none(), finite), min_size=1))
-def test_transfer_penalty_diagonal_is_zero_and_none_propagates(diagonal):
-    keys = [f"layer_{k}" for k in sorted(diagonal)]
-    ce = {i: {j: (diagonal[int(j[6:])] if i == j else 1.5) for j in keys} for i in keys}
+@given(transfer_tables())
+def test_transfer_penalty_is_each_cell_minus_its_columns_diagonal_and_none_propagates(ce):
     penalty = transfer_penalty(ce)
-    for i in keys:
-        for j in keys:
-            if ce[j][j] is None or ce[i][j] is None:
+    assert list(penalty) == list(ce) and all(list(penalty[i]) == list(ce[i]) for i in ce)
+    for i in ce:
+        for j in ce:
+            if ce[i][j] is None or ce[j][j] is None:  # undefined on either side: undefined, never a number
                 assert penalty[i][j] is None
-            elif i == j:
-                assert penalty[i][j] == 0.0
-            else:
-                assert penalty[i][j] == ce[i][j] - ce[j][j]
+            else:  # the same block's translator on block j is the reference, so the diagonal is exactly 0
+                assert penalty[i][j] == ce[i][j] - ce[j][j] and (i != j or penalty[i][j] == 0.0)
 

@@ -58,7 +58,7 @@ def test_layerwise_block_axis_draws_the_json(resnet20_run):
     lines = lines_by_label(ax)
     assert set(lines) == {"tuned lens", "shared tuned lens", "logit lens", "linear probe", "model output", "chance (1/10)"}
     for lens_type in ("tuned", "shared", "logit", "linear_probe"):
-        y = lines[plotting.LENS_LABELS[lens_type]].get_ydata()
+        y = lines[plotting.lens_label(lens_type)].get_ydata()
         assert np.allclose(y, [aggregate[lens_type]["acc"][f"layer_{k}"] for k in range(10)])
     assert lines["model output"].get_ydata()[0] == aggregate["baseline"]["acc"]["final"]
     assert [t.get_text() for t in ax.get_xticklabels()] == run.block_names

@@ -20,6 +20,7 @@ def _toy_problem(seed: int):
     return translator, lambda step: ((translator(x[step % 4::4]) - target[step % 4::4]) ** 2).sum()
 
 
+@pytest.mark.unit
 def test_parameters_agree_step_for_step_with_tuned_lens_own_optimizer_and_scheduler():
     ingredients = pytest.importorskip("tuned_lens.scripts.ingredients", reason="tuned-lens is a test extra")
     ours, ours_loss = _toy_problem(0)
@@ -54,6 +55,7 @@ def test_parameters_agree_step_for_step_with_tuned_lens_own_optimizer_and_schedu
     assert not torch.equal(trajectory[-1][0], trajectory[0][0])
 
 
+@pytest.mark.integration
 def test_a_run_under_the_recipe_records_it_and_keeps_the_probe_optimal(tmp_path, tiny_data):
     from vision_lens.cli import main
 

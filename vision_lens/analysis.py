@@ -156,15 +156,6 @@ def penalty_profiles(
     return profiles
 
 
-def penalty_by_distance(run: RunResults, lens_type: str = "tuned", normalise: bool = False) -> np.ndarray:
-    """Mean transfer penalty over the cells with ``|i - j| = d``, for d = 0 .. blocks-1; null cells ignored.
-
-    With ``normalise`` the penalties are divided by :func:`mean_diagonal_ce`,
-    so runs reported in different units (bits per image, bits per byte) compare.
-    """
-    return penalty_profiles(run, lens_type, normalise=normalise)["all"].mean
-
-
 def stage_boundaries(run: RunResults) -> list[int]:
     """Block indices k where a new stage starts (blocks k-1 and k differ in
     :attr:`~vision_lens.artifacts.RunResults.block_stages`); none for runs without block names."""
@@ -176,7 +167,8 @@ def summarise_transfer(run: RunResults) -> dict:
     """The transfer summary of one evaluated run (a point of ``vision-lens frontier``): the mean own CE (each
     translator on its own block), the mean penalty between neighbouring blocks within a stage and across stages
     (None where no such pair exists), the penalty by distance, and the shared lens's gap (its CE minus the tuned
-    lens's, averaged over the blocks where both are defined)."""
+    lens's, averaged over the blocks where both are defined; None where none is, or the run fitted no shared
+    lens)."""
     penalty = transfer_matrix(run, "penalty")
     groups = pair_groups(run.block_stages)
     neighbours = np.abs(np.subtract.outer(np.arange(len(penalty)), np.arange(len(penalty)))) == 1
@@ -186,7 +178,7 @@ def summarise_transfer(run: RunResults) -> dict:
         return float(values.mean()) if len(values) else None
 
     tuned, shared = (np.array([np.nan if v is None else v for v in run.aggregate[t]["ce"].values()], dtype=float)
-                     for t in ("tuned", "shared"))
+                     if t in run.aggregate else np.full(len(penalty), np.nan) for t in ("tuned", "shared"))
     gap = shared - tuned
     by_distance = penalty_profiles(run)["all"].mean
     return {

@@ -41,6 +41,7 @@ from typing import Iterable, Mapping
 
 from .errors import UserError
 from .files import FolderBusyError, FolderLock, write_text_atomic
+from .schema import MANIFEST, RUN_INFO, SCHEMA_KEY, UNVERSIONED, schema_version, upgrade_fit_v1
 
 INTERVALS_FILE = "aggregate_metrics_ci.json"
 RESULT_FILES = ("aggregate_metrics.json", "batches.jsonl", "layers.json", "metrics.csv", "run.json")
@@ -84,11 +85,13 @@ def read_manifest(folder: str | Path) -> dict | None:
             and isinstance(manifest.get("files"), list)):
         raise RunFolderError(f"{path} is damaged (expected {{\"complete\": bool, \"files\": [...]}}); check the "
                              "folder by hand and remove it")
+    schema_version(manifest, MANIFEST, path)  # versions 1 and 2 hold the same fields
     return manifest
 
 
 def _write_manifest(folder: Path, complete: bool, files: Iterable[str]) -> None:
-    write_text_atomic(folder / MANIFEST_NAME, json.dumps({"complete": complete, "files": sorted(files)}, indent=1))
+    write_text_atomic(folder / MANIFEST_NAME, json.dumps({SCHEMA_KEY: MANIFEST, "complete": complete,
+                                                          "files": sorted(files)}, indent=1))
 
 
 def add_to_manifest(folder: str | Path, name: str) -> None:
@@ -361,14 +364,16 @@ def tidy_rows(aggregate: dict, layers: dict[str, str]) -> list[dict]:
 
 def write_results(
     out: Path, aggregate: dict, batches: list[dict], layers: dict[str, str], run: dict, intervals: dict | None = None
-) -> None:
-    """Write the result files; the folder counts as incomplete until ``mark_complete``."""
+) -> "RunResults":
+    """Write the result files, and return them as :func:`load_results` would read them back (undefined values
+    null), for the figures and the report; the folder counts as incomplete until ``mark_complete``."""
     manifest = read_manifest(out)
     _write_manifest(out, complete=False, files=manifest["files"] if manifest else [])
-    aggregate = undefined_as_null(aggregate)
+    aggregate, run = undefined_as_null(aggregate), undefined_as_null(run)
+    intervals = None if intervals is None else undefined_as_null(intervals)
     _dump(out / "aggregate_metrics.json", aggregate)
     if intervals is not None:
-        _dump(out / INTERVALS_FILE, undefined_as_null(intervals))
+        _dump(out / INTERVALS_FILE, intervals)
     write_text_atomic(out / "batches.jsonl", json.dumps(undefined_as_null(batches), allow_nan=False) + "\n")
     _dump(out / "layers.json", layers)
     _dump(out / "run.json", run)
@@ -377,6 +382,7 @@ def write_results(
     writer.writeheader()
     writer.writerows(tidy_rows(aggregate, layers))
     write_text_atomic(out / "metrics.csv", table.getvalue())
+    return RunResults(out, run.get("model", out.name), aggregate, dict(layers), run, intervals)
 
 
 @dataclass
@@ -396,15 +402,22 @@ class RunResults:
         return [self.layers[k] for k in layer_keys(self.layers)]
 
     @property
+    def schema(self) -> int:
+        """The version of its run.json (``schema``); 1 for folders without one and for tuned-lens output."""
+        return self.run.get(SCHEMA_KEY, UNVERSIONED)
+
+    @property
     def block_stages(self) -> list[str]:
         """Each block's stage, as its adapter gave it (run.json's ``block_stages``); empty without block names.
 
-        Runs written before run.json recorded stages were all CIFAR ResNets or Inceptions, whose stage is
-        the block name up to its first ``.`` (``layer2.1`` -> ``layer2``; ``inception4a``: its own).
+        Version-1 runs that did not record stages were all CIFAR ResNets or Inceptions, whose stage is the block
+        name up to its first ``.`` (``layer2.1`` -> ``layer2``; ``inception4a``: its own).
         """
         if "block_stages" in self.run:
             return list(self.run["block_stages"])
-        return [name.split(".", 1)[0] for name in self.block_names]
+        if self.schema == UNVERSIONED:
+            return [name.split(".", 1)[0] for name in self.block_names]
+        raise RunFolderError(f"{self.path}/run.json lacks block_stages; it is damaged, rerun the run")
 
 
 AGGREGATE_SCHEMA = (
@@ -487,6 +500,8 @@ def load_results(path: str | Path) -> RunResults:
     run = read_json(run_path, "an object of run settings") if run_path.is_file() else {}
     if not isinstance(run, dict):
         raise RunFolderError(f"{run_path}: expected an object of run settings, not a {type(run).__name__}")
+    if schema_version(run, RUN_INFO, run_path) == UNVERSIONED and isinstance(run.get("fit"), dict):
+        run = run | {"fit": {name: upgrade_fit_v1(fit) for name, fit in run["fit"].items()}}
     intervals_path = path / INTERVALS_FILE
     intervals = _read_values(intervals_path, "the nesting of aggregate_metrics.json with [low, high] leaves", notes) \
         if intervals_path.is_file() else None

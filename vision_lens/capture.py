@@ -198,6 +198,7 @@ def capture(
     desc: str = "capture",
     bf16: bool = False,
     channels_last: bool | None = None,
+    key: dict | None = None,
 ) -> FeatureCache:
     """Capture ``source[indices]`` into the cache under ``cache_root``, resuming if possible.
 
@@ -211,11 +212,12 @@ def capture(
     (default: on CUDA devices) hands the backbone its input in that memory
     layout; it changes no value, so it is not part of the key. ``batch_size``
     and ``workers`` default to :func:`default_batch_size` and :func:`default_workers` of the device; on the CPU
-    the workers decode in phases (:func:`loads_in_phases`).
+    the workers decode in phases (:func:`loads_in_phases`). ``key`` is :func:`capture_key` of these images where
+    the caller has it already (preflight's plan).
     """
     dims = [layout.width(k) for k in range(len(layout.blocks))]
     aux_blocks = tuple(k for k, b in enumerate(adapter.blocks) if b.name in adapter.aux_classifiers)
-    key = capture_key(adapter, source, indices, layout, bf16)
+    key = key or capture_key(adapter, source, indices, layout, bf16)
     cache = FeatureCache.open(
         cache_root, key, len(indices), dims, adapter.num_classes, aux_blocks,
         content_ids=lambda n: source.content_ids(indices[:n], cache_root),

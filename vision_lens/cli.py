@@ -11,9 +11,9 @@ import dataclasses
 import os
 import signal
 import sys
-from pathlib import Path
 
 from . import __version__
+from .lens_kinds import lens_kinds
 from .options import EvalOptions, RunOptions
 
 
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vision-lens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, cls, text in (
-        ("train", RunOptions, "capture the fit split and fit a tuned lens, a shared tuned lens and a linear probe on every block"),
+        ("train", RunOptions, "capture the fit split and fit every lens kind of --lenses (by default a tuned lens, a "
+         "shared tuned lens and a linear probe) on every block"),
         ("eval", EvalOptions, "evaluate lenses from `train` (and the logit lens) on the eval split"),
         ("run", RunOptions, "train, then eval, into one output folder"),
     ):
@@ -61,20 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="vision-lens run folders, tuned-lens eval folders or aggregate_metrics.json files")
     compare.add_argument("--out", required=True, help="figure file to write; its suffix sets the format (.png, .pdf)")
     compare.add_argument("--lens-types", nargs="+", default=["tuned", "logit"],
-                         choices=["tuned", "shared", "logit", "linear_probe"],
+                         choices=[kind.name for kind in lens_kinds()],
                          help="lenses drawn in the CE and KL panels (default: tuned logit)")
     compare.add_argument("--label", action="append", dest="labels", metavar="NAME",
                          help="name of an input in the legend; repeat once per input, in the order of the inputs "
                          "(default: the model in run.json, or the folder name)")
-    text = ("refit a run's tuned and shared lenses from its feature cache at a common sweep of L2 strengths "
-            "(1e-6 ... 1, half-decades; the same for every block) and write DIR/frontier.json: own CE, neighbour "
+    text = ("refit a run's lenses fitted to the model's output (tuned, shared) from its feature cache at a common "
+            "sweep of L2 strengths (1e-6 ... 1, half-decades; the same for every block) and write DIR/frontier.json: own CE, neighbour "
             "penalties within and across stages, penalty by distance and the shared lens's gap per strength")
     frontier = sub.add_parser("frontier", help=text, description=text)
     frontier.add_argument("run", metavar="DIR", help="a run folder written by `vision-lens run`")
     frontier.add_argument("--strengths", nargs="+", type=float, default=None, metavar="WD",
                           help="the L2 strengths (default: 1e-6 ... 1 in half-decades)")
-    frontier.add_argument("--cache-dir", default=None, help="feature cache root (default: the run's, or "
-                          "$VISION_LENS_CACHE or ~/.cache/vision_lens)")
+    frontier.add_argument("--cache-dir", default=None, help="feature cache root (default: the run's, as its run.json "
+                          "records it; for runs that did not record it, $VISION_LENS_CACHE or ~/.cache/vision_lens)")
     frontier.add_argument("--workers", type=int, default=None, help="data-loading workers (default: the run's)")
     text = "rebuild report.html (plots, per-block metrics, provenance) for one run, or several side by side"
     report = sub.add_parser("report", help=text, description=text)
@@ -103,7 +104,9 @@ def leave_ctrl_c_to_this_process() -> None:
         _forks_ignore_ctrl_c = True
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, on_stage=None) -> int:
+    """``vision-lens`` with ``argv``; ``on_stage`` (see ``pipeline``) is told as each stage of ``train``, ``eval``
+    and ``run`` starts and ends. Returns the exit status."""
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     if command == "models":  # no torch: answers at once
@@ -142,11 +145,9 @@ def main(argv: list[str] | None = None) -> int:
 
             out = report_runs(args["runs"], args["out"])
         elif command == "eval":
-            opts = EvalOptions(**args)
-            out = pipeline.evaluate(opts, Path(opts.lens))
+            out = pipeline.evaluate(EvalOptions(**args), on_stage=on_stage)
         else:
-            opts = RunOptions(**args)
-            out = getattr(pipeline, command)(opts)
+            out = getattr(pipeline, command)(RunOptions(**args), on_stage=on_stage)
     except (UserError, FileNotFoundError) as exc:  # a bare ValueError is a bug: its traceback goes through
         print(f"vision-lens {command}: error: {exc}", file=sys.stderr)
         return 2

@@ -38,7 +38,7 @@ from .analysis import (ResultsLike, as_results, defined_transfer, has_transfer, 
 from .artifacts import RunFolderError, RunResults, require_complete
 from .files import write_text_atomic
 from .errors import OptionError
-from .plotting import LENS_LABELS, LENS_STYLES, palette, penalty_vs_distance
+from .plotting import lens_label, lens_style, palette, penalty_vs_distance
 
 COMPARED_METRICS = ("ce", "kl")
 MIN_FONT_SIZE = 8  # points, at the saved figure size
@@ -129,7 +129,7 @@ def compare(
                 if np.isfinite(layer_values(run.aggregate[lens_type][metric])).sum() < 2:
                     continue  # defined at one block only (an Inception's logit lens): no curve to normalise
                 x, y = normalised_layerwise(run, metric, lens_type)
-                ax.plot(x, y, LENS_STYLES.get(lens_type, "-"), marker="o", ms=3, color=colours[r_i % len(colours)],
+                ax.plot(x, y, ls=lens_style(lens_type), marker="o", ms=3, color=colours[r_i % len(colours)],
                         label=f"{lens_type} · {run.name}")
                 styles_used += [lens_type] if lens_type not in styles_used else []
         ax.axhline(1, color="grey", lw=0.8, ls=":")
@@ -153,7 +153,7 @@ def compare(
 
     # Every panel is unitless, so the legend names the inputs without a unit.
     run_handles = [Line2D([], [], color=colours[i % len(colours)], lw=2.5, label=run.name) for i, run in enumerate(runs)]
-    style_handles = [Line2D([], [], color="black", ls=LENS_STYLES.get(t, "-"), label=LENS_LABELS.get(t, t))
+    style_handles = [Line2D([], [], color="black", ls=lens_style(t), label=lens_label(t))
                      for t in styles_used]
     fig.legend(handles=run_handles + style_handles, loc="lower center", ncol=min(len(runs) + len(styles_used), 5),
                frameon=False, fontsize=9)

@@ -111,11 +111,9 @@ class ContentHashIndex:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=60)
             self.db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INT, mtime_ns INT, sha256 TEXT)")
-            self.writable = True
         except (OSError, sqlite3.Error):
             self.db = sqlite3.connect(":memory:")
             self.db.execute("CREATE TABLE files (path TEXT PRIMARY KEY, size INT, mtime_ns INT, sha256 TEXT)")
-            self.writable = False
 
     def hashes(self, paths: Sequence[str | Path]) -> list[str]:
         """The SHA-256 of each file, read from the index where the file is unchanged."""

@@ -1,6 +1,8 @@
 """``vision-lens frontier``: the transfer penalty across the whole range of regularisation, not at one fit.
 
-A run's tuned and shared lenses are refitted from its feature cache at a common
+A run's lenses fitted to the model's output (tuned and shared; every such kind the run fitted, as the
+lens-kind registry declares them) are refitted from its feature cache, as its run.json records the run
+(the cache folder too), at a common
 sweep of L2 strengths, the same strength for every block (``FRONTIER_STRENGTHS``:
 1e-6 ... 1 in half-decades), each a direct fit at that strength (``fit_lens`` with
 ``weight_decay`` fixed), and evaluated on the run's eval images. Per strength
@@ -28,9 +30,10 @@ from .artifacts import (FRONTIER_FILE, RunFolderError, RunResults, add_to_manife
                         require_complete, writing_into)
 from .files import write_text_atomic
 from .fit import FitSettings, fit_lens
+from .lens_kinds import kind_names, lens_kind
 from .lenses import build_lenses
 from .metrics import evaluate_lenses
-from .options import RunOptions
+from .options import RunOptions, default_cache_dir
 from .pipeline import capture_split, load_model, preflight
 from .readout import FeatureLayout
 
@@ -39,14 +42,18 @@ FRONTIER_STRENGTHS = tuple(float(f"{10 ** (e / 2):.3g}") for e in range(-12, 1))
 
 
 def run_options(run_dir: Path, **overrides) -> RunOptions:
-    """The options a run was made with (its run.json), as RunOptions; ``overrides`` replace some."""
+    """The options a run was made with (its run.json), as RunOptions; ``overrides`` replace some. A run that did not
+    record its feature cache (written before run.json held it) gets the default one."""
     recorded = load_results(run_dir).run.get("options", {})
     known = {f.name for f in fields(RunOptions)}
-    return RunOptions(**({k: v for k, v in recorded.items() if k in known} | {"out": str(run_dir)} | overrides))
+    defaults = {"cache_dir": default_cache_dir()}
+    return RunOptions(**(defaults | {k: v for k, v in recorded.items() if k in known} | {"out": str(run_dir)}
+                         | overrides))
 
 
 def frontier(run_dir: str | Path, strengths: Sequence[float] = FRONTIER_STRENGTHS, **overrides) -> Path:
-    """Refit ``run_dir``'s tuned and shared lenses at every strength, evaluate them, write ``frontier.json``.
+    """Refit ``run_dir``'s lenses fitted to the model's output at every strength, evaluate them, write
+    ``frontier.json``.
 
     The run folder's writer lock is held from before the first check to the last write, as a run holds its --out:
     no other process writes the folder, nor removes it with ``--overwrite``, while it is refitted.
@@ -69,24 +76,25 @@ def sweep(run_dir: Path, strengths: Sequence[float], **overrides) -> dict:
     base = load_results(run_dir)
     if base.run.get("model") is None:
         raise RunFolderError(f"{run_dir} has no run.json of `vision-lens run`; the frontier refits a run of ours")
-    opts = run_options(run_dir, **overrides)
-    adapter = load_model(opts)
+    adapter, opts = load_model(run_options(run_dir, **overrides))
     layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
-    sources = preflight(opts, adapter, (opts.fit_split, opts.eval_split), layout)
-    fit = capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout, sources[opts.fit_split])
-    held_out = capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout, sources[opts.eval_split])
+    plans = preflight(opts, adapter, (opts.fit_split, opts.eval_split), layout)
+    fit = capture_split(adapter, opts, plans[opts.fit_split], layout)
+    held_out = capture_split(adapter, opts, plans[opts.eval_split], layout)
     target = fit.logits if opts.loss == "kl" else None
+    refitted = [name for name in kind_names(base.run.get("fit")) if lens_kind(name).fitted_to == "output"]
     stages = [b.stage for b in adapter.blocks]
     layers = {f"layer_{k}": b.name for k, b in enumerate(adapter.blocks)}
     points = []
     for strength in strengths:
         print(f"[vision-lens] frontier: weight decay {strength:g}", file=sys.stderr)
-        lenses = build_lenses(adapter, layout, ("tuned", "shared"))
+        lenses = build_lenses(adapter, layout, refitted)
         settings = FitSettings(opts.max_iter, strength, seed=opts.seed)
         for lens_type, lens in lenses.items():
             fit_lens(lens, fit.features, fit.labels, target, settings, desc=f"fit {lens_type} at {strength:g}")
         with torch.no_grad():
-            aggregate, _ = evaluate_lenses(lenses, held_out.features, held_out.logits, held_out.labels)
+            aggregate, _ = evaluate_lenses(lenses, held_out.features, held_out.logits, held_out.labels,
+                                           transfer=tuple(name for name in lenses if lens_kind(name).transfers))
         point = RunResults(run_dir, base.name, aggregate, layers, {"block_stages": stages})
         points.append({"weight_decay": strength} | summarise_transfer(point))
     return {

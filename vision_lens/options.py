@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import OptionError
+from .lens_kinds import kind_names, lens_kind, lens_kinds
 
 
 def default_cache_dir() -> str:
@@ -144,8 +145,9 @@ class RunOptions(CommonOptions):
     fit_limit: int = _opt(None, "fit on this many images, a subset chosen by --seed (default: all)", type=int)
     loss: str = _opt("kl", "tuned-lens objective: kl (to the model's output, as tuned-lens) or ce (labels)",
                      choices=("kl", "ce"))
-    max_iter: int = _opt(100, "L-BFGS iterations per solve (each lens is a convex problem, solved full-batch)",
-                         type=int)
+    max_iter: int = _opt(100, "L-BFGS iterations per solve of the default fit, by the convex solver and by autograd "
+                         "alike (each solve is full-batch and stops earlier at its tolerance; --recipe tuned-lens "
+                         "takes its own 250 steps)", type=int)
     weight_decay: float = _opt(
         None,
         "a fixed L2 penalty on lens parameters (pulls tuned lenses towards the logit lens); default: chosen per "
@@ -158,6 +160,10 @@ class RunOptions(CommonOptions):
         "optimum", "how the tuned and shared translators are fitted: optimum (each to its penalised optimum, the "
         "penalty chosen on held-out fit images) or tuned-lens (tuned-lens train's default recipe: SGD, 250 steps, "
         "weight decay 1e-3, raw inputs); the linear probe always takes the optimum", choices=("optimum", "tuned-lens"))
+    lenses: list = _opt(
+        None, "lens kinds to fit, of " + ", ".join(k.name for k in lens_kinds() if k.fitted) + " (default: "
+        + " ".join(kind_names()) + "; the logit lens is always evaluated)", nargs="+",
+        choices=[k.name for k in lens_kinds() if k.fitted], metavar="KIND")
 
     def __post_init__(self):
         super().__post_init__()
@@ -167,6 +173,13 @@ class RunOptions(CommonOptions):
         if self.weight_decay is not None:
             check_penalty("--weight-decay", self.weight_decay,
                           ", or leave it out to choose one per block on held-out images")
+        if self.lenses is not None:
+            unfitted = [name for name in self.lenses if not lens_kind(name).fitted]
+            if unfitted or not self.lenses:
+                raise OptionError(f"--lenses {' '.join(self.lenses)}: name lens kinds to fit, of "
+                                  f"{', '.join(k.name for k in lens_kinds() if k.fitted)} (the logit lens has nothing "
+                                  "to fit and is always evaluated)")
+            self.lenses = kind_names(self.lenses)
 
     @property
     def fit_settings(self):

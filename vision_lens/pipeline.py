@@ -1,20 +1,29 @@
 """The loops: model + data in, lenses and metrics out.
 
-``train`` captures the fit split and fits every lens on every block;
-``evaluate`` captures the eval split and writes the result bundle; ``run``
-does both. Each option is defined once, with its help text, in the
-dataclasses of ``options.py``; the command line is generated from them.
+``train`` captures the fit split and fits every lens kind on every block;
+``evaluate`` reads saved lenses, captures the eval split and writes the result
+bundle; ``run`` does both in one pass, its fitted lenses and results handed on
+in memory (each file of the run folder is written once, never read back). Each
+option is defined once, with its help text, in the dataclasses of
+``options.py``; the command line is generated from them.
+
+A caller that wants to know where the time goes passes ``on_stage``: it is called
+``on_stage(name, True)`` as each of ``STAGES`` starts and ``on_stage(name,
+False)`` as it ends (``scripts/timed_run.py`` times them so).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,25 +32,42 @@ from torch import Tensor
 
 from . import __version__
 from .adapters import ModelAdapter, create_adapter
-from .artifacts import (RunResults, check_output, load_results, mark_complete, prepare_output, require_complete,
-                        write_results, writing_into)
+from .artifacts import (RunResults, check_output, mark_complete, prepare_output, require_complete, write_results,
+                        writing_into)
 from .cache import FeatureCache
 from .capture import capture, default_batch_size, default_workers
 from .checks import check_fit
-from .data import DataError, ImageSource, SelectedImages, data_id, select
+from .data import DataError, SelectedImages, data_id
 from .files import write_text_atomic
 from .fit import TunedLensRecipe, fit_by_recipe, fit_lens
-from .lenses import LENS_TYPES, LensFolderError, build_lenses
-from .readout import FeatureLayout
+from .lens_kinds import kind_names, lens_kind, lens_kinds
+from .lenses import LensFolderError, SavedLens, build_lenses, load_lens
 from .metrics import evaluate_lenses
 from .options import CommonOptions, EvalOptions, RunOptions, default_cache_dir, resolve_device  # noqa: F401  (re-exported)
 from .plotting import save_run_figures
-from .preflight import check_eval_images, check_eval_split, label_map, preflight
+from .preflight import SplitPlan, check_eval_images, check_eval_split, preflight
+from .readout import FeatureLayout
 from .report import write_report
+from .schema import RUN_INFO, SCHEMA_KEY
 
-FITTED_LENSES = ("tuned", "shared", "linear_probe")
-KL_FITTED = ("tuned", "shared")  # fitted to the model's output unless --loss ce; the probe always to labels
-RECIPE_FITTED = KL_FITTED  # what --recipe tuned-lens fits: the translators (tuned-lens has no probe)
+# The stages a command reports to ``on_stage``, in the order ``run`` passes them (fit_lens and fit_by_recipe once
+# per lens kind fitted).
+STAGES = ("load_model", "preflight", "prepare_output", "capture_fit", "capture_eval", "fit_lens", "fit_by_recipe",
+          "save_lenses", "evaluate_lenses", "write_results", "save_run_figures", "write_report")
+StageObserver = Callable[[str, bool], None]
+
+
+@contextmanager
+def _stage(on_stage: StageObserver | None, name: str):
+    """Report stage ``name`` to ``on_stage`` as it starts and as it ends (by an error too)."""
+    if on_stage is None:
+        yield
+        return
+    on_stage(name, True)
+    try:
+        yield
+    finally:
+        on_stage(name, False)
 
 
 def _check_output(opts: CommonOptions) -> None:
@@ -63,16 +89,18 @@ def rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _start_processes(opts: CommonOptions) -> None:
-    """Under ``torchrun``: join the process group (NCCL on GPUs, Gloo on CPU), one GPU per local rank."""
+def _start_processes(device: str) -> str:
+    """Under ``torchrun``: join the process group (NCCL on GPUs, Gloo on CPU), one GPU per local rank; returns the
+    device of this process."""
     rank, world = rank_and_world()
     if world == 1 or dist.is_initialized():
-        return
-    if opts.device.startswith("cuda"):
-        opts.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(opts.device)
+        return device
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
     # Rank 0 fits between two captures while the others wait: allow long fits.
-    dist.init_process_group("nccl" if opts.device.startswith("cuda") else "gloo", timeout=timedelta(hours=24))
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=timedelta(hours=24))
+    return device
 
 
 def stop_processes() -> None:
@@ -81,14 +109,17 @@ def stop_processes() -> None:
         dist.destroy_process_group()
 
 
-def load_model(opts: CommonOptions) -> ModelAdapter:
-    """The adapter on ``opts.device``; ``auto`` and the default batch size and workers are resolved here, and kept
-    in ``opts`` for run.json."""
-    opts.device = resolve_device(opts.device)
-    opts.batch_size = opts.batch_size or default_batch_size(opts.device)
-    opts.workers = default_workers(opts.device) if opts.workers is None else opts.workers
-    _start_processes(opts)
-    return create_adapter(opts.model, weights=opts.weights, seed=opts.seed).to(opts.device)
+def load_model(opts: CommonOptions) -> tuple[ModelAdapter, CommonOptions]:
+    """The adapter on the options' device, and the options with what they leave open resolved (a copy; ``opts``
+    stays as given): the ``auto`` device, capture's default batch size and workers, and the default lens kinds.
+    The resolved options are what run.json records."""
+    device = _start_processes(resolve_device(opts.device))
+    resolved = dataclasses.replace(
+        opts, device=device, batch_size=opts.batch_size or default_batch_size(device),
+        workers=default_workers(device) if opts.workers is None else opts.workers)
+    if isinstance(resolved, RunOptions):
+        resolved.lenses = kind_names(opts.lenses)
+    return create_adapter(opts.model, weights=opts.weights, seed=opts.seed).to(device), resolved
 
 
 @dataclass
@@ -120,32 +151,27 @@ class SplitFeatures:
         )
 
 
-def capture_shards(
-    adapter: ModelAdapter, opts: CommonOptions, split: str, limit: int | None, layout: FeatureLayout,
-    source: ImageSource,
-) -> tuple[list[FeatureCache], int, np.ndarray] | None:
-    """Capture one split (its images: ``source``) into the feature cache (reused or resumed when it exists),
-    without loading it.
+def capture_shards(adapter: ModelAdapter, opts: CommonOptions, plan: SplitPlan, layout: FeatureLayout
+                   ) -> list[FeatureCache] | None:
+    """Capture one split as preflight planned it (``plan``) into the feature cache (reused or resumed when it
+    exists), without loading it.
 
-    Under ``torchrun`` each of the N processes captures one of N disjoint,
-    contiguous shards of the split (every image exactly once, no padding), each
-    into its own resumable cache; after a barrier, rank 0 gets all shards' caches
-    in order, with the number of the split's classes that are model outputs and
-    the indices of the images selected, and the other ranks get None.
+    Under ``torchrun`` each of the N processes captures its shard of the split
+    (every image exactly once, no padding), each into its own resumable cache;
+    after a barrier, rank 0 gets all shards' caches in order, and the other
+    ranks get None.
     """
-    classes = label_map(opts, adapter, split, source)
-    indices = select(len(source), limit, opts.seed)
     rank, world = rank_and_world()
-    shards = np.array_split(indices, world)
     if rank == 0:
-        print(f"[vision-lens] {split}: {len(indices)} of {len(source)} images from {opts.data}"
+        print(f"[vision-lens] {plan.split}: {len(plan.indices)} of {len(plan.source)} images from {opts.data}"
               + (f", in {world} shards" if world > 1 else ""), file=sys.stderr)
 
     def capture_shard(r: int) -> FeatureCache:
         return capture(
-            adapter, source, shards[r], Path(opts.cache_dir) / "features", classes, layout,
-            batch_size=opts.batch_size, workers=opts.workers, desc=f"capture {split}" + (f" [{r}]" if world > 1 else ""),
-            bf16=opts.precision == "bf16",
+            adapter, plan.source, plan.shards[r], Path(opts.cache_dir) / "features", plan.label_map, layout,
+            batch_size=opts.batch_size, workers=opts.workers,
+            desc=f"capture {plan.split}" + (f" [{r}]" if world > 1 else ""), bf16=opts.precision == "bf16",
+            key=plan.keys[r],
         )
 
     own = capture_shard(rank)
@@ -154,24 +180,24 @@ def capture_shards(
         if rank != 0:
             return None
     # Rank 0 opens the other shards' complete caches (and would capture any shard a crashed rank left).
-    return [own if r == rank else capture_shard(r) for r in range(world)], int((classes >= 0).sum()), indices
+    return [own if r == rank else capture_shard(r) for r in range(world)]
 
 
-def capture_split(
-    adapter: ModelAdapter, opts: CommonOptions, split: str, limit: int | None, layout: FeatureLayout,
-    source: ImageSource,
-) -> SplitFeatures | None:
+def capture_split(adapter: ModelAdapter, opts: CommonOptions, plan: SplitPlan, layout: FeatureLayout
+                  ) -> SplitFeatures | None:
     """:func:`capture_shards`, then the split loaded into memory (on rank 0; None on the others)."""
-    captured = capture_shards(adapter, opts, split, limit, layout, source)
-    if captured is None:
+    caches = capture_shards(adapter, opts, plan, layout)
+    if caches is None:
         return None
-    caches, classes, indices = captured
-    images = SelectedImages(data_id(opts.data), split, source, indices, Path(opts.cache_dir) / "features")
-    return SplitFeatures.of(caches, adapter.device, classes, images)
+    images = SelectedImages(data_id(opts.data), plan.split, plan.source, plan.indices, Path(opts.cache_dir) / "features")
+    return SplitFeatures.of(caches, adapter.device, plan.classes, images)
 
 
 def _run_info(opts: CommonOptions, adapter: ModelAdapter, **extra) -> dict:
+    """run.json (and train.json): what a later command needs to redo the run (its options, the cache folder among
+    them), and the provenance."""
     return {
+        SCHEMA_KEY: RUN_INFO,
         "model": opts.model,
         "weights": opts.weights,
         "weights_sha256": adapter.weights_id,
@@ -179,7 +205,7 @@ def _run_info(opts: CommonOptions, adapter: ModelAdapter, **extra) -> dict:
         "blocks": [b.name for b in adapter.blocks],
         "block_stages": [b.stage for b in adapter.blocks],
         "num_classes": adapter.num_classes,
-        "options": {k: v for k, v in asdict(opts).items() if k not in ("out", "cache_dir", "download_root")},
+        "options": {k: v for k, v in asdict(opts).items() if k != "out"},
         "vision_lens": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -187,148 +213,206 @@ def _run_info(opts: CommonOptions, adapter: ModelAdapter, **extra) -> dict:
     }
 
 
-def train(
-    opts: RunOptions, out: Path | None = None, adapter: ModelAdapter | None = None, fit: SplitFeatures | None = None
-) -> Path | None:
-    """Capture the fit split (unless ``fit`` is given) and fit a tuned lens, a shared tuned lens and a linear probe
-    on every block. Under ``torchrun`` only rank 0 fits and writes; the others return None after capture."""
-    standalone = adapter is None  # else run() checked both splits and completes the folder after eval
-    if out is None:
-        _check_output(opts)
-    adapter = adapter or load_model(opts)
-    layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
-    if fit is None:
-        (source,) = preflight(opts, adapter, (opts.fit_split,), layout, rank_and_world()[1]).values()
-        out = out or _prepare_output(opts)
-        fit = capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout, source)
-    if fit is None:
-        return None
+def fit_lenses(opts: RunOptions, adapter: ModelAdapter, layout: FeatureLayout, fit: SplitFeatures,
+               on_stage: StageObserver | None = None) -> dict[str, SavedLens]:
+    """Every kind of ``opts.lenses`` fitted on the fit split ``fit``, as its registration says: to the model's
+    output (KL) or, under ``--loss ce``, to the labels; by tuned-lens's recipe under ``--recipe tuned-lens`` where
+    the kind allows it, else to its optimum. Each lens's config records how (``config.fit``)."""
     features, logits, labels = fit.features, fit.logits, fit.labels
     labelled = labels >= 0
     if not labelled.all():
         print(f"[vision-lens] {int(labelled.sum())} of {len(labels)} fit images have a model class; "
               "label-trained lenses use those only", file=sys.stderr)
-    if not labelled.any() and opts.loss == "ce":
-        raise DataError(f"--data {opts.data}: no fit image maps to a model class, so --loss ce has no targets")
-    fitted = FITTED_LENSES if labelled.any() else KL_FITTED
-    lenses = build_lenses(adapter, layout, fitted)
-    fits = {}
-    for lens_type, lens in lenses.items():
-        kl_target = logits if lens_type in KL_FITTED and opts.loss == "kl" else None
+    kinds = [lens_kind(name) for name in kind_names(opts.lenses) if lens_kind(name).fitted]
+    if not labelled.any():
+        if opts.loss == "ce":
+            raise DataError(f"--data {opts.data}: no fit image maps to a model class, so --loss ce has no targets")
+        kinds = [kind for kind in kinds if kind.fitted_to != "labels"]
+    lenses = build_lenses(adapter, layout, [kind.name for kind in kinds])
+    for kind, lens in zip(kinds, lenses.values()):
+        kl_target = logits if kind.fitted_to == "output" and opts.loss == "kl" else None
         loss = "kl" if kl_target is not None else "ce"
-        desc = f"fit {lens_type} ({loss})"
-        if opts.recipe == "tuned-lens" and lens_type in RECIPE_FITTED:
+        desc = f"fit {kind.name} ({loss})"
+        if opts.recipe == "tuned-lens" and "recipe" in kind.solvers:
             recipe = TunedLensRecipe(seed=opts.seed)
-            per_block, settings = fit_by_recipe(lens, features, labels, kl_target, recipe, desc), recipe.to_dict()
+            with _stage(on_stage, "fit_by_recipe"):
+                per_block = fit_by_recipe(lens, features, labels, kl_target, recipe, desc)
+            settings = recipe.to_dict()
         else:
-            per_block, settings = fit_lens(lens, features, labels, kl_target, opts.fit_settings, desc), \
-                {"recipe": "optimum"} | opts.fit_settings.to_dict()
-        check_fit(lens_type, lens, [r and r["loss_nats"] for r in per_block], list(layout.blocks))
+            with _stage(on_stage, "fit_lens"):
+                per_block = fit_lens(lens, features, labels, kl_target, opts.fit_settings, desc)
+            settings = {"recipe": "optimum"} | opts.fit_settings.to_dict()
+        check_fit(kind.name, lens, [r and r.loss_nats for r in per_block], list(layout.blocks))
         lens.config.fit = {
             "loss": loss, "images": len(labels), "split": opts.fit_split, **settings,
-            "blocks": {name: record for name, record in zip(layout.blocks, per_block)},
+            "blocks": {name: r and r.to_dict() for name, r in zip(layout.blocks, per_block)},
         }
         lens.config.fit_images = fit.images.record(opts.seed) if fit.images else {}
-        with writing_into(out):
-            lens.save(out / "lenses" / lens_type)
-        fits[lens_type] = lens.config.fit
+    return lenses
+
+
+def save_lenses(out: Path, opts: RunOptions, adapter: ModelAdapter, lenses: dict[str, SavedLens]) -> None:
+    """``lenses/<kind>/`` for every fitted lens, and ``train.json``."""
     with writing_into(out):
-        write_text_atomic(out / "train.json", json.dumps(_run_info(opts, adapter, fit_images=len(labels), fit=fits),
+        for name, lens in lenses.items():
+            lens.save(out / "lenses" / name)
+        fits = {name: lens.config.fit for name, lens in lenses.items()}
+        images = next(iter(fits.values()))["images"]
+        write_text_atomic(out / "train.json", json.dumps(_run_info(opts, adapter, fit_images=images, fit=fits),
                                                          indent=1))
-        if standalone:
-            mark_complete(out)
-    return out
 
 
-def evaluate(
-    opts: CommonOptions, lens_dir: Path, out: Path | None = None, adapter: ModelAdapter | None = None,
-    held_out: SplitFeatures | None = None, report_note: str | None = None,
-) -> Path | None:
-    """Evaluate saved lenses (plus the logit lens) on the eval split (unless ``held_out`` is given) and write the
-    result bundle (``report_note`` under the report's title). Under ``torchrun`` only rank 0 evaluates and writes;
-    the others return None after capture."""
-    standalone = adapter is None  # else run() checked both splits
-    if out is None:
-        _check_output(opts)
-    if standalone:
-        require_complete(lens_dir, needs="lenses/")  # every lens the run fitted, or none evaluated
-        adapter = load_model(opts)
-    fitted = {
-        t: LENS_TYPES[t].load(lens_dir / "lenses" / t, adapter)
-        for t in FITTED_LENSES if (lens_dir / "lenses" / t).is_dir()
-    }
-    if not fitted:
-        raise FileNotFoundError(f"--lens {lens_dir} holds no fitted lenses (lenses/tuned, ...); run `vision-lens train` first")
-    # The lenses say what they read; every fitted lens of one run reads the same layout.
-    layouts = {t: lens.config.feature_layout for t, lens in fitted.items()}
-    layout = next(iter(layouts.values()))
-    if any(other != layout for other in layouts.values()):
-        raise LensFolderError(f"--lens {lens_dir}: its lenses were fitted on different feature layouts ({', '.join(layouts)})")
+def evaluate_split(opts: CommonOptions, adapter: ModelAdapter, fitted: dict[str, SavedLens], held_out: SplitFeatures,
+                   lens_dir: Path, warnings: list[str], on_stage: StageObserver | None = None) -> tuple:
+    """The ``fitted`` lenses and the logit lens evaluated on ``held_out``: ``(aggregate, batches, intervals,
+    run.json's dict)``. ``warnings`` (about fit images met) go into run.json."""
+    layout = next(iter(fitted.values())).config.feature_layout
     lenses = build_lenses(adapter, layout, ("logit",)) | fitted
-    lenses = {t: lenses[t] for t in ("tuned", "shared", "logit", "linear_probe") if t in lenses}
-    warnings = []
-    if held_out is None:
-        warnings = check_eval_split(fitted, opts, lens_dir)
-        (source,) = preflight(opts, adapter, (opts.eval_split,), layout, rank_and_world()[1]).values()
-        out = out or _prepare_output(opts)
-        held_out = capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout, source)
-    if held_out is None:
-        return None
+    lenses = {kind.name: lenses[kind.name] for kind in lens_kinds() if kind.name in lenses}
     if held_out.images is not None and not warnings:
         warnings = check_eval_images(fitted, held_out.images, opts, lens_dir)
     print(f"[vision-lens] evaluating {', '.join(lenses)} on {len(adapter.blocks)} blocks", file=sys.stderr)
     aux = held_out.aux_logits
-    aggregate, batches, intervals = evaluate_lenses(
-        lenses, held_out.features, held_out.logits, held_out.labels, fixed_logits={"aux_head": aux} if aux else None,
-        intervals=True, block_stages=[b.stage for b in adapter.blocks], seed=opts.seed,
-    )
-    layers = {f"layer_{k}": b.name for k, b in enumerate(adapter.blocks)}
+    with _stage(on_stage, "evaluate_lenses"):
+        aggregate, batches, intervals = evaluate_lenses(
+            lenses, held_out.features, held_out.logits, held_out.labels,
+            transfer=tuple(name for name in lenses if lens_kind(name).transfers),
+            fixed_logits={"aux_head": aux} if aux else None, intervals=True,
+            block_stages=[b.stage for b in adapter.blocks], seed=opts.seed,
+        )
     fit = {t: lens.config.fit for t, lens in lenses.items() if lens.config.fit}
     run_info = _run_info(
         opts, adapter, eval_images=len(held_out.labels), eval_classes=held_out.classes, lens=str(lens_dir), fit=fit,
         **({"warnings": warnings} if warnings else {}),
     )
+    return aggregate, batches, intervals, run_info
+
+
+def write_run(out: Path, adapter: ModelAdapter, evaluated: tuple, report_note: str | None = None,
+              on_stage: StageObserver | None = None) -> RunResults:
+    """The result files, the two figures and ``report.html`` into ``out``, then the run marked complete; the
+    results are handed from one to the next in memory. Returns them."""
+    aggregate, batches, intervals, run_info = evaluated
+    layers = {f"layer_{k}": b.name for k, b in enumerate(adapter.blocks)}
     with writing_into(out):
-        write_results(out, aggregate, batches, layers, run_info, intervals)
-        save_run_figures(out, out)
-        write_report(out, note=report_note)
+        with _stage(on_stage, "write_results"):
+            results = write_results(out, aggregate, batches, layers, run_info, intervals)
+        with _stage(on_stage, "save_run_figures"):
+            figures = save_run_figures(results, out)
+        with _stage(on_stage, "write_report"):
+            write_report(results, note=report_note, figures=figures)
         mark_complete(out)  # last: compare and report refuse a folder without it
+    return results
+
+
+def train(opts: RunOptions, on_stage: StageObserver | None = None) -> Path | None:
+    """``vision-lens train``: capture the fit split and fit every lens kind of ``--lenses`` on every block into
+    ``--out``. Under ``torchrun`` only rank 0 fits and writes; the others return None after capture."""
+    _check_output(opts)
+    with _stage(on_stage, "load_model"):
+        adapter, opts = load_model(opts)
+    layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
+    with _stage(on_stage, "preflight"):
+        (plan,) = preflight(opts, adapter, (opts.fit_split,), layout, rank_and_world()[1]).values()
+    with _stage(on_stage, "prepare_output"):
+        out = _prepare_output(opts)
+    with _stage(on_stage, "capture_fit"):
+        fit = capture_split(adapter, opts, plan, layout)
+    if fit is None:
+        return None
+    lenses = fit_lenses(opts, adapter, layout, fit, on_stage)
+    with _stage(on_stage, "save_lenses"):
+        save_lenses(out, opts, adapter, lenses)
+    mark_complete(out)
     return out
 
 
-def run(opts: RunOptions, out: Path | None = None, report_note: str | None = None) -> Path | None:
-    """``train`` then ``evaluate`` into one output folder.
+def load_lenses(lens_dir: Path, adapter: ModelAdapter) -> dict[str, SavedLens]:
+    """Every fitted lens saved under ``lens_dir/lenses/``, in registry order, checked to read one feature layout."""
+    fitted = {kind.name: load_lens(lens_dir / "lenses" / kind.name, adapter, kind.name)
+              for kind in lens_kinds() if kind.fitted and (lens_dir / "lenses" / kind.name).is_dir()}
+    if not fitted:
+        raise FileNotFoundError(f"--lens {lens_dir} holds no fitted lenses (lenses/tuned, ...); run `vision-lens train` first")
+    # The lenses say what they read; every fitted lens of one run reads the same layout.
+    layouts = {t: lens.config.feature_layout for t, lens in fitted.items()}
+    if any(other != next(iter(layouts.values())) for other in layouts.values()):
+        raise LensFolderError(f"--lens {lens_dir}: its lenses were fitted on different feature layouts ({', '.join(layouts)})")
+    return fitted
+
+
+def evaluate(opts: EvalOptions, on_stage: StageObserver | None = None, report_note: str | None = None) -> Path | None:
+    """``vision-lens eval``: the lenses saved in ``--lens`` (plus the logit lens) evaluated on the eval split, the
+    result bundle written into ``--out``. Under ``torchrun`` only rank 0 evaluates and writes; the others return
+    None after capture."""
+    lens_dir = Path(opts.lens)
+    _check_output(opts)
+    require_complete(lens_dir, needs="lenses/")  # every lens the run fitted, or none evaluated
+    with _stage(on_stage, "load_model"):
+        adapter, opts = load_model(opts)
+    fitted = load_lenses(lens_dir, adapter)
+    layout = next(iter(fitted.values())).config.feature_layout
+    warnings = check_eval_split(fitted, opts, lens_dir)
+    with _stage(on_stage, "preflight"):
+        (plan,) = preflight(opts, adapter, (opts.eval_split,), layout, rank_and_world()[1]).values()
+    with _stage(on_stage, "prepare_output"):
+        out = _prepare_output(opts)
+    with _stage(on_stage, "capture_eval"):
+        held_out = capture_split(adapter, opts, plan, layout)
+    if held_out is None:
+        return None
+    evaluated = evaluate_split(opts, adapter, fitted, held_out, lens_dir, warnings, on_stage)
+    write_run(out, adapter, evaluated, report_note, on_stage)
+    return out
+
+
+def _run(opts: RunOptions, out: Path | None = None, report_note: str | None = None,
+         on_stage: StageObserver | None = None) -> RunResults | None:
+    """:func:`run`, returning the results it wrote."""
+    if out is None:
+        _check_output(opts)
+    with _stage(on_stage, "load_model"):
+        adapter, opts = load_model(opts)
+    layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
+    with _stage(on_stage, "preflight"):
+        plans = preflight(opts, adapter, (opts.fit_split, opts.eval_split), layout, rank_and_world()[1])
+    with _stage(on_stage, "prepare_output"):
+        out = out or _prepare_output(opts)
+    with _stage(on_stage, "capture_fit"):
+        fit = capture_split(adapter, opts, plans[opts.fit_split], layout)
+    with _stage(on_stage, "capture_eval"):
+        held_out = capture_split(adapter, opts, plans[opts.eval_split], layout)
+    if fit is None:
+        return None
+    lenses = fit_lenses(opts, adapter, layout, fit, on_stage)
+    with _stage(on_stage, "save_lenses"):
+        save_lenses(out, opts, adapter, lenses)
+    evaluated = evaluate_split(opts, adapter, lenses, held_out, out, [], on_stage)
+    return write_run(out, adapter, evaluated, report_note, on_stage)
+
+
+def run(opts: RunOptions, out: Path | None = None, report_note: str | None = None,
+        on_stage: StageObserver | None = None) -> Path | None:
+    """``train`` then ``evaluate`` into one output folder (``out``, prepared by the caller; by default ``--out``),
+    ``report_note`` under the report's title.
 
     Both splits are captured before any fit, so a data error surfaces before
     the long work, and under ``torchrun`` every rank captures its shards of
     both splits while rank 0 alone fits, evaluates and writes.
     """
-    if out is None:
-        _check_output(opts)
-    adapter = load_model(opts)
-    layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
-    sources = preflight(opts, adapter, (opts.fit_split, opts.eval_split), layout, rank_and_world()[1])
-    out = out or _prepare_output(opts)
-    fit = capture_split(adapter, opts, opts.fit_split, opts.fit_limit, layout, sources[opts.fit_split])
-    held_out = capture_split(adapter, opts, opts.eval_split, opts.eval_limit, layout, sources[opts.eval_split])
-    if fit is None:
-        return None
-    train(opts, out, adapter, fit)
-    return evaluate(opts, out, out, adapter, held_out, report_note)
+    results = _run(opts, out, report_note, on_stage)
+    return None if results is None else results.path
 
 
 def run_pipeline(**options) -> RunResults:
     """``vision-lens run`` from Python: the CLI's options as keyword arguments (``model``, ``data``, ``out``,
-    ``weights``, ``fit_limit``, ``recipe``, ...; see ``vision-lens run --help``), the written run read back.
+    ``weights``, ``fit_limit``, ``recipe``, ``lenses``, ...; see ``vision-lens run --help``), returning the
+    results it wrote.
 
     Raises ``TypeError`` naming an unknown option.
     """
-    from dataclasses import fields
-
-    known = {f.name for f in fields(RunOptions)}
+    known = {f.name for f in dataclasses.fields(RunOptions)}
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"run_pipeline() got unknown options {', '.join(unknown)}; the options are "
                         f"{', '.join(sorted(known))}")
-    out = run(RunOptions(**options))
-    return load_results(out)
+    return _run(RunOptions(**options))

@@ -55,6 +55,7 @@ from .analysis import (
     transfer_matrix,
 )
 from .capture import BlockRecorder
+from .lens_kinds import lens_kinds
 from .lenses import SavedLens
 
 METRIC_LABELS = {
@@ -66,14 +67,8 @@ METRIC_LABELS = {
     "entropy": "entropy",
 }
 BITS_METRICS = ("ce", "kl", "entropy")
-LENS_LABELS = {
-    "tuned": "tuned lens",
-    "shared": "shared tuned lens",
-    "logit": "logit lens",
-    "linear_probe": "linear probe",
-    "aux_head": "auxiliary classifier",
-}
-LENS_STYLES = {"tuned": "-", "shared": "-.", "logit": "--", "linear_probe": ":", "aux_head": "-"}
+# Read-outs of aggregate_metrics.json that are no lens kind: the model's auxiliary classifiers (Inception's).
+READOUTS = {"aux_head": ("auxiliary classifier", "-")}
 X_AXES = ("block", "relative_depth")
 UNDEFINED_HATCH = {"facecolor": "#e0e0e0", "hatch": "///", "edgecolor": "#9e9e9e"}
 HEATMAP_CLIP_PERCENTILE = 95
@@ -84,6 +79,25 @@ HEATMAP_CMAPS = {"kl": "mako_r"}
 HEATMAP_CMAP = "rocket_r"
 PAIR_GROUP_STYLES = {"all": ("-", "o", ""), "within_stage": ("-", "o", " · within stage"),
                      "across_stage": ("--", "s", " · across stages")}
+
+
+def lens_label(name: str) -> str:
+    """A lens kind's (or read-out's) name in legends and tables, as the lens-kind registry declares it."""
+    if name in READOUTS:
+        return READOUTS[name][0]
+    return next((kind.label for kind in lens_kinds() if kind.name == name), name)
+
+
+def lens_style(name: str):
+    """A lens kind's (or read-out's) line style, as the registry declares it."""
+    if name in READOUTS:
+        return READOUTS[name][1]
+    return next((kind.style for kind in lens_kinds() if kind.name == name), "-")
+
+
+def default_lens_types() -> list[str]:
+    """What :func:`layerwise` draws by default: every registered kind, then the read-outs."""
+    return [kind.name for kind in lens_kinds()] + list(READOUTS)
 
 
 def seaborn():
@@ -132,10 +146,11 @@ def layerwise(
     results: ResultsLike | Iterable[ResultsLike],
     metric: str = "acc",
     x: str = "block",
-    lens_types: Sequence[str] = ("tuned", "shared", "logit", "linear_probe", "aux_head"),
+    lens_types: Sequence[str] | None = None,
     ax: Axes | None = None,
 ) -> Axes:
-    """One line per model and lens type: ``metric`` at every block.
+    """One line per model and lens type (default: every registered kind and the auxiliary classifiers): ``metric``
+    at every block.
 
     ``x="block"`` labels the axis with block names (block indices when the
     runs' blocks differ); ``x="relative_depth"`` puts models of any depth on
@@ -150,6 +165,7 @@ def layerwise(
     if x not in X_AXES:
         raise ValueError(f"x must be one of {X_AXES}, got {x!r}")
     runs = as_results(results)
+    lens_types = default_lens_types() if lens_types is None else lens_types
     ax = ax or new_axes(figsize=(7, 4))[1]
     colours = palette()
     drawn, banded = 0, False
@@ -160,9 +176,9 @@ def layerwise(
                 continue
             y = layer_values(by_layer)
             xs = relative_depth(len(y)) if x == "relative_depth" else np.arange(len(y))
-            label = LENS_LABELS.get(lens_type, lens_type) + (f" · {run.name}" if len(runs) > 1 else "")
+            label = lens_label(lens_type) + (f" · {run.name}" if len(runs) > 1 else "")
             color = colours[(r_i if len(runs) > 1 else t_i) % len(colours)]
-            ax.plot(xs, y, LENS_STYLES.get(lens_type, "-"), marker="o", ms=3.5, color=color, label=label)
+            ax.plot(xs, y, ls=lens_style(lens_type), marker="o", ms=3.5, color=color, label=label)
             bounds = (run.intervals or {}).get(lens_type, {}).get(metric)
             if bounds:
                 low, high = interval_values(bounds)
@@ -299,7 +315,7 @@ def penalty_vs_distance(
                   else f"mean transfer penalty ({' or '.join(sorted({reported_unit(r) for r in runs}))})")
     if not relative:
         ax.xaxis.get_major_locator().set_params(integer=True)
-    lens_name = LENS_LABELS.get(lens_type, lens_type)
+    lens_name = lens_label(lens_type)
     ax.set_title(f"Extra cross-entropy when block i's translator ({lens_name}) reads block j", fontsize=10)
     ax.grid(alpha=0.3)
     if drawn:
@@ -419,7 +435,7 @@ def prediction_trajectory(
         ax.set_xlabel(", ".join(caption), fontsize=8)
     ax.tick_params(axis="y", labelsize=7, rotation=0)
     ax.tick_params(axis="x", labelsize=8, top=True, labeltop=True, bottom=False, labelbottom=False)
-    ax.set_title(f"{model.name}: {LENS_LABELS.get(lens.lens_type, lens.lens_type)}, top-{k} classes at every block",
+    ax.set_title(f"{model.name}: {lens_label(lens.lens_type)}, top-{k} classes at every block",
                  fontsize=10)
     return ax
 
@@ -471,8 +487,9 @@ def penalty_frontier(
     return ax
 
 
-def save_run_figures(results: ResultsLike, out: str | Path) -> list[Path]:
-    """The two figures of a run bundle: ``layerwise.png`` (accuracy and CE) and ``transfer_penalty.png``."""
+def save_run_figures(results: ResultsLike, out: str | Path) -> dict[str, bytes]:
+    """The two figures of a run bundle into the folder ``out``: ``layerwise.png`` (accuracy and CE) and
+    ``transfer_penalty.png`` (where the run has transfers); returns each PNG by file name, for the report."""
     (run,) = as_results(results)
     out = Path(out)
     # Figure objects, not pyplot: writing files never touches the user's backend or open figures.
@@ -483,19 +500,19 @@ def save_run_figures(results: ResultsLike, out: str | Path) -> list[Path]:
     evaluated = eval_description(run)
     fig.suptitle(f"{run.name}: lenses at every block" + (f", evaluated on the {evaluated}" if evaluated else ""))
     fig.tight_layout()
-    paths = [out / LAYERWISE_FIGURE]
-    _save_png(fig, paths[0])
+    pngs = {LAYERWISE_FIGURE: _save_png(fig, out / LAYERWISE_FIGURE)}
     if has_transfer(run):
         fig = Figure(figsize=(7, 6))
         transfer_heatmap(run, "penalty", ax=fig.subplots())
         fig.tight_layout()
-        paths.append(out / TRANSFER_FIGURE)
-        _save_png(fig, paths[-1])
-    return paths
+        pngs[TRANSFER_FIGURE] = _save_png(fig, out / TRANSFER_FIGURE)
+    return pngs
 
 
-def _save_png(fig: Figure, path: Path) -> None:
-    """The figure as a PNG at ``path``, written atomically (a failed write names ``path``, see files.py)."""
+def _save_png(fig: Figure, path: Path) -> bytes:
+    """The figure as a PNG at ``path``, written atomically (a failed write names ``path``, see files.py); returns
+    the PNG."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=150)
     write_bytes_atomic(path, buffer.getvalue())
+    return buffer.getvalue()

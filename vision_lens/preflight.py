@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -116,9 +117,36 @@ def label_map(opts, adapter, split: str, source: ImageSource) -> np.ndarray:
         raise DataError(f"{folder} (split {split!r}): {exc}") from exc
 
 
-def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> dict[str, ImageSource]:
-    """Check data, classes and the cache for ``splits`` of ``opts`` before any forward pass; returns the
-    splits' image sources, for capture.
+@dataclass
+class SplitPlan:
+    """What capture of one split uses, as preflight worked it out: the images, the model output of each of their
+    classes, the images selected, one contiguous shard of them per capturing process, and each shard's cache key."""
+
+    split: str
+    source: ImageSource
+    label_map: np.ndarray  # the model output of each class of the source (-1: none)
+    indices: np.ndarray  # the selected images, in increasing order
+    shards: list[np.ndarray]  # one per process under torchrun (every image once, no padding)
+    keys: list[dict]  # capture.capture_key of each shard
+
+    @property
+    def classes(self) -> int:
+        """The number of the split's classes that are model outputs (for chance accuracy)."""
+        return int((self.label_map >= 0).sum())
+
+
+def plan_split(opts, adapter, split: str, source: ImageSource, limit: int | None, layout, shards: int = 1
+               ) -> SplitPlan:
+    """The :class:`SplitPlan` of ``split`` (its images ``source``, ``limit`` of them chosen by ``opts.seed``)."""
+    indices = select(len(source), limit, opts.seed)
+    parts = np.array_split(indices, shards)
+    keys = [capture_key(adapter, source, part, layout, bf16=opts.precision == "bf16") for part in parts]
+    return SplitPlan(split, source, label_map(opts, adapter, split, source), indices, parts, keys)
+
+
+def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> dict[str, SplitPlan]:
+    """Check data, classes and the cache for ``splits`` of ``opts`` before any forward pass; returns each split's
+    :class:`SplitPlan`, which capture then uses.
 
     ``layout`` (a FeatureLayout) is what capture will keep, part of the cache key; ``shards`` is the number of
     processes that capture (``torchrun``), each shard into its own cache.
@@ -128,8 +156,9 @@ def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> 
                         "held-out images")
     check_unembed(adapter)
     sources: dict[str, ImageSource] = {split: open_split(opts.data, split, opts.download_root) for split in splits}
-    for split, source in sources.items():
-        label_map(opts, adapter, split, source)
+    limits = {opts.fit_split: getattr(opts, "fit_limit", None), opts.eval_split: opts.eval_limit}
+    plans = {split: plan_split(opts, adapter, split, source, limits.get(split), layout, shards)
+             for split, source in sources.items()}
     if opts.match_classes_by_position:
         print(f"[vision-lens] warning: --match-classes-by-position: class folders are matched to {adapter.name}'s "
               "outputs by their sorted position, not by name (recorded in run.json)", file=sys.stderr)
@@ -144,14 +173,9 @@ def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> 
                 f"{', '.join(only_first) or 'none'}; only in {split!r}: {', '.join(only_this) or 'none'}); "
                 "give every split the same class folders"
             )
-    limits = {opts.fit_split: getattr(opts, "fit_limit", None), opts.eval_split: opts.eval_limit}
-    needed = []
-    for split, source in sources.items():
-        indices = select(len(source), limits.get(split), opts.seed)
-        for shard in np.array_split(indices, shards):
-            needed.append((capture_key(adapter, source, shard, layout, bf16=opts.precision == "bf16"), len(shard)))
+    needed = [(key, len(part)) for plan in plans.values() for key, part in zip(plan.keys, plan.shards)]
     check_cache_root(Path(opts.cache_dir) / "features", needed)
-    return sources
+    return plans
 
 
 _EVAL_ANYWAY = ("pass another --eval-split or --data, or --eval-on-fit-images to evaluate there anyway (a warning, "

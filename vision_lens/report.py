@@ -21,7 +21,7 @@ from . import __version__
 from .analysis import ResultsLike, as_results, defined_transfer, has_transfer, reported_unit
 from .artifacts import LAYERWISE_FIGURE, TRANSFER_FIGURE, RunFolderError, RunResults, layer_keys, require_complete
 from .files import write_text_atomic
-from .plotting import LENS_LABELS, METRIC_LABELS, layerwise, penalty_vs_distance, transfer_heatmap
+from .plotting import METRIC_LABELS, lens_label, layerwise, penalty_vs_distance, transfer_heatmap
 
 REPORT_NAME = "report.html"
 STYLE = """
@@ -77,13 +77,19 @@ def _figure(uri: str, caption: str) -> str:
     return f'<figure><img src="{uri}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
 
 
-def run_figures(run: RunResults) -> list[str]:
+def run_figures(run: RunResults, pngs: dict[str, bytes] | None = None) -> list[str]:
     """The run's plots as ``<figure>`` elements. The two that the run folder holds as files
-    (``save_run_figures``, drawn from the same results) are embedded from there, not drawn again."""
+    (``save_run_figures``, drawn from the same results) are embedded as they are, not drawn again: from ``pngs``
+    (by file name) where the caller has them, else from the folder."""
+    pngs = pngs or {}
+
+    def saved(name: str) -> str | None:
+        return _data_uri(pngs[name]) if name in pngs else _saved_png_uri(run.path / name)
+
     figures = []
     present = [m for m in FIGURE_METRICS if any(m in v for k, v in run.aggregate.items() if k != "baseline")]
     for pair in (present[i : i + 2] for i in range(0, len(present), 2)):
-        uri = _saved_png_uri(run.path / LAYERWISE_FIGURE) if pair == ["acc", "ce"] else None
+        uri = saved(LAYERWISE_FIGURE) if pair == ["acc", "ce"] else None
         if uri is None:
             fig, axes = subplots((11, 4), ncols=2)
             for ax, metric in zip(axes, pair):
@@ -92,7 +98,7 @@ def run_figures(run: RunResults) -> list[str]:
             uri = png_data_uri(fig)
         figures.append(_figure(uri, " and ".join(METRIC_LABELS[m] for m in pair) + " at every block"))
     if has_transfer(run):
-        uri = _saved_png_uri(run.path / TRANSFER_FIGURE)
+        uri = saved(TRANSFER_FIGURE)
         if uri is None:
             fig, ax = subplots((6.5, 5.5))
             transfer_heatmap(run, "penalty", ax=ax)
@@ -123,7 +129,7 @@ def metrics_table(run: RunResults) -> str:
     keys = layer_keys({k for t, ms in columns for m in ms for k in run.aggregate[t][m]})
     names = run.block_names or keys
     head = ['<tr><th class="name" rowspan="2">block</th>']
-    head += [f'<th colspan="{len(ms)}">{html.escape(LENS_LABELS.get(t, t))}</th>' for t, ms in columns]
+    head += [f'<th colspan="{len(ms)}">{html.escape(lens_label(t))}</th>' for t, ms in columns]
     head.append("</tr><tr>")
     head += [f"<th>{m}</th>" for _, ms in columns for m in ms]
     head.append("</tr>")
@@ -166,10 +172,11 @@ def provenance_table(run: RunResults) -> str:
             f"<details><summary>all settings (run.json)</summary><pre>{settings}</pre></details>")
 
 
-def run_section(run: RunResults) -> str:
+def run_section(run: RunResults, pngs: dict[str, bytes] | None = None) -> str:
     notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in run.non_finite)
     return (f'<section class="run"><h2>{html.escape(run.name)}</h2>{notes}{provenance_table(run)}'
-            f'<h3>Figures</h3>{"".join(run_figures(run))}<h3>Metrics per block</h3>{metrics_table(run)}</section>')
+            f'<h3>Figures</h3>{"".join(run_figures(run, pngs))}<h3>Metrics per block</h3>{metrics_table(run)}'
+            '</section>')
 
 
 def comparison_section(runs: list[RunResults]) -> str:
@@ -186,10 +193,12 @@ def comparison_section(runs: list[RunResults]) -> str:
     return f'<section><h2>All runs</h2>{"".join(figures)}</section>'
 
 
-def render_report(results: ResultsLike | Iterable[ResultsLike], note: str | None = None) -> str:
+def render_report(results: ResultsLike | Iterable[ResultsLike], note: str | None = None,
+                  figures: dict[str, bytes] | None = None) -> str:
     """The HTML page for one run, or for several side by side under a comparison section.
 
-    ``note`` is a line shown under the title (e.g. the demo's "digits demo, not a real result").
+    ``note`` is a line shown under the title (e.g. the demo's "digits demo, not a real result"); ``figures`` are a
+    single run's saved PNGs by file name (as ``plotting.save_run_figures`` returns them), embedded as they are.
     """
     runs = as_results(results)
     title = "vision-lens report: " + ", ".join(r.name for r in runs)
@@ -197,7 +206,7 @@ def render_report(results: ResultsLike | Iterable[ResultsLike], note: str | None
     sections = [comparison_section(runs)] if len(runs) > 1 else []
     columns = f"repeat({len(runs)}, minmax(0, 1fr))"
     sections.append(f'<div class="runs" style="grid-template-columns: {columns}">'
-                    f'{"".join(run_section(r) for r in runs)}</div>')
+                    f'{"".join(run_section(r, figures if len(runs) == 1 else None) for r in runs)}</div>')
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<link rel="icon" href="data:,">'  # no favicon request
@@ -208,13 +217,14 @@ def render_report(results: ResultsLike | Iterable[ResultsLike], note: str | None
 
 
 def write_report(
-    results: ResultsLike | Iterable[ResultsLike], out: str | Path | None = None, note: str | None = None
+    results: ResultsLike | Iterable[ResultsLike], out: str | Path | None = None, note: str | None = None,
+    figures: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write :func:`render_report` (with ``note`` under the title) to ``out``; default: ``report.html`` in the run
-    folder (one run) or cwd (several)."""
+    """Write :func:`render_report` (with ``note`` under the title, ``figures`` embedded) to ``out``; default:
+    ``report.html`` in the run folder (one run) or cwd (several)."""
     runs = as_results(results)
     out = Path(out) if out else (runs[0].path if len(runs) == 1 else Path.cwd()) / REPORT_NAME
-    page = render_report(runs, note)
+    page = render_report(runs, note, figures)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out, page)
