@@ -42,11 +42,17 @@ def load_script(name: str) -> ModuleType:
 
 def findings_runs() -> list[Path]:
     """The run folders of the ``summarise_results.py --findings`` command that results/README.md prints (its
-    tables are that command's output)."""
+    tables are that command's output): committed runs, and data read where it is in ../shared (Pythia-12B's
+    matrix), whose absence skips the caller (fails it in CI)."""
     text = (REPO / "results" / "README.md").read_text()
-    command = re.search(r"python scripts/summarise_results\.py --findings ((?:results/\S+ ?)+)", text)
+    command = re.search(r"python scripts/summarise_results\.py --findings ((?:(?:results/|\.\./shared/)\S+ ?)+)", text)
     assert command, "results/README.md must print the command that makes its tables"
-    return [REPO / r for r in command.group(1).split()]
+    runs = [SHARED / r.removeprefix("../shared/") if r.startswith("../shared/") else REPO / r
+            for r in command.group(1).split()]
+    shared = [r for r in runs if not r.is_relative_to(REPO)]
+    if shared:
+        require_shared(*shared)
+    return runs
 
 
 LLM_ANCHORS = SHARED / "data" / "llm-anchors"  # the tuned-lens authors' Pythia numbers (its README says whence)

@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
             "on normalised quantities (bits per image and bits per byte do not compare)")
     compare = sub.add_parser("compare", help=text, description=text)
     compare.add_argument("inputs", nargs="+", metavar="DIR_OR_JSON",
-                         help="vision-lens run folders, tuned-lens eval folders or aggregate_metrics.json files")
+                         help="vision-lens run folders, tuned-lens eval folders, aggregate_metrics.json files, "
+                         "folders of a penalty-only transfer matrix with a per-layer CE (../shared/data/llm-anchors: "
+                         "Pythia-12B), or names of committed references (`vision-lens references`)")
     compare.add_argument("--out", required=True, help="figure file to write; its suffix sets the format (.png, .pdf)")
     compare.add_argument("--lens-types", nargs="+", default=["tuned", "logit"],
                          choices=["tuned", "shared", "logit", "linear_probe"],
@@ -65,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--label", action="append", dest="labels", metavar="NAME",
                          help="name of an input in the legend; repeat once per input, in the order of the inputs "
                          "(default: the model in run.json, or the folder name)")
+    compare.add_argument("--thin", type=int, default=None, metavar="N",
+                         help="also draw each language-model input (no block names) deeper than N layers at N of its "
+                         "layers, every (layers // N)-th from layer_0, for matched relative depth (Pythia-12B's 36 "
+                         "at 6: layers 0, 6, ..., 30)")
     text = ("refit a run's tuned and shared lenses from its feature cache at a common sweep of L2 strengths "
             "(1e-6 ... 1, half-decades; the same for every block) and write DIR/frontier.json: own CE, neighbour "
             "penalties within and across stages, penalty by distance and the shared lens's gap per strength")
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         elif command == "compare":
             from .compare import compare_to_file
 
-            out = compare_to_file(args["inputs"], args["out"], args["lens_types"], args["labels"])
+            out = compare_to_file(args["inputs"], args["out"], args["lens_types"], args["labels"], args["thin"])
         elif command == "frontier":
             from .options import check_penalty
 
