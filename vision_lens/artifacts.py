@@ -483,8 +483,11 @@ def load_results(path: str | Path) -> RunResults:
         check_aggregate(path, aggregate)
         return RunResults(path.parent, path.parent.name, aggregate, {}, {}, non_finite=tuple(notes))
     agg = path / "aggregate_metrics.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such folder or file")
     if not agg.is_file():
-        raise FileNotFoundError(f"{path} holds no aggregate_metrics.json; pass a folder written by `vision-lens run`")
+        raise FileNotFoundError(f"{path} holds no aggregate_metrics.json; pass a folder written by `vision-lens run` "
+                                "or `tuned-lens eval`")
     layers_path, run_path = path / "layers.json", path / "run.json"
     aggregate = _read_values(agg, AGGREGATE_SCHEMA, notes)
     check_aggregate(agg, aggregate)

@@ -50,6 +50,7 @@ EMBEDDING_LABELS = {"out": "embedding layer left out", "in": "embedding layer ke
 NORMALISATIONS = ("own_ce", "excess", "kept_gain")
 NORMALISATION_LABELS = {None: "", "own_ce": " / own CE", "excess": " / (own CE − model CE)",
                         "kept_gain": ": share of the tuned lens's gain over the logit lens kept"}
+NORMALISATION_SHORT = {None: "", "own_ce": " / own CE", "excess": " / excess", "kept_gain": ": gain kept"}
 DIRECTIONS = ("forward", "backward", "both")
 # A layer whose logit lens already is the model's output (KL to it below this, in bits: this package's last block)
 # has nothing to translate; its translator fits to zero and is left out of the distance from the identity.
@@ -273,6 +274,7 @@ class Signature:
     compute: Callable[[Means], np.ndarray]
     unitless: bool = True
     normalisation: str | None = None
+    short: str = ""  # the label in a narrow table (a terminal's)
 
 
 def _suffixed(key: str, normalise: str | None) -> str:
@@ -281,35 +283,33 @@ def _suffixed(key: str, normalise: str | None) -> str:
     return key if normalise is None else f"{key}/{normalise}"
 
 
+def _normalised_family(key: str, label: str, short: str, cells: Callable[[Means], np.ndarray],
+                       normalisations: Sequence[str | None]) -> list[Signature]:
+    """One signature per normalisation of the mean penalty over ``cells``."""
+    return [Signature(_suffixed(key, n), label + NORMALISATION_LABELS[n],
+                      lambda m, n=n: normalised(m, cells(m), n), n is not None, n, short + NORMALISATION_SHORT[n])
+            for n in normalisations]
+
+
 def _registry() -> list[Signature]:
+    every = (None, *NORMALISATIONS)
     found = [Signature("shared_gap_kl", "shared lens − tuned lens, KL to the model",
-                       lambda m: shared_gap(m, metric="kl"), unitless=False)]
-    for normalise in (None, *NORMALISATIONS):
-        found.append(Signature(_suffixed("shared_gap", normalise),
-                               "shared lens − tuned lens, CE" + NORMALISATION_LABELS[normalise],
-                               lambda m, n=normalise: shared_gap(m, n), normalise is not None, normalise))
-    for normalise in (None, *NORMALISATIONS):
-        found.append(Signature(_suffixed("best_translator", normalise),
-                               "best single translator on every layer" + NORMALISATION_LABELS[normalise],
-                               lambda m, n=normalise: normalised(m, best_row_cells(m), n), normalise is not None,
-                               normalise))
+                       lambda m: shared_gap(m, metric="kl"), False, short="shared lens gap, KL")]
+    found += [Signature(_suffixed("shared_gap", n), "shared lens − tuned lens, CE" + NORMALISATION_LABELS[n],
+                        lambda m, n=n: shared_gap(m, n), n is not None, n, "shared lens gap" + NORMALISATION_SHORT[n])
+              for n in every]
+    found += _normalised_family("best_translator", "best single translator on every layer", "best translator",
+                                best_row_cells, every)
     for direction in DIRECTIONS:
-        for normalise in (None, *NORMALISATIONS):
-            found.append(Signature(_suffixed(f"neighbour_{direction}", normalise),
-                                   f"neighbours (d = 1), {direction}" + NORMALISATION_LABELS[normalise],
-                                   lambda m, d=direction, n=normalise: normalised(
-                                       m, direction_cells(m.penalty.shape[1], d, 1), n),
-                                   normalise is not None, normalise))
+        found += _normalised_family(f"neighbour_{direction}", f"neighbours (d = 1), {direction}",
+                                    f"neighbours {direction}",
+                                    lambda m, d=direction: direction_cells(m.penalty.shape[1], d, 1), every)
     for direction in ("forward", "backward"):
-        for normalise in (None, "own_ce"):
-            found.append(Signature(_suffixed(f"farthest_{direction}", normalise),
-                                   f"largest distance (first layer and last), {direction}"
-                                   + NORMALISATION_LABELS[normalise],
-                                   lambda m, d=direction, n=normalise: normalised(
-                                       m, direction_cells(m.penalty.shape[1], d, far_distance(m)), n),
-                                   normalise is not None, normalise))
+        found += _normalised_family(f"farthest_{direction}", f"largest distance (first layer and last), {direction}",
+                                    f"farthest {direction}", lambda m, d=direction: direction_cells(
+                                        m.penalty.shape[1], d, far_distance(m)), (None, "own_ce"))
         found.append(Signature(f"growth_{direction}", f"{direction} penalty, largest distance / d = 1",
-                               lambda m, d=direction: _growth(m, d)))
+                               lambda m, d=direction: _growth(m, d), short=f"{direction}: farthest / d = 1"))
     return found
 
 
@@ -326,6 +326,8 @@ SIGNATURES: dict[str, Signature] = {s.key: s for s in _registry()}
 IDENTITY_SIGNATURES = {"identity_distance_mean": "translators' distance from the identity ‖A‖/‖I‖, mean",
                        "identity_distance_max": "translators' distance from the identity ‖A‖/‖I‖, largest"}
 LABELS = {**{key: s.label for key, s in SIGNATURES.items()}, **IDENTITY_SIGNATURES}
+SHORT_LABELS = {**{key: s.short for key, s in SIGNATURES.items()},
+                "identity_distance_mean": "‖A‖/‖I‖, mean", "identity_distance_max": "‖A‖/‖I‖, largest"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -381,30 +383,46 @@ def signatures(run: ResultsLike, embedding: str = "out", resamples: int = BOOTST
     ``embedding``, with batch-bootstrap intervals where the run has ``batches.jsonl`` (``resamples``, ``seed``).
     ``lens``: a tuned-lens lens folder (``config.json`` + ``params.pt``) for a tuned-lens eval folder that lacks one
     (see :func:`translator_identity_distances`)."""
+    return signature_sets(run, (embedding,), resamples, seed, lens)[0]
+
+
+def signature_sets(run: ResultsLike, embeddings: Sequence[str] = EMBEDDING_RULES,
+                   resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                   lens: str | Path | None = None) -> list[RunSignatures]:
+    """:func:`signatures` under each rule of ``embeddings``, the run read and resampled once."""
     (run,) = as_results(run)
-    keep = kept_layers(run, embedding)
-    point = point_means(run).kept(keep)
+    for embedding in embeddings:
+        kept_layers(run, embedding)  # checks the rule before the work
+    point_all = point_means(run)
     resampled = batch_means(run, resamples, seed)
-    values: dict[str, Estimate] = {}
-    for key, signature in SIGNATURES.items():
-        with np.errstate(invalid="ignore", divide="ignore"), _quiet_nan_means():
-            value = _finite(signature.compute(point)[0])
-            low = high = None
-            if resampled is not None and value is not None:
-                low, high = _interval(signature.compute(resampled[0].kept(keep)))
-        values[key] = Estimate(value, low, high)
     distances = translator_identity_distances(run, lens)
-    kept_distances = None if distances is None else distances[keep]
-    finite = None if kept_distances is None else kept_distances[np.isfinite(kept_distances)]
-    values["identity_distance_mean"] = Estimate(None if finite is None or not len(finite) else float(finite.mean()))
-    values["identity_distance_max"] = Estimate(None if finite is None or not len(finite) else float(finite.max()))
     names = run.block_names or run_layers(run)
-    best = best_row_cells(point)[0].any(axis=1)
     method = None if resampled is None else (
         f"percentile bootstrap over the {resampled[1]} batches of batches.jsonl ({resamples:,} resamples, "
         f"{BOOTSTRAP_LEVEL:.0%}); the resampling unit is one batch")
-    return RunSignatures(run.name, str(run.path), embedding, [names[k] for k in keep], reported_unit(run), values,
-                         names[keep[int(np.argmax(best))]] if best.any() else None, method, run.caveats)
+    found = []
+    for embedding in embeddings:
+        keep = kept_layers(run, embedding)
+        point = point_all.kept(keep)
+        samples = None if resampled is None else resampled[0].kept(keep)
+        values: dict[str, Estimate] = {}
+        for key, signature in SIGNATURES.items():
+            with np.errstate(invalid="ignore", divide="ignore"), _quiet_nan_means():
+                value = _finite(signature.compute(point)[0])
+                low = high = None
+                if samples is not None and value is not None:
+                    low, high = _interval(signature.compute(samples))
+            values[key] = Estimate(value, low, high)
+        kept_distances = None if distances is None else distances[keep]
+        finite = None if kept_distances is None else kept_distances[np.isfinite(kept_distances)]
+        defined = finite is not None and len(finite) > 0
+        values["identity_distance_mean"] = Estimate(float(finite.mean()) if defined else None)
+        values["identity_distance_max"] = Estimate(float(finite.max()) if defined else None)
+        best = best_row_cells(point)[0].any(axis=1)
+        found.append(RunSignatures(run.name, str(run.path), embedding, [names[k] for k in keep], reported_unit(run),
+                                   values, names[keep[int(np.argmax(best))]] if best.any() else None, method,
+                                   run.caveats))
+    return found
 
 
 class _quiet_nan_means:
