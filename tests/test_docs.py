@@ -511,6 +511,10 @@ SOURCES: dict[str, list[Source]] = {
                                    "scripts/render_performance.py renders the page from the benchmark JSON; "
                                    "tests/test_benchmark.py checks that it is current")],
     "docs/plotting-and-compare.md": [any_of(pinned_versions, "", "constraints.txt")],
+    "docs/control.md": [
+        one(lambda: 100 * code("vision_lens.metrics").BOOTSTRAP_LEVEL, ".0f", "the interval level"),
+        allow("0", "a zero translator's distance from the identity, by definition (tests/test_signatures.py)"),
+    ],
     "docs/reliability.md": [
         one(lambda: in_file("vision_lens/cli.py", r"error: \{exc\}.*\n\s*return (\d+)"), "", "the CLI's exit status"),
         one(lambda: option_default("pool_grid"), "", "--pool-grid's default"),

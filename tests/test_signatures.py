@@ -128,6 +128,10 @@ def test_the_synthetic_tuned_lens_folder_gives_its_known_signatures_and_batch_in
         assert (estimate.low, estimate.high) == pytest.approx((0.5 * estimate.value, 1.5 * estimate.value), rel=1e-5)
     assert result.values["growth_forward"].low == pytest.approx(2.0)  # a ratio of two penalties: no spread
     assert result.values["shared_gap_kl"].value is None and result.values["identity_distance_mean"].value is None
+    profile = signatures.directional_profile(folder, embedding="out")
+    assert np.allclose(profile.forward, [0.1, 0.2]) and np.allclose(profile.backward, [0.3, 0.6])
+    assert np.allclose(profile.forward_interval, [[0.05, 0.1], [0.15, 0.3]], rtol=1e-5)
+    assert np.allclose(profile.backward_interval, [[0.15, 0.3], [0.45, 0.9]], rtol=1e-5)
     kept = signatures.signatures(folder, "in")
     assert kept.layers[0] == "layer_0" and kept.values["neighbour_forward"].value == pytest.approx(0.1)
     # One batch per line (JSON Lines) reads alike.

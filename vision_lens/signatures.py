@@ -35,6 +35,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -342,6 +344,14 @@ def kept_layers(run: RunResults, embedding: str = "out") -> list[int]:
     return list(range(1 if embedding == "out" else 0, layers))
 
 
+@contextmanager
+def _undefined_is_nan():
+    """Undefined signatures come out as NaN (then None): numpy's warnings about empty means and 0 / 0 are silenced."""
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
 def _interval(samples: np.ndarray, level: float = BOOTSTRAP_LEVEL) -> tuple[float | None, float | None]:
     finite = samples[np.isfinite(samples)]
     if len(finite) < level * len(samples):  # undefined in too many resamples to say
@@ -407,7 +417,7 @@ def signature_sets(run: ResultsLike, embeddings: Sequence[str] = EMBEDDING_RULES
         samples = None if resampled is None else resampled[0].kept(keep)
         values: dict[str, Estimate] = {}
         for key, signature in SIGNATURES.items():
-            with np.errstate(invalid="ignore", divide="ignore"), _quiet_nan_means():
+            with _undefined_is_nan():
                 value = _finite(signature.compute(point)[0])
                 low = high = None
                 if samples is not None and value is not None:
@@ -425,34 +435,13 @@ def signature_sets(run: ResultsLike, embeddings: Sequence[str] = EMBEDDING_RULES
     return found
 
 
-class _quiet_nan_means:
-    """Silence numpy's 'Mean of empty slice' for undefined signatures (they come out as NaN, then None)."""
-
-    def __enter__(self):
-        import warnings
-
-        self._catch = warnings.catch_warnings()
-        self._catch.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._catch.__exit__(*exc)
-
-
 def signature(run: ResultsLike, key: str, embedding: str = "out", resamples: int = BOOTSTRAP_RESAMPLES,
               seed: int = 0) -> Estimate:
     """One signature of :data:`SIGNATURES` (``"neighbour_forward/own_ce"``, ``"best_translator"``, ...) of ``run``,
     with its interval where the run has ``batches.jsonl``."""
     if key not in SIGNATURES:
         raise ValueError(f"no signature {key!r}; choose one of {', '.join(SIGNATURES)}")
-    (run,) = as_results(run)
-    keep = kept_layers(run, embedding)
-    with np.errstate(invalid="ignore", divide="ignore"), _quiet_nan_means():
-        value = _finite(SIGNATURES[key].compute(point_means(run).kept(keep))[0])
-        resampled = batch_means(run, resamples, seed)
-        if resampled is None or value is None:
-            return Estimate(value)
-        return Estimate(value, *_interval(SIGNATURES[key].compute(resampled[0].kept(keep))))
+    return signature_sets(run, (embedding,), resamples, seed)[0].values[key]
 
 
 def shared_lens_gap(run: ResultsLike, normalise: str | None = None, metric: str = "kl",
@@ -501,18 +490,19 @@ def directional_profile(run: ResultsLike, normalise: str | None = None, embeddin
     distances = np.arange(1, layers)
     point = point_means(run).kept(keep)
     resampled = batch_means(run, resamples, seed)
+    samples = None if resampled is None else resampled[0].kept(keep)
     profile = DirectionalProfile(distances, np.full(len(distances), np.nan), np.full(len(distances), np.nan),
                                  layers - distances)
     for direction in ("forward", "backward"):
         means, bounds = getattr(profile, direction), np.full((2, len(distances)), np.nan)
         for n, d in enumerate(distances):
-            with np.errstate(invalid="ignore", divide="ignore"), _quiet_nan_means():
+            with _undefined_is_nan():
                 cells = direction_cells(layers, direction, d)
                 means[n] = normalised(point, cells, normalise)[0]
-                if resampled is not None:
-                    low, high = _interval(normalised(resampled[0].kept(keep), cells, normalise))
+                if samples is not None:
+                    low, high = _interval(normalised(samples, cells, normalise))
                     bounds[:, n] = [np.nan if low is None else low, np.nan if high is None else high]
-        if resampled is not None:
+        if samples is not None:
             setattr(profile, f"{direction}_interval", bounds)
     return profile
 
