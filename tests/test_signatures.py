@@ -173,6 +173,11 @@ def test_the_committed_vit_run(tmp_path):
     assert np.allclose(distances[:6], by_hand[:6], rtol=1e-5)
     assert np.isnan(distances[6])  # blocks.5: its logit lens is the model's output
     assert result.values["identity_distance_max"].value == pytest.approx(max(by_hand[1:6]), rel=1e-5)
+    # The default fit's best single translator is the last block's, which is zero (its lens is the logit lens): on
+    # every block it is the logit lens, so it keeps none of the tuned lens's gain over the logit lens.
+    default = signatures.signatures(RESULTS / "cifar10-vit", "out")
+    assert default.best_translator_layer == "blocks.5"
+    assert default.values["best_translator/kept_gain"].value == pytest.approx(0, abs=1e-6)
     inception = signatures.signatures(RESULTS / "cifar10-inceptionv1", "out")
     assert inception.values["neighbour_both"].value is None and inception.values["shared_gap_kl"].value is None
 
