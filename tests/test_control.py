@@ -104,6 +104,8 @@ def test_control_refuses_what_it_cannot_use(tmp_path, capsys):
     assert "holds no params.pt" in capsys.readouterr().err
     assert main(["control", "no-such-reference", "--out", str(tmp_path / "o")]) == 2
     assert "vision-lens references" in capsys.readouterr().err
+    assert main(["control", str(folder), "--reference", str(tmp_path / "gone"), "--out", str(tmp_path / "o")]) == 2
+    assert f"--reference {tmp_path / 'gone'}: no such folder or file" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -327,24 +327,26 @@ def control(run, references: Sequence[str | Path] = (), defaults: bool = True, o
     """
     if resamples < 1:
         raise OptionError(f"--resamples {resamples}: give at least 1")
+    missing = [str(r) for r in references if not reference_or_path(r).exists()]
+    if missing:
+        raise FileNotFoundError(f"--reference {', '.join(missing)}: no such folder or file")
     path = reference_or_path(run)
-    (loaded,) = as_results([path])
-    yours = signature_sets(loaded, EMBEDDING_RULES, resamples, seed, lens)
     refs = (reference_runs.references() if defaults else []) + [describe(r) for r in references]
     refs = sorted((r for n, r in enumerate(refs) if not _same(r.path, path)
                    and not any(_same(r.path, other.path) for other in refs[:n])), key=lambda r: r.order)
     if not refs:
         raise OptionError("no references to compare with: pass --reference, or leave out --no-default-references")
-    found, caveats = {}, {}
+    (loaded,) = as_results([path])
+    yours = signature_sets(loaded, EMBEDDING_RULES, resamples, seed, lens)
+    found, caveats = [], {}
     for ref in refs:
         (ref_run,) = as_results([ref.path])
-        found[ref.name] = {s.embedding: s for s in signature_sets(ref_run, EMBEDDING_RULES, resamples, seed)}
+        found.append(signature_sets(ref_run, EMBEDDING_RULES, resamples, seed))
         if ref_run.caveats:
             caveats[ref.name] = ref_run.caveats
-    placements = [Placement(key, embedding, mine.values[key],
-                            [(ref, found[ref.name][embedding].values[key]) for ref in refs])
-                  for key in CONTROL_SIGNATURES for mine in yours for embedding in (mine.embedding,)]
-    placements.sort(key=lambda p: (EMBEDDING_RULES.index(p.embedding), CONTROL_SIGNATURES.index(p.key)))
+    placements = [Placement(key, mine.embedding, mine.values[key],
+                            [(ref, sets[rule].values[key]) for ref, sets in zip(refs, found)])
+                  for rule, mine in enumerate(yours) for key in CONTROL_SIGNATURES]
     result = Control(yours, refs, placements, caveats)
     if out is not None:
         result.write(out)
