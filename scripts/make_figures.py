@@ -1,12 +1,15 @@
 #!/usr/bin/env python
 """Example figures under results/figures/, one per plotting function, from committed run folders.
 
-Usage: scripts/make_figures.py [RUN_DIR ...] [--llm AGGREGATE_JSON ...] [--image PNG] [--out results/figures]
+Usage: scripts/make_figures.py [RUN_DIR ...] [--llm AGGREGATE_JSON_OR_DIR ...] [--anchors DIR | --no-anchors]
+                               [--image PNG] [--out results/figures]
 
 The first run folder gives the single-run figures (layer-wise metrics,
 transfer heatmap, prediction trajectory); all of them enter the cross-model
 ones (relative depth, penalty vs distance, the frontier of the runs with a
-frontier.json, LLM comparison). The prediction
+frontier.json, LLM comparison). The LLM comparison also draws Pythia-12B's
+published penalty matrix (../shared/data/llm-anchors, read where it is) at all its
+layers and thinned to the language model's six. The prediction
 trajectory reloads the first run's model from the weights path in its run.json.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -31,6 +35,31 @@ DEFAULT_RUNS = [REPO / "results" / f"cifar10-{arch}"
 TOY_LLM = REPO / "tests" / "data" / "tiny-gpt2-tuned-lens" / "aggregate_metrics.json"
 # scripts/train_reference_lm.py's output: a GPT-2 of the CIFAR ViT's size lensed by tuned-lens itself.
 LM_REFERENCE = REPO / "results" / "lm-reference" / "aggregate_metrics.json"
+LLM_LABELS = {TOY_LLM: "toy GPT-2 (format check)", LM_REFERENCE: "GPT-2 reference (tuned-lens)"}
+# The tuned-lens authors' Pythia-12B transfer penalties and per-layer CE (data from elsewhere: read where it is).
+ANCHORS = Path(os.environ.get("VISION_LENS_SHARED", REPO.parent / "shared")) / "data" / "llm-anchors"
+ANCHORS_LABEL = "Pythia-12B (tuned-lens authors)"
+MATCHED_LAYERS = 6  # the language model trained here lenses six layers: Pythia-12B's 36 are also drawn at six
+
+
+def llm_inputs(llm: list[Path] | None, anchors: Path | None) -> tuple[list[Path], list[str]]:
+    """The LLM inputs of the comparison and their labels: ``llm`` (default: results/lm-reference where it exists,
+    else the toy GPT-2 fixture), then the penalty-only folder ``anchors`` (Pythia-12B) where given."""
+    paths = list(llm) if llm is not None else [LM_REFERENCE if LM_REFERENCE.is_file() else TOY_LLM]
+    labels = [LLM_LABELS.get(path, path.parent.name if path.is_file() else path.name) for path in paths]
+    if anchors is not None:
+        paths.append(anchors)
+        labels.append(ANCHORS_LABEL)
+    return paths, labels
+
+
+def compare_llm(runs: list[Path], llm: list[Path] | None, anchors: Path | None, out: Path) -> Path:
+    """compare_llm.png: the vision runs beside the LLM inputs, a deep LLM also thinned to MATCHED_LAYERS layers."""
+    paths, labels = llm_inputs(llm, anchors)
+    fig = compare([*runs, *paths], labels=[load_results(r).name for r in runs] + labels, thin=MATCHED_LAYERS)
+    fig.savefig(out / "compare_llm.png", dpi=150)
+    plt.close(fig)
+    return out / "compare_llm.png"
 
 
 def first_eval_image(run_dir: Path) -> Path:
@@ -55,9 +84,14 @@ def main() -> None:
                              "inceptionv1} "
                              "that are complete); a sibling <run>-random-init folder enters the random-init figure")
     parser.add_argument("--llm", nargs="*", type=Path,
-                        help="aggregate_metrics.json files from `tuned-lens eval` for the comparison (default: "
-                             "results/lm-reference where it exists, else the toy GPT-2 test fixture, a format "
-                             "check rather than a real LLM)")
+                        help="aggregate_metrics.json files or folders from `tuned-lens eval` for the comparison "
+                             "(default: results/lm-reference where it exists, else the toy GPT-2 test fixture, a "
+                             "format check rather than a real LLM)")
+    parser.add_argument("--anchors", type=Path, default=ANCHORS if ANCHORS.is_dir() else None,
+                        help="a folder of a penalty-only transfer matrix with a per-layer CE, drawn in the comparison "
+                             f"at all its layers and at {MATCHED_LAYERS} (default: {ANCHORS}, Pythia-12B, where it "
+                             "exists)")
+    parser.add_argument("--no-anchors", action="store_true", help="leave Pythia-12B out of the comparison")
     parser.add_argument("--image", type=Path, help="image for the prediction trajectory (default: first eval image)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "figures", help="output folder")
     args = parser.parse_args()
@@ -110,13 +144,7 @@ def main() -> None:
                                   ax=frontier_ax)
         save(frontier_ax, args.out / "penalty_frontier.png")
 
-    llm = args.llm if args.llm is not None else [LM_REFERENCE if LM_REFERENCE.is_file() else TOY_LLM]
-    llm_labels = {TOY_LLM: "toy GPT-2 (format check)", LM_REFERENCE: "GPT-2 reference (tuned-lens)"}
-    labels = [load_results(r).name for r in runs] + [llm_labels.get(path, path.parent.name) for path in llm]
-    fig = compare([*runs, *llm], labels=labels)
-    fig.savefig(args.out / "compare_llm.png", dpi=150)
-    plt.close(fig)
-    print(f"wrote {args.out / 'compare_llm.png'}")
+    print(f"wrote {compare_llm(runs, args.llm, None if args.no_anchors else args.anchors, args.out)}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python scripts/summarise_results.py results/cifar10-resnet20 results/cifar10-resnet32 results/cifar10-resnet44
     python scripts/summarise_results.py --findings results/cifar10-resnet20 ...  # results/README.md's tables
+    python scripts/summarise_results.py --signatures results/cifar10-vit ... ../shared/data/llm-anchors
 
 For the first run it prints the README's per-block markdown table; for every run the
 baseline accuracy, the mean diagonal CE, the mean transfer penalty at block distance 1
@@ -9,8 +10,11 @@ and at its maximum (all pairs, within one stage and across stages, with 95% boot
 intervals), the penalty of the last block's (zero) translator, the shared lens's KL (and
 CE) gap to the tuned lens, the largest gap between the linear probe's and the tuned lens's
 accuracy, and the most L-BFGS iterations any final solve of each lens took. With
-``--findings`` it prints the tables of ``results/README.md`` instead (see :func:`findings`).
-Everything is read from the JSON files.
+``--findings`` it prints the tables of ``results/README.md`` instead (see :func:`findings`),
+with ``--signatures`` the signature table of every run (see :func:`signature_tables`).
+Runs are run folders, ``tuned-lens eval`` folders, or a penalty-only transfer matrix with
+a per-layer CE (``../shared/data/llm-anchors``: Pythia-12B, shown at all its layers and
+thinned to six). Everything is read from the JSON files.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vision_lens import analysis
+from vision_lens import analysis, signatures
 from vision_lens.artifacts import FRONTIER_FILE, layer_keys
+from vision_lens.compare import with_thinned
 
 TABLE = [("tuned", "acc"), ("shared", "acc"), ("logit", "acc"), ("linear_probe", "acc"),
          ("tuned", "ce"), ("shared", "ce"), ("logit", "ce"), ("tuned", "kl")]
@@ -249,6 +254,25 @@ def rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+# A language model deeper than this is also shown at this many of its layers (Pythia-12B's 36 at 0, 6, ..., 30),
+# the depth of the language model trained here: matched relative depth.
+THINNED_LAYERS = 6
+
+
+def row_label(run) -> str:
+    """A run's name in a table: its folder for this package's runs; for tuned-lens output the run's name (its
+    folder's, or a penalty-only matrix's model, with the layers kept where :func:`~vision_lens.analysis.thinned`);
+    a dagger where the run carries a caveat (:func:`caveat_rows`)."""
+    return (run.path.name if run.run else run.name) + (" †" if run.caveats else "")
+
+
+def caveat_rows(runs, columns: int) -> list[list[str]]:
+    """A last row per caveat of the runs, inside the table (so that it travels with it): "† names: caveat"."""
+    from vision_lens.compare import caveat_lines
+
+    return [[f"† {line}"] + [""] * (columns - 1) for line in caveat_lines(runs)]
+
+
 def stream_table(runs) -> str:
     """Every run with transfer on one scale-free footing, tuned-lens output (a language model) included
     (:func:`stream_profile`): the penalty over the own CE at distance 1 and at the largest distance within a stage,
@@ -267,19 +291,63 @@ def stream_table(runs) -> str:
         blocks = f"{len(stream.blocks)}" + ("" if len(stream.blocks) == len(names) else f" (`{first}` on)")
         fit = FIT_LABELS[analysis.fit_recipe(run)]
         rho = rank_correlation(defined, means[defined]) if len(defined) > 2 else np.nan  # two always rank perfectly
-        rows.append([run.path.name, fit, blocks, analysis.reported_unit(run), f"{stream.own_ce:.2f}", f"{means[1]:.2f}",
-                     f"{means[far]:.2f} (d={far})", f"{means[2] / means[1]:.2f}" if far >= 2 else "—",
+        rows.append([row_label(run), fit, blocks, analysis.reported_unit(run), f"{stream.own_ce:.2f}",
+                     f"{means[1]:.2f}", f"{means[far]:.2f} (d={far})", f"{means[2] / means[1]:.2f}" if far >= 2 else "—",
                      "—" if np.isnan(rho) else f"{rho:+.2f}"])
-    return markdown(["run", "fit", "blocks", "unit", "lens's own CE", "penalty / own CE at d=1", "at the largest d",
-                     "d=2 / d=1", "rank correlation with d"], rows)
+    header = ["run", "fit", "blocks", "unit", "lens's own CE", "penalty / own CE at d=1", "at the largest d",
+              "d=2 / d=1", "rank correlation with d"]
+    return markdown(header, rows + caveat_rows(runs, len(header)))
+
+
+SIGNATURE_COLUMNS = (  # (key in vision_lens.signatures, column header)
+    ("shared_gap_kl", "shared − tuned KL"), ("shared_gap/own_ce", "shared − tuned CE / own CE"),
+    ("best_translator/own_ce", "best single translator / own CE"),
+    ("neighbour_forward/own_ce", "neighbours forward / own CE"), ("neighbour_backward/own_ce", "neighbours backward / own CE"),
+    ("neighbour_both/own_ce", "neighbours / own CE"), ("neighbour_both/excess", "neighbours / (own − model CE)"),
+    ("neighbour_both/kept_gain", "neighbours: share of the tuned lens's gain kept"),
+    ("farthest_forward/own_ce", "largest distance forward / own CE"),
+    ("farthest_backward/own_ce", "largest distance backward / own CE"),
+    ("identity_distance_mean", "‖A‖/‖I‖ mean"), ("identity_distance_max", "‖A‖/‖I‖ largest"),
+)
+
+
+def fit_label(run) -> str:
+    """How the run's translators were fitted, and whether its weights are a random initialisation."""
+    return FIT_LABELS[analysis.fit_recipe(run)] + (", random init" if run.run.get("weights") == "random" else "")
+
+
+def signature_table(runs, embedding: str) -> str:
+    """One row per run with transfer (:mod:`vision_lens.signatures` under the embedding rule ``embedding``): the
+    shared lens's gap (KL in the run's unit), the best single translator, the neighbour penalty forward, backward
+    and both ways under each normalisation, the penalty at the largest distance each way, and the translators'
+    distance from the identity; 95 % intervals from a bootstrap over the batches of batches.jsonl."""
+    rows = []
+    for run in runs:
+        if not analysis.defined_transfer(run):
+            continue
+        found = signatures.signatures(run, embedding)
+        best = found.values["best_translator/own_ce"].format()
+        rows.append([row_label(run), fit_label(run), signatures.EMBEDDING_LABELS[embedding], found.unit]
+                    + [found.values[key].format() + (f" (`{found.best_translator_layer}`)"
+                                                     if key == "best_translator/own_ce" and best != "—" else "")
+                       for key, _ in SIGNATURE_COLUMNS])
+    header = ["run", "fit", "embedding", "unit", *(label for _, label in SIGNATURE_COLUMNS)]
+    return markdown(header, rows + caveat_rows(runs, len(header)))
+
+
+def signature_tables(runs) -> str:
+    """:func:`signature_table` with the embedding layer left out, then kept; a deep language model also thinned."""
+    runs = with_thinned(runs, THINNED_LAYERS)
+    return "\n\n".join(signature_table(runs, embedding) for embedding in signatures.EMBEDDING_RULES)
 
 
 def findings(runs) -> str:
     """``results/README.md``'s tables, in its order: depth (every default-fit run), then transfer (default fits,
     then the tuned-lens recipe's), the frontier, shared lens and aux heads (trained runs only: a random model's
     tuned lens follows noise), and last every trained run with transfer beside the language-model reference
-    (``tuned-lens eval`` output, which has no run.json and enters only that table)."""
-    tool = [run for run in runs if not run.run]
+    (``tuned-lens eval`` output or a penalty-only matrix, which have no run.json and enter only that table; one
+    deeper than :data:`THINNED_LAYERS` also at that many layers)."""
+    tool = with_thinned([run for run in runs if not run.run], THINNED_LAYERS)
     ours = [run for run in runs if run.run]
     recipe = [run for run in ours if analysis.fit_recipe(run) == "tuned-lens"]
     default = [run for run in ours if run not in recipe]
@@ -292,12 +360,18 @@ def findings(runs) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", help="run folders written by `vision-lens run`")
+    parser.add_argument("runs", nargs="+", help="run folders written by `vision-lens run`, tuned-lens eval folders, "
+                        "or a penalty-only matrix's folder (../shared/data/llm-anchors)")
     parser.add_argument("--findings", action="store_true", help="print the tables of results/README.md")
+    parser.add_argument("--signatures", action="store_true",
+                        help="print the signature table of every run, embedding layer left out and kept")
     args = parser.parse_args()
     runs = analysis.as_results(args.runs)
     if args.findings:
         print(findings(runs))
+        return
+    if args.signatures:
+        print(signature_tables(runs))
         return
     print(table(runs[0]), end="\n\n")
     for run in runs:

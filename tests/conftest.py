@@ -42,19 +42,32 @@ def load_script(name: str) -> ModuleType:
 
 def findings_runs() -> list[Path]:
     """The run folders of the ``summarise_results.py --findings`` command that results/README.md prints (its
-    tables are that command's output)."""
+    tables are that command's output): committed runs, and data read where it is in ../shared (Pythia-12B's
+    matrix), whose absence skips the caller (fails it in CI)."""
     text = (REPO / "results" / "README.md").read_text()
-    command = re.search(r"python scripts/summarise_results\.py --findings ((?:results/\S+ ?)+)", text)
+    command = re.search(r"python scripts/summarise_results\.py --findings ((?:(?:results/|\.\./shared/)\S+ ?)+)", text)
     assert command, "results/README.md must print the command that makes its tables"
-    return [REPO / r for r in command.group(1).split()]
+    runs = [SHARED / r.removeprefix("../shared/") if r.startswith("../shared/") else REPO / r
+            for r in command.group(1).split()]
+    shared = [r for r in runs if not r.is_relative_to(REPO)]
+    if shared:
+        require_shared(*shared)
+    return runs
 
 
-def require_shared() -> None:
-    """Skip when ../shared is missing; fail instead when VISION_LENS_REQUIRE_SHARED=1 (as in CI)."""
-    if CIFAR.is_dir() and RESNET20.is_file():
+LLM_ANCHORS = SHARED / "data" / "llm-anchors"  # the tuned-lens authors' Pythia numbers (its README says whence)
+
+
+def require_shared(*needed: Path) -> None:
+    """Skip when ../shared lacks ``needed`` (default: the CIFAR-10 PNGs and checkpoints); fail instead when
+    VISION_LENS_REQUIRE_SHARED=1 (as in CI)."""
+    needed = needed or (CIFAR, RESNET20)
+    if all(path.exists() for path in needed):
         return
+    what = "the CIFAR-10 PNGs and checkpoints" if needed == (CIFAR, RESNET20) else ", ".join(
+        str(path.relative_to(SHARED)) for path in needed)
     reason = (
-        f"needs the CIFAR-10 PNGs and checkpoints under {SHARED} (set VISION_LENS_SHARED to their folder); "
+        f"needs {what} under {SHARED} (set VISION_LENS_SHARED to their folder); "
         "they are not distributed with the package"
     )
     if os.environ.get("VISION_LENS_REQUIRE_SHARED") == "1":
@@ -201,4 +214,42 @@ def write_synthetic_run(out: Path, images: int = 400, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_results(out, aggregate, [], layers, run, intervals)
     mark_complete(out)
+    return out
+
+
+# A synthetic `tuned-lens eval --layer_transfer` folder whose signatures are known by hand (tests/test_signatures.py):
+# four layers; every batch has the same own CE, logit-lens CE and model CE, and the transfer penalty
+# SYNTHETIC_PENALTY times that batch's factor.
+SYNTHETIC_OWN_CE = (3.0, 2.0, 1.5, 1.0)
+SYNTHETIC_LOGIT_CE = (5.0, 3.0, 2.0, 1.2)
+SYNTHETIC_MODEL_CE = 0.8
+# An earlier layer's translator on a later one costs 0.1 per layer of distance, a later one's on an earlier 0.3.
+SYNTHETIC_PENALTY = tuple(tuple(0.1 * (j - i) if j > i else 0.3 * (i - j) for j in range(4)) for i in range(4))
+
+
+def write_tuned_lens_eval(out: Path, factors: Sequence[float] = (0.5, 1.5)) -> Path:
+    """``aggregate_metrics.json`` and ``batches.jsonl`` as ``tuned-lens eval --layer_transfer`` writes them (its
+    nesting; one JSON list of per-batch means; the aggregate the mean of the batches), one batch per factor."""
+    import json
+
+    layers = [f"layer_{k}" for k in range(4)]
+
+    def batch(factor: float) -> dict:
+        ce = {i: {j: SYNTHETIC_OWN_CE[m] + factor * SYNTHETIC_PENALTY[n][m]
+                  for m, j in enumerate(layers)} for n, i in enumerate(layers)}
+        return {"tuned": {"ce": dict(zip(layers, SYNTHETIC_OWN_CE)), "kl": dict(zip(layers, (1.0, 0.5, 0.3, 0.2))),
+                          "layer_transfer": {"ce": ce, "kl": {i: {j: factor for j in layers} for i in layers}}},
+                "logit": {"ce": dict(zip(layers, SYNTHETIC_LOGIT_CE)), "kl": dict(zip(layers, (3.0, 1.0, 0.6, 0.3)))},
+                "baseline": {"ce": {"final": SYNTHETIC_MODEL_CE}, "entropy": {"final": 1.0}}}
+
+    batches = [batch(f) for f in factors]
+
+    def mean(nodes: list):
+        if isinstance(nodes[0], dict):
+            return {k: mean([n[k] for n in nodes]) for k in nodes[0]}
+        return sum(nodes) / len(nodes)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "aggregate_metrics.json").write_text(json.dumps(mean(batches)))
+    (out / "batches.jsonl").write_text(json.dumps(batches))
     return out

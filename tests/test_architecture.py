@@ -11,7 +11,8 @@ PACKAGE = Path(vision_lens.__file__).parent
 # In pipeline order; modules in one tuple are one stage. The cache is the store capture writes to.
 STAGES = [
     ("errors", "threads", "files", "schema", "lens_kinds", "readout"), ("adapters",), ("data",), ("cache",), ("checks",), ("capture",), ("lenses",),
-    ("fit",), ("metrics",), ("artifacts",), ("analysis",), ("plotting",), ("compare", "report"),
+    ("fit",), ("metrics",), ("artifacts", "reference_runs"), ("analysis",), ("signatures",), ("plotting",),
+    ("compare", "report", "controls"),
     ("options", "preflight", "pipeline", "frontier", "demo", "cli", "__main__"),
 ]
 RANK = {name: rank for rank, stage in enumerate(STAGES) for name in stage}

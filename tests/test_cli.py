@@ -29,7 +29,8 @@ print(" ".join(m for m in {HEAVY!r} if m in sys.modules))
 """
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["run"], ["demo"], ["compare"], ["report"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["run"], ["demo"], ["compare"], ["report"], ["control"],
+                                     ["references"]])
 def test_help_imports_no_heavy_library(command):
     done = subprocess.run([sys.executable, "-c", PROBE, *command, "--help"], cwd=REPO,
                           capture_output=True, text=True, check=True)

@@ -523,6 +523,10 @@ SOURCES: dict[str, list[Source]] = {
     "docs/output-format.md": [
         one(lambda: code("vision_lens.schema").UNVERSIONED, "", "the version of files written before versions"),
     ],
+    "docs/control.md": [
+        one(lambda: 100 * code("vision_lens.metrics").BOOTSTRAP_LEVEL, ".0f", "the interval level"),
+        allow("0", "a zero translator's distance from the identity, by definition (tests/test_signatures.py)"),
+    ],
     "docs/reliability.md": [
         one(lambda: in_file("vision_lens/cli.py", r"error: \{exc\}.*\n\s*return (\d+)"), "", "the CLI's exit status"),
         one(lambda: option_default("pool_grid"), "", "--pool-grid's default"),

@@ -5,6 +5,7 @@ The public API, loaded on first use (``import vision_lens`` stays light)::
     import vision_lens as vl
     run = vl.run_pipeline(model="cifar:resnet20", weights="resnet20.th", data="cifar10", out="runs/r20")
     vl.plotting.layerwise(run, "acc")             # run: a RunResults, as vl.load_results("runs/r20") gives
+    vl.control("path/to/tuned-lens-eval-output")  # an LLM's lens results among the vision controls
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ _EXPORTS = {
     "LinearProbe": ("lenses", "LinearProbe"),
     "TunedLensRecipe": ("fit", "TunedLensRecipe"),
     "load_results": ("artifacts", "load_results"),
+    "control": ("controls", "control"),
     "RunResults": ("artifacts", "RunResults"),
     "run_pipeline": ("pipeline", "run_pipeline"),
     "plotting": ("plotting", None),
     "analysis": ("analysis", None),
+    "signatures": ("signatures", None),
     "compare": ("compare", None),
 }
 __all__ = ["__version__", *_EXPORTS]

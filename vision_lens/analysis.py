@@ -8,6 +8,7 @@ NaN where a value is undefined).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence, Union
@@ -43,8 +44,9 @@ def relative_depth(blocks: int) -> np.ndarray:
 
 
 def block_names(run: RunResults, blocks: int) -> list[str]:
-    """The run's block names, or ``layer_k`` keys where the run has no ``layers.json`` (tuned-lens output)."""
-    return run.block_names or [f"layer_{k}" for k in range(blocks)]
+    """The run's block names, or its ``layer_k`` keys where the run has no ``layers.json`` (tuned-lens output; a
+    :func:`thinned` one keeps its layers' own keys)."""
+    return run.block_names or layer_keys(run.aggregate["tuned"]["ce"])[:blocks]
 
 
 def image_blocks(run: RunResults) -> np.ndarray:
@@ -91,11 +93,48 @@ def transfer_matrix(run: RunResults, kind: str = "penalty", lens_type: str = "tu
     return np.array([[np.nan if table[i][j] is None else table[i][j] for j in keys] for i in keys], dtype=float)
 
 
+def own_ce(run: RunResults, lens_type: str = "tuned") -> np.ndarray:
+    """Each block's own CE, ``ce[k][k]`` (each translator on its own block; NaN where undefined). A penalty-only
+    matrix has no transfer CE: there it is the lens's layer-wise CE, read from another file
+    (:func:`~vision_lens.artifacts.load_penalty_only`, whose caveat says so)."""
+    if "ce" in run.aggregate.get(lens_type, {}).get("layer_transfer", {}):
+        return np.diag(transfer_matrix(run, "ce", lens_type))
+    return layer_values(run.aggregate[lens_type]["ce"])
+
+
 def mean_diagonal_ce(run: RunResults, lens_type: str = "tuned", blocks: Sequence[int] | None = None) -> float:
-    """Mean over blocks of ``ce[k][k]``: each translator on its own block (undefined blocks skipped); over the
-    block indices ``blocks`` only, where given."""
-    diagonal = np.diag(transfer_matrix(run, "ce", lens_type))
+    """Mean over blocks of :func:`own_ce` (undefined blocks skipped); over the block indices ``blocks`` only, where
+    given."""
+    diagonal = own_ce(run, lens_type)
     return float(np.nanmean(diagonal if blocks is None else diagonal[list(blocks)]))
+
+
+def thinned(run: RunResults, count: int) -> RunResults:
+    """``run`` at ``count`` of its layers, every ``L // count``-th from the first (Pythia-12B's 36 layers to six:
+    ``layer_0, layer_6, ..., layer_30``), so that a deep model meets a shallow one at matched relative depth; a run
+    of ``count`` layers or fewer is returned as it is. The layers keep their keys (and block names); distances are
+    then counted in kept layers, and bootstrap intervals of the full run do not apply (the result has none)."""
+    keys = layer_keys(run.aggregate["tuned"]["ce"])
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    if len(keys) <= count:
+        return run
+    step = len(keys) // count
+    keep = keys[::step][:count]
+
+    def subset(node):
+        if isinstance(node, dict) and node and all(k.startswith("layer_") for k in node):
+            return {k: subset(node[k]) for k in keep}
+        return {k: subset(v) for k, v in node.items()} if isinstance(node, dict) else node
+
+    positions = [keys.index(k) for k in keep]
+    info = dict(run.run)
+    if "block_stages" in info:
+        info["block_stages"] = [info["block_stages"][k] for k in positions]
+    numbers = [k.split("_")[1] for k in keep]
+    name = f"{run.name} (layers {', '.join(numbers[:2])}{', ...' if len(keep) > 3 else ''}, {numbers[-1]})"
+    return dataclasses.replace(run, name=name, aggregate=subset(run.aggregate), intervals=None, run=info,
+                               layers={k: v for k, v in run.layers.items() if k in keep})
 
 
 @dataclass

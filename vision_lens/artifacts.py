@@ -396,6 +396,9 @@ class RunResults:
     run: dict
     intervals: dict | None = None  # aggregate_metrics_ci.json; None where absent (e.g. tuned-lens output)
     non_finite: tuple[str, ...] = ()  # a line per input file whose NaN or infinite numbers were read as undefined
+    # What every table or figure of this run must say beside its numbers (a penalty-only matrix: that its CE trace
+    # may come from another lens run of the same model)
+    caveats: tuple[str, ...] = ()
 
     @property
     def block_names(self) -> list[str]:
@@ -479,18 +482,25 @@ def check_aggregate(path: Path, aggregate) -> None:
 
 
 def load_results(path: str | Path) -> RunResults:
-    """A run folder, or a bare ``aggregate_metrics.json`` (e.g. from ``tuned-lens eval``) named after its folder.
+    """A run folder, a bare ``aggregate_metrics.json`` (e.g. from ``tuned-lens eval``) named after its folder, a
+    folder holding a penalty-only transfer matrix and a per-layer CE (:func:`load_penalty_only`), or the name of a
+    committed reference run (``"cifar10-vit"``: a folder of :func:`~vision_lens.resources.results_root`).
 
     A malformed file raises RunFolderError naming it and what was expected.
     """
-    path, notes = Path(path), []
+    path, notes = reference_or_path(path), []
+    if path.is_dir() and not (path / "aggregate_metrics.json").is_file() and list(path.glob(PENALTY_ONLY_GLOB)):
+        return load_penalty_only(path)
     if path.is_file():
         aggregate = _read_values(path, AGGREGATE_SCHEMA, notes)
         check_aggregate(path, aggregate)
         return RunResults(path.parent, path.parent.name, aggregate, {}, {}, non_finite=tuple(notes))
     agg = path / "aggregate_metrics.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such folder or file")
     if not agg.is_file():
-        raise FileNotFoundError(f"{path} holds no aggregate_metrics.json; pass a folder written by `vision-lens run`")
+        raise FileNotFoundError(f"{path} holds no aggregate_metrics.json; pass a folder written by `vision-lens run` "
+                                "or `tuned-lens eval`")
     layers_path, run_path = path / "layers.json", path / "run.json"
     aggregate = _read_values(agg, AGGREGATE_SCHEMA, notes)
     check_aggregate(agg, aggregate)
@@ -506,3 +516,73 @@ def load_results(path: str | Path) -> RunResults:
     intervals = _read_values(intervals_path, "the nesting of aggregate_metrics.json with [low, high] leaves", notes) \
         if intervals_path.is_file() else None
     return RunResults(path, run.get("model", path.name), aggregate, layers, run, intervals, tuple(notes))
+
+
+def reference_or_path(path: str | Path) -> Path:
+    """``path`` as given where it exists or is not a bare name; else the committed reference run of that name
+    (``cifar10-vit``: a folder of :func:`~vision_lens.resources.results_root`, ``results/`` in a checkout,
+    ``vision_lens/references`` in an installed wheel). An unknown bare name is a FileNotFoundError listing the
+    references."""
+    from .resources import results_root
+
+    given = Path(path)
+    if given.exists() or len(given.parts) != 1 or given.suffix:
+        return given
+    root = results_root()
+    if (root / given / "aggregate_metrics.json").is_file():
+        return root / given
+    names = sorted(p.parent.name for p in root.glob("*/aggregate_metrics.json"))
+    raise FileNotFoundError(f"{path} is neither a folder nor a file here, nor the name of a committed reference run "
+                            f"(in {root}: {', '.join(names) or 'none'}); `vision-lens references` lists them")
+
+
+# A penalty-only matrix (no own CE inside it) beside a per-layer CE, as the tuned-lens authors' published numbers
+# come (../shared/data/llm-anchors/): the two files of such a folder.
+PENALTY_ONLY_GLOB = "*transfer-penalty.json"
+LAYER_CE_GLOB = "*-ce.json"
+PENALTY_ONLY_CAVEAT = ("its transfer penalties and its per-layer CE come from two files ({} and {}): the CE trace may "
+                       "come from a different lens run of the same model, so every number that divides one by the "
+                       "other mixes the two")
+
+
+def load_penalty_only(folder: str | Path, model_key: str | None = None) -> RunResults:
+    """A penalty-only transfer matrix with a per-layer CE from a separate file, read as a tuned-lens run.
+
+    ``folder`` holds one ``*transfer-penalty.json`` (``{"model", "unit", "penalty": {"layer_i": {"layer_j": v}}}``,
+    rows the translator's layer) and one ``*-ce.json`` (``{"models": {key: description}, "ce": {key: {"layer_k":
+    v}}}``), as ``../shared/data/llm-anchors/`` does for Pythia-12B; the CE trace is the one whose description
+    starts with the matrix's model (or ``model_key``). The result has the tuned lens's layer-wise ``ce`` and its
+    ``layer_transfer.penalty``, no run.json (tuned-lens's convention: ``layer_0`` is the embedding output), and a
+    caveat that every table must carry: the CE trace may come from a different lens run of the same model.
+    """
+    folder, notes = Path(folder), []
+    expected_penalty = ('{"model": name, "unit": unit, "penalty": {"layer_i": {"layer_j": number}}} (rows: the '
+                        'translator\'s layer)')
+    expected_ce = '{"models": {key: description}, "ce": {key: {"layer_k": number}}}'
+    found = {glob: sorted(folder.glob(glob)) for glob in (PENALTY_ONLY_GLOB, LAYER_CE_GLOB)}
+    for glob, paths in found.items():
+        if len(paths) != 1:
+            raise RunFolderError(f"{folder}: expected one {glob} file beside the penalty matrix, found "
+                                 f"{len(paths)} ({', '.join(p.name for p in paths) or 'none'})")
+    penalty_path, ce_path = found[PENALTY_ONLY_GLOB][0], found[LAYER_CE_GLOB][0]
+    matrix = _read_values(penalty_path, expected_penalty, notes)
+    traces = _read_values(ce_path, expected_ce, notes)
+    if not (isinstance(matrix, dict) and isinstance(matrix.get("model"), str)
+            and _is_layer_table(matrix.get("penalty"), 2)):
+        raise RunFolderError(f"{penalty_path}: expected {expected_penalty}")
+    if not (isinstance(traces, dict) and isinstance(traces.get("models"), dict) and isinstance(traces.get("ce"), dict)):
+        raise RunFolderError(f"{ce_path}: expected {expected_ce}")
+    model = matrix["model"]
+    keys = [model_key] if model_key is not None else [
+        key for key, about in traces["models"].items() if str(about).split(" ")[0] == model]
+    if len(keys) != 1 or not _is_layer_table(traces["ce"].get(keys[0]), 1):
+        raise RunFolderError(f"{ce_path} holds no single per-layer CE trace of {model} (its models: "
+                             f"{', '.join(f'{k}: {v}' for k, v in traces['models'].items())}); pass model_key")
+    ce, penalty = traces["ce"][keys[0]], matrix["penalty"]
+    if set(ce) != set(penalty):
+        raise RunFolderError(f"{ce_path} ({keys[0]}) and {penalty_path} cover other layers "
+                             f"({len(ce)} against {len(penalty)}); they must describe the same lens layers")
+    aggregate = {"tuned": {"ce": ce, "layer_transfer": {"penalty": penalty}}}
+    check_aggregate(penalty_path, aggregate)
+    caveat = PENALTY_ONLY_CAVEAT.format(penalty_path.name, ce_path.name)
+    return RunResults(folder, model.split("/")[-1], aggregate, {}, {}, non_finite=tuple(notes), caveats=(caveat,))

@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
             "on normalised quantities (bits per image and bits per byte do not compare)")
     compare = sub.add_parser("compare", help=text, description=text)
     compare.add_argument("inputs", nargs="+", metavar="DIR_OR_JSON",
-                         help="vision-lens run folders, tuned-lens eval folders or aggregate_metrics.json files")
+                         help="vision-lens run folders, tuned-lens eval folders, aggregate_metrics.json files, "
+                         "folders of a penalty-only transfer matrix with a per-layer CE (../shared/data/llm-anchors: "
+                         "Pythia-12B), or names of committed references (`vision-lens references`)")
     compare.add_argument("--out", required=True, help="figure file to write; its suffix sets the format (.png, .pdf)")
     compare.add_argument("--lens-types", nargs="+", default=["tuned", "logit"],
                          choices=[kind.name for kind in lens_kinds()],
@@ -67,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--label", action="append", dest="labels", metavar="NAME",
                          help="name of an input in the legend; repeat once per input, in the order of the inputs "
                          "(default: the model in run.json, or the folder name)")
+    compare.add_argument("--thin", type=int, default=None, metavar="N",
+                         help="also draw each language-model input (no block names) deeper than N layers at N of its "
+                         "layers, every (layers // N)-th from layer_0, for matched relative depth (Pythia-12B's 36 "
+                         "at 6: layers 0, 6, ..., 30)")
     text = ("refit a run's lenses fitted to the model's output (tuned, shared) from its feature cache at a common "
             "sweep of L2 strengths (1e-6 ... 1, half-decades; the same for every block) and write DIR/frontier.json: own CE, neighbour "
             "penalties within and across stages, penalty by distance and the shared lens's gap per strength")
@@ -77,6 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
     frontier.add_argument("--cache-dir", default=None, help="feature cache root (default: the run's, as its run.json "
                           "records it; for runs that did not record it, $VISION_LENS_CACHE or ~/.cache/vision_lens)")
     frontier.add_argument("--workers", type=int, default=None, help="data-loading workers (default: the run's)")
+    text = ("place your lens results among the vision controls: the signatures of a `tuned-lens eval --layer_transfer` "
+            "folder (or a run folder) beside the committed references', with intervals from its batches.jsonl; "
+            "prints a table and writes control.json, control.md and control.png")
+    control = sub.add_parser("control", help=text, description=text)
+    control.add_argument("run", metavar="DIR", help="your `tuned-lens eval --layer_transfer --output` folder, a "
+                         "vision-lens run folder, or a reference's name")
+    control.add_argument("--reference", action="append", default=[], metavar="DIR_OR_NAME",
+                         help="one more reference (repeatable): a folder compare reads, e.g. "
+                         "../shared/data/llm-anchors for Pythia-12B, or a committed reference's name")
+    control.add_argument("--no-default-references", action="store_true",
+                         help="compare with the --reference runs only, not with every committed reference")
+    control.add_argument("--lens", default=None, metavar="DIR", help="the folder `tuned-lens train` wrote for your "
+                         "run (config.json + params.pt), for the translators' distance from the identity (default: "
+                         "DIR/lens where it exists)")
+    control.add_argument("--out", default="vision-lens-control",
+                         help="folder for control.json, control.md and control.png (default: vision-lens-control)")
+    control.add_argument("--resamples", type=int, default=1000,
+                         help="bootstrap resamples of the batches of each batches.jsonl (default: 1000)")
+    control.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
+    text = "list the committed reference runs `control` and `load_results` take by name: model, family, fit, what it is"
+    sub.add_parser("references", help=text, description=text)
     text = "rebuild report.html (plots, per-block metrics, provenance) for one run, or several side by side"
     report = sub.add_parser("report", help=text, description=text)
     report.add_argument("runs", nargs="+", metavar="DIR", help="run folders written by `vision-lens run` or `eval`")
@@ -116,6 +143,11 @@ def main(argv: list[str] | None = None, on_stage=None) -> int:
         print("\nA name with <...> stands for every name of that form. `vision-lens run --model NAME --weights random` "
               "builds any of them untrained; --weights PATH loads a checkpoint of it.")
         return 0
+    if command == "references":  # no torch: answers at once
+        from .reference_runs import listing
+
+        print(listing())
+        return 0
     from . import pipeline
     from .errors import UserError
     from .threads import limit_torch_threads
@@ -130,7 +162,16 @@ def main(argv: list[str] | None = None, on_stage=None) -> int:
         elif command == "compare":
             from .compare import compare_to_file
 
-            out = compare_to_file(args["inputs"], args["out"], args["lens_types"], args["labels"])
+            out = compare_to_file(args["inputs"], args["out"], args["lens_types"], args["labels"], args["thin"])
+        elif command == "control":
+            from .controls import control
+            from .options import check_seed
+
+            check_seed(args["seed"])
+            result = control(args["run"], args["reference"], not args["no_default_references"], args["out"],
+                             args["lens"], args["resamples"], args["seed"])
+            print(result.table())
+            out = Path(args["out"])
         elif command == "frontier":
             from .options import check_penalty
 

@@ -274,10 +274,11 @@ def mean_by_distance(matrix: np.ndarray, cells: np.ndarray | None = None) -> tup
     return means, counts
 
 
-def _resampled_means(columns: np.ndarray, resamples: int, seed: int, chunk: int = 100) -> np.ndarray:
-    """``(resamples, columns)``: each resample's mean of every column over the valid (non-NaN) images.
+def resampled_means(columns: np.ndarray, resamples: int, seed: int, chunk: int = 100) -> np.ndarray:
+    """``(resamples, columns)``: each resample's mean of every column over the valid (non-NaN) rows (images; or the
+    batches of a ``batches.jsonl``, see :mod:`vision_lens.signatures`).
 
-    One draw of images with replacement per resample, the same for every column
+    One draw of rows with replacement per resample, the same for every column
     (so paired differences keep their pairing), as counts per image: means are
     then two matrix products, ``counts @ values / counts @ valid``.
     """
@@ -345,7 +346,7 @@ def bootstrap_intervals(
 
     collect(per_image, ())
     images = len(leaves[0][1])
-    means = _resampled_means(np.concatenate([v.reshape(images, -1) for _, v in leaves], axis=1), resamples, seed)
+    means = resampled_means(np.concatenate([v.reshape(images, -1) for _, v in leaves], axis=1), resamples, seed)
     out: dict = {}
     offset = 0
     for path, values in leaves:
