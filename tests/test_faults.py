@@ -535,6 +535,37 @@ def test_undefined_values_are_written_as_null(tmp_path):
     assert "tuned,layer_0,a,kl,\n" in metrics.replace("\r", "") and "nan" not in metrics.lower()
 
 
+def test_hidden_files_in_class_folders_are_skipped_and_counted(data_copy, baseline, tmp_path, capsys):
+    """macOS leaves an AppleDouble ``._<name>`` beside every file it copies to a foreign disk (a .png name, no PNG
+    inside), and .DS_Store in every folder it opens: a run skips them, says how many, and gives the same numbers."""
+    apple_double = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "
+    (data_copy / "train" / "dog" / "._000.png").write_bytes(apple_double)
+    (data_copy / "train" / "cat" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (data_copy / "test" / "cat" / "._000.png").write_bytes(apple_double)
+    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 0
+    err = capsys.readouterr().err
+    assert f"skipped 2 hidden files in {data_copy / 'train'}\n" in err
+    assert f"skipped 1 hidden file in {data_copy / 'test'}\n" in err
+    assert (tmp_path / "out" / "aggregate_metrics.json").read_bytes() == baseline
+
+
+@pytest.mark.parametrize("inside", ["train", "train/cat"])
+def test_an_out_inside_a_split_or_class_folder_of_the_data_is_refused_before_any_work(data_copy, tmp_path, capsys,
+                                                                                      inside):
+    """Written there, the results folder would be a class folder (or files among a class's images) that the next run
+    on that --data stops at."""
+    out = data_copy / inside / "results"
+    before = tree_bytes(data_copy)
+    assert run_on(data_copy, out, tmp_path / "cache") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {out} lies inside {data_copy / 'train'}, a split folder of --data " \
+        f"{data_copy}" in err
+    assert not out.exists() and not (tmp_path / "cache").exists() and tree_bytes(data_copy) == before
+    beside = data_copy / "results"  # beside the splits: no split of a run, accepted
+    assert run_on(data_copy, beside, tmp_path / "cache") == 0
+    assert run_on(data_copy, beside, tmp_path / "cache", "--overwrite") == 0  # and so is its rerun
+
+
 def test_overwrite_removes_only_what_the_package_wrote(base, baseline, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(base / "baseline", out)
