@@ -37,6 +37,9 @@ from .conftest import CIFAR10_CLASSES, REPO, unavailable, write_image_folder
 
 COMMON = ["--model", "cifar:resnet8", "--weights", "random", "--max-iter", "5", "--workers", "0", "--batch-size", "4"]
 EVAL_OPTIONS = [o for o in COMMON if o not in ("--max-iter", "5")]  # eval takes no fitting options
+# The subprocesses' time limit: a guard against a hung process, not a measure; a tiny run that takes seconds alone
+# took over 300 s on a 2-core machine shared with training jobs.
+HUNG_AFTER_S = 3600
 SETPRIV = shutil.which("setpriv")
 NOBODY = [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups"] if SETPRIV else None
 
@@ -115,7 +118,7 @@ def vision_lens(*args, user: list[str] | None = None, code: str | None = None, b
     command = [*(user or []), sys.executable, *(["-c", code] if code else ["-m", "vision_lens"]), *map(str, args)]
     if background:
         return subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, timeout=300)
+    return subprocess.run(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, timeout=HUNG_AFTER_S)
 
 
 def run_args(data: Path, out: Path, cache: Path) -> list[str]:
@@ -213,7 +216,7 @@ def test_two_runs_sharing_a_cache_wait_for_each_other_and_agree(base, baseline, 
             assert "waiting for another run that is writing" in read_until(run, "waiting for another run")
     finally:
         held.release()
-    errors = [run.communicate(timeout=300)[1] for run in runs]
+    errors = [run.communicate(timeout=HUNG_AFTER_S)[1] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], errors
     assert sum("reusing 20 of 20 captured rows" in err for err in errors) == 1  # the second read the first's capture
     for i in range(2):
@@ -221,13 +224,14 @@ def test_two_runs_sharing_a_cache_wait_for_each_other_and_agree(base, baseline, 
     assert not list(cache.rglob("*.tmp"))
 
 
-# Holds the lock of folder argv[1] (lock file argv[2]) as a run writing there does, until killed; no torch import.
+# Holds the lock of folder argv[1] (lock file argv[2]) as a run writing there does, until killed or its stdin closes
+# (the test's process ended, however slow its test was); no torch import.
 HOLD_LOCK = """
-import sys, time
+import sys
 from vision_lens.files import FolderLock
 FolderLock(sys.argv[1], sys.argv[2]).acquire()
 print("held", flush=True)
-time.sleep(600)
+sys.stdin.read()
 """
 
 
@@ -235,7 +239,8 @@ time.sleep(600)
 def held_by_another_process(folder: Path):
     """``folder``'s writer lock, held for the block by another process (as a run still fitting there); its pid."""
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder), LOCK_NAME], cwd=REPO, text=True,
-                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert holder.stdout.readline() == "held\n"
         yield holder.pid
