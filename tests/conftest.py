@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import sys
+import urllib.request
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, NoReturn, Sequence
@@ -83,10 +84,24 @@ def unavailable(reason: str, remedy: str) -> NoReturn:
     pytest.skip(reason)
 
 
+PYPI = "https://pypi.org/simple/"
+
+
+def require_pypi() -> None:
+    """Skip a test that resolves packages on PyPI where PyPI is unreachable (offline); fail it instead where ``CI``
+    is set."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(PYPI + "pip/", method="HEAD"), timeout=15).close()
+    except OSError as exc:  # URLError, a timeout, a refused certificate
+        unavailable(f"needs the package index {PYPI}, unreachable here ({exc})", "give the machine access to PyPI")
+
+
 @pytest.fixture(autouse=True)
-def _shared_marker(request):
+def _required_by_marker(request):
     if request.node.get_closest_marker("shared"):
         require_shared()
+    if request.node.get_closest_marker("pypi"):
+        require_pypi()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -516,6 +516,13 @@ SOURCES: dict[str, list[Source]] = {
         one(lambda: code("vision_lens.schema").UNVERSIONED, "", "the version of files written before versions"),
         one(lambda: re.search(r"(\d+) CPU cores", read_json(CHECKPOINT)["machine"]).group(1), "", "the machine"),
     ],
+    "docs/packaging.md": [
+        one(lambda: in_file("vision_lens/cli.py", r"error: \{exc\}.*\n\s*return (\d+)"), "", "the CLI's exit status"),
+        allow("35", "the wheel's size in MB; tests/test_packaging.py holds the page to the built wheel"),
+        allow("56", "the wheel's size unpacked, in MB; tests/test_packaging.py holds the page to the built wheel"),
+        one(lambda: code("tests.test_packaging").WHEEL_MB_BUDGET, "", "the wheel's budget"),
+        allow("100", "PyPI's limit on an uploaded file without a request, in MB"),
+    ],
     "docs/performance.md": [Source(lambda: [t for _, t in numbers(load_script("render_performance").render())], False,
                                    "scripts/render_performance.py renders the page from the benchmark JSON; "
                                    "tests/test_benchmark.py checks that it is current")],

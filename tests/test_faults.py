@@ -39,6 +39,9 @@ pytestmark = pytest.mark.integration
 
 COMMON = ["--model", "cifar:resnet8", "--weights", "random", "--max-iter", "5", "--workers", "0", "--batch-size", "4"]
 EVAL_OPTIONS = [o for o in COMMON if o not in ("--max-iter", "5")]  # eval takes no fitting options
+# The subprocesses' time limit: a guard against a hung process, not a measure; a tiny run that takes seconds alone
+# took over 300 s on a 2-core machine shared with training jobs.
+HUNG_AFTER_S = 3600
 SETPRIV = shutil.which("setpriv")
 NOBODY = [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups"] if SETPRIV else None
 
@@ -117,7 +120,7 @@ def vision_lens(*args, user: list[str] | None = None, code: str | None = None, b
     command = [*(user or []), sys.executable, *(["-c", code] if code else ["-m", "vision_lens"]), *map(str, args)]
     if background:
         return subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, timeout=300)
+    return subprocess.run(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, timeout=HUNG_AFTER_S)
 
 
 def run_args(data: Path, out: Path, cache: Path) -> list[str]:
@@ -215,7 +218,7 @@ def test_two_runs_sharing_a_cache_wait_for_each_other_and_agree(base, baseline, 
             assert "waiting for another run that is writing" in read_until(run, "waiting for another run")
     finally:
         held.release()
-    errors = [run.communicate(timeout=300)[1] for run in runs]
+    errors = [run.communicate(timeout=HUNG_AFTER_S)[1] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], errors
     assert sum("reusing 20 of 20 captured rows" in err for err in errors) == 1  # the second read the first's capture
     for i in range(2):
@@ -223,13 +226,14 @@ def test_two_runs_sharing_a_cache_wait_for_each_other_and_agree(base, baseline, 
     assert not list(cache.rglob("*.tmp"))
 
 
-# Holds the lock of folder argv[1] (lock file argv[2]) as a run writing there does, until killed; no torch import.
+# Holds the lock of folder argv[1] (lock file argv[2]) as a run writing there does, until killed or its stdin closes
+# (the test's process ended, however slow its test was); no torch import.
 HOLD_LOCK = """
-import sys, time
+import sys
 from vision_lens.files import FolderLock
 FolderLock(sys.argv[1], sys.argv[2]).acquire()
 print("held", flush=True)
-time.sleep(600)
+sys.stdin.read()
 """
 
 
@@ -237,7 +241,8 @@ time.sleep(600)
 def held_by_another_process(folder: Path):
     """``folder``'s writer lock, held for the block by another process (as a run still fitting there); its pid."""
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder), LOCK_NAME], cwd=REPO, text=True,
-                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert holder.stdout.readline() == "held\n"
         yield holder.pid
@@ -541,6 +546,37 @@ def test_undefined_values_are_written_as_null(tmp_path):
     assert json.loads((tmp_path / "batches.jsonl").read_text()) == [{"x": None}]  # the inf injected there
     metrics = (tmp_path / "metrics.csv").read_text()
     assert "tuned,layer_0,a,kl,\n" in metrics.replace("\r", "") and "nan" not in metrics.lower()
+
+
+def test_hidden_files_in_class_folders_are_skipped_and_counted(data_copy, baseline, tmp_path, capsys):
+    """macOS leaves an AppleDouble ``._<name>`` beside every file it copies to a foreign disk (a .png name, no PNG
+    inside), and .DS_Store in every folder it opens: a run skips them, says how many, and gives the same numbers."""
+    apple_double = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "
+    (data_copy / "train" / "dog" / "._000.png").write_bytes(apple_double)
+    (data_copy / "train" / "cat" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (data_copy / "test" / "cat" / "._000.png").write_bytes(apple_double)
+    assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 0
+    err = capsys.readouterr().err
+    assert f"skipped 2 hidden files in {data_copy / 'train'}\n" in err
+    assert f"skipped 1 hidden file in {data_copy / 'test'}\n" in err
+    assert (tmp_path / "out" / "aggregate_metrics.json").read_bytes() == baseline
+
+
+@pytest.mark.parametrize("inside", ["train", "train/cat"])
+def test_an_out_inside_a_split_or_class_folder_of_the_data_is_refused_before_any_work(data_copy, tmp_path, capsys,
+                                                                                      inside):
+    """Written there, the results folder would be a class folder (or files among a class's images) that the next run
+    on that --data stops at."""
+    out = data_copy / inside / "results"
+    before = tree_bytes(data_copy)
+    assert run_on(data_copy, out, tmp_path / "cache") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {out} lies inside {data_copy / 'train'}, a split folder of --data " \
+        f"{data_copy}" in err
+    assert not out.exists() and not (tmp_path / "cache").exists() and tree_bytes(data_copy) == before
+    beside = data_copy / "results"  # beside the splits: no split of a run, accepted
+    assert run_on(data_copy, beside, tmp_path / "cache") == 0
+    assert run_on(data_copy, beside, tmp_path / "cache", "--overwrite") == 0  # and so is its rerun
 
 
 def test_overwrite_removes_only_what_the_package_wrote(base, baseline, tmp_path, capsys):

@@ -39,7 +39,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .errors import UserError
+from .errors import OptionError, UserError
 from .files import FolderBusyError, FolderLock, write_text_atomic
 from .schema import MANIFEST, RUN_INFO, SCHEMA_KEY, UNVERSIONED, schema_version, upgrade_fit_v1
 
@@ -134,6 +134,11 @@ def check_output(out: str | Path, overwrite: bool, keep: Mapping[str, str | Path
         if out.exists() and Path(path).exists() and Path(path).resolve() == out.resolve():
             raise OutputExistsError(f"--out {out} is the {option} folder that this command reads; writing there "
                                     "would replace it, so choose another --out")
+    split = _split_folder_holding(out, (keep or {}).get("--data"))
+    if split is not None:
+        raise OptionError(f"--out {out} lies inside {split}, a split folder of --data {keep['--data']}, whose "
+                          "folders are read as classes of images: the next run on that --data would stop at the "
+                          "results folder; choose an --out outside --data's split folders")
     if not out.exists():
         parent = next(p for p in out.absolute().parents if p.exists())
         if not parent.is_dir():
@@ -147,6 +152,18 @@ def check_output(out: str | Path, overwrite: bool, keep: Mapping[str, str | Path
     if not os.access(out, os.R_OK | os.W_OK | os.X_OK):
         raise _not_writable(out, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
     _removable(out, overwrite, keep or {})
+
+
+def _split_folder_holding(out: Path, data: str | Path | None) -> Path | None:
+    """The folder of ``data`` (a split, whose folders a run reads as classes) that ``out`` lies inside, at any
+    depth; None where ``out`` is outside ``data``, ``data`` itself or a folder directly in it."""
+    if data is None or not Path(data).is_dir():  # also torchvision:cifar10, a name
+        return None
+    try:
+        inside = out.resolve().relative_to(Path(data).resolve()).parts
+    except ValueError:
+        return None
+    return Path(data) / inside[0] if len(inside) > 1 else None
 
 
 def _busy(out: Path, pid: str, name: str = "--out") -> OutputExistsError:

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import sqlite3
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -179,7 +180,8 @@ class ImageSource:
 
 @dataclass
 class ImageFolderSource(ImageSource):
-    """``root/<class>/<image>``, classes in sorted folder order (as torchvision)."""
+    """``root/<class>/<image>``, classes in sorted folder order (as torchvision); hidden folders and files (names
+    starting with ".") are skipped, the files counted in the log."""
 
     root: Path
     classes: list[str]
@@ -198,12 +200,16 @@ class ImageFolderSource(ImageSource):
             classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
         if not classes:
             raise DataError(f"data folder {root} has no class subfolders; expected <root>/<class>/<image>")
-        paths, labels = [], []
+        paths, labels, hidden = [], [], 0
         digest = hashlib.sha256(DECODING.encode())
         for label, name in enumerate(classes):
             with os.scandir(root / name) as entries:
-                files = sorted(e.name for e in entries
-                               if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
+                listed = [e.name for e in entries if e.is_file()]
+            # Hidden files are no images of the class: macOS's AppleDouble "._x.png" beside each copied image,
+            # .DS_Store, an editor's swap file. Skipped, as the hidden class folders are, and counted below.
+            files = sorted(f for f in listed
+                           if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+            hidden += sum(f.startswith(".") for f in listed)
             if not files:
                 raise DataError(f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             # Names only: contents are checked per row (content_ids).
@@ -211,6 +217,8 @@ class ImageFolderSource(ImageSource):
             folder = os.path.join(root, name)
             paths += [os.path.join(folder, file) for file in files]
             labels += [label] * len(files)
+        if hidden:
+            print(f"[vision-lens] skipped {hidden} hidden file{'s' * (hidden != 1)} in {root}", file=sys.stderr)
         return cls(root, classes, paths, np.asarray(labels, dtype=np.int64), digest.hexdigest())
 
     def load(self, index: int) -> Image.Image:

@@ -6,6 +6,7 @@ model as a checkpoint file, so the demo runs the same code paths as a real run.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .adapters import create_adapter
 from .data import ImageFolderSource, TransformedSubset
+from .errors import MissingExtraError
 from .threads import torch_threads
 
 
@@ -72,6 +74,8 @@ def demo(out: str, overwrite: bool = False, epochs: int = 5, seed: int = 0, devi
     from .pipeline import run
 
     # Before --out is created: a bad value leaves no folder behind.
+    if importlib.util.find_spec("sklearn") is None:
+        raise MissingExtraError("the demo", "scikit-learn (its handwritten digits)", "demo")
     check_count("--epochs", epochs, "a number of training epochs")
     check_seed(seed)
     check_device(device)

@@ -15,3 +15,12 @@ class UserError(Exception):
 
 class OptionError(UserError, ValueError):
     """An option's value is out of its range or names nothing usable; the message names the option."""
+
+
+class MissingExtraError(UserError, ImportError):
+    """What a command or a model family needs is an extra of the package that is not installed; the message says
+    which, and the command that installs it."""
+
+    def __init__(self, what: str, distribution: str, extra: str):
+        super().__init__(f"{what} needs {distribution}, which is not installed; install it with "
+                         f"pip install 'vision-lens[{extra}]'")

@@ -32,14 +32,19 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from lucent.modelzoo.inceptionv1.InceptionV1 import InceptionV1
 from torch import Tensor, nn
 from torchvision import transforms
 
+from ..errors import MissingExtraError
 from ..readout import Block, IdentityPath
 from ..resources import devkit_synsets
 from .base import ModelAdapter, ModelFamily
 from .errors import ClassMatchError, UnknownModelError
+
+try:
+    from lucent.modelzoo.inceptionv1.InceptionV1 import InceptionV1
+except ModuleNotFoundError as exc:  # torch-lucent is an extra: it brings test tools with it (setup.cfg)
+    raise MissingExtraError("the lucent: family", "torch-lucent", "lucent") from exc
 
 BLOCKS = (
     "conv2d0", "conv2d1", "conv2d2", "mixed3a", "mixed3b", "mixed4a", "mixed4b",
