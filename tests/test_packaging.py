@@ -144,7 +144,7 @@ def installed(wheel, tmp_path_factory) -> Path:
         site = run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                    env=bare_environment()).stdout.strip()
         run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-deps",
-             "--no-index", wheel])
+             "--no-index", wheel], env=bare_environment())  # a PYTHONPATH checkout would count as installed
         ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
         (Path(site) / "zz-dependencies-of-the-tests.pth").write_text("".join(f"{path}\n" for path in ours))
 
