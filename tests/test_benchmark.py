@@ -23,8 +23,6 @@ from vision_lens.resources import devkit_synsets
 
 from .conftest import REPO, load_script
 
-pytestmark = pytest.mark.integration
-
 
 def script_fixture(fixture: str, script: str):
     """A module-scoped fixture ``fixture``: scripts/<script>.py as a module."""
@@ -41,6 +39,7 @@ def tiny_args(benchmark, data: Path, *extra: str):
     return benchmark.parse_args(["--model", "cifar:resnet8", "--data", str(data), "--workers", "0", *extra])
 
 
+@pytest.mark.integration
 def test_the_floor_is_the_fastest_configuration_tried(benchmark, tiny_data, tmp_path):
     args = tiny_args(benchmark, tiny_data, "--floor-batch-sizes", "8", "32", "--floor-workers", "0", "1")
     adapter, opts = pipeline.load_model(benchmark.run_options(args, tmp_path / "out", tmp_path / "cache"))
@@ -83,6 +82,7 @@ def test_the_floor_is_the_fastest_configuration_tried(benchmark, tiny_data, tmp_
     assert bounded["winner"]["decode"] == "inside"
 
 
+@pytest.mark.unit
 def test_floor_workers_cover_none_to_every_core(benchmark):
     assert benchmark.default_floor_workers(2) == [0, 1, 2]
     assert benchmark.default_floor_workers(12) == [0, 1, 2, 4, 8, 12]
@@ -98,6 +98,7 @@ class FakeClock:
         return self.now
 
 
+@pytest.mark.unit
 def test_a_stage_holds_its_own_time_and_none_of_the_stages_inside_it(timed_run, monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(timed_run, "clock", clock)
@@ -113,6 +114,7 @@ def test_a_stage_holds_its_own_time_and_none_of_the_stages_inside_it(timed_run, 
         timer("inner", False)
 
 
+@pytest.mark.integration
 def test_every_stage_of_a_run_is_reported_by_the_pipeline_and_measured(timed_run, tiny_data, tmp_path):
     """The pipeline's own stage callback, no function patched: each stage it declares is timed where it runs."""
     argv = ["run", "--model", "cifar:resnet8", "--weights", "random", "--data", str(tiny_data), "--out",
@@ -129,6 +131,7 @@ def test_every_stage_of_a_run_is_reported_by_the_pipeline_and_measured(timed_run
     assert result["command_s"] == pytest.approx(sum(v for k, v in stages.items() if not k.startswith("import")))
 
 
+@pytest.mark.unit
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the peak is read from Linux's /proc")
 def test_peak_memory_counts_a_blocks_own_allocations_each_time(timed_run):
     import torch
@@ -146,6 +149,7 @@ def test_peak_memory_counts_a_blocks_own_allocations_each_time(timed_run):
     assert all(90 < peak < 130 for peak in peaks), peaks
 
 
+@pytest.mark.unit
 def test_summary_is_made_of_the_measured_passes(benchmark):
     runs = [{"command_s": c, "wall_s": w, "stages": {"capture_fit": f, "capture_eval": e, "fit_lens": 1.0}}
             for c, w, f, e in ((10.0, 14.0, 3.0, 2.0), (12.0, 16.0, 5.0, 2.0))]
@@ -157,6 +161,7 @@ def test_summary_is_made_of_the_measured_passes(benchmark):
     assert means["floor_runs_s"] == [4.0, 6.0, 5.0] and means["wall_runs_s"] == [14.0, 16.0]
 
 
+@pytest.mark.integration
 def test_the_probe_comparison_reads_a_runs_cache(benchmark, tiny_data, tmp_path):
     args = tiny_args(benchmark, tiny_data)
     pipeline.run(benchmark.run_options(args, tmp_path / "out", tmp_path / "cache"))
@@ -197,6 +202,7 @@ class DeviceTensor(torch.Tensor):
         return self.as_subclass(torch.Tensor)
 
 
+@pytest.mark.results
 def test_the_committed_benchmark_backs_the_defaults():
     """The CPU defaults are the pipeline's line of the committed floor search, and measured there as the fastest
     way to stream the images (or close to it)."""
@@ -215,6 +221,7 @@ def test_the_committed_benchmark_backs_the_defaults():
     assert own["seconds"] <= 1.1 * min(row["seconds"] for row in configs if row["decode"] in ("inside", "phased"))
 
 
+@pytest.mark.integration
 def test_gpu_benchmark_script_runs_end_to_end_on_synthetic_jpegs(tmp_path):
     """scripts/benchmark_gpu.sh as a device session would run it, on a tiny model and data, on the CPU."""
     data = tmp_path / "synthetic"
@@ -276,6 +283,7 @@ def synthetic_points(scaling, base: dict, law) -> list[dict]:
             for p in scaling.axis_points(args)]
 
 
+@pytest.mark.unit
 def test_scaling_fits_each_axiss_exponent_and_carries_the_base_along_them(scaling):
     base = {"images": 200, "classes": 10, "width": 16, "blocks": 4}
 
@@ -294,6 +302,7 @@ def test_scaling_fits_each_axiss_exponent_and_carries_the_base_along_them(scalin
     assert scaling.predicted_seconds("default:tuned", far, base_point, slopes) == pytest.approx(law(far))
 
 
+@pytest.mark.unit
 def test_scaling_extrapolates_a_full_run_from_the_measurements(scaling):
     base = {"images": 200, "classes": 10, "width": 16, "blocks": 4}
     points = synthetic_points(scaling, base, lambda p: 1e-3 * p["images"] * p["width"])
@@ -313,6 +322,7 @@ def test_scaling_extrapolates_a_full_run_from_the_measurements(scaling):
     assert run["cpu_run_s"]["default"] == pytest.approx(sum(run["cpu_s"][k] for k in parts))
 
 
+@pytest.mark.integration
 def test_scaling_measures_every_kind_on_synthetic_features_and_renders(scaling, render, tmp_path):
     out = tmp_path / "results" / "benchmark"
     report = scaling.main(["--quick", "--out", str(out / "scaling-cpu.json"), "--figure", str(out / "scaling.png")])
@@ -331,6 +341,7 @@ def test_scaling_measures_every_kind_on_synthetic_features_and_renders(scaling, 
     assert render.seconds(first) in page
 
 
+@pytest.mark.results
 def test_docs_performance_is_rendered_from_the_committed_json(render):
     assert (REPO / "docs" / "performance.md").read_text() == render.render(), (
         "docs/performance.md is stale: run scripts/render_performance.py")
