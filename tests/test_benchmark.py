@@ -1,7 +1,8 @@
 """scripts/benchmark_pipeline.py: the floor is the fastest configuration it tried, every stage of the run is
 measured where it runs (none is a remainder), the defaults stand in the committed benchmark, and the GPU
 benchmark's driver (scripts/benchmark_gpu.sh, scripts/make_synthetic_images.py) runs end to end (tiny model and
-data). No test here asserts a speed."""
+data); the GPU path reads device tensors back to the host and waits for the GPU before each clock read (on
+stand-ins: no GPU here). No test here asserts a speed."""
 
 from __future__ import annotations
 
@@ -112,6 +113,60 @@ def test_a_stage_holds_its_own_time_and_none_of_the_stages_inside_it(timed_run, 
     timer("outer", True)
     with pytest.raises(RuntimeError, match="stage 'inner' ended while 'outer' was under way"):
         timer("inner", False)
+
+
+class DeviceTensor(torch.Tensor):
+    """A tensor that numpy cannot read, as a CUDA tensor: it must be copied to the host (``.cpu()``) first."""
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to "
+                        "host memory first.")
+
+    def numpy(self, *args, **kwargs):
+        return self.__array__()
+
+    def cpu(self, *args, **kwargs):
+        return super().cpu(*args, **kwargs).as_subclass(torch.Tensor)
+
+
+@pytest.mark.unit
+def test_the_benchmark_copies_device_tensors_to_the_host_before_numpy_reads_them(benchmark):
+    """A split's labels and logits live on the model's device (a GPU's memory under CUDA), its cached features on
+    the host: the probe comparison reads both through ``host``."""
+    labels = torch.tensor([2, -1, 0, 1]).as_subclass(DeviceTensor)
+    with pytest.raises(TypeError, match="cpu"):
+        np.asarray(labels)  # what the benchmark's GPU path once did
+    on_device = torch.arange(8.0).reshape(4, 2).requires_grad_().as_subclass(DeviceTensor)
+    on_host = np.arange(12.0).reshape(4, 3)
+    cache = type("Split", (), {"labels": labels, "features": [on_device, on_host]})
+    (device_rows, host_rows), kept = benchmark.labelled(cache)
+    assert kept.tolist() == [2, 0, 1]  # the unlabelled image (-1) left out
+    assert device_rows.tolist() == [[0.0, 1.0], [4.0, 5.0], [6.0, 7.0]]
+    assert host_rows.tolist() == on_host[[0, 2, 3]].tolist()
+    assert type(device_rows) is np.ndarray and benchmark.host(on_host) is on_host  # a host array is not copied
+
+
+@pytest.mark.unit
+def test_every_clock_read_waits_for_the_gpu_once_cuda_is_in_use(timed_run, monkeypatch):
+    """CUDA queues work and returns: a stopwatch or a stage boundary that read the clock without
+    ``torch.cuda.synchronize()`` would time the queueing. Here a stand-in torch records the order of events."""
+    events = []
+    cuda = type("Cuda", (), {"is_available": staticmethod(lambda: True), "initialized": True,
+                             "synchronize": staticmethod(lambda: events.append("synchronize"))})
+    cuda.is_initialized = staticmethod(lambda: cuda.initialized)
+    monkeypatch.setitem(sys.modules, "torch", type("Torch", (), {"cuda": cuda}))
+    monkeypatch.setattr(timed_run, "clock", lambda: events.append("clock") or 0.0)
+    with timed_run.stopwatch():
+        events.append("work")
+    timer = timed_run.StageTimer()
+    timer("fit", True)
+    timer("fit", False)
+    assert events == ["synchronize", "clock", "work", "synchronize", "clock"] + ["synchronize", "clock"] * 2
+    events.clear()
+    cuda.initialized = False  # CUDA present, never used by this process: nothing to wait for, and no context made
+    with timed_run.stopwatch():
+        pass
+    assert events == ["clock", "clock"]
 
 
 @pytest.mark.integration
