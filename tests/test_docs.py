@@ -36,7 +36,6 @@ import pytest
 
 from .conftest import REPO, findings_runs, load_script
 
-pytestmark = pytest.mark.results
 
 DOCS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md"))
 LONG_DESCRIPTION = "LONG_DESCRIPTION.md"  # setup.cfg's long_description (tested below)
@@ -588,6 +587,7 @@ SOURCES: dict[str, list[Source]] = {
 # The tests
 
 
+@pytest.mark.results
 @pytest.mark.parametrize("document", DOCUMENTS)
 def test_every_number_comes_from_a_declared_source(document):
     text = (REPO / document).read_text(encoding="utf-8")
@@ -611,6 +611,7 @@ def test_every_number_comes_from_a_declared_source(document):
     assert not stale, f"{document}: declared numbers the document does not hold (wrong, or gone): {'; '.join(stale)}"
 
 
+@pytest.mark.unit
 def test_the_number_extraction_reads_prose_not_names_or_code():
     text = ("ResNet-20/32/44 at 0.9173 (`layer3.2`, `--fit-limit 500`), 1,000 resamples, 1e-6, 3-6 s, 6n+2, "
             "GPT-2 and bf16, a 32x32 image, torch 2.14.1, 2^18 tokens, [link](results/run2.json)\n"
@@ -618,6 +619,7 @@ def test_the_number_extraction_reads_prose_not_names_or_code():
     assert [t for _, t in numbers(text)] == ["0.9173", "1,000", "1e-6", "3", "6", "32x32", "2.14.1", "2^18"]
 
 
+@pytest.mark.results
 def test_the_readme_is_short_and_starts_with_install_demo_and_the_tests_that_ci_runs():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert len(readme) <= 15_000, f"README.md has {len(readme)} characters; move detail to docs/"
@@ -645,6 +647,7 @@ def anchors(path: Path) -> set[str]:
     return {slug(line) for line in text.splitlines() if re.match(r"#{1,6} ", line)}
 
 
+@pytest.mark.results
 @pytest.mark.parametrize("document", DOCUMENTS)
 def test_every_relative_link_resolves(document):
     path = REPO / document
@@ -661,6 +664,7 @@ def test_every_relative_link_resolves(document):
     assert not broken, f"{document}: links that resolve to nothing: {', '.join(broken)}"
 
 
+@pytest.mark.results
 @pytest.mark.parametrize("document", DOCUMENTS)
 def test_every_test_named_exists(document):
     defined = {m for f in (REPO / "tests").glob("test_*.py") for m in re.findall(r"def (test_\w+)", f.read_text())}
@@ -668,6 +672,7 @@ def test_every_test_named_exists(document):
     assert named <= defined, f"{document} names tests that do not exist: {', '.join(sorted(named - defined))}"
 
 
+@pytest.mark.results
 def test_the_long_description_works_outside_the_repository():
     """PyPI shows setup.cfg's long description without the repository: no relative link or image may be in it."""
     from setuptools.config.setupcfg import read_configuration
@@ -686,6 +691,7 @@ def test_the_long_description_works_outside_the_repository():
 # The public API
 
 
+@pytest.mark.unit
 def test_the_public_api_resolves_with_docstrings():
     import vision_lens
 
@@ -698,6 +704,7 @@ def test_the_public_api_resolves_with_docstrings():
         vision_lens.fit_lens  # noqa: B018  (not public)
 
 
+@pytest.mark.unit
 def test_importing_vision_lens_loads_nothing_heavy():
     code = ("import sys, vision_lens; heavy = sorted({'torch', 'numpy', 'matplotlib', 'PIL', 'timm', 'torchvision', "
             "'sklearn', 'seaborn'} & set(sys.modules)); assert not heavy, heavy")

@@ -16,12 +16,14 @@ def summarise():
     return load_script("summarise_results")
 
 
+@pytest.mark.unit
 def test_depth_block_is_the_nearest_block_ties_deeper(summarise):
     assert [summarise.depth_block(10, d) for d in summarise.DEPTHS] == [2, 5, 7, 9]
     assert [summarise.depth_block(12, d) for d in summarise.DEPTHS] == [3, 6, 8, 11]
     assert summarise.depth_block(1, 0.5) == 0
 
 
+@pytest.mark.results
 def test_results_readme_tables_are_recomputed_from_the_committed_runs(summarise):
     text = FINDINGS.read_text()
     runs = findings_runs()
@@ -36,6 +38,7 @@ def test_results_readme_tables_are_recomputed_from_the_committed_runs(summarise)
         assert table in text, f"results/README.md lacks this table (rerun the command):\n{table}"
 
 
+@pytest.mark.results
 def test_distance_growth_is_the_penalty_at_two_over_one(summarise):
     assert summarise.distance_growth({"0": 0.0, "1": 2.0, "2": 3.0, "3": None}) == 1.5
     assert summarise.distance_growth({"2": 1.0, "1": 4.0}) == 0.25
@@ -49,6 +52,7 @@ def committed_runs(suffix: str = "") -> list:
     return analysis.as_results([REPO / "results" / n for n in names if (REPO / "results" / n / "run.json").is_file()])
 
 
+@pytest.mark.results
 def test_the_verdicts_of_results_readme_hold_in_the_committed_runs(summarise):
     """Section 2's verdicts: the default fits' within-stage neighbours cost more than the own CE, tuned-lens's recipe
     less, and along every frontier the penalty crosses below the own CE while distance 2 costs more than distance 1."""
@@ -66,6 +70,7 @@ def test_the_verdicts_of_results_readme_hold_in_the_committed_runs(summarise):
 TARGETS = {"cifar10-vit": 0.80, "cifar10-preact-resnet20": 0.91}
 
 
+@pytest.mark.results
 def test_the_residual_controls_reach_their_targets_and_read_the_model_at_the_last_block():
     """The ViT and the pre-activation ResNet, under both fits: the model's accuracy, the tuned lens agreeing with
     the model at the last block, and (the ViT, one residual stream) a transfer penalty for every pair of blocks."""
@@ -82,6 +87,7 @@ def test_the_residual_controls_reach_their_targets_and_read_the_model_at_the_las
         assert np.isfinite(analysis.transfer_matrix(runs[name])).all(), name
 
 
+@pytest.mark.results
 def test_the_stream_table_leaves_out_only_a_class_token_vits_constant_embed(summarise):
     """`embed` read at the class token (--pool-grid 1) is one vector for every image; with patch tokens it is not,
     and tuned-lens output (no block names) keeps every layer."""
@@ -104,6 +110,7 @@ def test_the_stream_table_leaves_out_only_a_class_token_vits_constant_embed(summ
                                               for j in range(1, 7) if abs(i - j) == 1]) / own)
 
 
+@pytest.mark.results
 def test_the_vits_verdicts_of_results_readme_hold_in_its_committed_runs(summarise):
     """Section 2's ViT verdicts: neighbours below the own CE under both fits and at every frontier strength, the
     penalty rising at every step of distance under both fits, and the distance ordering flipping at the strongest L2."""
@@ -120,6 +127,7 @@ def test_the_vits_verdicts_of_results_readme_hold_in_its_committed_runs(summaris
     assert all(g > 1 for g in growth[:-2]) and all(g < 1 for g in growth[-2:]), growth  # flips at the two strongest
 
 
+@pytest.mark.results
 def test_the_language_model_reference_shows_small_distance_growing_penalties(summarise):
     """Section 2d's verdict on the GPT-2 reference (tuned-lens eval output): its neighbouring layers transfer well
     below its lenses' own CE, and the penalty rises at every step of distance, as the ViT's does."""

@@ -29,6 +29,8 @@ from vision_lens.artifacts import MANIFEST_NAME
 
 from .conftest import SHARED, built_once, require_pypi, require_shared
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
 REFERENCES = sorted(p.parent.name for p in RESULTS.glob("*/aggregate_metrics.json"))
