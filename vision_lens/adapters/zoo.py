@@ -218,8 +218,7 @@ register(Architecture("lucent:inceptionv1", _family("lucent_inception"),
 
 # A tiny ViT config that ships with the package, so that the contract tests build an hf: model offline.
 _TINY_VIT = resources.package_folder("tiny-vit-cifar10")
-register(Architecture("hf:<image classifier>", _family("hf_vision"),
-                      "embeddings + every encoder.layer.N, the class token; the model's final LayerNorm + classifier "
-                      "(ViT, DeiT, ViT-MSN)",
-                      Weights("hf-hub:<folder or hub id>", None, None, "transformers, from_pretrained"),
+register(Architecture("hf:<image-classifier>", _family("hf_vision"),
+                      "embeddings + every encoder.layer.N, the class token; final LayerNorm + classifier (ViT, DeiT, "
+                      "ViT-MSN)", Weights("hf-hub:<folder or hub id>", None, None, "transformers"),
                       takes=TransformersTask("image-classification"), example=f"hf:{_TINY_VIT}"))
