@@ -35,7 +35,7 @@ from ..readout import Block, IdentityPath
 from .base import ModelAdapter, ModelFamily
 from .errors import ModelError, WeightsError
 from .loading import read_checkpoint, state_dict_sha256
-from .vit import STAGE
+from .vit import STAGE, VisionTransformerAdapter
 from .weights import LoadedWeights
 
 try:
@@ -181,11 +181,11 @@ def _image_processor_settings(arch: str) -> dict:
                          "its folder (processor.save_pretrained(folder): preprocessor_config.json)") from exc
 
 
-class TransformersViTAdapter(ModelAdapter):
-    """A transformers ViT or DeiT: blocks ``<base>.embeddings``, ``<base>.encoder.layer.N``; unembed
-    ``<base>.layernorm`` + ``classifier``."""
+class TransformersViTAdapter(VisionTransformerAdapter):
+    """A transformers ViT or DeiT, read as timm's are in transformers' module names: blocks ``<base>.embeddings``,
+    ``<base>.encoder.layer.N``; unembed ``<base>.layernorm`` + ``classifier``."""
 
-    def __init__(self, model: nn.Module, arch: str):
+    def __init__(self, model: nn.Module, arch: str):  # timm's attributes are not there: not the parent's __init__
         self.model = model
         prefix = model.base_model_prefix
         base = getattr(model, prefix)
@@ -205,14 +205,6 @@ class TransformersViTAdapter(ModelAdapter):
         labels = [config.id2label[i] for i in range(config.num_labels)]
         self.class_names = labels
         self.class_folders = None if labels == [f"LABEL_{i}" for i in range(len(labels))] else labels
-
-    @property
-    def unembed(self) -> nn.Module:
-        return self._unembed
-
-    @property
-    def transform(self):
-        return self._transform
 
     def logits(self, x: Tensor) -> Tensor:
         return self.model(pixel_values=x).logits
