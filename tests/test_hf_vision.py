@@ -35,7 +35,8 @@ def save_classifier(folder: Path, model_class: str, processor, labels: dict | No
     return folder
 
 
-VIT_PROCESSOR = dict(size={"height": 32, "width": 32}, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+VIT_PROCESSOR = dict(size={"height": 32, "width": 32}, image_mean=[0.485, 0.456, 0.406],
+                     image_std=[0.229, 0.224, 0.225])
 
 
 @pytest.fixture(scope="module")

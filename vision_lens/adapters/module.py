@@ -68,6 +68,10 @@ class ModuleAdapter(ModelAdapter):
     def logits(self, x: Tensor) -> Tensor:
         return _output_logits(self.model(x))
 
+    def to(self, device) -> "ModuleAdapter":
+        self._unembed.to(device)  # may be a module of its own, outside the model
+        return super().to(device)
+
 
 def module_adapter(model: nn.Module, blocks: Sequence[str] | None = None,
                    unembed: Sequence[str] | nn.Module | None = None,
@@ -181,7 +185,7 @@ def _probe(model: nn.Module, blocks: Sequence[str], transform: Callable, input_s
 
     handles = [model.get_submodule(b).register_forward_hook(hook(b)) for b in blocks]
     try:
-        logits = _output_logits(model(x.to(next(model.parameters()).device)))
+        logits = _output_logits(model(x.to(next((p.device for p in model.parameters()), torch.device("cpu")))))
     finally:
         for handle in handles:
             handle.remove()
