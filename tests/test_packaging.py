@@ -300,6 +300,16 @@ def test_a_lucent_model_without_torch_lucent_stops_at_once_saying_what_to_instal
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
+def test_an_hf_model_without_transformers_stops_at_once_saying_what_to_install(tiny_data, tmp_path):
+    from vision_lens.resources import package_folder
+
+    done = without("transformers", "run", "--model", f"hf:{package_folder('tiny-vit-cifar10')}", "--weights", "random",
+                   "--data", tiny_data, "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr == ("vision-lens run: error: the hf: family needs transformers, which "
+                                                    "is not installed; install it with pip install 'vision-lens[hf]'\n")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
 def test_the_demo_without_scikit_learn_stops_at_once_saying_what_to_install(tmp_path):
     done = without("sklearn", "demo", "--out", tmp_path / "demo", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr == ("vision-lens demo: error: the demo needs scikit-learn (its "
