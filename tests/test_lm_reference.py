@@ -91,9 +91,9 @@ def reference(tuned_lens_cli, tmp_path_factory):
 
 def check_eval_folder(out: Path, depth: int) -> None:
     """``out`` is what the script writes: tuned-lens eval's files, with a finite ce and kl transfer table for every
-    pair of the ``depth`` layers, for both lenses; the lens config; the record."""
+    pair of the ``depth`` layers, for both lenses; the lens (config and parameters); the record."""
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "aggregate_metrics.json", "batches.jsonl", "lens/config.json", "record.json"]
+        "aggregate_metrics.json", "batches.jsonl", "lens/config.json", "lens/params.pt", "record.json"]
     aggregate = json.loads((out / "aggregate_metrics.json").read_text())
     layers = [f"layer_{k}" for k in range(depth)]
     assert set(aggregate) == {"logit", "tuned", "baseline"}
@@ -184,3 +184,21 @@ def test_the_committed_model_is_the_recorded_one_in_fp16():
     assert sum(p.numel() for p in model.parameters()) == record["parameters"]
     assert {p.dtype for p in model.parameters()} == {torch.float16}
     assert len(PreTrainedTokenizerFast.from_pretrained(folder)) == settings["vocab_size"]
+
+
+@pytest.mark.integration
+def test_export_writes_the_model_in_float16_with_its_tokenizer(reference, tmp_path):
+    work, _, env = reference
+    done = run_script("export", "--work", work, "--to", tmp_path / "exported", env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported", dtype="auto")  # as stored
+    trained = AutoModelForCausalLM.from_pretrained(work / "model")
+    assert exported.dtype == torch.float16
+    exported_state = exported.state_dict()
+    for name, value in trained.state_dict().items():  # float16's rounding (to its subnormals near 0), nothing else
+        torch.testing.assert_close(exported_state[name].float(), value, atol=1e-7, rtol=1e-3, msg=name)
+    assert AutoTokenizer.from_pretrained(tmp_path / "exported").get_vocab() == \
+        AutoTokenizer.from_pretrained(work / "model").get_vocab()
