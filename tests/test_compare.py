@@ -130,7 +130,7 @@ def test_compare_leaves_out_a_class_token_vits_constant_embed():
     """The committed ViT's `embed` is read at the class token (one vector for every image): its pairs say nothing
     about a shared stream, so the transfer curve, drawn and written, runs over blocks.0 .. blocks.5 only."""
     vit = load_results(Path(__file__).parents[1] / "results" / "cifar10-vit")
-    assert vit.block_names[0] == "embed" and list(analysis.image_blocks(vit)) == list(range(1, 7))
+    assert vit.block_names[0] == "embed" and list(analysis.past_embedding(vit)) == list(range(1, 7))
     penalty, ce = analysis.transfer_matrix(vit), analysis.transfer_matrix(vit, "ce")
     own = np.diag(ce)[1:].mean()
     expected = [np.mean([penalty[i, j] for i in range(1, 7) for j in range(1, 7) if abs(i - j) == d]) / own
