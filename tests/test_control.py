@@ -88,6 +88,7 @@ def test_control_on_a_synthetic_tuned_lens_folder_gives_its_known_answers(tmp_pa
     assert shared["yours"]["value"] is None and "no shared lens was fitted" in shared["verdict"]
     assert "my-llm-eval: embedding layer left out" in printed and "0.07 [0.03, 0.10]" in printed
     assert "percentile bootstrap over the 2 batches of batches.jsonl" in (out / "control.md").read_text()
+    assert plt.imread(out / "control.png").shape[2] in (3, 4)
 
 
 @pytest.mark.integration

@@ -1,6 +1,7 @@
 """What ``pip install`` brings (docs/packaging.md): the built wheel, installed into a fresh virtual environment,
-holds every committed reference and loads it; the package without extras installs no test tools; a command whose
-extra is missing stops at once, saying what to install.
+holds every committed reference and loads it, and its ``vision-lens references`` and ``vision-lens control`` run on
+them by name; the package without extras installs no test tools; a command whose extra is missing stops at once,
+saying what to install.
 
 The wheel is built once per session from a copy of the checkout (a build inside it would leave build/ behind,
 whose stale files a later build would pack). The environment gets the wheel alone (``--no-deps``) and reaches the
@@ -202,6 +203,14 @@ def test_every_checkpoint_trained_here_is_in_the_wheel(probe):
         n: sha256(RESULTS / "checkpoints" / n) for n in CHECKPOINTS}
 
 
+def test_every_module_of_the_source_is_in_the_wheel(wheel):
+    """setup.cfg names the packages one by one (references maps onto results/), so a new subpackage must be added
+    there: without it the wheel lacks its modules, and the installed package fails on import."""
+    source = {p.relative_to(REPO).as_posix() for p in (REPO / "vision_lens").rglob("*.py")}
+    with zipfile.ZipFile(wheel) as archive:
+        assert not source - set(archive.namelist()), f"not in the wheel: {sorted(source - set(archive.namelist()))}"
+
+
 def test_the_wheel_is_the_size_the_packaging_page_states(wheel):
     """docs/packaging.md weighs the wheel against a download on first use; its sizes must stay true."""
     page = (REPO / "docs" / "packaging.md").read_text(encoding="utf-8")
@@ -213,6 +222,64 @@ def test_the_wheel_is_the_size_the_packaging_page_states(wheel):
         assert abs(size / 1e6 - int(said)) <= max(1, 0.05 * int(said)), (
             f"the wheel is {size / 1e6:.1f} MB, docs/packaging.md says {said} MB: update the page")
     assert wheel.stat().st_size / 1e6 <= WHEEL_MB_BUDGET, "past the budget: see docs/packaging.md"
+
+
+# The commands a user runs on the references, in the environment: `vision-lens references`, and `vision-lens control`
+# of a reference by name against every packaged reference, and against two named with --reference alone.
+CONTROLS = {"default": ["lm-reference"],
+            "named": ["cifar10-vit", "--no-default-references", "--reference", "lm-reference", "--reference",
+                      "cifar10-resnet20"]}
+CONTROL_RESAMPLES = "100"  # the intervals' resamples: enough to show that they are there
+
+
+@pytest.fixture(scope="session")
+def installed_commands(installed, tmp_path_factory) -> Path:
+    """The folder where the environment's `vision-lens` ran (outside any checkout, so that a name can only be a
+    packaged reference): ``references.txt``, and per control of ``CONTROLS`` its printed table (``<name>.txt``)
+    and its ``--out`` folder (``<name>/``)."""
+    def build(folder: Path) -> None:
+        folder.mkdir()
+        command = [installed / "bin" / "vision-lens"]
+        listed = run([*command, "references"], env=bare_environment(), cwd=folder)
+        (folder / "references.txt").write_text(listed.stdout)
+        for name, args in CONTROLS.items():
+            done = run([*command, "control", *args, "--resamples", CONTROL_RESAMPLES, "--out", folder / name],
+                       env=bare_environment(), cwd=folder)
+            (folder / f"{name}.txt").write_text(done.stdout)
+
+    return built_once(tmp_path_factory, "wheel-commands", build)
+
+
+def test_the_installed_command_lists_every_packaged_reference(installed_commands):
+    lines = (installed_commands / "references.txt").read_text().splitlines()
+    assert lines[0].split()[0] == "name"
+    assert sorted(line.split()[0] for line in lines[1:]) == REFERENCES
+
+
+@pytest.mark.parametrize("name", CONTROLS)
+def test_the_installed_command_places_a_reference_among_the_packaged_ones(installed_commands, probe, name):
+    """`vision-lens control` on a packaged reference by name prints its table and writes control.json, .md and .png,
+    every run it read (its own and the references') from the installed package data."""
+    args = CONTROLS[name]
+    yours = args[0]
+    expected = set(REFERENCES) - {yours} if name == "default" else {args[i + 1] for i, a in enumerate(args)
+                                                                       if a == "--reference"}
+    printed = (installed_commands / f"{name}.txt").read_text()
+    out = installed_commands / name
+    assert {p.name for p in out.iterdir()} == {"control.json", "control.md", "control.png"}
+    numbers = json.loads((out / "control.json").read_text())
+    packaged = installed_package(probe) / "references"
+    assert Path(numbers["run"]["path"]) == packaged / yours
+    assert {r["name"] for r in numbers["references"]} == expected
+    assert all(Path(r["path"]) == packaged / r["name"] for r in numbers["references"])
+    assert "batches of batches.jsonl" in numbers["run"]["intervals"]
+    neighbours = next(p for p in numbers["signatures"] if (p["key"], p["embedding"]) == ("neighbour_both/own_ce", "out"))
+    assert neighbours["yours"]["value"] is not None and neighbours["yours"]["interval"] is not None
+    assert set(neighbours["references"]) == expected
+    assert f"{numbers['run']['name']}: embedding layer left out" in printed
+    assert " ".join(neighbours["verdict"].split()) in " ".join(printed.split())  # the table wraps its sentences
+    assert "## References" in (out / "control.md").read_text()
+    assert (out / "control.png").read_bytes().startswith(b"\x89PNG")
 
 
 # ---------------------------------------------------------------------------------------------------------------
