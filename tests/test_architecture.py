@@ -10,7 +10,7 @@ import vision_lens
 PACKAGE = Path(vision_lens.__file__).parent
 # In pipeline order; modules in one tuple are one stage. The cache is the store capture writes to.
 STAGES = [
-    ("errors", "threads", "files", "schema", "lens_kinds", "readout"), ("adapters",), ("data",), ("cache",), ("checks",), ("capture",), ("lenses",),
+    ("errors", "threads", "files", "schema", "lens_kinds", "readout"), ("adapters",), ("data", "text"), ("cache",), ("checks",), ("capture",), ("lenses",),
     ("fit",), ("metrics",), ("artifacts", "reference_runs"), ("analysis",), ("signatures",), ("plotting",),
     ("compare", "report", "controls"),
     ("options", "preflight", "pipeline", "frontier", "demo", "cli", "__main__"),

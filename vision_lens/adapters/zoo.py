@@ -32,6 +32,50 @@ class TimmModules:
         return timm.list_models(module=list(self.modules))
 
 
+@dataclass(frozen=True)
+class TransformersTask:
+    """Takes a ``transformers`` model (a folder written by ``save_pretrained``, or a hub id) whose config names an
+    architecture of ``task``: ``causal-lm`` (``GPT2LMHeadModel``, ``LlamaForCausalLM``, ...: every class of
+    transformers' ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``) or ``image-classification``. Anything else, an unreadable
+    config or an unreachable hub included, is not taken (never an error)."""
+
+    task: str
+
+    MAPPINGS = {"causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+                "image-classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"}
+
+    def __call__(self, arch: str) -> bool:
+        try:
+            return bool(set(self._architectures(arch)) & self._classes())
+        except Exception:  # noqa: BLE001  (no config, bad JSON, no transformers, the hub unreachable: not ours)
+            return False
+
+    def _classes(self) -> set[str]:
+        from transformers.models.auto import modeling_auto
+
+        names: set[str] = set()
+        for value in getattr(modeling_auto, self.MAPPINGS[self.task]).values():
+            names |= set(value) if isinstance(value, (tuple, list)) else {value}
+        return names
+
+    @staticmethod
+    def _architectures(arch: str) -> list[str]:
+        """The ``architectures`` of ``arch``'s config.json (a folder, or a hub id where the hub answers)."""
+        import json
+        from pathlib import Path
+
+        path = Path(arch) / "config.json"
+        if not Path(arch).is_dir():
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(arch, "config.json"))
+        architectures = json.loads(path.read_text()).get("architectures") or []
+        return [a for a in architectures if isinstance(a, str)]
+
+    def names(self) -> Iterable[str]:
+        return ()
+
+
 def _family(module: str) -> str:
     return f"{__package__}.{module}:FAMILY"
 
@@ -146,3 +190,12 @@ register(Architecture("lucent:inceptionv1", _family("lucent_inception"),
                                       "inception5h.pth",
                                       Preprocessing((117 / 255,) * 3, (1 / 255,) * 3, 256, 224), "lucid",
                                       "lucent's model zoo")))
+
+# ---------------------------------------------------------------------------------------------------------------
+# transformers (hf:)
+
+register(Architecture("hf:<causal LM>", _family("hf_causal_lm"),
+                      "embed (the input of the first decoder layer) + every decoder layer, at each token position; "
+                      "the final norm + output embedding", Weights("hf-hub:<the folder or hub id>", origin="the "
+                      "model's folder (save_pretrained) or the Hugging Face hub"),
+                      takes=TransformersTask("causal-lm"), example="hf:tests/data/hf-causal-lm/gpt2"))
