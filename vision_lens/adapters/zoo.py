@@ -196,6 +196,6 @@ register(Architecture("lucent:inceptionv1", _family("lucent_inception"),
 
 register(Architecture("hf:<causal LM>", _family("hf_causal_lm"),
                       "embed (the input of the first decoder layer) + every decoder layer, at each token position; "
-                      "the final norm + output embedding", Weights("hf-hub:<the folder or hub id>", origin="the "
-                      "model's folder (save_pretrained) or the Hugging Face hub"),
+                      "the final norm + output embedding", Weights("hf-hub:<its folder or hub id>",
+                                                                origin="transformers' from_pretrained"),
                       takes=TransformersTask("causal-lm"), example="hf:tests/data/hf-causal-lm/gpt2"))
