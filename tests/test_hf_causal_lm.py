@@ -18,6 +18,8 @@ from vision_lens.lenses import build_lenses
 from vision_lens.metrics import resampled_means
 from vision_lens.readout import FeatureLayout
 
+from .conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 VOCAB, CONTEXT = 300, 64
 
@@ -133,14 +135,13 @@ def test_a_language_model_run_has_every_lens_fit_and_interval_an_image_run_has(g
     aggregate = json.loads((gpt2_run / "aggregate_metrics.json").read_text())
     intervals = json.loads((gpt2_run / "aggregate_metrics_ci.json").read_text())
     run = json.loads((gpt2_run / "run.json").read_text())
-    assert set(aggregate) == {"logit", "tuned", "shared", "probe", "baseline"}
+    assert set(aggregate) == {"logit", "tuned", "shared", "linear_probe", "baseline"}
     layers = [f"layer_{k}" for k in range(3)]
-    for kind in ("logit", "tuned", "shared", "probe"):
+    for kind in ("logit", "tuned", "shared", "linear_probe"):
         assert list(aggregate[kind]["ce"]) == layers and all(v is not None for v in aggregate[kind]["ce"].values())
         assert all(intervals[kind]["ce"][layer] is not None for layer in layers)
-    for kind in ("tuned", "shared"):
-        assert intervals[kind]["layer_transfer"]["penalty"]["layer_0"]["layer_2"] is not None
-        assert (gpt2_run / "lenses" / kind / "params.pt").is_file()
+    assert intervals["tuned"]["layer_transfer"]["penalty"]["layer_0"]["layer_2"] is not None
+    assert all((gpt2_run / "lenses" / kind / "params.pt").is_file() for kind in ("tuned", "shared", "linear_probe"))
     # The tuned lens at the last block is at least as good as the logit lens there (exact model output).
     assert aggregate["tuned"]["kl"]["layer_2"] <= aggregate["logit"]["kl"]["layer_1"]
     assert aggregate["logit"]["kl"]["layer_2"] == pytest.approx(0, abs=1e-6)
@@ -179,3 +180,46 @@ def test_image_options_and_text_options_are_refused_where_they_do_not_apply(mode
     with pytest.raises(OptionError, match="--positions: for language models"):
         run_pipeline(model="cifar:resnet8", weights="random", data=str(tiny_data), out=str(tmp_path / "b"),
                      positions=4)
+
+
+# Per-layer CE of --recipe tuned-lens here and of `tuned-lens train` + `eval` on the same tokens agree within this
+# fraction (both are 250 SGD steps from zero on different draws of the same tokens); the logit lens, which nothing
+# fits, within LOGIT_TOLERANCE.
+RECIPE_TOLERANCE = 0.02
+LOGIT_TOLERANCE = 1e-4
+
+
+@pytest.mark.integration
+def test_the_tuned_lens_recipe_matches_tuned_lens_train_and_eval_on_the_same_tokens(tmp_path):
+    import transformers
+
+    from vision_lens.fit import TunedLensRecipe
+    from vision_lens.pipeline import run_pipeline
+
+    script = load_script("train_reference_lm")
+    torch.manual_seed(0)
+    # A random GPT-2 whose layers change the prediction (a wide init), so that the lenses have something to learn.
+    config = tiny_config("gpt2")
+    config.initializer_range = 0.2
+    folder = tmp_path / "model"
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer().save_pretrained(folder)
+    recipe = TunedLensRecipe()
+    windows_per_step = recipe.images_per_step // CONTEXT
+    # tuned-lens reads its data once: enough windows for every step (it would stop early, silently).
+    text = write_text(tmp_path / "text", copies=6)
+    model = ["--model.name", str(folder), "--max_length", str(CONTEXT), "--per_gpu_batch_size", str(windows_per_step)]
+    script.tuned_lens_cli(["train", *model, "--data.name", str(text / "train.jsonl"), "--output", str(tmp_path / "lens"),
+                           "--num_steps", str(recipe.steps), "--tokens_per_step", str(recipe.images_per_step)])
+    script.literal_lists_parse()
+    script.tuned_lens_cli(["eval", *model, "--data.name", str(text / "test.jsonl"), "--lens_name",
+                           str(tmp_path / "lens"), "--lens_types", "logit", "tuned", "--output", str(tmp_path / "eval")])
+    theirs = json.loads((tmp_path / "eval" / "aggregate_metrics.json").read_text())
+    ours = run_pipeline(model=f"hf:{folder}", data=str(text), out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                        recipe="tuned-lens", lenses=["tuned"])
+    per_byte = ours.run["units"]["bits_per_byte_per_bit"]
+    for layer in theirs["tuned"]["ce"]:  # tuned-lens lenses every layer but the last, the model's output
+        assert ours.aggregate["logit"]["ce"][layer] * per_byte == pytest.approx(theirs["logit"]["ce"][layer],
+                                                                               rel=LOGIT_TOLERANCE)
+        assert ours.aggregate["tuned"]["ce"][layer] * per_byte == pytest.approx(theirs["tuned"]["ce"][layer],
+                                                                               rel=RECIPE_TOLERANCE)

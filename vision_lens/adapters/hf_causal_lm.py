@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from ..readout import Block, IdentityPath
@@ -62,7 +61,7 @@ def build(arch: str, state: dict | None, num_classes: int | None) -> nn.Module:
                                      or k.endswith("embed_out.weight") for k in state):
         raise WeightsError(f"no token embedding in it, so not a checkpoint of the causal LM hf:{arch}")
     # The eager attention: the same numbers on every device, and hooks see plain tensors.
-    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager", torch_dtype=torch.float32)
+    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -74,7 +73,7 @@ def load_published(model: nn.Module, arch: str) -> str:
     their id is the sha256 of the weight files of the folder, or the hub id and its revision."""
     transformers = _transformers()
     try:
-        published = transformers.AutoModelForCausalLM.from_pretrained(arch, torch_dtype=torch.float32)
+        published = transformers.AutoModelForCausalLM.from_pretrained(arch)
     except OSError as exc:
         raise WeightsError(f"could not load the weights of hf:{arch} ({exc}); offline, pass a folder written by "
                            "save_pretrained") from exc
