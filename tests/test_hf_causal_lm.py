@@ -183,9 +183,9 @@ def test_image_options_and_text_options_are_refused_where_they_do_not_apply(mode
 
 
 # Per-layer CE of --recipe tuned-lens here and of `tuned-lens train` + `eval` on the same tokens agree within this
-# fraction (both are 250 SGD steps from zero on different draws of the same tokens); the logit lens, which nothing
-# fits, within LOGIT_TOLERANCE.
-RECIPE_TOLERANCE = 0.02
+# fraction (both are 250 SGD steps from zero on different draws of the same tokens; they agreed within 1e-5, against a
+# tuned lens 3 % below the logit lens at layer_0); the logit lens, which nothing fits, within LOGIT_TOLERANCE.
+RECIPE_TOLERANCE = 0.002
 LOGIT_TOLERANCE = 1e-4
 
 
