@@ -42,7 +42,7 @@ def test_an_unknown_architecture_names_its_near_matches(name, near):
 
 
 def test_an_unknown_family_names_the_families():
-    with pytest.raises(ValueError, match="one of the families cifar:…, lucent:…, timm:…, torchvision:…"):
+    with pytest.raises(ValueError, match="one of the families cifar:…, hf:…, lucent:…, timm:…, torchvision:…"):
         create_adapter("keras:resnet20", weights="random")
 
 

@@ -194,8 +194,7 @@ register(Architecture("lucent:inceptionv1", _family("lucent_inception"),
 # ---------------------------------------------------------------------------------------------------------------
 # transformers (hf:)
 
-register(Architecture("hf:<causal LM>", _family("hf_causal_lm"),
-                      "embed (the input of the first decoder layer) + every decoder layer, at each token position; "
-                      "the final norm + output embedding", Weights("hf-hub:<its folder or hub id>",
-                                                                origin="transformers' from_pretrained"),
+register(Architecture("hf:<CausalLM>", _family("hf_causal_lm"),
+                      "embed + each layer, per token; final norm + unembedding",
+                      Weights("hf-hub:<folder or id>", origin="from_pretrained"),
                       takes=TransformersTask("causal-lm"), example="hf:tests/data/hf-causal-lm/gpt2"))
