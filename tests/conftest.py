@@ -25,6 +25,9 @@ from PIL import Image  # noqa: E402
 
 from vision_lens.adapters.weights import CIFAR10_CLASSES  # noqa: E402
 
+# pytester: tests/test_kinds.py runs the collection hook below on a scratch suite.
+pytest_plugins = ("pytester",)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VISION_LENS_SHARED", REPO.parent / "shared"))
 CIFAR = SHARED / "data" / "cifar10"
@@ -94,6 +97,33 @@ def require_pypi() -> None:
         urllib.request.urlopen(urllib.request.Request(PYPI + "pip/", method="HEAD"), timeout=15).close()
     except OSError as exc:  # URLError, a timeout, a refused certificate
         unavailable(f"needs the package index {PYPI}, unreachable here ({exc})", "give the machine access to PyPI")
+
+
+# What a test checks (setup.cfg describes each): every test carries exactly one, so that `-m "unit or contract"`
+# runs what a change to the code can break and no test falls outside every subset.
+KINDS = ("unit", "contract", "integration", "results")
+
+
+def kind_fault(item: pytest.Item) -> str | None:
+    """Why ``item`` is not sorted (no kind marker, or several), or None when it carries exactly one of ``KINDS``."""
+    kinds = sorted({mark.name for mark in item.iter_markers() if mark.name in KINDS})
+    if len(kinds) == 1:
+        return None
+    return (f"{item.nodeid} carries {'the kind markers ' + ', '.join(kinds) if kinds else 'no kind marker'}: give "
+            f"it exactly one of {', '.join(KINDS)} (pytestmark for the whole file, or a decorator per test; "
+            f"docs/development.md says which is which)")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pycollect_makeitem(collector, name, obj):
+    """An unsorted test is an error collecting its file, before ``-m`` selects anything: it cannot slip out of
+    every subset unseen."""
+    made = yield
+    faults = [fault for item in (made if isinstance(made, list) else [made])
+              if isinstance(item, pytest.Item) and (fault := kind_fault(item))]
+    if faults:
+        raise pytest.Collector.CollectError("\n".join(faults))
+    return made
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import vision_lens
+
+pytestmark = pytest.mark.unit
 
 PACKAGE = Path(vision_lens.__file__).parent
 # In pipeline order; modules in one tuple are one stage. The cache is the store capture writes to.

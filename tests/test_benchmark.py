@@ -1,7 +1,8 @@
 """scripts/benchmark_pipeline.py: the floor is the fastest configuration it tried, every stage of the run is
 measured where it runs (none is a remainder), the defaults stand in the committed benchmark, and the GPU
 benchmark's driver (scripts/benchmark_gpu.sh, scripts/make_synthetic_images.py) runs end to end (tiny model and
-data). No test here asserts a speed."""
+data); the GPU path reads device tensors back to the host and waits for the GPU before each clock read (on
+stand-ins: no GPU here). No test here asserts a speed."""
 
 from __future__ import annotations
 
@@ -23,8 +24,6 @@ from vision_lens.resources import devkit_synsets
 
 from .conftest import REPO, load_script
 
-pytestmark = pytest.mark.integration
-
 
 def script_fixture(fixture: str, script: str):
     """A module-scoped fixture ``fixture``: scripts/<script>.py as a module."""
@@ -41,6 +40,7 @@ def tiny_args(benchmark, data: Path, *extra: str):
     return benchmark.parse_args(["--model", "cifar:resnet8", "--data", str(data), "--workers", "0", *extra])
 
 
+@pytest.mark.integration
 def test_the_floor_is_the_fastest_configuration_tried(benchmark, tiny_data, tmp_path):
     args = tiny_args(benchmark, tiny_data, "--floor-batch-sizes", "8", "32", "--floor-workers", "0", "1")
     adapter, opts = pipeline.load_model(benchmark.run_options(args, tmp_path / "out", tmp_path / "cache"))
@@ -83,6 +83,7 @@ def test_the_floor_is_the_fastest_configuration_tried(benchmark, tiny_data, tmp_
     assert bounded["winner"]["decode"] == "inside"
 
 
+@pytest.mark.unit
 def test_floor_workers_cover_none_to_every_core(benchmark):
     assert benchmark.default_floor_workers(2) == [0, 1, 2]
     assert benchmark.default_floor_workers(12) == [0, 1, 2, 4, 8, 12]
@@ -98,6 +99,7 @@ class FakeClock:
         return self.now
 
 
+@pytest.mark.unit
 def test_a_stage_holds_its_own_time_and_none_of_the_stages_inside_it(timed_run, monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(timed_run, "clock", clock)
@@ -113,6 +115,61 @@ def test_a_stage_holds_its_own_time_and_none_of_the_stages_inside_it(timed_run, 
         timer("inner", False)
 
 
+class DeviceTensor(torch.Tensor):
+    """A tensor that numpy cannot read, as a CUDA tensor: it must be copied to the host (``.cpu()``) first."""
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to "
+                        "host memory first.")
+
+    def numpy(self, *args, **kwargs):
+        return self.__array__()
+
+    def cpu(self, *args, **kwargs):
+        return super().cpu(*args, **kwargs).as_subclass(torch.Tensor)
+
+
+@pytest.mark.unit
+def test_the_benchmark_copies_device_tensors_to_the_host_before_numpy_reads_them(benchmark):
+    """A split's labels and logits live on the model's device (a GPU's memory under CUDA), its cached features on
+    the host: the probe comparison reads both through ``host``."""
+    labels = torch.tensor([2, -1, 0, 1]).as_subclass(DeviceTensor)
+    with pytest.raises(TypeError, match="cpu"):
+        np.asarray(labels)  # what the benchmark's GPU path once did
+    on_device = torch.arange(8.0).reshape(4, 2).requires_grad_().as_subclass(DeviceTensor)
+    on_host = np.arange(12.0).reshape(4, 3)
+    cache = type("Split", (), {"labels": labels, "features": [on_device, on_host]})
+    (device_rows, host_rows), kept = benchmark.labelled(cache)
+    assert kept.tolist() == [2, 0, 1]  # the unlabelled image (-1) left out
+    assert device_rows.tolist() == [[0.0, 1.0], [4.0, 5.0], [6.0, 7.0]]
+    assert host_rows.tolist() == on_host[[0, 2, 3]].tolist()
+    assert type(device_rows) is np.ndarray and benchmark.host(on_host) is on_host  # a host array is not copied
+
+
+@pytest.mark.unit
+def test_every_clock_read_waits_for_the_gpu_once_cuda_is_in_use(timed_run, monkeypatch):
+    """CUDA queues work and returns: a stopwatch or a stage boundary that read the clock without
+    ``torch.cuda.synchronize()`` would time the queueing. Here a stand-in torch records the order of events."""
+    events = []
+    cuda = type("Cuda", (), {"is_available": staticmethod(lambda: True), "initialized": True,
+                             "synchronize": staticmethod(lambda: events.append("synchronize"))})
+    cuda.is_initialized = staticmethod(lambda: cuda.initialized)
+    monkeypatch.setitem(sys.modules, "torch", type("Torch", (), {"cuda": cuda}))
+    monkeypatch.setattr(timed_run, "clock", lambda: events.append("clock") or 0.0)
+    with timed_run.stopwatch():
+        events.append("work")
+    timer = timed_run.StageTimer()
+    timer("fit", True)
+    timer("fit", False)
+    assert events == ["synchronize", "clock", "work", "synchronize", "clock"] + ["synchronize", "clock"] * 2
+    events.clear()
+    cuda.initialized = False  # CUDA present, never used by this process: nothing to wait for, and no context made
+    with timed_run.stopwatch():
+        pass
+    assert events == ["clock", "clock"]
+
+
+@pytest.mark.integration
 def test_every_stage_of_a_run_is_reported_by_the_pipeline_and_measured(timed_run, tiny_data, tmp_path):
     """The pipeline's own stage callback, no function patched: each stage it declares is timed where it runs."""
     argv = ["run", "--model", "cifar:resnet8", "--weights", "random", "--data", str(tiny_data), "--out",
@@ -129,6 +186,7 @@ def test_every_stage_of_a_run_is_reported_by_the_pipeline_and_measured(timed_run
     assert result["command_s"] == pytest.approx(sum(v for k, v in stages.items() if not k.startswith("import")))
 
 
+@pytest.mark.unit
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the peak is read from Linux's /proc")
 def test_peak_memory_counts_a_blocks_own_allocations_each_time(timed_run):
     import torch
@@ -146,6 +204,7 @@ def test_peak_memory_counts_a_blocks_own_allocations_each_time(timed_run):
     assert all(90 < peak < 130 for peak in peaks), peaks
 
 
+@pytest.mark.unit
 def test_summary_is_made_of_the_measured_passes(benchmark):
     runs = [{"command_s": c, "wall_s": w, "stages": {"capture_fit": f, "capture_eval": e, "fit_lens": 1.0}}
             for c, w, f, e in ((10.0, 14.0, 3.0, 2.0), (12.0, 16.0, 5.0, 2.0))]
@@ -157,6 +216,7 @@ def test_summary_is_made_of_the_measured_passes(benchmark):
     assert means["floor_runs_s"] == [4.0, 6.0, 5.0] and means["wall_runs_s"] == [14.0, 16.0]
 
 
+@pytest.mark.integration
 def test_the_probe_comparison_reads_a_runs_cache(benchmark, tiny_data, tmp_path):
     args = tiny_args(benchmark, tiny_data)
     pipeline.run(benchmark.run_options(args, tmp_path / "out", tmp_path / "cache"))
@@ -197,6 +257,7 @@ class DeviceTensor(torch.Tensor):
         return self.as_subclass(torch.Tensor)
 
 
+@pytest.mark.results
 def test_the_committed_benchmark_backs_the_defaults():
     """The CPU defaults are the pipeline's line of the committed floor search, and measured there as the fastest
     way to stream the images (or close to it)."""
@@ -215,6 +276,7 @@ def test_the_committed_benchmark_backs_the_defaults():
     assert own["seconds"] <= 1.1 * min(row["seconds"] for row in configs if row["decode"] in ("inside", "phased"))
 
 
+@pytest.mark.integration
 def test_gpu_benchmark_script_runs_end_to_end_on_synthetic_jpegs(tmp_path):
     """scripts/benchmark_gpu.sh as a device session would run it, on a tiny model and data, on the CPU."""
     data = tmp_path / "synthetic"
@@ -276,6 +338,7 @@ def synthetic_points(scaling, base: dict, law) -> list[dict]:
             for p in scaling.axis_points(args)]
 
 
+@pytest.mark.unit
 def test_scaling_fits_each_axiss_exponent_and_carries_the_base_along_them(scaling):
     base = {"images": 200, "classes": 10, "width": 16, "blocks": 4}
 
@@ -294,6 +357,7 @@ def test_scaling_fits_each_axiss_exponent_and_carries_the_base_along_them(scalin
     assert scaling.predicted_seconds("default:tuned", far, base_point, slopes) == pytest.approx(law(far))
 
 
+@pytest.mark.unit
 def test_scaling_extrapolates_a_full_run_from_the_measurements(scaling):
     base = {"images": 200, "classes": 10, "width": 16, "blocks": 4}
     points = synthetic_points(scaling, base, lambda p: 1e-3 * p["images"] * p["width"])
@@ -313,6 +377,7 @@ def test_scaling_extrapolates_a_full_run_from_the_measurements(scaling):
     assert run["cpu_run_s"]["default"] == pytest.approx(sum(run["cpu_s"][k] for k in parts))
 
 
+@pytest.mark.integration
 def test_scaling_measures_every_kind_on_synthetic_features_and_renders(scaling, render, tmp_path):
     out = tmp_path / "results" / "benchmark"
     report = scaling.main(["--quick", "--out", str(out / "scaling-cpu.json"), "--figure", str(out / "scaling.png")])
@@ -331,6 +396,7 @@ def test_scaling_measures_every_kind_on_synthetic_features_and_renders(scaling, 
     assert render.seconds(first) in page
 
 
+@pytest.mark.results
 def test_docs_performance_is_rendered_from_the_committed_json(render):
     assert (REPO / "docs" / "performance.md").read_text() == render.render(), (
         "docs/performance.md is stale: run scripts/render_performance.py")

@@ -25,6 +25,8 @@ from vision_lens.readout import FeatureLayout
 
 from .conftest import write_image_folder
 
+pytestmark = pytest.mark.unit
+
 
 class CountingSource(ImageFolderSource):
     loads: int = 0

@@ -14,6 +14,8 @@ from vision_lens.readout import FeatureLayout
 
 from .conftest import write_image_folder
 
+pytestmark = pytest.mark.unit
+
 
 def test_bf16_capture_stays_close_to_fp32_and_float32(tmp_path):
     adapter = create_adapter("cifar:resnet8", weights="random", seed=0)

@@ -11,7 +11,7 @@ from vision_lens.adapters import create_adapter
 
 from .conftest import RESNET_WEIGHTS
 
-pytestmark = pytest.mark.shared
+pytestmark = [pytest.mark.shared, pytest.mark.integration]
 
 
 @pytest.mark.parametrize("arch", ["resnet20", "resnet32", "resnet44"])

@@ -13,7 +13,6 @@ from vision_lens import threads
 
 from .conftest import REPO
 
-pytestmark = pytest.mark.integration
 
 HEAVY = ("torch", "torchvision", "matplotlib", "seaborn", "timm", "lucent", "sklearn")
 
@@ -29,6 +28,7 @@ print(" ".join(m for m in {HEAVY!r} if m in sys.modules))
 """
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["run"], ["demo"], ["compare"], ["report"], ["control"],
                                      ["references"]])
 def test_help_imports_no_heavy_library(command):
@@ -38,6 +38,7 @@ def test_help_imports_no_heavy_library(command):
     assert done.stdout.splitlines()[-1] == "", f"--help imported {done.stdout.splitlines()[-1]}"
 
 
+@pytest.mark.unit
 def test_torch_threads_are_capped_at_the_usable_cores(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.setattr(threads, "usable_cores", lambda: 3)
@@ -49,6 +50,7 @@ def test_torch_threads_are_capped_at_the_usable_cores(monkeypatch):
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.unit
 def test_batch_size_and_workers_default_to_the_device():
     from vision_lens.capture import default_batch_size, default_workers
     from vision_lens.options import RunOptions
@@ -70,6 +72,7 @@ def test_batch_size_and_workers_default_to_the_device():
     assert (resolved.batch_size, resolved.workers, resolved.lenses) == (7, 3, ["tuned", "linear_probe"])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("flag, value", [("--batch-size", "0"), ("--workers", "-1")])
 def test_impossible_batch_size_or_workers_is_named(flag, value, tmp_path, capsys):
     from vision_lens.cli import main
@@ -81,6 +84,7 @@ def test_impossible_batch_size_or_workers_is_named(flag, value, tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_a_bug_is_not_reported_as_the_users_fault(monkeypatch, tmp_path):
     """A bare ValueError inside a command is a bug: it goes through with its traceback, not as "error: ..."."""
     from vision_lens import pipeline

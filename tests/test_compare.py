@@ -37,6 +37,7 @@ def _close_figures():
     plt.close("all")
 
 
+@pytest.mark.unit
 def test_fixture_is_the_format_of_the_installed_tuned_lens():
     assert version("tuned-lens") == "0.2.0"  # the version whose eval output we read
     # Transfer tables are indexed [translator layer][evaluated layer], as ours are. (Read, not imported:
@@ -50,6 +51,7 @@ def test_fixture_is_the_format_of_the_installed_tuned_lens():
     assert list(aggregate["tuned"]["ce"]) == [f"layer_{k}" for k in range(6)]
 
 
+@pytest.mark.unit
 def test_tuned_lens_output_reads_as_a_run():
     run = load_results(TUNED_LENS_EVAL)
     assert run.name == LLM_NAME and run.run == {} and run.layers == {}
@@ -74,6 +76,7 @@ def expected_normalised_penalty(aggregate: dict) -> tuple[np.ndarray, np.ndarray
     return np.arange(n) / (n - 1), np.array(means)
 
 
+@pytest.mark.integration
 @pytest.mark.shared
 def test_compare_normalises_vision_runs_and_the_llm_alike(resnet20_run, resnet32_run):
     fig = compare([resnet20_run, resnet32_run, TUNED_LENS_EVAL])
@@ -100,6 +103,7 @@ def test_compare_normalises_vision_runs_and_the_llm_alike(resnet20_run, resnet32
     assert "bits per byte" in fig._suptitle.get_text()
 
 
+@pytest.mark.integration
 @pytest.mark.shared
 def test_compare_cli_takes_run_folders_eval_folders_and_json_files(resnet20_run, tmp_path):
     eval_folder = tmp_path / "pythia-like-eval"  # a `tuned-lens eval --output` folder
@@ -121,11 +125,12 @@ def test_compare_cli_takes_run_folders_eval_folders_and_json_files(resnet20_run,
     assert main(["compare", str(tmp_path / "missing"), "--out", str(out)]) == 2
 
 
+@pytest.mark.results
 def test_compare_leaves_out_a_class_token_vits_constant_embed():
     """The committed ViT's `embed` is read at the class token (one vector for every image): its pairs say nothing
     about a shared stream, so the transfer curve, drawn and written, runs over blocks.0 .. blocks.5 only."""
     vit = load_results(Path(__file__).parents[1] / "results" / "cifar10-vit")
-    assert vit.block_names[0] == "embed" and list(analysis.image_blocks(vit)) == list(range(1, 7))
+    assert vit.block_names[0] == "embed" and list(analysis.past_embedding(vit)) == list(range(1, 7))
     penalty, ce = analysis.transfer_matrix(vit), analysis.transfer_matrix(vit, "ce")
     own = np.diag(ce)[1:].mean()
     expected = [np.mean([penalty[i, j] for i in range(1, 7) for j in range(1, 7) if abs(i - j) == d]) / own

@@ -23,6 +23,7 @@ from .test_cli import PROBE
 RESULTS = REPO / "results"
 
 
+@pytest.mark.integration
 def test_control_places_the_committed_language_model_among_every_committed_reference(tmp_path, capsys):
     out = tmp_path / "control"
     assert main(["control", str(RESULTS / "lm-reference"), "--out", str(out), "--resamples", "200"]) == 0
@@ -52,6 +53,7 @@ def test_control_places_the_committed_language_model_among_every_committed_refer
     assert plt.imread(out / "control.png").shape[2] in (3, 4)
 
 
+@pytest.mark.integration
 def test_control_on_a_synthetic_tuned_lens_folder_gives_its_known_answers(tmp_path, capsys):
     """Two batches, the second's penalties three times the first's: the intervals run from half each penalty to one and
     a half times it. A tuned-lens params.pt beside it gives the translators' distance from the identity."""
@@ -88,6 +90,7 @@ def test_control_on_a_synthetic_tuned_lens_folder_gives_its_known_answers(tmp_pa
     assert "percentile bootstrap over the 2 batches of batches.jsonl" in (out / "control.md").read_text()
 
 
+@pytest.mark.integration
 def test_control_from_python_leaves_the_run_out_of_its_own_references():
     result = vision_lens.control("cifar10-vit", references=["cifar10-vit", "cifar10-resnet20"], defaults=False,
                                  resamples=50)
@@ -96,6 +99,7 @@ def test_control_from_python_leaves_the_run_out_of_its_own_references():
     assert "cifar:vit: embedding layer left out" in result.table()
 
 
+@pytest.mark.integration
 def test_control_refuses_what_it_cannot_use(tmp_path, capsys):
     folder = write_tuned_lens_eval(tmp_path / "eval")
     assert main(["control", str(folder), "--no-default-references", "--out", str(tmp_path / "o")]) == 2
@@ -109,6 +113,7 @@ def test_control_refuses_what_it_cannot_use(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.integration
 def test_references_load_by_name_and_are_listed_with_model_and_fit(capsys):
     vit = vision_lens.load_results("cifar10-vit")
     assert vit.path == RESULTS / "cifar10-vit" and vit.name == "cifar:vit"
@@ -131,6 +136,7 @@ def test_references_load_by_name_and_are_listed_with_model_and_fit(capsys):
         vision_lens.load_results("cifar10-vgg")
 
 
+@pytest.mark.unit
 def test_listing_the_references_imports_no_heavy_library():
     done = subprocess.run([sys.executable, "-c", PROBE, "references"], cwd=REPO, capture_output=True, text=True,
                           check=True)

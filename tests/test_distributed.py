@@ -13,6 +13,8 @@ import pytest
 
 from vision_lens.cli import main
 
+pytestmark = pytest.mark.integration
+
 
 def numbers(tree, path=()):
     """Every number in a nested JSON tree, by its path (None kept, so a null must stay null)."""

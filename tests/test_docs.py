@@ -34,9 +34,8 @@ from typing import Callable, Iterable
 import numpy as np
 import pytest
 
-from .conftest import REPO, findings_runs, load_script
+from .conftest import REPO, SHARED, findings_runs, load_script, require_shared
 
-pytestmark = pytest.mark.results
 
 DOCS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md"))
 LONG_DESCRIPTION = "LONG_DESCRIPTION.md"  # setup.cfg's long_description (tested below)
@@ -381,6 +380,33 @@ def lm_records(*entries: tuple[tuple[str, ...], float, str]) -> list[Source]:
                 "results/lm-reference/record.json: " + ".".join(keys)) for keys, scale, fmt in entries]
 
 
+def pythia():
+    """Pythia-12B's penalty-only matrix with its per-layer CE, read where it is (../shared/data/llm-anchors)."""
+    from vision_lens import analysis
+
+    require_shared(SHARED / "data" / "llm-anchors")
+    return analysis.as_results([SHARED / "data" / "llm-anchors"])[0]
+
+
+def pythia_layers() -> list[int]:
+    """Its number of layers, the thinned layers' first, second and last indices, and its largest distance past the
+    embeddings."""
+    from vision_lens import analysis
+
+    layers = len(analysis.block_names(pythia(), 10**6))
+    step = layers // load_script("summarise_results").THINNED_LAYERS
+    return [layers, 0, step, step * (load_script("summarise_results").THINNED_LAYERS - 1), layers - 2]
+
+
+def lm_layers() -> list[str]:
+    return list(read_json("results/lm-reference/aggregate_metrics.json")["tuned"]["ce"])
+
+
+def lm_ce(lens: str, layer: str = "final") -> float:
+    """The committed language-model reference's CE of ``lens`` at ``layer``, bits per byte (``baseline``: the model)."""
+    return read_json("results/lm-reference/aggregate_metrics.json")[lens]["ce"][layer]
+
+
 def power_of_two(value: int) -> str:
     return f"2^{int(math.log2(value))}"
 
@@ -418,11 +444,19 @@ SOURCES: dict[str, list[Source]] = {
         one(lambda: read_json(VIT_CHECKPOINT)["test_acc"], ".3f", "the ViT's training record"),
         each(lambda: [load_script("summarise_results").stream_profile(run(name)).ratio[1]
                       for name in (VIT, VIT + "-tuned-lens-recipe")], ".2f", "the ViT's neighbours / own CE, 2d"),
-        one(lambda: load_script("summarise_results").stream_profile(run(LM)).ratio[1], ".2f",
-            "the language model's neighbours / own CE, 2d"),
+        each(lambda: [load_script("summarise_results").stream_profile(run(name)).ratio[1]
+                      for name in (LM, "cifar10-resnet44-tuned-lens-recipe")], ".2f",
+             "the language model's and ResNet-44's (recipe) neighbours / own CE, 2d"),
+        one(lambda: load_script("summarise_results").stream_profile(pythia()).ratio[1], ".2f",
+            "Pythia-12B's neighbours / own CE, 2d"),
+        one(lambda: lm_ce("tuned", "layer_0") - lm_ce("baseline"), ".2f", "the language model's layer_0 gap"),
     ],
     "results/README.md": [
         *cited("2016", "2023"),
+        each(lambda: pythia_layers(), "", "Pythia-12B's layers, all and thinned (layers 0, 6, ..., 30), and its largest "
+             "distance past the embeddings"),
+        one(lambda: len(lm_layers()) - 2, "", "the language model's largest distance past the embeddings"),
+        each(lambda: [lm_ce("tuned", "layer_0") - lm_ce("baseline")], ".2f", "the language model's layer_0 gap"),
         table(findings_tables, "scripts/summarise_results.py --findings"),
         one(lambda: run(R20).run["fit"]["tuned"]["images"], ",", "fit images, run.json"),
         one(lambda: run(R20).run["eval_images"], ",", "eval images, run.json"),
@@ -501,8 +535,7 @@ SOURCES: dict[str, list[Source]] = {
         one(lambda: train_cifar().RECIPES["vit"].weight_decay), one(lambda: train_cifar().RECIPES["vit"].lr, "sci"),
         one(lambda: train_cifar().RECIPES["vit"].label_smoothing),
         one(lambda: train_cifar().RECIPES["preact_resnet"].epochs),
-        one(lambda: read_json(PREACT_CHECKPOINT)["test_acc"], ".4f", "the pre-activation ResNet's training record"),
-        one(lambda: read_json(VIT_CHECKPOINT)["test_acc"], ".3f", "the ViT's training record"),
+        each(lambda: [baseline_acc(PREACT), baseline_acc(VIT)], ".4f", "the run folders' baseline accuracies"),
         each(torchvision_sizes, "", "torchvision's weights.transforms()"),
         allow("32", "a ResNet's total stride: timm's avg_down shortcuts are exact on sides divisible by it"),
         allow("0", "an index: lucent's dummy output 0, rank 0"),
@@ -550,7 +583,8 @@ SOURCES: dict[str, list[Source]] = {
         allow("2", "the command sequence's step 2"),
         *[one(lambda flag=flag: lm_default(flag), "", f"train_reference_lm.py {flag}")
           for flag in ("--width", "--depth", "--heads", "--context", "--vocab-size", "--batch-size", "--steps",
-                       "--warmup", "--seed", "--lens-tokens-per-step", "--lens-batch-size", "--lr")],
+                       "--warmup", "--seed", "--lens-tokens-per-step", "--lens-batch-size", "--lr", "--eval-every",
+                       "--patience")],
         each(lambda: in_file(LM_SCRIPT, r"betas=\((\S+), (\S+)\), weight_decay=([\d.]+)"), "",
              "AdamW's betas and weight decay"),
         one(lambda: int(lm_default("--batch-size")) * int(lm_default("--context")), "", "tokens per step"),
@@ -562,7 +596,8 @@ SOURCES: dict[str, list[Source]] = {
         allow("20", "issue 19's limit on the model's size"),
         one(lambda: load_script("train_reference_lm").VALIDATION_EVERY, "", "every 10th work held out"),
         each(lambda: [in_file(LM_SCRIPT, r"The (\d+) works"), in_file(LM_SCRIPT, r"\((\S+) MB\)"),
-                      in_file(LM_SCRIPT, r"held out: (\d+) of")], "", "the corpus, as the script's comments say"),
+                      in_file(LM_SCRIPT, r"held out: (\d+) of"), in_file(LM_SCRIPT, r"\((\d+) of the 42\)")], "",
+             "the corpus, as the script's comments say"),
         one(lambda: recipe().lr_scale), one(lambda: recipe().momentum), one(lambda: recipe().weight_decay, "sci"),
         one(lambda: load_script("train_reference_lm").TUNED_LENS_DEFAULT_STEPS),
         one(lambda: load_script("train_reference_lm").TUNED_LENS_DEFAULT_TOKENS_PER_STEP, power_of_two),
@@ -576,14 +611,24 @@ SOURCES: dict[str, list[Source]] = {
         allow("5", "the corpus criterion (at least 5 MB) and the Debian packages' sizes (under 5 MB)"),
         allow("4", "the Jane Austen package's size (about 4 MB, Debian); also the held-out works and batch sequences"),
         *lm_records((("corpus", "validation_bytes"), 1e3, ".0f"), (("corpus", "train_bytes"), 1e6, ".2f"),
+                    (("corpus", "stopping_bytes"), 1e3, ".0f"),
                     (("corpus", "train_bytes"), 1e6, ".1f"), (("train_tokens",), 1e6, ".2f"),
                     (("seconds",), 60, ".0f"), (("seconds_per_step",), 1, ".1f"),
                     (("lens", "train_seconds"), 60, ".0f"), (("lens", "eval_seconds"), 60, ".0f"),
                     (("validation", "perplexity"), 1, ".1f"), (("validation", "unigram_perplexity"), 1, ".1f"),
                     (("validation", "tokens"), 1e3, ".0f")),
         one(lambda: lm_record("tokens_seen") / lm_record("train_tokens"), ".1f", "passes over the training tokens"),
-        one(lambda: lm_record("lens", "train_seconds") / lm_record("lens", "steps"), ".0f", "s per lens step"),
-        hand_timed("18", "s per lens step with the cores to itself, read off tuned-lens's progress bar"),
+        one(lambda: lm_record("lens", "train_seconds") / lm_record("lens", "steps"), ".1f", "s per lens step"),
+        allow("20", "s per lens step of the first reference on a CPU without BF16 (its record, in git history)"),
+        hand_timed("15", "GB, tuned-lens eval's resident size without the malloc setting, when it was killed"),
+        allow("24", "GB of memory of this machine"),
+        allow("172.5", "the first reference's validation perplexity (results/lm-reference/record.json in git history)"),
+        allow("0.12", "the first reference's layer_0 gap (issue 33)"), allow("0.30", "issue 33's depth target"),
+        allow("500", "the first reference's steps (issue 33)"),
+        each(lambda: [lm_ce("tuned", "layer_0"), lm_ce("baseline"), lm_ce("tuned", "layer_0") - lm_ce("baseline")]
+             + [lm_ce("tuned", layer) for layer in lm_layers()] + [lm_ce("logit", "layer_0"),
+                                                                   lm_ce("logit", lm_layers()[-1])], ".2f",
+             "results/lm-reference/aggregate_metrics.json: per-layer CE in bits per byte"),
     ],
 }
 
@@ -592,6 +637,7 @@ SOURCES: dict[str, list[Source]] = {
 # The tests
 
 
+@pytest.mark.results
 @pytest.mark.parametrize("document", DOCUMENTS)
 def test_every_number_comes_from_a_declared_source(document):
     text = (REPO / document).read_text(encoding="utf-8")
@@ -615,6 +661,7 @@ def test_every_number_comes_from_a_declared_source(document):
     assert not stale, f"{document}: declared numbers the document does not hold (wrong, or gone): {'; '.join(stale)}"
 
 
+@pytest.mark.unit
 def test_the_number_extraction_reads_prose_not_names_or_code():
     text = ("ResNet-20/32/44 at 0.9173 (`layer3.2`, `--fit-limit 500`), 1,000 resamples, 1e-6, 3-6 s, 6n+2, "
             "GPT-2 and bf16, a 32x32 image, torch 2.14.1, 2^18 tokens, [link](results/run2.json)\n"
@@ -622,6 +669,7 @@ def test_the_number_extraction_reads_prose_not_names_or_code():
     assert [t for _, t in numbers(text)] == ["0.9173", "1,000", "1e-6", "3", "6", "32x32", "2.14.1", "2^18"]
 
 
+@pytest.mark.results
 def test_the_readme_is_short_and_starts_with_install_demo_and_the_tests_that_ci_runs():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert len(readme) <= 15_000, f"README.md has {len(readme)} characters; move detail to docs/"
@@ -649,6 +697,7 @@ def anchors(path: Path) -> set[str]:
     return {slug(line) for line in text.splitlines() if re.match(r"#{1,6} ", line)}
 
 
+@pytest.mark.results
 @pytest.mark.parametrize("document", DOCUMENTS)
 def test_every_relative_link_resolves(document):
     path = REPO / document
@@ -665,6 +714,7 @@ def test_every_relative_link_resolves(document):
     assert not broken, f"{document}: links that resolve to nothing: {', '.join(broken)}"
 
 
+@pytest.mark.results
 @pytest.mark.parametrize("document", DOCUMENTS)
 def test_every_test_named_exists(document):
     defined = {m for f in (REPO / "tests").glob("test_*.py") for m in re.findall(r"def (test_\w+)", f.read_text())}
@@ -672,6 +722,7 @@ def test_every_test_named_exists(document):
     assert named <= defined, f"{document} names tests that do not exist: {', '.join(sorted(named - defined))}"
 
 
+@pytest.mark.results
 def test_the_long_description_works_outside_the_repository():
     """PyPI shows setup.cfg's long description without the repository: no relative link or image may be in it."""
     from setuptools.config.setupcfg import read_configuration
@@ -690,6 +741,7 @@ def test_the_long_description_works_outside_the_repository():
 # The public API
 
 
+@pytest.mark.unit
 def test_the_public_api_resolves_with_docstrings():
     import vision_lens
 
@@ -702,6 +754,7 @@ def test_the_public_api_resolves_with_docstrings():
         vision_lens.fit_lens  # noqa: B018  (not public)
 
 
+@pytest.mark.unit
 def test_importing_vision_lens_loads_nothing_heavy():
     code = ("import sys, vision_lens; heavy = sorted({'torch', 'numpy', 'matplotlib', 'PIL', 'timm', 'torchvision', "
             "'sklearn', 'seaborn'} & set(sys.modules)); assert not heavy, heavy")

@@ -35,7 +35,6 @@ from vision_lens.files import FolderLock
 
 from .conftest import CIFAR10_CLASSES, REPO, unavailable, write_image_folder
 
-pytestmark = pytest.mark.integration
 
 COMMON = ["--model", "cifar:resnet8", "--weights", "random", "--max-iter", "5", "--workers", "0", "--batch-size", "4"]
 EVAL_OPTIONS = [o for o in COMMON if o not in ("--max-iter", "5")]  # eval takes no fitting options
@@ -147,6 +146,7 @@ def manifest(out: Path) -> dict:
     return json.loads((out / MANIFEST_NAME).read_text())
 
 
+@pytest.mark.integration
 def test_kill_at_every_stage_then_rerun_gives_identical_numbers(base, baseline, tmp_path, capsys):
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = run_args(base / "data", out, cache)
@@ -172,6 +172,7 @@ def test_kill_at_every_stage_then_rerun_gives_identical_numbers(base, baseline, 
     assert (out / "aggregate_metrics.json").read_bytes() == baseline
 
 
+@pytest.mark.integration
 def test_ctrl_c_during_capture_or_fitting_says_what_was_kept_and_the_rerun_resumes(base, baseline, tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = run_args(base / "data", out, cache)
@@ -187,6 +188,7 @@ def test_ctrl_c_during_capture_or_fitting_says_what_was_kept_and_the_rerun_resum
     assert (out / "aggregate_metrics.json").read_bytes() == baseline
 
 
+@pytest.mark.integration
 def test_ctrl_c_with_loader_workers_ends_in_the_same_one_line(base, tmp_path):
     args = run_args(base / "data", tmp_path / "out", tmp_path / "cache")
     args[args.index("--workers") + 1] = "2"
@@ -206,6 +208,7 @@ def read_until(process: subprocess.Popen, text: str) -> str:
     return "".join(lines) + line
 
 
+@pytest.mark.integration
 def test_two_runs_sharing_a_cache_wait_for_each_other_and_agree(base, baseline, tmp_path):
     cache = tmp_path / "cache"
     # Both runs meet for sure: the test holds the fit cache's lock until both say they wait for it.
@@ -251,6 +254,7 @@ def held_by_another_process(folder: Path):
         holder.wait()
 
 
+@pytest.mark.integration
 def test_a_second_run_on_a_busy_out_stops_at_once_naming_the_holder(base, baseline, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(base / "baseline", out)
@@ -264,6 +268,7 @@ def test_a_second_run_on_a_busy_out_stops_at_once_naming_the_holder(base, baseli
     assert run_on(base / "data", out, base / "cache", "--overwrite") == 0  # free again
 
 
+@pytest.mark.integration
 def test_a_dangling_out_symlink_is_named_as_such(base, tmp_path, capsys):
     out = tmp_path / "out"
     out.symlink_to(tmp_path / "gone")
@@ -287,6 +292,7 @@ BAD_OPTIONS = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("extra, message", BAD_OPTIONS, ids=[" ".join(extra) for extra, _ in BAD_OPTIONS])
 def test_bad_option_values_stop_before_any_compute_naming_the_option(base, tmp_path, capsys, extra, message):
     if extra == ["--device", "cuda"] and torch.cuda.is_available():
@@ -299,9 +305,9 @@ def test_bad_option_values_stop_before_any_compute_naming_the_option(base, tmp_p
 
 
 def _without_checksum(lenses: Path, lens: str) -> None:
-    """As a lens folder written before config.json recorded params.pt's checksum."""
+    """As a lens folder written before config.json recorded params.pt's checksum (nor its schema version)."""
     config = json.loads((lenses / lens / "config.json").read_text())
-    del config["params_sha256"]
+    del config["params_sha256"], config["schema"]
     (lenses / lens / "config.json").write_text(json.dumps(config))
 
 
@@ -327,6 +333,7 @@ LENS_DAMAGE = {  # damage to lenses/: (the file named, what the message says), w
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("checksum", [True, False], ids=["checksum", "older-folder"])
 @pytest.mark.parametrize("damage", sorted(LENS_DAMAGE))
 def test_damaged_lens_files_are_named_before_use(base, baseline, tmp_path, capsys, damage, checksum):
@@ -344,6 +351,7 @@ def test_damaged_lens_files_are_named_before_use(base, baseline, tmp_path, capsy
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.integration
 def test_an_invalid_lens_config_is_named(base, baseline, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(base / "baseline", run)
@@ -362,6 +370,7 @@ def nobody(base):
     return NOBODY
 
 
+@pytest.mark.integration
 def test_unwritable_out_stops_before_any_compute(base, nobody):
     locked = base / "locked-out"  # root's, mode 755: not writable for nobody
     locked.mkdir(exist_ok=True)
@@ -372,6 +381,7 @@ def test_unwritable_out_stops_before_any_compute(base, nobody):
     assert not (cache / "features").exists()  # nothing was captured
 
 
+@pytest.mark.integration
 def test_unwritable_cache_stops_before_any_compute(base, nobody):
     locked = base / "locked-cache"
     locked.mkdir(exist_ok=True)
@@ -382,6 +392,7 @@ def test_unwritable_cache_stops_before_any_compute(base, nobody):
     assert "Traceback" not in result.stderr and "[vision-lens] train:" not in result.stderr
 
 
+@pytest.mark.integration
 def test_read_only_complete_cache_is_read(base, baseline, nobody):
     outs = writable_dir(base / "nobody-outs")
     result = vision_lens(*run_args(base / "data", outs / "from-read-only-cache", base / "cache"), user=nobody)
@@ -389,6 +400,7 @@ def test_read_only_complete_cache_is_read(base, baseline, nobody):
     assert (outs / "from-read-only-cache" / "aggregate_metrics.json").read_bytes() == baseline
 
 
+@pytest.mark.integration
 def test_read_only_damaged_cache_stops_with_a_message(base, baseline, nobody, tmp_path):
     cache = base / "damaged-read-only-cache"  # root's: read-only for nobody
     shutil.copytree(base / "cache", cache)
@@ -418,6 +430,7 @@ def flip_bytes(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("damage, file, message", [
     (truncate, "block_1.npy", "block_1.npy is"),
     (flip_bytes, "logits.npy", "do not match their checksum (damaged)"),
@@ -432,6 +445,7 @@ def test_damaged_cache_rows_are_captured_again(base, baseline, tmp_path, capsys,
     assert (tmp_path / "out" / "aggregate_metrics.json").read_bytes() == baseline
 
 
+@pytest.mark.integration
 def test_damaged_cache_manifest_stops_with_a_message(base, baseline, tmp_path, capsys):
     cache = tmp_path / "cache"
     shutil.copytree(base / "cache", cache)
@@ -456,6 +470,7 @@ def run_on(data: Path, out: Path, cache: Path, *extra) -> int:
     return main([*run_args(data, out, cache), *extra])
 
 
+@pytest.mark.integration
 def test_bad_image_keeps_the_captured_rows_for_the_rerun(data_copy, tmp_path, capsys):
     bad = data_copy / "train" / "dog" / "000.png"  # row 10: batches 0-3 and 4-7 are committed first
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
@@ -467,6 +482,7 @@ def test_bad_image_keeps_the_captured_rows_for_the_rerun(data_copy, tmp_path, ca
     assert "reusing 8 of 20 captured rows" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_an_image_changed_under_its_name_is_captured_again(data_copy, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(capture, "COMMIT_BYTES", 0)  # a chunk per batch of 4 rows
     assert run_on(data_copy, tmp_path / "first", tmp_path / "cache") == 0
@@ -480,6 +496,7 @@ def test_an_image_changed_under_its_name_is_captured_again(data_copy, tmp_path, 
     assert (tmp_path / "again" / result).read_bytes() == (tmp_path / "fresh" / result).read_bytes()
 
 
+@pytest.mark.integration
 def test_image_of_another_size_is_named_with_both_sizes(data_copy, tmp_path, capsys):
     odd = data_copy / "train" / "bird" / "001.png"
     Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(odd)
@@ -488,6 +505,7 @@ def test_image_of_another_size_is_named_with_both_sizes(data_copy, tmp_path, cap
     assert f"image {odd} is 48x40 pixels but the model takes 32x32 images" in err
 
 
+@pytest.mark.integration
 def test_class_missing_from_the_eval_split_stops_before_capture(data_copy, tmp_path, capsys):
     shutil.rmtree(data_copy / "test" / "truck")
     assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
@@ -496,6 +514,7 @@ def test_class_missing_from_the_eval_split_stops_before_capture(data_copy, tmp_p
     assert "[vision-lens] train:" not in err and not (tmp_path / "cache" / "features").exists()
 
 
+@pytest.mark.integration
 def test_a_renamed_class_folder_is_refused_not_matched_by_position(data_copy, tmp_path, capsys):
     (data_copy / "test" / "cat").rename(data_copy / "test" / "kitty")  # sorts where cat did: position would match it
     assert run_on(data_copy, tmp_path / "out", tmp_path / "cache") == 2
@@ -505,12 +524,14 @@ def test_a_renamed_class_folder_is_refused_not_matched_by_position(data_copy, tm
     assert not (tmp_path / "cache" / "features").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_different_class_sets_are_named(data_copy, tmp_path, capsys):
     (data_copy / "test" / "truck").rename(data_copy / "test" / "class_x")
     assert run_on(data_copy, tmp_path / "out", tmp_path / "cache", "--match-classes-by-position") == 2
     assert "only in 'train': truck; only in 'test': class_x" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_nan_activations_name_the_block(base, tmp_path, capsys):
     model = create_adapter("cifar:resnet8", weights="random").model
     state = model.state_dict()
@@ -523,6 +544,7 @@ def test_nan_activations_name_the_block(base, tmp_path, capsys):
     assert "block layer2.0: NaN or Inf activations" in capsys.readouterr().err
 
 
+@pytest.mark.unit
 def test_fit_with_nan_names_the_block():
     from vision_lens.checks import NumericsError, check_fit
     from vision_lens.lenses import build_lenses
@@ -539,6 +561,7 @@ def test_fit_with_nan_names_the_block():
         check_fit("tuned", lens, [0.1, 0.1, 0.2, 0.3], names)
 
 
+@pytest.mark.unit
 def test_undefined_values_are_written_as_null(tmp_path):
     write_results(tmp_path, {"tuned": {"kl": {"layer_0": float("nan"), "layer_1": 1.0}}}, [{"x": float("inf")}],
                   {"layer_0": "a", "layer_1": "b"}, {})
@@ -548,6 +571,7 @@ def test_undefined_values_are_written_as_null(tmp_path):
     assert "tuned,layer_0,a,kl,\n" in metrics.replace("\r", "") and "nan" not in metrics.lower()
 
 
+@pytest.mark.integration
 def test_hidden_files_in_class_folders_are_skipped_and_counted(data_copy, baseline, tmp_path, capsys):
     """macOS leaves an AppleDouble ``._<name>`` beside every file it copies to a foreign disk (a .png name, no PNG
     inside), and .DS_Store in every folder it opens: a run skips them, says how many, and gives the same numbers."""
@@ -562,6 +586,7 @@ def test_hidden_files_in_class_folders_are_skipped_and_counted(data_copy, baseli
     assert (tmp_path / "out" / "aggregate_metrics.json").read_bytes() == baseline
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("inside", ["train", "train/cat"])
 def test_an_out_inside_a_split_or_class_folder_of_the_data_is_refused_before_any_work(data_copy, tmp_path, capsys,
                                                                                       inside):
@@ -579,6 +604,7 @@ def test_an_out_inside_a_split_or_class_folder_of_the_data_is_refused_before_any
     assert run_on(data_copy, beside, tmp_path / "cache", "--overwrite") == 0  # and so is its rerun
 
 
+@pytest.mark.integration
 def test_overwrite_removes_only_what_the_package_wrote(base, baseline, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(base / "baseline", out)
@@ -593,6 +619,7 @@ def test_overwrite_removes_only_what_the_package_wrote(base, baseline, tmp_path,
     assert (out / "drafts").is_dir() and (out / "aggregate_metrics.json").read_bytes() == baseline
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("inside", ["data", "cache", "weights"])
 def test_overwrite_refuses_an_out_holding_the_data_the_cache_or_the_weights(base, baseline, tmp_path, capsys, inside):
     out = tmp_path / "out"
@@ -622,6 +649,7 @@ def tree_bytes(folder: Path, *without: str) -> dict[str, bytes]:
     return {name: p.read_bytes() for name, p in files.items() if name not in (LOCK_NAME, *without)}
 
 
+@pytest.mark.integration
 def test_eval_into_its_own_lens_folder_is_refused_and_deletes_nothing(base, baseline, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(base / "baseline", run)
@@ -649,6 +677,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(BAD_INPUTS))
 def test_compare_and_report_name_a_malformed_input(base, baseline, tmp_path, capsys, name):
     text, problem = BAD_INPUTS[name]
@@ -665,6 +694,7 @@ def test_compare_and_report_name_a_malformed_input(base, baseline, tmp_path, cap
     assert not (tmp_path / "c.png").exists()
 
 
+@pytest.mark.integration
 def test_compare_refuses_an_input_with_nothing_to_draw(base, baseline, tmp_path, capsys):
     probe_only = tmp_path / "probe.json"
     probe_only.write_text(json.dumps({"linear_probe": json.loads(baseline)["linear_probe"]}))
@@ -674,6 +704,7 @@ def test_compare_refuses_an_input_with_nothing_to_draw(base, baseline, tmp_path,
 
 # --------------------------------------------------------------------------- second round: what issue 21 left open
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", ["run", "train", "eval"])
 def test_a_bad_argument_leaves_no_out_folder(base, baseline, tmp_path, capsys, command):
     options = EVAL_OPTIONS if command == "eval" else COMMON
@@ -687,6 +718,7 @@ def test_a_bad_argument_leaves_no_out_folder(base, baseline, tmp_path, capsys, c
         assert not (tmp_path / "a").exists() and not (tmp_path / "cache").exists()  # nothing created
 
 
+@pytest.mark.integration
 def test_result_files_get_the_users_umask_like_any_file(base, baseline, tmp_path):
     from vision_lens.files import write_text_atomic
 
@@ -715,6 +747,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.integration
 def test_a_full_out_stops_in_one_line_naming_the_file_and_the_rerun_resumes(base, baseline, tmp_path):
     out = tmp_path / "out"
     args = run_args(base / "data", out, base / "cache")  # a complete cache: only --out is written
@@ -731,6 +764,7 @@ def test_a_full_out_stops_in_one_line_naming_the_file_and_the_rerun_resumes(base
     assert (out / "aggregate_metrics.json").read_bytes() == baseline
 
 
+@pytest.mark.integration
 def test_nan_and_infinity_in_compare_and_report_inputs_are_undefined_not_values(base, baseline, tmp_path, capsys):
     clean = json.loads(baseline)
     clean["tuned"]["ce"]["layer_1"] = clean["logit"]["kl"]["layer_0"] = None
@@ -804,6 +838,7 @@ IMAGE_MODES = {
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", sorted(IMAGE_MODES))
 def test_every_image_mode_is_read_as_the_file_means_it_or_refused_by_name(tmp_path, name):
     from vision_lens.data import ImageFolderSource
@@ -821,6 +856,7 @@ def test_every_image_mode_is_read_as_the_file_means_it_or_refused_by_name(tmp_pa
         assert decoded.mode == "RGB" and [tuple(p) for p in np.asarray(decoded).reshape(-1, 3).tolist()] == meaning
 
 
+@pytest.mark.integration
 def test_lenses_are_not_evaluated_on_the_images_they_were_fitted_on(base, baseline, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(base / "data", data)
@@ -859,6 +895,7 @@ def frontier_args(run: Path, cache: Path, *strengths: str) -> list[str]:
     return ["frontier", str(run), "--strengths", *(strengths or ("0.1",)), "--cache-dir", str(cache)]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
 def test_frontier_checks_its_strengths_when_the_command_line_is_read(base, baseline, tmp_path, capsys, value):
     run = tmp_path / "run"
@@ -870,6 +907,7 @@ def test_frontier_checks_its_strengths_when_the_command_line_is_read(base, basel
     assert tree_bytes(run) == before and not (tmp_path / "cache").exists()  # nothing written, nothing captured
 
 
+@pytest.mark.integration
 def test_frontier_holds_the_run_folders_lock(base, baseline, tmp_path, capsys, monkeypatch):
     import vision_lens.frontier as frontier_module
 
@@ -900,6 +938,7 @@ def test_frontier_holds_the_run_folders_lock(base, baseline, tmp_path, capsys, m
     assert tree_bytes(run, MANIFEST_NAME, "frontier.json") == {k: v for k, v in before.items() if k != MANIFEST_NAME}
 
 
+@pytest.mark.integration
 def test_a_full_disk_under_frontier_stops_in_one_line_and_the_rerun_writes_it(base, baseline, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(base / "baseline", run)
@@ -916,6 +955,7 @@ def test_a_full_disk_under_frontier_stops_in_one_line_and_the_rerun_writes_it(ba
     assert "frontier.json" in manifest(run)["files"] and manifest(run)["complete"] is True
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("extra, message", [
     (["--epochs", "0"], "--epochs 0: give a number of training epochs (at least 1)"),
     (["--seed", "-1"], "--seed -1: give an integer from 0 to 4294967295"),
@@ -928,6 +968,7 @@ def test_a_bad_demo_option_is_named_and_leaves_no_out_folder(tmp_path, capsys, e
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.integration
 def test_eval_refuses_lenses_fitted_on_other_weights_or_another_model(base, baseline, tmp_path, capsys):
     from vision_lens.adapters.base import file_sha256
 
@@ -947,6 +988,7 @@ def test_eval_refuses_lenses_fitted_on_other_weights_or_another_model(base, base
         assert not (tmp_path / "e").exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.integration
 def test_eval_refuses_a_complete_run_missing_a_lens_it_lists(base, baseline, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(base / "baseline", run)
@@ -959,6 +1001,7 @@ def test_eval_refuses_a_complete_run_missing_a_lens_it_lists(base, baseline, tmp
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.integration
 def test_an_extra_class_folder_in_the_eval_split_is_named_by_name_and_by_position(data_copy, tmp_path, capsys):
     shutil.copytree(data_copy / "test" / "cat", data_copy / "test" / "zebra")
     test = data_copy / "test"
@@ -974,6 +1017,7 @@ def test_an_extra_class_folder_in_the_eval_split_is_named_by_name_and_by_positio
     assert not (tmp_path / "cache" / "features").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_a_full_cache_dir_stops_in_one_line_naming_the_cache_and_the_rerun_gives_the_same_numbers(
         base, baseline, tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"

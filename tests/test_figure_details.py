@@ -37,6 +37,7 @@ def synthetic(tmp_path_factory):
     return write_synthetic_run(tmp_path_factory.mktemp("runs") / "synthetic")
 
 
+@pytest.mark.unit
 def test_layerwise_draws_bands_chance_and_the_eval_split(synthetic):
     run = load_results(synthetic)
     ax = plotting.layerwise(run, "acc", lens_types=("tuned",))
@@ -51,6 +52,7 @@ def test_layerwise_draws_bands_chance_and_the_eval_split(synthetic):
     assert plotting.layerwise(run, "ce").get_ylabel() == "cross-entropy (bits per image)"
 
 
+@pytest.mark.unit
 def test_layerwise_skips_chance_and_bands_where_the_run_does_not_record_them(synthetic):
     run = load_results(synthetic)
     run.run.pop("num_classes")
@@ -60,6 +62,7 @@ def test_layerwise_skips_chance_and_bands_where_the_run_does_not_record_them(syn
     assert not [line for line in ax.get_lines() if line.get_label().startswith("chance")]
 
 
+@pytest.mark.unit
 def test_transfer_heatmap_clips_at_the_95th_percentile_prints_values_and_marks_stages(synthetic):
     run = load_results(synthetic)
     matrix = analysis.transfer_matrix(run, "penalty")
@@ -76,6 +79,7 @@ def test_transfer_heatmap_clips_at_the_95th_percentile_prints_values_and_marks_s
     assert horizontal == [1, 4, 7]  # stem | layer1 | layer2 | layer3
 
 
+@pytest.mark.unit
 def test_penalty_vs_distance_stages_error_bars_and_pair_counts(synthetic):
     run = load_results(synthetic)
     ax = plotting.penalty_vs_distance(run, stages=True)
@@ -100,6 +104,7 @@ def test_penalty_vs_distance_stages_error_bars_and_pair_counts(synthetic):
     assert len(relative.figure.axes) == 1
 
 
+@pytest.mark.integration
 def test_compare_takes_labels_and_keeps_text_legible(synthetic, tmp_path):
     fig = compare([synthetic, TUNED_LENS_EVAL], labels=["ResNet-20 (synthetic)", "toy GPT-2"])
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
@@ -114,6 +119,7 @@ def test_compare_takes_labels_and_keeps_text_legible(synthetic, tmp_path):
     assert out.is_file()
 
 
+@pytest.mark.unit
 def test_prediction_trajectory_names_the_file_and_the_true_label(tmp_path):
     root = write_image_folder(tmp_path / "test", classes=2, per_class=1)
     image = root / "class_1" / "000.png"
@@ -150,6 +156,7 @@ class Wrappers(HTMLParser):
         self.open.pop()
 
 
+@pytest.mark.unit
 def test_report_tables_scroll_in_their_own_box_and_the_note_is_shown(synthetic):
     page = render_report(synthetic, note="the digits demo: a smoke test, not a result")
     parts = Wrappers(page)

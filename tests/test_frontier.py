@@ -13,8 +13,6 @@ from vision_lens.analysis import summarise_transfer
 from vision_lens.artifacts import read_manifest
 from vision_lens.frontier import FRONTIER_STRENGTHS
 
-pytestmark = pytest.mark.integration
-
 
 def _run(tmp_path, data, name, *extra):
     out = tmp_path / name
@@ -24,11 +22,13 @@ def _run(tmp_path, data, name, *extra):
     return out
 
 
+@pytest.mark.unit
 def test_the_default_sweep_spans_1e_6_to_1_in_half_decades():
     assert FRONTIER_STRENGTHS[0] == 1e-6 and FRONTIER_STRENGTHS[-1] == 1.0 and len(FRONTIER_STRENGTHS) == 13
     assert np.allclose(np.diff(np.log10(FRONTIER_STRENGTHS)), 0.5, atol=2e-3)
 
 
+@pytest.mark.integration
 def test_a_frontier_point_equals_a_direct_fit_at_that_strength(tmp_path, tiny_data, monkeypatch):
     run = _run(tmp_path, tiny_data, "run")
     assert json.loads((run / "run.json").read_text())["options"]["cache_dir"] == str(tmp_path / "cache")
@@ -54,6 +54,7 @@ def test_a_frontier_point_equals_a_direct_fit_at_that_strength(tmp_path, tiny_da
     assert not (run / "frontier.json").exists()
 
 
+@pytest.mark.integration
 def test_the_frontier_figure_draws_the_sweep_and_marks_both_fits(tmp_path, tiny_data):
     import matplotlib.pyplot as plt
 

@@ -24,7 +24,6 @@ from vision_lens.lens_kinds import LensKind, lens_kind, lens_kinds, register_len
 from vision_lens.lenses import Lens, LensFolderError, build_lenses, load_lens
 from vision_lens.readout import FeatureLayout
 
-pytestmark = pytest.mark.contract
 
 # Each optimum solver on the head it is for: the convex one through ResNet-8's linear head, autograd through the
 # pre-activation ResNet-8's LayerNorm and linear head (not convex there).
@@ -91,6 +90,7 @@ OPTIMUM_CASES = [(kind.name, solver, MODELS[solver], kind.fitted_to) for kind in
                  if solver in MODELS]
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("kind, solver, model, target", OPTIMUM_CASES)
 def test_every_declared_solver_reaches_the_reference_optimum(kind, solver, model, target):
     """Where the problem is convex (an affine translator through an affine head) the fit is no worse than the
@@ -118,6 +118,7 @@ def test_every_declared_solver_reaches_the_reference_optimum(kind, solver, model
                if not any(k in blocks for _, blocks in lens.fit_groups()))
 
 
+@pytest.mark.contract
 def test_the_shared_lens_reaches_the_reference_optimum_of_every_block_at_once():
     """The shared lens's one translator minimises the mean loss over every block with a path (here every block),
     by both solvers: the optimum of that one objective, not of any one block's."""
@@ -147,6 +148,7 @@ def test_the_shared_lens_reaches_the_reference_optimum_of_every_block_at_once():
 RECIPE_KINDS = [kind.name for kind in lens_kinds() if "recipe" in kind.solvers]
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("kind", RECIPE_KINDS)
 def test_the_recipe_is_tuned_lens_sgd_on_the_lens_parameters(kind):
     """fit_by_recipe against the recipe's SGD run directly on the lens's parameters, the loss through its forward."""
@@ -179,6 +181,7 @@ def test_the_recipe_is_tuned_lens_sgd_on_the_lens_parameters(kind):
 DECODING_KINDS = [kind.name for kind in lens_kinds() if kind.fitted and issubclass(kind.lens_class(), Lens)]
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("kind", DECODING_KINDS)
 @pytest.mark.parametrize("model", ["cifar:resnet8", "cifar:preact_resnet8"])
 def test_every_kind_that_reads_the_unembedding_starts_as_the_logit_lens(kind, model):
@@ -193,6 +196,7 @@ def test_every_kind_that_reads_the_unembedding_starts_as_the_logit_lens(kind, mo
                 assert torch.equal(lens(features[k], k), logit(features[k], k)), (kind, k)
 
 
+@pytest.mark.contract
 @pytest.mark.parametrize("kind", [kind.name for kind in lens_kinds()])
 def test_every_kind_round_trips_through_save_and_load(kind, tmp_path):
     adapter, layout, features, _, _ = problem("cifar:resnet8", grid=2)
@@ -222,6 +226,7 @@ def test_every_kind_round_trips_through_save_and_load(kind, tmp_path):
         load_lens(tmp_path / kind, create_adapter("cifar:resnet8", weights="random", seed=1), kind)
 
 
+@pytest.mark.unit
 def test_the_registry_refuses_a_taken_name_and_an_unknown_solver():
     with pytest.raises(ValueError, match="'tuned' is registered already"):
         register_lens_kind(lens_kind("tuned"))
@@ -231,6 +236,7 @@ def test_the_registry_refuses_a_taken_name_and_an_unknown_solver():
         lens_kind("sketch")
 
 
+@pytest.mark.contract
 def test_the_command_line_and_the_figures_read_the_registry():
     from vision_lens import plotting
     from vision_lens.cli import build_parser
@@ -246,6 +252,7 @@ def test_the_command_line_and_the_figures_read_the_registry():
     assert plotting.default_lens_types()[:len(lens_kinds())] == [k.name for k in lens_kinds()]
 
 
+@pytest.mark.integration
 @pytest.mark.integration
 def test_a_kind_fitted_only_when_asked_goes_through_run_eval_and_the_frontier(tmp_path, tiny_data):
     """`--lenses tuned low_rank`: the low-rank lens is fitted (by autograd: its kind declares no convex solver),

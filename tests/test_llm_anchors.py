@@ -33,6 +33,7 @@ def pythia_files() -> tuple[dict, dict]:
     return penalty, ce
 
 
+@pytest.mark.integration
 def test_compare_draws_pythia_at_all_its_layers_and_thinned_to_six(tmp_path):
     out = tmp_path / "compare.png"
     assert main(["compare", str(VIT), str(LM), str(LLM_ANCHORS), "--thin", "6", "--out", str(out)]) == 0
@@ -53,6 +54,7 @@ def test_compare_draws_pythia_at_all_its_layers_and_thinned_to_six(tmp_path):
     assert main(["compare", str(LLM_ANCHORS), "--thin", "1", "--out", str(out)]) == 2
 
 
+@pytest.mark.integration
 def test_the_figure_prints_the_caveat_under_the_legend():
     from vision_lens.compare import compare
 
@@ -64,6 +66,7 @@ def test_the_figure_prints_the_caveat_under_the_legend():
     assert "pythia-12b-deduped (layers 0, 6, ..., 30)" in legend
 
 
+@pytest.mark.integration
 def test_make_figures_puts_pythia_beside_the_vision_runs_and_the_language_model(tmp_path):
     figures = load_script("make_figures")
     paths, labels = figures.llm_inputs(None, LLM_ANCHORS)
@@ -74,6 +77,7 @@ def test_make_figures_puts_pythia_beside_the_vision_runs_and_the_language_model(
     assert out == tmp_path / "compare_llm.png" and plt.imread(out).shape[2] in (3, 4)
 
 
+@pytest.mark.results
 def test_the_findings_put_pythia_in_the_stream_table_and_the_signature_tables():
     summarise = load_script("summarise_results")
     runs = analysis.as_results([VIT, LM, LLM_ANCHORS])

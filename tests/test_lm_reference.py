@@ -91,9 +91,9 @@ def reference(tuned_lens_cli, tmp_path_factory):
 
 def check_eval_folder(out: Path, depth: int) -> None:
     """``out`` is what the script writes: tuned-lens eval's files, with a finite ce and kl transfer table for every
-    pair of the ``depth`` layers, for both lenses; the lens config; the record."""
+    pair of the ``depth`` layers, for both lenses; the lens (config and parameters); the record."""
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "aggregate_metrics.json", "batches.jsonl", "lens/config.json", "record.json"]
+        "aggregate_metrics.json", "batches.jsonl", "lens/config.json", "lens/params.pt", "record.json"]
     aggregate = json.loads((out / "aggregate_metrics.json").read_text())
     layers = [f"layer_{k}" for k in range(depth)]
     assert set(aggregate) == {"logit", "tuned", "baseline"}
@@ -106,10 +106,12 @@ def check_eval_folder(out: Path, depth: int) -> None:
     assert json.loads((out / "lens" / "config.json").read_text())["num_hidden_layers"] == depth
 
 
+@pytest.mark.integration
 def test_eval_folder_has_a_transfer_table_for_every_layer_pair(reference):
     check_eval_folder(reference[1], DEPTH)
 
 
+@pytest.mark.results
 def test_the_committed_reference_is_a_trained_model_lensed_by_tuned_lens():
     """results/lm-reference: the full-size run (docs/lm-reference.md), far below the unigram perplexity of its
     validation tokens, its lens trained by tuned-lens's default recipe at the documented scaling."""
@@ -124,6 +126,7 @@ def test_the_committed_reference_is_a_trained_model_lensed_by_tuned_lens():
     assert "--tokens" not in lens["tuned_lens_eval"].split()  # every held-out token
 
 
+@pytest.mark.integration
 def test_record_states_the_commands_and_both_perplexities(reference):
     _, out, _ = reference
     record = json.loads((out / "record.json").read_text())
@@ -141,6 +144,7 @@ def test_record_states_the_commands_and_both_perplexities(reference):
     assert lens["tokens_per_step"] == 64 and lens["versions"]["tuned-lens"] == "0.2.0"
 
 
+@pytest.mark.integration
 def test_compare_draws_the_reference(reference, tmp_path):
     _, out, _ = reference
     png = tmp_path / "compare.png"
@@ -152,6 +156,7 @@ def test_compare_draws_the_reference(reference, tmp_path):
     plt.close(fig)
 
 
+@pytest.mark.integration
 def test_resume_reloads_the_checkpoint_and_a_second_start_is_refused(reference):
     work, _, env = reference
     first = json.loads((work / "record.json").read_text())
@@ -163,6 +168,7 @@ def test_resume_reloads_the_checkpoint_and_a_second_start_is_refused(reference):
     assert again["steps"] == STEPS and again["validation"]["loss_nats"] == pytest.approx(first["validation"]["loss_nats"])
 
 
+@pytest.mark.results
 def test_the_committed_model_is_the_recorded_one_in_fp16():
     """results/checkpoints/lm-reference: the reference's GPT-2 (save_pretrained, fp16) with its tokenizer, of the
     recorded shape and size."""
@@ -178,3 +184,21 @@ def test_the_committed_model_is_the_recorded_one_in_fp16():
     assert sum(p.numel() for p in model.parameters()) == record["parameters"]
     assert {p.dtype for p in model.parameters()} == {torch.float16}
     assert len(PreTrainedTokenizerFast.from_pretrained(folder)) == settings["vocab_size"]
+
+
+@pytest.mark.integration
+def test_export_writes_the_model_in_float16_with_its_tokenizer(reference, tmp_path):
+    work, _, env = reference
+    done = run_script("export", "--work", work, "--to", tmp_path / "exported", env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported", dtype="auto")  # as stored
+    trained = AutoModelForCausalLM.from_pretrained(work / "model")
+    assert exported.dtype == torch.float16
+    exported_state = exported.state_dict()
+    for name, value in trained.state_dict().items():  # float16's rounding (to its subnormals near 0), nothing else
+        torch.testing.assert_close(exported_state[name].float(), value, atol=1e-7, rtol=1e-3, msg=name)
+    assert AutoTokenizer.from_pretrained(tmp_path / "exported").get_vocab() == \
+        AutoTokenizer.from_pretrained(work / "model").get_vocab()

@@ -29,6 +29,8 @@ from vision_lens.artifacts import MANIFEST_NAME
 
 from .conftest import SHARED, built_once, require_pypi, require_shared
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
 REFERENCES = sorted(p.parent.name for p in RESULTS.glob("*/aggregate_metrics.json"))
@@ -144,7 +146,7 @@ def installed(wheel, tmp_path_factory) -> Path:
         site = run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                    env=bare_environment()).stdout.strip()
         run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-deps",
-             "--no-index", wheel])
+             "--no-index", wheel], env=bare_environment())  # a PYTHONPATH checkout would count as installed
         ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
         (Path(site) / "zz-dependencies-of-the-tests.pth").write_text("".join(f"{path}\n" for path in ours))
 
@@ -295,6 +297,16 @@ def test_a_lucent_model_without_torch_lucent_stops_at_once_saying_what_to_instal
     assert done.returncode == 2 and done.stderr == ("vision-lens run: error: the lucent: family needs torch-lucent, "
                                                     "which is not installed; install it with pip install "
                                                     "'vision-lens[lucent]'\n")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_an_hf_model_without_transformers_stops_at_once_saying_what_to_install(tiny_data, tmp_path):
+    from vision_lens.resources import package_folder
+
+    done = without("transformers", "run", "--model", f"hf:{package_folder('tiny-vit-cifar10')}", "--weights", "random",
+                   "--data", tiny_data, "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr == ("vision-lens run: error: the hf: family needs transformers, which "
+                                                    "is not installed; install it with pip install 'vision-lens[hf]'\n")
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 

@@ -4,6 +4,7 @@ on the CPU loads that way and keeps every value."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import Dataset
 
@@ -13,6 +14,8 @@ from vision_lens.data import ImageFolderSource, phased_batches
 from vision_lens.readout import FeatureLayout
 
 from .conftest import write_image_folder
+
+pytestmark = pytest.mark.unit
 
 
 class Logged(Dataset):

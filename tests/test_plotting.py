@@ -17,6 +17,7 @@ from vision_lens import plotting
 from vision_lens.artifacts import load_results
 from vision_lens.adapters import create_adapter
 from vision_lens.adapters.weights import CIFAR10_CLASSES
+from vision_lens.capture import BlockRecorder
 from vision_lens.lenses import TunedLens, build_lenses
 from vision_lens.readout import FeatureLayout
 
@@ -51,6 +52,7 @@ def with_undefined_first_block(run: plotting.RunResults) -> plotting.RunResults:
     return run
 
 
+@pytest.mark.integration
 def test_layerwise_block_axis_draws_the_json(resnet20_run):
     aggregate = raw_aggregate(resnet20_run)
     run = load_results(resnet20_run)
@@ -65,12 +67,14 @@ def test_layerwise_block_axis_draws_the_json(resnet20_run):
     assert ax.get_ylabel() == "top-1 accuracy"
 
 
+@pytest.mark.integration
 def test_layerwise_undefined_values_are_gaps_not_zeros(resnet20_run):
     run = with_undefined_first_block(load_results(resnet20_run))
     y = lines_by_label(plotting.layerwise(run, "ce"))["logit lens"].get_ydata()
     assert np.isnan(y[0]) and not np.isnan(y[1:]).any()
 
 
+@pytest.mark.integration
 def test_layerwise_relative_depth_puts_two_depths_on_0_to_1(resnet20_run, resnet32_run):
     ax = plotting.layerwise([resnet20_run, resnet32_run], "kl", x="relative_depth", lens_types=("tuned",))
     lines = lines_by_label(ax)
@@ -82,6 +86,7 @@ def test_layerwise_relative_depth_puts_two_depths_on_0_to_1(resnet20_run, resnet
     assert lines["tuned lens · cifar:resnet20"].get_color() != lines["tuned lens · cifar:resnet32"].get_color()
 
 
+@pytest.mark.integration
 def test_layerwise_rejects_unknown_axis_and_metric(resnet20_run):
     with pytest.raises(ValueError, match="x must be one of"):
         plotting.layerwise(resnet20_run, "acc", x="depth")
@@ -89,6 +94,7 @@ def test_layerwise_rejects_unknown_axis_and_metric(resnet20_run):
         plotting.layerwise(resnet20_run, "perplexity")
 
 
+@pytest.mark.integration
 def test_transfer_heatmap_rows_are_translators_and_nulls_are_hatched(resnet20_run):
     run = with_undefined_first_block(load_results(resnet20_run))
     penalty = run.aggregate["tuned"]["layer_transfer"]["penalty"]
@@ -118,6 +124,7 @@ def expected_penalty_by_distance(aggregate: dict) -> list[float]:
     return means
 
 
+@pytest.mark.integration
 def test_penalty_vs_distance_equals_a_direct_computation(resnet20_run, resnet32_run):
     ax = plotting.penalty_vs_distance([resnet20_run, resnet32_run])
     lines = lines_by_label(ax)
@@ -128,6 +135,7 @@ def test_penalty_vs_distance_equals_a_direct_computation(resnet20_run, resnet32_
     assert lines["cifar:resnet20"].get_ydata()[0] == 0  # a translator on its own block costs nothing
 
 
+@pytest.mark.integration
 def test_penalty_vs_distance_ignores_null_cells(resnet20_run):
     run = with_undefined_first_block(load_results(resnet20_run))
     y = plotting.penalty_vs_distance(run).get_lines()[0].get_ydata()
@@ -135,6 +143,7 @@ def test_penalty_vs_distance_ignores_null_cells(resnet20_run):
     assert np.isnan(y[9]) and not np.isnan(y[:9]).any()  # |i - j| = 9 only links block 0, which is undefined
 
 
+@pytest.mark.integration
 def test_penalty_vs_distance_leaves_out_a_run_without_transfers(resnet20_run):
     """A run where no translator reads another block (e.g. an Inception) gets no line and no legend entry."""
     run = load_results(resnet20_run)
@@ -155,17 +164,19 @@ def resnet20():
     return create_adapter("cifar:resnet20", weights=str(RESNET20))
 
 
+@pytest.mark.integration
 def test_prediction_trajectory_logit_lens_ends_at_the_model_output(resnet20):
     image = min((CIFAR / "test" / "ship").glob("*.png"))
     logit = build_lenses(resnet20, FeatureLayout.of(resnet20.blocks, 1), ("logit",))["logit"]  # the logit lens is never saved
     ax = plotting.prediction_trajectory(resnet20, logit, image, k=3)
     cells = ax.collections[0].get_array().reshape(11, 3)
-    with torch.no_grad():
+    with torch.no_grad(), BlockRecorder(resnet20, logit.layout) as recorder:
         output = resnet20.logits(resnet20.transform(Image.open(image).convert("RGB"))[None]).softmax(-1)[0]
+        read_outs = [logit(features, k).softmax(-1)[0] for k, features in enumerate(recorder.pooled)]
     top = output.topk(3)
-    # The last block is already in the head's space: the logit lens there is the model itself.
-    assert np.allclose(cells[-2], top.values.numpy(), atol=1e-5)
-    assert np.allclose(cells[-1], top.values.numpy(), atol=1e-6)
+    # A row per block in forward order, each the lens's own read-out there, then the model's output.
+    for row, probabilities in zip(cells, read_outs + [output], strict=True):
+        assert np.allclose(row, probabilities.topk(3).values.numpy(), atol=1e-6)
     assert np.all(np.diff(cells, axis=1) <= 0)  # ranks are sorted
     texts = [t.get_text() for t in ax.texts]
     assert texts[-3:] == [f"{CIFAR10_CLASSES[c]}\n{p:.2f}" for c, p in zip(top.indices.tolist(), top.values.tolist())]
@@ -173,6 +184,7 @@ def test_prediction_trajectory_logit_lens_ends_at_the_model_output(resnet20):
     assert len(ax.figure.axes) == 3  # the input image, the heatmap and its colour bar
 
 
+@pytest.mark.integration
 def test_prediction_trajectory_tuned_lens_from_a_run(resnet20, resnet20_run):
     lens = TunedLens.load(resnet20_run / "lenses" / "tuned", resnet20)
     image = min((CIFAR / "test" / "cat").glob("*.png"))
@@ -185,6 +197,7 @@ def test_prediction_trajectory_tuned_lens_from_a_run(resnet20, resnet20_run):
     assert names <= set(CIFAR10_CLASSES)
 
 
+@pytest.mark.integration
 def test_prediction_trajectory_hatches_blocks_where_the_lens_is_undefined(resnet20):
     logit = build_lenses(resnet20, FeatureLayout.of(resnet20.blocks, 1), ("logit",))["logit"]
     del logit.paths["1"]  # as if block 1 had no identity path to the head
@@ -196,6 +209,7 @@ def test_prediction_trajectory_hatches_blocks_where_the_lens_is_undefined(resnet
     assert ax.patch.get_hatch() == "///"
 
 
+@pytest.mark.unit
 def test_importing_plotting_leaves_the_matplotlib_backend_alone():
     """Notebooks keep their inline backend: the package draws into Figure objects instead of switching."""
     code = ("import matplotlib; matplotlib.use('svg'); import vision_lens.plotting, vision_lens.pipeline; "

@@ -17,6 +17,7 @@ from vision_lens.adapters.listing import markdown, table
 from vision_lens.readout import Block, IdentityPath
 
 
+@pytest.mark.unit
 def test_models_lists_every_registration_without_importing_torch():
     code = ("import sys; from vision_lens.cli import main; main(['models']); "
             "assert 'torch' not in sys.modules, 'listing imported torch'")
@@ -26,6 +27,7 @@ def test_models_lists_every_registration_without_importing_torch():
     assert "cifar10-vit.th, test acc 0.838" in listing  # read from the checkpoint's training record
 
 
+@pytest.mark.unit
 def test_the_markdown_table_has_every_registration():
     rows = markdown().splitlines()[2:]
     assert all(f"`{a.name}`" in "\n".join(rows) for a in architectures())
@@ -33,6 +35,7 @@ def test_the_markdown_table_has_every_registration():
     assert table().count("\n") == 2 * len(architectures())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name, near", [("cifar:resnt20", "cifar:resnet20"), ("cifar:vitt", "cifar:vit"),
                                         ("timm:vit_smal_patch16_224", "timm:vit_small_patch16_224"),
                                         ("torchvision:resnet05", "torchvision:resnet50")])
@@ -41,6 +44,7 @@ def test_an_unknown_architecture_names_its_near_matches(name, near):
         create_adapter(name, weights="random")
 
 
+@pytest.mark.unit
 def test_an_unknown_family_names_the_families():
     with pytest.raises(ValueError, match="one of the families cifar:…, hf:…, lucent:…, timm:…, torchvision:…"):
         create_adapter("keras:resnet20", weights="random")
@@ -92,6 +96,7 @@ def scratch_registry(monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
 
+@pytest.mark.unit
 def test_a_family_outside_the_package_registers_and_is_listed(scratch_registry, tmp_path):
     register(Architecture("lab:tiny", TINY, "first + second; linear head", blocks=2))
     adapter = create_adapter("lab:tiny", weights="random")
@@ -105,6 +110,7 @@ def test_a_family_outside_the_package_registers_and_is_listed(scratch_registry, 
         register(Architecture("lab:tiny", TINY, "again"))
 
 
+@pytest.mark.unit
 def test_register_family_takes_every_name_its_build_knows(scratch_registry):
     register_family("lab", TINY, example="lab:tiny3", weights=Weights(None))
     assert create_adapter("lab:tiny3", weights="random").num_classes == 3
@@ -112,6 +118,7 @@ def test_register_family_takes_every_name_its_build_knows(scratch_registry):
         create_adapter("lab:huge", weights="random")
 
 
+@pytest.mark.integration
 def test_the_public_api_resolves_lazily(tmp_path, tiny_data):
     code = ("import sys, vision_lens, vision_lens.adapters.registry; assert 'torch' not in sys.modules; "
             "print(sorted(vision_lens.__all__))")

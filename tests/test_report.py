@@ -13,7 +13,7 @@ import pytest
 
 from vision_lens.cli import main
 
-pytestmark = pytest.mark.shared
+pytestmark = [pytest.mark.shared, pytest.mark.integration]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -33,6 +33,7 @@ def matrix_run(penalty, own_ce=None, logit_ce=None, model_ce=None, path: Path = 
     return RunResults(path, "matrix", aggregate, {}, {})
 
 
+@pytest.mark.unit
 def test_a_symmetric_matrix_has_equal_forward_and_backward_profiles():
     rng = np.random.default_rng(0)
     half = rng.random((5, 5))
@@ -48,6 +49,7 @@ def test_a_symmetric_matrix_has_equal_forward_and_backward_profiles():
     assert not np.allclose(profile.forward, 0)
 
 
+@pytest.mark.unit
 def test_a_zero_translator_has_distance_zero_from_the_identity():
     assert signatures.identity_distance(np.zeros((4, 4))) == 0
     assert signatures.identity_distance(np.zeros((3, 6)), scale=np.full(6, 2.0)) == 0
@@ -56,6 +58,7 @@ def test_a_zero_translator_has_distance_zero_from_the_identity():
     assert signatures.identity_distance(np.diag([3.0, 4.0]), scale=[1.0, 2.0]) == pytest.approx(np.sqrt(13 / 2))
 
 
+@pytest.mark.unit
 def test_the_best_single_translator_of_a_matrix_with_one_zero_row_is_zero():
     rng = np.random.default_rng(1)
     penalty = rng.random((5, 5)) + 0.5
@@ -73,6 +76,7 @@ def test_the_best_single_translator_of_a_matrix_with_one_zero_row_is_zero():
     assert signatures.signatures(matrix_run(penalty), "out").best_translator_layer == "layer_3"
 
 
+@pytest.mark.unit
 def test_every_normalisation_of_the_neighbour_penalty_by_hand():
     """Three layers, embedding kept: forward neighbours cost 0.2 and 0.4, backward ones 0.6 and 0.8."""
     penalty = [[0, 0.2, 1.0], [0.6, 0, 0.4], [2.0, 0.8, 0]]
@@ -103,6 +107,7 @@ def test_every_normalisation_of_the_neighbour_penalty_by_hand():
         signatures.neighbour_penalty(run, "both", "per_byte")
 
 
+@pytest.mark.unit
 def test_the_synthetic_tuned_lens_folder_gives_its_known_signatures_and_batch_intervals(tmp_path):
     """Two batches, the second's penalties three times the first's: a bootstrap over batches draws both, one, or the
     other, so every penalty's interval runs from half its value to one and a half times it."""
@@ -143,6 +148,7 @@ def test_the_synthetic_tuned_lens_folder_gives_its_known_signatures_and_batch_in
         signatures.signatures(folder)
 
 
+@pytest.mark.results
 def test_the_committed_vit_run(tmp_path):
     """A run folder of this package: the signatures agree with the transfer matrix read directly, intervals come
     from its batches.jsonl (20 batches of 500 eval images), and its translators' distances from the identity are
@@ -182,6 +188,7 @@ def test_the_committed_vit_run(tmp_path):
     assert inception.values["neighbour_both"].value is None and inception.values["shared_gap_kl"].value is None
 
 
+@pytest.mark.results
 def test_the_committed_language_model_reference():
     """tuned-lens eval output: its batches.jsonl (one mean per batch of sequences) gives the intervals; no shared
     lens was fitted; embedding kept or left out are both given."""
@@ -204,6 +211,7 @@ def test_the_committed_language_model_reference():
         assert result.values["shared_gap_kl"].value is None
 
 
+@pytest.mark.results
 def test_pythia_12b_penalty_only_matrix_from_shared():
     """The tuned-lens authors' Pythia-12B matrix (penalties only) with its CE trace from another file: read where it
     is, the caveat carried, no intervals, and no normalisation that needs what neither file holds."""
@@ -230,6 +238,7 @@ def test_pythia_12b_penalty_only_matrix_from_shared():
         np.mean([raw[f"layer_{k}"][f"layer_{k + 6}"] for k in range(0, 30, 6)]))
 
 
+@pytest.mark.unit
 def test_a_penalty_only_folder_is_refused_with_the_file_named_where_it_does_not_fit(tmp_path):
     penalty = {"model": "org/tiny", "unit": "bits per byte",
                "penalty": {f"layer_{i}": {f"layer_{j}": abs(i - j) / 10 for j in range(3)} for i in range(3)}}

@@ -12,6 +12,8 @@ import pytest
 from vision_lens.data import DataError
 from vision_lens.text import Documents, read_documents, sample_positions, token_windows
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -18,6 +18,7 @@ from .conftest import findings_runs
 TRAINED_HERE = [a for a in architectures() if a.weights.kind == "file"]
 
 
+@pytest.mark.results
 @pytest.mark.parametrize("architecture", [a for a in TRAINED_HERE if a.weights.path().is_file()],
                          ids=lambda a: a.name)
 def test_a_committed_checkpoint_loads_by_name_as_its_file_does(architecture):
@@ -32,6 +33,7 @@ def test_a_committed_checkpoint_loads_by_name_as_its_file_does(architecture):
         assert torch.equal(pretrained.logits(x), from_file.logits(x))
 
 
+@pytest.mark.unit
 def test_the_models_trained_here_are_registered():
     assert {a.name for a in TRAINED_HERE} == {"cifar:vit", "cifar:preact_resnet20", "cifar:inceptionv1",
                                                "cifar:plain20"}
@@ -44,6 +46,7 @@ def results_root(monkeypatch, tmp_path):
     return tmp_path
 
 
+@pytest.mark.unit
 def test_a_checkpoint_not_trained_yet_says_how_to_train_it(results_root):
     with pytest.raises(WeightsError, match=r"--model cifar:plain20 --weights pretrained: its checkpoint trained here "
                                            r"\(results/checkpoints/cifar10-plain20.th\) is not available yet") as info:
@@ -63,6 +66,7 @@ def save_with_record(results_root, architecture: str, file: str, **record) -> di
     return record
 
 
+@pytest.mark.unit
 def test_a_checkpoint_that_lands_later_loads_by_name(results_root):
     record = save_with_record(results_root, "cifar:plain20", "cifar10-plain20.th")
     adapter = create_adapter("cifar:plain20")
@@ -73,6 +77,7 @@ def test_a_checkpoint_that_lands_later_loads_by_name(results_root):
         assert torch.equal(adapter.logits(x), expected.logits(x))
 
 
+@pytest.mark.unit
 def test_a_checkpoint_that_differs_from_its_record_is_refused_before_it_is_read(results_root, monkeypatch):
     save_with_record(results_root, "cifar:plain20", "cifar10-plain20.th", sha256="0" * 64)
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("read a file whose sha256 differs"))
@@ -80,6 +85,7 @@ def test_a_checkpoint_that_differs_from_its_record_is_refused_before_it_is_read(
         create_adapter("cifar:plain20")
 
 
+@pytest.mark.unit
 def test_a_checkpoint_without_its_record_is_refused(results_root):
     save_with_record(results_root, "cifar:plain20", "cifar10-plain20.th")
     (results_root / "checkpoints" / "cifar10-plain20.json").unlink()
@@ -87,6 +93,7 @@ def test_a_checkpoint_without_its_record_is_refused(results_root):
         create_adapter("cifar:plain20")
 
 
+@pytest.mark.results
 def test_published_accuracies_are_what_the_committed_runs_measure():
     """The akamaster checkpoints' stated accuracies (their README's errors) against our own runs of them on all
     10,000 test images."""

@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "create_adapter": ("adapters", "create_adapter"),
     "ModelAdapter": ("adapters", "ModelAdapter"),
+    "Preprocessing": ("adapters", "Preprocessing"),
     "LogitLens": ("lenses", "LogitLens"),
     "TunedLens": ("lenses", "TunedLens"),
     "SharedTunedLens": ("lenses", "SharedTunedLens"),

@@ -49,13 +49,16 @@ def block_names(run: RunResults, blocks: int) -> list[str]:
     return run.block_names or layer_keys(run.aggregate["tuned"]["ce"])[:blocks]
 
 
-def image_blocks(run: RunResults) -> np.ndarray:
-    """The indices of the blocks whose readout depends on the image: all but a class-token ViT's ``embed`` read at
-    ``--pool-grid 1`` (the class token before the first block is one learned vector, the same for every image, so
-    its lens is a constant and its translator learns only a bias). Every layer of tuned-lens output (no run.json)."""
+def past_embedding(run: RunResults) -> np.ndarray:
+    """The indices of the blocks the transfer tables compare: all but a transformer's embedding layer, on both
+    sides of the comparison alike (docs/control.md's embedding rule). Left out: a class-token ViT's ``embed`` read
+    at ``--pool-grid 1`` (the class token before the first block is one learned vector, the same for every image,
+    so its lens is a constant and its translator learns only a bias) and a language model's ``layer_0`` (the token
+    embeddings: a translator there reads a bigram table, and most of a small model's neighbour penalty sits in the
+    pairs that involve it)."""
     names = run.block_names or layer_keys(run.aggregate["tuned"]["ce"])
     pool_grid = run.run.get("options", {}).get("pool_grid")
-    return np.flatnonzero([not (name == "embed" and pool_grid == 1) for name in names])
+    return np.flatnonzero([not ((name == "embed" and pool_grid == 1) or name == "layer_0") for name in names])
 
 
 def fit_recipe(run: RunResults) -> str | None:

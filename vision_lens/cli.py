@@ -11,6 +11,7 @@ import dataclasses
 import os
 import signal
 import sys
+from pathlib import Path
 
 from . import __version__
 from .lens_kinds import lens_kinds

@@ -15,9 +15,9 @@ do not compare; only two unitless quantities are drawn:
   (the first layer where it is defined);
 * the transfer penalty ``ce[i][j] - ce[j][j]`` as a fraction of the mean
   diagonal CE, against the distance ``|i - j|`` as a fraction of depth, over the
-  blocks whose readout depends on the image (:func:`~vision_lens.analysis.image_blocks`:
-  a class-token ViT's ``embed`` is one vector for every image, so its pairs say
-  nothing about a shared stream).
+  blocks past a transformer's embedding layer (:func:`~vision_lens.analysis.past_embedding`:
+  a class-token ViT's ``embed`` is one vector for every image, and a language model's
+  ``layer_0`` is its token embeddings; the same rule on both sides).
 
 :func:`compare_to_file` writes these numbers beside the figure, as JSON
 (:func:`compared_numbers`), for a table.
@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 
-from .analysis import (ResultsLike, as_results, defined_transfer, has_transfer, image_blocks, layer_values,
+from .analysis import (ResultsLike, as_results, defined_transfer, has_transfer, layer_values, past_embedding,
                        penalty_profiles, relative_depth, thinned)
 from .artifacts import RunFolderError, RunResults, reference_or_path, require_complete
 from .files import write_text_atomic
@@ -120,7 +120,7 @@ def compared_numbers(
                                                                    "normalised": _finite_or_none(y)}
         transfer = None
         if defined_transfer(run):
-            profile = penalty_profiles(run, relative=True, normalise=True, blocks=image_blocks(run))["all"]
+            profile = penalty_profiles(run, relative=True, normalise=True, blocks=past_embedding(run))["all"]
             transfer = {"relative_distance": profile.distance.tolist(),
                         "normalised_penalty": _finite_or_none(profile.mean), "pairs": profile.pairs.tolist()}
         numbers.append({"name": run.name, "path": str(run.path), "layerwise": layerwise, "transfer": transfer,
@@ -179,7 +179,7 @@ def compare(
     if with_transfer:
         penalty_vs_distance([runs[i] for i in with_transfer], relative=True, normalise=True,
                             colors=[colours[i % len(colours)] for i in with_transfer], ax=penalty_ax,
-                            image_blocks_only=True)
+                            past_embedding_only=True)
         penalty_ax.get_legend().remove()  # the figure legend names the runs
     else:
         penalty_ax.text(0.5, 0.5, "no input has a tuned-lens layer_transfer", ha="center", va="center",

@@ -20,6 +20,7 @@ def default_cache_dir() -> str:
     return os.environ.get("VISION_LENS_CACHE", str(Path.home() / ".cache" / "vision_lens"))
 
 
+IN_MEMORY = "in-memory"  # the weights of a model passed to run_pipeline as a torch.nn.Module, as run.json records
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes no more
 
 
@@ -142,7 +143,7 @@ class CommonOptions:
     def inputs(self) -> dict[str, str]:
         """What the command reads from disk, by option: ``--overwrite`` of ``--out`` must never reach them."""
         inputs = {"--data": self.data, "--cache-dir": self.cache_dir}
-        if self.weights not in ("pretrained", "random") and not self.weights.startswith(("http://", "https://")):
+        if self.weights not in ("pretrained", "random", IN_MEMORY) and not self.weights.startswith(("http://", "https://")):
             inputs["--weights"] = self.weights
         return inputs
 

@@ -43,7 +43,8 @@ from .fit import ModelOutput, TunedLensRecipe, fit_by_recipe, fit_lens
 from .lens_kinds import kind_names, lens_kind, lens_kinds
 from .lenses import LensFolderError, SavedLens, build_lenses, load_lens
 from .metrics import evaluate_lenses
-from .options import CommonOptions, EvalOptions, RunOptions, default_cache_dir, resolve_device  # noqa: F401  (re-exported)
+from .options import (IN_MEMORY, CommonOptions, EvalOptions, RunOptions, default_cache_dir,  # noqa: F401 (re-exported)
+                      resolve_device)
 from .plotting import save_run_figures
 from .preflight import SplitPlan, check_eval_images, check_eval_split, preflight
 from .readout import FeatureLayout
@@ -109,18 +110,19 @@ def stop_processes() -> None:
         dist.destroy_process_group()
 
 
-def load_model(opts: CommonOptions) -> tuple[ModelAdapter, CommonOptions]:
-    """The adapter on the options' device, and the options with what they leave open resolved (a copy; ``opts``
-    stays as given): the ``auto`` device, capture's default batch size and workers, and the default lens kinds.
-    The resolved options are what run.json records."""
+def load_model(opts: CommonOptions, adapter: ModelAdapter | None = None) -> tuple[ModelAdapter, CommonOptions]:
+    """The adapter on the options' device (``adapter``, a model in memory, or the one ``--model`` names), and the
+    options with what they leave open resolved (a copy; ``opts`` stays as given): the ``auto`` device, capture's
+    default batch size and workers, and the default lens kinds. The resolved options are what run.json records."""
     device = _start_processes(resolve_device(opts.device))
-    adapter = create_adapter(opts.model, weights=opts.weights, seed=opts.seed).to(device)
+    if adapter is None:
+        adapter = create_adapter(opts.model, weights=opts.weights, seed=opts.seed)
     resolved = dataclasses.replace(
         opts, device=device, batch_size=opts.batch_size or default_batch_size(device, adapter.data_kind),
         workers=default_workers(device) if opts.workers is None else opts.workers)
     if isinstance(resolved, RunOptions):
         resolved.lenses = kind_names(opts.lenses)
-    return adapter, resolved
+    return adapter.to(device), resolved
 
 
 @dataclass
@@ -369,12 +371,12 @@ def evaluate(opts: EvalOptions, on_stage: StageObserver | None = None, report_no
 
 
 def _run(opts: RunOptions, out: Path | None = None, report_note: str | None = None,
-         on_stage: StageObserver | None = None) -> RunResults | None:
-    """:func:`run`, returning the results it wrote."""
+         on_stage: StageObserver | None = None, adapter: ModelAdapter | None = None) -> RunResults | None:
+    """:func:`run`, returning the results it wrote (on ``adapter``, a model in memory, where given)."""
     if out is None:
         _check_output(opts)
     with _stage(on_stage, "load_model"):
-        adapter, opts = load_model(opts)
+        adapter, opts = load_model(opts, adapter)
     layout = FeatureLayout.of(adapter.blocks, opts.pool_grid)
     with _stage(on_stage, "preflight"):
         plans = preflight(opts, adapter, (opts.fit_split, opts.eval_split), layout, rank_and_world()[1])
@@ -411,11 +413,27 @@ def run_pipeline(**options) -> RunResults:
     ``weights``, ``fit_limit``, ``recipe``, ``lenses``, ...; see ``vision-lens run --help``), returning the
     results it wrote.
 
+    ``model`` may also be a network in memory: a ``torch.nn.Module`` with the arguments that name its blocks,
+    unembedding and preprocessing (``blocks``, ``unembed``, ``preprocessing``, ...: those of
+    :func:`~vision_lens.adapters.module.module_adapter`), or a :class:`~vision_lens.adapters.ModelAdapter`. Its
+    run folder records it as ``module:<class name>`` (or ``model_name``) with weights ``in-memory``.
+
     Raises ``TypeError`` naming an unknown option.
     """
-    known = {f.name for f in dataclasses.fields(RunOptions)}
+    from .adapters.module import MODULE_ARGUMENTS
+
+    model = options.get("model")
+    in_memory = model is not None and not isinstance(model, str)
+    known = {f.name for f in dataclasses.fields(RunOptions)} | (MODULE_ARGUMENTS if in_memory else set())
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"run_pipeline() got unknown options {', '.join(unknown)}; the options are "
-                        f"{', '.join(sorted(known))}")
-    return _run(RunOptions(**options))
+                        f"{', '.join(sorted(known))}" + ("" if in_memory else " (and, with a torch.nn.Module as "
+                                                         f"the model, {', '.join(sorted(MODULE_ARGUMENTS))})"))
+    if not in_memory:
+        return _run(RunOptions(**options))
+    if options.get("weights", IN_MEMORY) != IN_MEMORY:
+        raise TypeError(f"run_pipeline(model=<{type(model).__name__}>, weights={options['weights']!r}): a model in "
+                        "memory brings its own weights; leave weights out")
+    adapter = create_adapter(model, **{k: options.pop(k) for k in MODULE_ARGUMENTS & set(options)})
+    return _run(RunOptions(**options | {"model": adapter.name, "weights": IN_MEMORY}), adapter=adapter)

@@ -44,7 +44,7 @@ from .analysis import (
     defined_transfer,
     eval_description,
     has_transfer,
-    image_blocks,
+    past_embedding,
     interval_values,
     layer_values,
     penalty_profiles,
@@ -273,7 +273,7 @@ def penalty_vs_distance(
     pair_counts: bool = True,
     colors: Sequence | None = None,
     ax: Axes | None = None,
-    image_blocks_only: bool = False,
+    past_embedding_only: bool = False,
 ) -> Axes:
     """Mean transfer penalty as a function of block distance ``|i - j|``, one line per model.
 
@@ -286,9 +286,9 @@ def penalty_vs_distance(
     (``aggregate_metrics_ci.json``) and ``normalise`` is off, error bars show
     the 95 % interval of each mean. ``pair_counts`` draws, as pale bars on a
     right-hand axis, how many block pairs each mean averages. ``colors`` gives
-    one colour per run (default: the colorblind palette). ``image_blocks_only`` leaves
-    out the pairs of a block whose readout is the same for every image
-    (:func:`~vision_lens.analysis.image_blocks`: a class-token ViT's ``embed``).
+    one colour per run (default: the colorblind palette). ``past_embedding_only`` leaves
+    out the pairs of a transformer's embedding layer (:func:`~vision_lens.analysis.past_embedding`: a class-token
+    ViT's ``embed``, a language model's ``layer_0``).
     """
     runs = as_results(results)
     ax = ax or new_axes(figsize=(6, 4))[1]
@@ -298,7 +298,7 @@ def penalty_vs_distance(
         if not defined_transfer(run, lens_type):  # no translator reads another block: nothing to draw
             continue
         profiles = penalty_profiles(run, lens_type, relative, normalise,
-                                    blocks=image_blocks(run) if image_blocks_only else None)
+                                    blocks=past_embedding(run) if past_embedding_only else None)
         groups = [g for g in ("within_stage", "across_stage") if g in profiles] if stages else []
         for group in groups or ["all"]:
             profile = profiles[group]

@@ -207,7 +207,8 @@ class ModelFamily:
 
 
 def create_adapter(
-    name: str, weights: str | None = "pretrained", seed: int = 0, num_classes: int | None = None
+    name: "str | nn.Module | ModelAdapter", weights: str | None = "pretrained", seed: int = 0,
+    num_classes: int | None = None, **module,
 ) -> ModelAdapter:
     """Build the adapter for ``name`` (``family:arch``, e.g. ``cifar:resnet20``; `vision-lens models` lists them).
 
@@ -216,7 +217,18 @@ def create_adapter(
     ``"random"`` (a random initialisation seeded by ``seed``, the control run),
     a URL or a local checkpoint. ``num_classes`` applies to random
     initialisation; a checkpoint brings its own class count.
+
+    ``name`` may also be a network in memory, a ``torch.nn.Module`` whose
+    blocks, unembedding and preprocessing the keyword arguments ``module``
+    name (:func:`~vision_lens.adapters.module.module_adapter`: ``blocks``,
+    ``unembed``, ``preprocessing``, ...), with its own weights; or an adapter
+    (a :class:`ModelAdapter` subclass of one's own), returned as it is.
     """
+    if not isinstance(name, str):
+        return _in_memory(name, weights, num_classes, module)
+    if module:
+        raise TypeError(f"create_adapter({name!r}): {', '.join(module)} describe a torch.nn.Module passed as the "
+                        "model, not a registered model name")
     architecture, arch = registry.resolve(name)
     family = architecture.load_family()
     # The random init is seeded by ``seed`` on a forked generator: the caller's global torch RNG is left as it was.
@@ -234,6 +246,23 @@ def create_adapter(
     adapter = family.wrap(model, arch, LoadedWeights(weights_id, architecture.weights))
     adapter.name, adapter.weights_id = name, weights_id
     return adapter
+
+
+def _in_memory(model: "nn.Module | ModelAdapter", weights: str | None, num_classes: int | None, module: dict
+               ) -> ModelAdapter:
+    if weights not in (None, "pretrained") or num_classes is not None:
+        raise TypeError("create_adapter(model): a model in memory brings its own weights and classes; leave weights "
+                        "and num_classes out")
+    if isinstance(model, ModelAdapter):
+        if module:
+            raise TypeError(f"create_adapter(adapter): {', '.join(module)} describe a torch.nn.Module, not an adapter")
+        model.model.eval().requires_grad_(False)
+        model.name = model.name or f"module:{type(model.model).__name__}"
+        model.weights_id = model.weights_id or "module:" + state_dict_sha256(model.model.state_dict())
+        return model
+    from .module import module_adapter
+
+    return module_adapter(model, **module)
 
 
 def _pretrained(family: ModelFamily, architecture: registry.Architecture, name: str, arch: str

@@ -8,9 +8,11 @@ state (torchvision's URLs and accuracies, timm's hub ids, the preprocessing).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from .. import resources
 from .registry import Architecture, Pattern, register
 from .weights import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, Weights
 
@@ -34,46 +36,67 @@ class TimmModules:
 
 @dataclass(frozen=True)
 class TransformersTask:
-    """Takes a ``transformers`` model (a folder written by ``save_pretrained``, or a hub id) whose config names an
-    architecture of ``task``: ``causal-lm`` (``GPT2LMHeadModel``, ``LlamaForCausalLM``, ...: every class of
-    transformers' ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``) or ``image-classification``. Anything else, an unreadable
-    config or an unreachable hub included, is not taken (never an error)."""
+    """Takes a transformers model, a folder written by ``save_pretrained`` or a Hugging Face hub id, whose config
+    names a model class of ``task`` (``image-classification``, ``causal-lm``: that task's auto mapping in
+    transformers). False, never an error, for anything else; True where the hub cannot be reached or
+    transformers is not installed, so that the family's build says why."""
 
     task: str
 
-    MAPPINGS = {"causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
-                "image-classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"}
-
     def __call__(self, arch: str) -> bool:
         try:
-            return bool(set(self._architectures(arch)) & self._classes())
-        except Exception:  # noqa: BLE001  (no config, bad JSON, no transformers, the hub unreachable: not ours)
+            architectures = _config_architectures(arch)
+            if architectures is None:
+                return True
+            classes = _task_classes(self.task)
+            return classes is None or any(a in classes for a in architectures)
+        except Exception:  # whatever a stray name, a damaged config or a library raises: not one of ours
             return False
-
-    def _classes(self) -> set[str]:
-        from transformers.models.auto import modeling_auto
-
-        names: set[str] = set()
-        for value in getattr(modeling_auto, self.MAPPINGS[self.task]).values():
-            names |= set(value) if isinstance(value, (tuple, list)) else {value}
-        return names
-
-    @staticmethod
-    def _architectures(arch: str) -> list[str]:
-        """The ``architectures`` of ``arch``'s config.json (a folder, or a hub id where the hub answers)."""
-        import json
-        from pathlib import Path
-
-        path = Path(arch) / "config.json"
-        if not Path(arch).is_dir():
-            from huggingface_hub import hf_hub_download
-
-            path = Path(hf_hub_download(arch, "config.json"))
-        architectures = json.loads(path.read_text()).get("architectures") or []
-        return [a for a in architectures if isinstance(a, str)]
 
     def names(self) -> Iterable[str]:
         return ()
+
+
+_TASK_MAPPINGS = {"image-classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+                  "causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"}
+
+
+def _task_classes(task: str) -> set[str] | None:
+    """The model class names of ``task`` in transformers' auto mappings; None where transformers is missing."""
+    try:
+        from transformers.models.auto import modeling_auto
+    except ModuleNotFoundError:
+        return None
+    names = set()
+    for value in getattr(modeling_auto, _TASK_MAPPINGS[task]).values():
+        names.update((value,) if isinstance(value, str) else value)
+    return names
+
+
+def _config_architectures(arch: str) -> list[str] | None:
+    """The ``architectures`` of a model folder's or hub id's config.json; None where the hub cannot be asked."""
+    import json
+    from pathlib import Path
+
+    folder = Path(arch).expanduser()
+    if folder.is_dir():
+        return list(json.loads((folder / "config.json").read_text()).get("architectures") or ())
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", arch) or arch.startswith((".", "/")):
+        return []  # neither a folder nor a hub id
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
+                                            RepositoryNotFoundError)
+    except ModuleNotFoundError:
+        return None
+    try:
+        return list(json.loads(Path(hf_hub_download(arch, "config.json")).read_text()).get("architectures") or ())
+    except (LocalEntryNotFoundError, GatedRepoError):  # offline and not cached, or not allowed: cannot tell
+        return None
+    except (EntryNotFoundError, RepositoryNotFoundError):  # no such model on the hub
+        return []
+    except OSError:  # unreachable
+        return None
 
 
 def _family(module: str) -> str:
@@ -192,9 +215,18 @@ register(Architecture("lucent:inceptionv1", _family("lucent_inception"),
                                       "lucent's model zoo")))
 
 # ---------------------------------------------------------------------------------------------------------------
-# transformers (hf:)
+# transformers (hf:): a folder written by save_pretrained, or a hub id
 
-register(Architecture("hf:<CausalLM>", _family("hf_causal_lm"),
+# A tiny ViT config that ships with the package, so that the contract tests build an hf: model offline.
+_TINY_VIT = resources.package_folder("tiny-vit-cifar10")
+register(Architecture("hf:<image-classifier>", _family("hf_vision"),
+                      "embeddings + every encoder.layer.N, the class token; final LayerNorm + classifier (ViT, DeiT, "
+                      "ViT-MSN)", Weights("hf-hub:<folder or hub id>", None, None, "transformers"),
+                      takes=TransformersTask("image-classification"), example=f"hf:{_TINY_VIT}"))
+
+# A tiny GPT-2 config that ships with the package, for the same reason.
+_TINY_GPT2 = resources.package_folder("tiny-gpt2")
+register(Architecture("hf:<causal-LM>", _family("hf_causal_lm"),
                       "embed + each layer, per token; final norm + unembedding",
-                      Weights("hf-hub:<folder or id>", origin="from_pretrained"),
-                      takes=TransformersTask("causal-lm"), example="hf:tests/data/hf-causal-lm/gpt2"))
+                      Weights("hf-hub:<folder or hub id>", None, None, "transformers"),
+                      takes=TransformersTask("causal-lm"), example=f"hf:{_TINY_GPT2}"))

@@ -20,6 +20,11 @@ def results_root() -> Path:
     return installed if installed.is_dir() else package.parent / "results"
 
 
+def package_folder(name: str) -> Path:
+    """A folder of files shipped in this package (``vision_lens/resources/<name>``)."""
+    return Path(str(resources.files(__name__).joinpath(name)))
+
+
 def devkit_synsets() -> list[tuple[str, str]]:
     """The 1,000 ILSVRC-2012 classes in devkit order (ID 1 first), as ``(synset, first WordNet name)``."""
     text = resources.files(__name__).joinpath("ilsvrc2012_devkit_synsets.txt").read_text()
