@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from vision_lens.adapters import architectures, base, create_adapter
 from vision_lens.adapters.weights import class_folders
-from vision_lens.capture import BlockRecorder
+from vision_lens.capture import BlockRecorder, TokenRecorder, hook_block
 from vision_lens.lenses import build_lenses
 from vision_lens.readout import FeatureLayout
 
@@ -105,7 +105,10 @@ def built(request):
 
 
 def images(adapter, n: int = 2) -> torch.Tensor:
-    """``n`` random images through the adapter's own preprocessing, at the size it requires, else 48x40."""
+    """``n`` random images through the adapter's own preprocessing, at the size it requires, else 48x40; for a
+    model that reads text, ``n`` windows of 8 random tokens."""
+    if adapter.data_kind == "text":
+        return torch.randint(0, adapter.num_classes, (n, 8), generator=torch.Generator().manual_seed(0))
     height, width = adapter.input_size or (40, 48)
     generator = np.random.default_rng(0)
     pictures = [Image.fromarray(generator.integers(0, 256, (height, width, 3), dtype=np.uint8)) for _ in range(n)]
@@ -133,13 +136,13 @@ def test_blocks_are_modules_that_run_once_each_in_forward_order_with_their_state
     ran, widths = [], {}
 
     def hook(name):
-        def record(module, inputs, output):
+        def record(output):
             ran.append(name)
             # A map (N, C, H, W) or a token sequence (N, tokens, C).
             widths[name] = output.shape[1] if output.dim() == 4 else output.shape[-1]
         return record
 
-    handles = [adapter.model.get_submodule(b.module).register_forward_hook(hook(b.name)) for b in adapter.blocks]
+    handles = [hook_block(adapter.model, b, hook(b.name)) for b in adapter.blocks]
     try:
         with torch.no_grad():
             adapter.logits(images(adapter))
@@ -155,11 +158,20 @@ def test_the_last_blocks_logit_lens_is_the_models_output(built):
     last = adapter.blocks[-1]
     assert last.path is not None and last.path.stride == 1 and last.channels == adapter.head_dim
     layout = FeatureLayout.of(adapter.blocks, 1)
-    with torch.no_grad(), BlockRecorder(adapter, layout) as recorder:
-        logits = adapter.logits(images(adapter))
+    x = images(adapter)
+    if adapter.data_kind == "text":  # every token position a row
+        with torch.no_grad(), TokenRecorder(adapter) as recorder:
+            windows, positions = x.shape
+            recorder.select(torch.arange(windows).repeat_interleave(positions), torch.arange(positions).repeat(windows))
+            logits = adapter.logits(x).flatten(0, 1)
+        last = recorder.rows[-1]
+    else:
+        with torch.no_grad(), BlockRecorder(adapter, layout) as recorder:
+            logits = adapter.logits(x)
+        last = recorder.pooled[-1]
     lens = build_lenses(adapter, layout, ["logit"])["logit"]
     with torch.no_grad():
-        decoded = lens(recorder.pooled[-1], len(adapter.blocks) - 1)
+        decoded = lens(last, len(adapter.blocks) - 1)
     torch.testing.assert_close(decoded, logits, rtol=1e-5, atol=1e-5 * max(1.0, float(logits.abs().max())))
 
 

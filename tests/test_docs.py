@@ -563,6 +563,10 @@ SOURCES: dict[str, list[Source]] = {
     "docs/output-format.md": [
         one(lambda: code("vision_lens.schema").UNVERSIONED, "", "the version of files written before versions"),
     ],
+    "docs/language-models.md": [
+        one(lambda: recipe().steps, "", "TunedLensRecipe's steps"),
+        one(lambda: recipe().images_per_step, ",", "TunedLensRecipe's rows per step"),
+    ],
     "docs/control.md": [
         one(lambda: 100 * code("vision_lens.metrics").BOOTSTRAP_LEVEL, ".0f", "the interval level"),
         allow("0", "a zero translator's distance from the identity, by definition (tests/test_signatures.py)"),

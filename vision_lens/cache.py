@@ -4,7 +4,8 @@ Layout of a cache folder::
 
     manifest.json      key (what was captured), shapes, and ``chunks``: the committed rows
     block_<k>.npy      (n, dim_k) float32, pooled features of block k
-    logits.npy         (n, num_classes) float32, the model's own logits
+    logits.npy         (n, num_classes) float32, the model's own logits (none for a language model: its
+                       vocabulary is too wide to store per row, and the logits are the last block's unembedding)
     aux_<k>.npy        (n, num_classes) float32, the model's own classifier at block k, if any
     labels.npy         (n,) int64
     lock               held (fcntl.flock) by the one run that writes this folder
@@ -150,7 +151,7 @@ class FeatureCache:
     path: Path
     manifest: dict
     features: list[np.ndarray]
-    logits: np.ndarray
+    logits: np.ndarray | None  # None: not stored (recomputed from the last block)
     labels: np.ndarray
     aux_logits: dict[int, np.ndarray]
     content_ids: Callable[[int], Sequence[str]] | None = None
@@ -173,23 +174,25 @@ class FeatureCache:
     def _arrays(self) -> dict[str, np.ndarray]:
         """Every array by file name stem, in a fixed order (the order of the chunk checksums)."""
         arrays = {f"block_{k}": a for k, a in enumerate(self.features)}
-        arrays |= {"logits": self.logits, "labels": self.labels}
+        arrays |= ({"logits": self.logits} if self.logits is not None else {}) | {"labels": self.labels}
         return arrays | {f"aux_{k}": a for k, a in sorted(self.aux_logits.items())}
 
     @classmethod
     def open(
-        cls, root: str | Path, key: dict, n: int, dims: list[int], num_classes: int, aux_blocks: tuple[int, ...] = (),
+        cls, root: str | Path, key: dict, n: int, dims: list[int], num_classes: int | None,
+        aux_blocks: tuple[int, ...] = (),
         content_ids: Callable[[int], Sequence[str]] | None = None,
     ) -> "FeatureCache":
         """Open the cache for ``key`` under ``root``, creating it if needed; see the module docstring.
 
-        ``aux_blocks`` are the blocks that carry one of the model's own
+        ``num_classes`` None stores no logits. ``aux_blocks`` are the blocks that carry one of the model's own
         classifiers. ``content_ids(n)`` gives the content ids of the first n rows'
         images now (called only to check committed rows): rows whose image changed
         since they were captured are captured again.
         """
         path = Path(root) / cache_key_hash(key)
-        shapes = {f"block_{k}": [n, d] for k, d in enumerate(dims)} | {"logits": [n, num_classes], "labels": [n]}
+        shapes = {f"block_{k}": [n, d] for k, d in enumerate(dims)}
+        shapes |= ({"logits": [n, num_classes]} if num_classes is not None else {}) | {"labels": [n]}
         shapes |= {f"aux_{k}": [n, num_classes] for k in aux_blocks}
         lock = FolderLock(path)
         try:
@@ -264,7 +267,7 @@ class FeatureCache:
                 raise CacheError(f"feature cache {path} is damaged ({name}.npy: {exc}); delete {path} and rerun") from exc
         feats = [arrays[f"block_{k}"] for k in range(sum(s.startswith("block_") for s in shapes))]
         aux = {int(s[4:]): arrays[s] for s in shapes if s.startswith("aux_")}
-        cache = cls(path, manifest, feats, arrays["logits"], arrays["labels"], aux, content_ids, lock)
+        cache = cls(path, manifest, feats, arrays.get("logits"), arrays["labels"], aux, content_ids, lock)
         if problems:
             cache._write_manifest()
         return cache
@@ -342,12 +345,13 @@ class FeatureCache:
             self.lock = None
 
     def write(
-        self, start: int, features: list[np.ndarray], logits: np.ndarray, labels: np.ndarray,
+        self, start: int, features: list[np.ndarray], logits: np.ndarray | None, labels: np.ndarray,
         aux_logits: dict[int, np.ndarray] | None = None,
     ) -> None:
         """Write rows ``start:start+len(labels)`` (not yet committed), with ``pwrite``: a full disk raises
         CacheError (see the module docstring)."""
-        rows = {f"block_{k}": values for k, values in enumerate(features)} | {"logits": logits, "labels": labels}
+        rows = {f"block_{k}": values for k, values in enumerate(features)}
+        rows |= ({"logits": logits} if logits is not None else {}) | {"labels": labels}
         rows |= {f"aux_{k}": values for k, values in (aux_logits or {}).items()}
         arrays = self._arrays
         for name, values in rows.items():

@@ -2,7 +2,9 @@
 
 Full feature maps are never kept: each block's hook runs the block's
 :class:`~vision_lens.readout.BlockPooling` (the whole-block averages, and the
-sub-grid average that its identity path reads) and keeps only that row.
+sub-grid average that its identity path reads) and keeps only that row. A
+language model's hooks keep the vectors at the sampled token positions instead
+(:func:`capture_text`), one row per position.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,7 +24,8 @@ from .adapters import ModelAdapter
 from .cache import FeatureCache
 from .checks import check_activations
 from .data import DataError, ImageSource, TransformedSubset, phased_batches
-from .readout import BlockPooling, FeatureLayout
+from .readout import Block, BlockPooling, FeatureLayout
+from .text import TextSource, TokenRows
 from .threads import usable_cores
 
 
@@ -47,25 +51,37 @@ def _heap_trimmer():
 _malloc_trim = _heap_trimmer()
 
 
+def hook_block(model: torch.nn.Module, block: Block, read: Callable[[Tensor], None]):
+    """Call ``read(x)`` with block ``block``'s tensor each time ``model`` runs it: its module's output, or its input
+    where the block reads the input (``Block.reads``); the first element where the module hands on a tuple (a
+    ``transformers`` layer's). Returns the hook's handle. The hook returns None: the model's values stay as they are."""
+    module = model.get_submodule(block.module)
+
+    def first(value):
+        return value[0] if isinstance(value, (tuple, list)) else value
+
+    if block.reads == "input":
+        return module.register_forward_pre_hook(lambda module, inputs: read(first(inputs)) and None)
+    return module.register_forward_hook(lambda module, inputs, output: read(first(output)) and None)
+
+
 class BlockRecorder:
     """Forward hooks that pool every block's output as the model runs."""
 
     def __init__(self, adapter: ModelAdapter, layout: FeatureLayout):
         self.pooled: list[Tensor | None] = [None] * len(adapter.blocks)
         self.aux_logits: dict[int, Tensor] = {}
-        self.handles = []
-        for k, block in enumerate(adapter.blocks):
-            module = adapter.model.get_submodule(block.module)
-            aux = adapter.aux_classifiers.get(block.name)
-            self.handles.append(module.register_forward_hook(self._hook(k, layout.pooling(k), aux)))
+        self.handles = [hook_block(adapter.model, block, self._reader(k, layout.pooling(k),
+                                                                       adapter.aux_classifiers.get(block.name)))
+                        for k, block in enumerate(adapter.blocks)]
 
-    def _hook(self, k: int, pooling: BlockPooling, aux):
-        def hook(module, inputs, output):
+    def _reader(self, k: int, pooling: BlockPooling, aux):
+        def read(output: Tensor) -> None:
             self.pooled[k] = pooling(output)
             if aux is not None:  # needs the full map, so it runs here too
                 self.aux_logits[k] = aux(output)
 
-        return hook
+        return read
 
     def __enter__(self) -> "BlockRecorder":
         return self
@@ -144,9 +160,16 @@ def _device_defaults(device: str) -> dict:
     return CAPTURE_DEFAULTS["cpu" if _on_cpu(device) else "accelerator"]
 
 
-def default_batch_size(device: str) -> int:
+# Text windows per forward pass of a language model: 8 windows of tuned-lens's 2,048 tokens hold 16k tokens'
+# activations and the eager attention's 8 x heads x 2048^2 scores per layer at once.
+TEXT_BATCH_SIZE = {"cpu": 8, "accelerator": 32}
+
+
+def default_batch_size(device: str, data_kind: str = "images") -> int:
     """Images per capture forward pass when none is given (see ``CAPTURE_DEFAULTS``): 64 on the CPU, 256 on an
-    accelerator."""
+    accelerator; for text, windows per pass (``TEXT_BATCH_SIZE``)."""
+    if data_kind == "text":
+        return TEXT_BATCH_SIZE["cpu" if _on_cpu(device) else "accelerator"]
     return _device_defaults(device)["batch_size"]
 
 
@@ -267,4 +290,86 @@ def capture(
             if start > cache.done:  # the rows written before the end, or before an error, are kept
                 cache.commit(start, uncommitted)
             _remember(source, pending, cache_root)
+    return cache
+
+
+class TokenRecorder:
+    """Hooks that keep, of every block's ``(windows, positions, width)`` output, the rows of this batch: the vectors
+    at ``(window[r], position[r])``, set with :meth:`select` before each forward pass."""
+
+    def __init__(self, adapter: ModelAdapter):
+        self.rows: list[Tensor | None] = [None] * len(adapter.blocks)
+        self.window = self.position = None
+        self.handles = [hook_block(adapter.model, block, self._reader(k)) for k, block in enumerate(adapter.blocks)]
+
+    def select(self, window: Tensor, position: Tensor) -> None:
+        self.window, self.position = window, position
+
+    def _reader(self, k: int):
+        def read(output: Tensor) -> None:
+            self.rows[k] = output[self.window, self.position].float()
+
+        return read
+
+    def __enter__(self) -> "TokenRecorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def text_capture_key(adapter: ModelAdapter, source: TextSource, rows: TokenRows, layout: FeatureLayout,
+                     bf16: bool = False) -> dict:
+    """What a text cache depends on: model, weights, the split's tokens, the rows (windows and positions), the
+    feature layout and the precision."""
+    picked = np.ascontiguousarray(np.stack([rows.window, rows.position]), dtype=np.int64)
+    return ({"precision": "bf16"} if bf16 else {}) | {
+        "model": adapter.name,
+        "weights": adapter.weights_id,
+        "data": "text:" + source.fingerprint,
+        "rows": hashlib.sha256(picked.tobytes()).hexdigest(),
+        "layout": layout.to_dict(),
+    }
+
+
+@torch.no_grad()
+def capture_text(adapter: ModelAdapter, source: TextSource, rows: TokenRows, cache_root: str | Path,
+                 layout: FeatureLayout, batch_size: int, desc: str = "capture", bf16: bool = False,
+                 key: dict | None = None) -> FeatureCache:
+    """Capture the token rows ``rows`` (window by window, in increasing window order) of ``source`` into the cache
+    under ``cache_root``, resuming if possible: ``batch_size`` windows per forward pass, each block's vectors at
+    the rows' positions kept, the next token as each row's label. The model's logits are not stored (the last
+    block's unembedding gives them). Commits fall on window boundaries, so a rerun resumes at a window."""
+    dims = [layout.width(k) for k in range(len(layout.blocks))]
+    key = key or text_capture_key(adapter, source, rows, layout, bf16)
+    cache = FeatureCache.open(cache_root, key, len(rows), dims, None)
+    if cache.complete:
+        return cache
+    windows, first_row = np.unique(rows.window, return_index=True)
+    ends = np.append(first_row[1:], len(rows))
+    start_window = int(np.searchsorted(ends, cache.done, side="right"))  # windows wholly committed before it
+    start = cache.done
+    commit_rows = max(1, COMMIT_BYTES // cache.row_bytes)
+    with TokenRecorder(adapter) as recorder, tqdm(total=len(rows), initial=start, desc=desc, unit="token",
+                                                    dynamic_ncols=True) as bar:
+        try:
+            for first in range(start_window, len(windows), batch_size):
+                batch = slice(first, min(first + batch_size, len(windows)))
+                stop = int(ends[batch.stop - 1])
+                local = torch.from_numpy(np.searchsorted(windows[batch], rows.window[start:stop])).to(adapter.device)
+                recorder.select(local, torch.from_numpy(rows.position[start:stop]).to(adapter.device))
+                ids = torch.from_numpy(source.windows.ids[windows[batch]]).to(adapter.device)
+                with torch.autocast(adapter.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    adapter.run_blocks(ids)
+                feats = [r.cpu().numpy() for r in recorder.rows]
+                check_activations([b.name for b in adapter.blocks], feats, None, start)
+                cache.write(start, feats, None, rows.target[start:stop])
+                bar.update(stop - start)
+                start = stop
+                if start - cache.done >= commit_rows:
+                    cache.commit(start)
+        finally:
+            if start > cache.done:
+                cache.commit(start)
     return cache

@@ -15,9 +15,12 @@ class NumericsError(UserError, ValueError):
     """NaN or Inf in activations or in a fit; the message names the block."""
 
 
-def check_activations(block_names: Sequence[str], pooled: Sequence[np.ndarray], logits: np.ndarray, first_row: int) -> None:
-    """Raise NumericsError naming the first block (or the output) with NaN or Inf in this batch."""
-    for name, values in [*zip(block_names, pooled), ("the model output (logits)", logits)]:
+def check_activations(block_names: Sequence[str], pooled: Sequence[np.ndarray], logits: np.ndarray | None,
+                      first_row: int) -> None:
+    """Raise NumericsError naming the first block (or the output, where its logits are captured) with NaN or Inf in
+    this batch."""
+    output = [("the model output (logits)", logits)] if logits is not None else []
+    for name, values in [*zip(block_names, pooled), *output]:
         bad = ~np.isfinite(values).all(axis=1)
         if bad.any():
             rows = np.flatnonzero(bad) + first_row

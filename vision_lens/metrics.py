@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fit.targets import ModelOutput
+
 BITS_PER_NAT = 1 / math.log(2)
 LENS_METRICS = ("ce", "kl", "entropy", "acc", "agree", "top5")
 BASELINE_METRICS = ("ce", "entropy", "acc")
@@ -158,7 +160,7 @@ class _Means:
 def evaluate_lenses(
     lenses: Mapping[str, nn.Module],
     features: list[Tensor],
-    final_logits: Tensor,
+    final_logits: Tensor | ModelOutput,
     labels: Tensor,
     batch_size: int = 500,
     transfer: tuple[str, ...] = ("tuned",),
@@ -167,6 +169,7 @@ def evaluate_lenses(
     block_stages: Sequence[str] | None = None,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> tuple[dict, list[dict]] | tuple[dict, list[dict], dict]:
     """Evaluate every lens on every block; returns ``(aggregate, batches)``, or ``(aggregate, batches, intervals)``.
 
@@ -178,17 +181,21 @@ def evaluate_lenses(
     at block k (e.g. the model's auxiliary classifiers), reported like a lens that
     exists only there. With ``intervals`` the per-image ``acc``, ``ce``, ``kl``
     and transfer CE are kept and :func:`bootstrap_intervals` (``resamples``,
-    ``seed``; ``block_stages`` for the within/across-stage groups) is returned
-    third, for ``aggregate_metrics_ci.json``.
+    ``seed``; ``block_stages`` for the within/across-stage groups; ``groups``,
+    the rows it resamples together) is returned third, for ``aggregate_metrics_ci.json``.
+    ``final_logits`` are the model's logits of the rows, ``(rows, classes)``, or a
+    :class:`~vision_lens.fit.targets.ModelOutput` that computes them a chunk at a time.
     """
-    device = final_logits.device
+    output = final_logits if isinstance(final_logits, ModelOutput) else ModelOutput.stored(final_logits)
+    device = labels.device
     blocks = len(features)
     keep = (lambda path: path[1] in INTERVAL_METRICS or path[1:3] == ("layer_transfer", "ce")) if intervals else None
     means = _Means(batch_size, keep)
-    chunk = batch_size * max(1, EVAL_CHUNK_ELEMENTS // (batch_size * final_logits.shape[1]))
+    chunk = batch_size * max(1, EVAL_CHUNK_ELEMENTS // (batch_size * output.classes))
     for start in range(0, len(labels), chunk):
         rows = slice(start, start + chunk)
-        y, final = labels[rows].to(device), final_logits[rows].to(device)
+        y = labels[rows].to(device)
+        final = output.logits(torch.arange(start, start + len(y), device=device)).to(device)
         images = len(y)
         feats = [f[rows].to(device) for f in features]
         decoders = {t: (lambda j, lens=lens: lens(feats[j], j)) for t, lens in lenses.items()}
@@ -225,7 +232,7 @@ def evaluate_lenses(
             aggregate[lens_type]["layer_transfer"]["penalty"] = transfer_penalty(aggregate[lens_type]["layer_transfer"]["ce"])
     if not intervals:
         return aggregate, means.batches()
-    return aggregate, means.batches(), bootstrap_intervals(means.per_image(), resamples, seed, block_stages)
+    return aggregate, means.batches(), bootstrap_intervals(means.per_image(), resamples, seed, block_stages, groups=groups)
 
 
 def transfer_penalty(ce: dict) -> dict:
@@ -274,24 +281,30 @@ def mean_by_distance(matrix: np.ndarray, cells: np.ndarray | None = None) -> tup
     return means, counts
 
 
-def resampled_means(columns: np.ndarray, resamples: int, seed: int, chunk: int = 100) -> np.ndarray:
+def resampled_means(columns: np.ndarray, resamples: int, seed: int, chunk: int = 100,
+                    groups: np.ndarray | None = None) -> np.ndarray:
     """``(resamples, columns)``: each resample's mean of every column over the valid (non-NaN) rows (images; or the
     batches of a ``batches.jsonl``, see :mod:`vision_lens.signatures`).
 
     One draw of rows with replacement per resample, the same for every column
     (so paired differences keep their pairing), as counts per image: means are
-    then two matrix products, ``counts @ values / counts @ valid``.
+    then two matrix products, ``counts @ values / counts @ valid``. With
+    ``groups`` (a group id per row: a text window's tokens, which are not
+    independent) whole groups are drawn, each with all its rows.
     """
-    images = len(columns)
     valid = ~np.isnan(columns)
     values = np.where(valid, columns, 0).astype(np.float32)
     valid = valid.astype(np.float32)
+    group_of_row = np.arange(len(columns)) if groups is None else np.unique(groups, return_inverse=True)[1]
+    images = int(group_of_row.max()) + 1 if len(columns) else 0  # what is drawn: rows, or groups
     rng = np.random.default_rng(seed)
     means = np.empty((resamples, columns.shape[1]))
     for start in range(0, resamples, chunk):
         rows = min(chunk, resamples - start)
         draws = rng.integers(0, images, (rows, images)) + images * np.arange(rows)[:, None]
         counts = np.bincount(draws.ravel(), minlength=rows * images).reshape(rows, images).astype(np.float32)
+        if groups is not None:
+            counts = counts[:, group_of_row]  # each row counts as often as its group was drawn
         with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 = NaN: no valid image drawn
             means[start : start + rows] = (counts @ values) / (counts @ valid)
     return means
@@ -317,6 +330,7 @@ def bootstrap_intervals(
     seed: int = 0,
     block_stages: Sequence[str] | None = None,
     level: float = BOOTSTRAP_LEVEL,
+    groups: np.ndarray | None = None,
 ) -> dict:
     """Percentile bootstrap intervals of the means in ``per_image``, resampling the evaluation images.
 
@@ -333,6 +347,8 @@ def bootstrap_intervals(
     ``across_stage``), ``{"d": [low, high]}`` for the mean of
     :func:`mean_by_distance` at distance d.
 
+    With ``groups`` (one id per image row) whole groups are resampled (:func:`resampled_means`).
+
     Returns the aggregate's nesting with ``[low, high]`` leaves, None where undefined.
     """
     leaves: list[tuple[tuple, np.ndarray]] = []
@@ -346,7 +362,8 @@ def bootstrap_intervals(
 
     collect(per_image, ())
     images = len(leaves[0][1])
-    means = resampled_means(np.concatenate([v.reshape(images, -1) for _, v in leaves], axis=1), resamples, seed)
+    means = resampled_means(np.concatenate([v.reshape(images, -1) for _, v in leaves], axis=1), resamples, seed,
+                            groups=groups)
     out: dict = {}
     offset = 0
     for path, values in leaves:

@@ -87,7 +87,8 @@ class CommonOptions:
     data: str = _opt(
         None,
         "dataset root holding one ImageFolder per split (<data>/<split>/<class>/<image>), "
-        "or torchvision:cifar10 to download CIFAR-10",
+        "or torchvision:cifar10 to download CIFAR-10; for a language model (hf:), text: <data>/<split>.jsonl (one "
+        "{\"text\": ...} line per document) or <data>/<split>/*.txt",
         required=True,
     )
     out: str = _opt(None, "output folder for lenses, metrics and plots", required=True)
@@ -99,14 +100,15 @@ class CommonOptions:
     )
     fit_split: str = _opt("train", "split folder whose images fit the lenses")
     eval_split: str = _opt("test", "split folder whose images evaluate them (must differ from --fit-split)")
-    eval_limit: int = _opt(None, "evaluate on this many images, a subset chosen by --seed (default: all)", type=int)
+    eval_limit: int = _opt(None, "evaluate on this many images (text: windows), a subset chosen by --seed (default: "
+                           "all)", type=int)
     seed: int = _opt(0, "seed for subsets, random init and fitting; the same seed gives the same JSON", type=int)
     device: str = _opt("auto", "torch device: cpu, cuda, cuda:1, ... (auto: cuda if available)")
     precision: str = _opt(
         "fp32", "backbone precision during capture: fp32, or bf16 autocast (for GPUs; pooled features and lenses "
         "stay float32)", choices=("fp32", "bf16"))
-    batch_size: int = _opt(None, "images per forward pass during capture (default: 64 on the CPU, 256 on a GPU)",
-                           type=int)
+    batch_size: int = _opt(None, "images per forward pass during capture (default: 64 on the CPU, 256 on a GPU; "
+                           "text: windows, 8 on the CPU, 32 on a GPU)", type=int)
     workers: int = _opt(None, "data-loading worker processes (default: one per core; on the CPU they decode a "
                         "chunk of images while the model waits, then wait while it runs on them, since both need "
                         "every core; with a GPU they decode while it runs; 0: the main process decodes)", type=int)
@@ -117,6 +119,11 @@ class CommonOptions:
         False, "eval and run: evaluate even where the eval images are images the lenses were fitted on (a measure "
         "of the fit, not of held-out performance; a warning, recorded in run.json). Without it that is an error",
         action="store_true")
+    tokenizer: str = _opt(None, "language models: the tokenizer's folder or hub id (default: the model's own)")
+    context: int = _opt(None, "language models: tokens per window, as tuned-lens's --max_length (default: the "
+                        "model's context)", type=int)
+    positions: int = _opt(None, "language models: token positions sampled per window, seeded (default: every "
+                          "position that has a next token)", type=int)
     match_classes_by_position: bool = _opt(
         False, "match the class folders to the model's outputs by their sorted position instead of by name (for "
         "data whose folders are not named after the model's classes; recorded in run.json)", action="store_true")
@@ -124,6 +131,8 @@ class CommonOptions:
     def __post_init__(self):
         check_count("--batch-size", self.batch_size, "a number of images per forward pass")
         check_count("--eval-limit", self.eval_limit, "a number of images to evaluate on, or leave it out for all")
+        check_count("--context", self.context, "a number of tokens per window, or leave it out for the model's")
+        check_count("--positions", self.positions, "a number of positions per window, or leave it out for all")
         if self.workers is not None and self.workers < 0:
             raise OptionError(f"--workers {self.workers}: give 0 (load in the main process) or more loader processes")
         check_seed(self.seed)
@@ -143,7 +152,8 @@ class CommonOptions:
 class RunOptions(CommonOptions):
     """``vision-lens train`` and ``run``: the common options plus how the lenses are fitted."""
 
-    fit_limit: int = _opt(None, "fit on this many images, a subset chosen by --seed (default: all)", type=int)
+    fit_limit: int = _opt(None, "fit on this many images (text: windows), a subset chosen by --seed (default: all)",
+                          type=int)
     loss: str = _opt("kl", "tuned-lens objective: kl (to the model's output, as tuned-lens) or ce (labels)",
                      choices=("kl", "ce"))
     max_iter: int = _opt(100, "L-BFGS iterations per solve of the default fit, by the convex solver and by autograd "

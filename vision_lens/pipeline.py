@@ -35,11 +35,11 @@ from .adapters import ModelAdapter, create_adapter
 from .artifacts import (RunResults, check_output, mark_complete, prepare_output, require_complete, write_results,
                         writing_into)
 from .cache import FeatureCache
-from .capture import capture, default_batch_size, default_workers
+from .capture import default_batch_size, default_workers
 from .checks import check_fit
 from .data import DataError, SelectedImages, data_id
 from .files import write_text_atomic
-from .fit import TunedLensRecipe, fit_by_recipe, fit_lens
+from .fit import ModelOutput, TunedLensRecipe, fit_by_recipe, fit_lens
 from .lens_kinds import kind_names, lens_kind, lens_kinds
 from .lenses import LensFolderError, SavedLens, build_lenses, load_lens
 from .metrics import evaluate_lenses
@@ -115,43 +115,48 @@ def load_model(opts: CommonOptions, adapter: ModelAdapter | None = None) -> tupl
     options with what they leave open resolved (a copy; ``opts`` stays as given): the ``auto`` device, capture's
     default batch size and workers, and the default lens kinds. The resolved options are what run.json records."""
     device = _start_processes(resolve_device(opts.device))
+    if adapter is None:
+        adapter = create_adapter(opts.model, weights=opts.weights, seed=opts.seed)
     resolved = dataclasses.replace(
-        opts, device=device, batch_size=opts.batch_size or default_batch_size(device),
+        opts, device=device, batch_size=opts.batch_size or default_batch_size(device, adapter.data_kind),
         workers=default_workers(device) if opts.workers is None else opts.workers)
     if isinstance(resolved, RunOptions):
         resolved.lenses = kind_names(opts.lenses)
-    if adapter is None:
-        adapter = create_adapter(opts.model, weights=opts.weights, seed=opts.seed)
     return adapter.to(device), resolved
 
 
 @dataclass
 class SplitFeatures:
-    """One captured split in memory: pooled features per block, the model's logits, labels, aux logits."""
+    """One captured split in memory: pooled features per block, the model's logits (stored, or recomputed from the
+    last block), labels, aux logits."""
 
     features: list[Tensor]
-    logits: Tensor
+    logits: Tensor | ModelOutput
     labels: Tensor
     aux_logits: dict[int, Tensor]
     classes: int  # the split's classes that are model outputs (for chance accuracy)
-    images: SelectedImages | None = None  # the images of the rows
+    images: SelectedImages | None = None  # the images (text: the windows) of the rows
+    groups: np.ndarray | None = None  # rows that the bootstrap resamples together (a text window's), or None
+    units: dict | None = None  # what a row is and the metrics' units, where not images (run.json's "units")
 
     @classmethod
-    def of(cls, caches: list[FeatureCache], device: str | torch.device, classes: int,
-           images: SelectedImages | None = None) -> "SplitFeatures":
-        """The caches' rows, in order (one cache, or the shards of a multi-process capture)."""
+    def of(cls, caches: list[FeatureCache], adapter: ModelAdapter, classes: int, images: SelectedImages | None = None,
+           groups: np.ndarray | None = None, units: dict | None = None) -> "SplitFeatures":
+        """The caches' rows, in order (one cache, or the shards of a multi-process capture). Where the caches hold
+        no logits (a language model's), the model's logits of any rows are the last block's unembedding."""
 
         def rows(arrays) -> Tensor:
             return torch.from_numpy(np.concatenate([np.asarray(a) for a in arrays]))
 
-        return cls(
-            [rows(c.features[k] for c in caches) for k in range(len(caches[0].features))],
-            rows(c.logits for c in caches).to(device),
-            rows(c.labels for c in caches).to(device),
-            {k: rows(c.aux_logits[k] for c in caches) for k in caches[0].aux_logits},
-            classes,
-            images,
-        )
+        features = [rows(c.features[k] for c in caches) for k in range(len(caches[0].features))]
+        if caches[0].logits is None:
+            unembed, device = adapter.unembed, adapter.device
+            logits = ModelOutput.through(lambda hidden: unembed(hidden.to(device)), features[-1], adapter.num_classes)
+        else:
+            logits = rows(c.logits for c in caches).to(adapter.device)
+        return cls(features, logits, rows(c.labels for c in caches).to(adapter.device),
+                   {k: rows(c.aux_logits[k] for c in caches) for k in caches[0].aux_logits}, classes, images,
+                   groups, units)
 
 
 def capture_shards(adapter: ModelAdapter, opts: CommonOptions, plan: SplitPlan, layout: FeatureLayout
@@ -166,16 +171,13 @@ def capture_shards(adapter: ModelAdapter, opts: CommonOptions, plan: SplitPlan, 
     """
     rank, world = rank_and_world()
     if rank == 0:
-        print(f"[vision-lens] {plan.split}: {len(plan.indices)} of {len(plan.source)} images from {opts.data}"
+        items = "windows" if plan.groups is not None else "images"
+        print(f"[vision-lens] {plan.split}: {len(plan.indices)} of {len(plan.source)} {items} from {opts.data}"
               + (f", in {world} shards" if world > 1 else ""), file=sys.stderr)
 
     def capture_shard(r: int) -> FeatureCache:
-        return capture(
-            adapter, plan.source, plan.shards[r], Path(opts.cache_dir) / "features", plan.label_map, layout,
-            batch_size=opts.batch_size, workers=opts.workers,
-            desc=f"capture {plan.split}" + (f" [{r}]" if world > 1 else ""), bf16=opts.precision == "bf16",
-            key=plan.keys[r],
-        )
+        return plan.capture(adapter, r, Path(opts.cache_dir) / "features", layout, opts,
+                            desc=f"capture {plan.split}" + (f" [{r}]" if world > 1 else ""))
 
     own = capture_shard(rank)
     if world > 1:
@@ -193,7 +195,7 @@ def capture_split(adapter: ModelAdapter, opts: CommonOptions, plan: SplitPlan, l
     if caches is None:
         return None
     images = SelectedImages(data_id(opts.data), plan.split, plan.source, plan.indices, Path(opts.cache_dir) / "features")
-    return SplitFeatures.of(caches, adapter.device, plan.classes, images)
+    return SplitFeatures.of(caches, adapter, plan.classes, images, plan.groups, plan.units)
 
 
 def _run_info(opts: CommonOptions, adapter: ModelAdapter, **extra) -> dict:
@@ -281,12 +283,12 @@ def evaluate_split(opts: CommonOptions, adapter: ModelAdapter, fitted: dict[str,
             lenses, held_out.features, held_out.logits, held_out.labels,
             transfer=tuple(name for name in lenses if lens_kind(name).transfers),
             fixed_logits={"aux_head": aux} if aux else None, intervals=True,
-            block_stages=[b.stage for b in adapter.blocks], seed=opts.seed,
+            block_stages=[b.stage for b in adapter.blocks], seed=opts.seed, groups=held_out.groups,
         )
     fit = {t: lens.config.fit for t, lens in lenses.items() if lens.config.fit}
     run_info = _run_info(
         opts, adapter, eval_images=len(held_out.labels), eval_classes=held_out.classes, lens=str(lens_dir), fit=fit,
-        **({"warnings": warnings} if warnings else {}),
+        **({"units": held_out.units} if held_out.units else {}), **({"warnings": warnings} if warnings else {}),
     )
     return aggregate, batches, intervals, run_info
 

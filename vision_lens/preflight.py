@@ -23,9 +23,10 @@ from torch import nn
 
 from .adapters.errors import ClassMatchError, ModelError
 from .cache import CacheError, cache_key_hash
-from .capture import capture_key
+from .capture import capture, capture_key, capture_text, text_capture_key
 from .data import DataError, ImageSource, SelectedImages, data_id, open_split, select
 from .errors import OptionError
+from .text import TextSource, TokenRows, read_documents, sample_positions, token_windows
 
 
 def _cache_is_complete(root: Path, key: dict, n: int) -> bool:
@@ -128,11 +129,62 @@ class SplitPlan:
     indices: np.ndarray  # the selected images, in increasing order
     shards: list[np.ndarray]  # one per process under torchrun (every image once, no padding)
     keys: list[dict]  # capture.capture_key of each shard
+    groups = None  # rows are independent images: the bootstrap resamples them one by one
+    units = None  # the metrics are per image
+
+    @property
+    def shard_rows(self) -> list[int]:
+        """The rows each shard's cache holds: one per image."""
+        return [len(part) for part in self.shards]
 
     @property
     def classes(self) -> int:
         """The number of the split's classes that are model outputs (for chance accuracy)."""
         return int((self.label_map >= 0).sum())
+
+    def capture(self, adapter, shard: int, cache_root: Path, layout, opts, desc: str):
+        """Capture shard ``shard`` into the feature cache under ``cache_root``."""
+        return capture(adapter, self.source, self.shards[shard], cache_root, self.label_map, layout,
+                       batch_size=opts.batch_size, workers=opts.workers, desc=desc, bf16=opts.precision == "bf16",
+                       key=self.keys[shard])
+
+
+@dataclass
+class TextPlan:
+    """A split of text as capture uses it: its windows (the items: ``indices`` the selected ones, sharded as images
+    are), each shard's token rows (:func:`~vision_lens.text.sample_positions`) and cache key."""
+
+    split: str
+    source: TextSource
+    indices: np.ndarray
+    shards: list[np.ndarray]
+    rows: list[TokenRows]  # of each shard
+    keys: list[dict]
+    classes: int  # the vocabulary
+
+    @property
+    def shard_rows(self) -> list[int]:
+        return [len(r) for r in self.rows]
+
+    @property
+    def groups(self) -> np.ndarray:
+        """The window of every row, shards in order: neighbouring tokens are not independent, so the bootstrap
+        resamples whole windows."""
+        return np.concatenate([r.window for r in self.rows])
+
+    @property
+    def units(self) -> dict:
+        """What run.json says of the rows and of the units of their metrics."""
+        windows = self.source.windows
+        return {"rows": "token positions", "ce": "bits per token",
+                "bits_per_byte_per_bit": windows.tokens / windows.bytes,
+                "tokens": windows.tokens, "bytes": windows.bytes, "documents": len(self.source.documents.texts),
+                "windows": len(self.indices), "context": int(windows.ids.shape[1]),
+                "positions": int(sum(len(r) for r in self.rows))}
+
+    def capture(self, adapter, shard: int, cache_root: Path, layout, opts, desc: str):
+        return capture_text(adapter, self.source, self.rows[shard], cache_root, layout, opts.batch_size, desc,
+                            bf16=opts.precision == "bf16", key=self.keys[shard])
 
 
 def plan_split(opts, adapter, split: str, source: ImageSource, limit: int | None, layout, shards: int = 1
@@ -144,19 +196,39 @@ def plan_split(opts, adapter, split: str, source: ImageSource, limit: int | None
     return SplitPlan(split, source, label_map(opts, adapter, split, source), indices, parts, keys)
 
 
-def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> dict[str, SplitPlan]:
+def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> dict[str, SplitPlan | TextPlan]:
     """Check data, classes and the cache for ``splits`` of ``opts`` before any forward pass; returns each split's
-    :class:`SplitPlan`, which capture then uses.
+    plan (:class:`SplitPlan` for images, :class:`TextPlan` for text: the adapter's ``data_kind`` chooses), which
+    capture then uses.
 
     ``layout`` (a FeatureLayout) is what capture will keep, part of the cache key; ``shards`` is the number of
     processes that capture (``torchrun``), each shard into its own cache.
     """
     if opts.fit_split == opts.eval_split:
         raise DataError(f"--fit-split and --eval-split are both {opts.fit_split!r}; lenses must be evaluated on "
-                        "held-out images")
+                        "held-out data")
     check_unembed(adapter)
+    plans = PLANNERS[adapter.data_kind](opts, adapter, splits, layout, shards)
+    needed = [(key, rows) for plan in plans.values() for key, rows in zip(plan.keys, plan.shard_rows)]
+    check_cache_root(Path(opts.cache_dir) / "features", needed)
+    return plans
+
+
+def _limits(opts) -> dict:
+    return {opts.fit_split: getattr(opts, "fit_limit", None), opts.eval_split: opts.eval_limit}
+
+
+TEXT_ONLY = ("tokenizer", "context", "positions")
+
+
+def plan_images(opts, adapter, splits: Sequence[str], layout, shards: int) -> dict[str, SplitPlan]:
+    """The image splits: their folders, their classes matched to the model's, the pool grid checked."""
+    given = [f"--{name}" for name in TEXT_ONLY if getattr(opts, name, None) is not None]
+    if given:
+        raise OptionError(f"{', '.join(given)}: for language models (hf: causal LMs) only; {adapter.name} reads "
+                          "images")
     sources: dict[str, ImageSource] = {split: open_split(opts.data, split, opts.download_root) for split in splits}
-    limits = {opts.fit_split: getattr(opts, "fit_limit", None), opts.eval_split: opts.eval_limit}
+    limits = _limits(opts)
     plans = {split: plan_split(opts, adapter, split, source, limits.get(split), layout, shards)
              for split, source in sources.items()}
     if opts.match_classes_by_position:
@@ -173,9 +245,38 @@ def preflight(opts, adapter, splits: Sequence[str], layout, shards: int = 1) -> 
                 f"{', '.join(only_first) or 'none'}; only in {split!r}: {', '.join(only_this) or 'none'}); "
                 "give every split the same class folders"
             )
-    needed = [(key, len(part)) for plan in plans.values() for key, part in zip(plan.keys, plan.shards)]
-    check_cache_root(Path(opts.cache_dir) / "features", needed)
     return plans
+
+
+def plan_text(opts, adapter, splits: Sequence[str], layout, shards: int) -> dict[str, TextPlan]:
+    """The text splits: documents read, tokenized and cut into windows as tuned-lens does (``--context`` tokens, by
+    default the model's context), a seeded ``--fit-limit``/``--eval-limit`` of the windows selected and
+    ``--positions`` of each window's positions sampled (default all)."""
+    if layout.grid != 1:
+        raise OptionError(f"--pool-grid {layout.grid}: a language model's row is one token's vector, which has no "
+                          "grid cells; leave --pool-grid at 1")
+    tokenizer = adapter.load_tokenizer(opts.tokenizer)
+    context = min(opts.context or adapter.context, adapter.context)
+    plans = {}
+    for split, limit in _limits(opts).items():
+        if split not in splits:
+            continue
+        source = TextSource(documents := read_documents(opts.data, split), token_windows(documents, tokenizer, context))
+        if source.windows.ids.max() >= adapter.num_classes:
+            raise DataError(f"{documents.source}: the tokenizer {opts.tokenizer or adapter.tokenizer_name} gives ids "
+                            f"up to {int(source.windows.ids.max())}, beyond {adapter.name}'s {adapter.num_classes} "
+                            "tokens; pass --tokenizer the model's own tokenizer")
+        indices = select(len(source), limit, opts.seed)
+        parts = np.array_split(indices, shards)
+        rows = [sample_positions(source.windows, part, opts.positions, opts.seed) for part in parts]
+        keys = [text_capture_key(adapter, source, r, layout, bf16=opts.precision == "bf16") for r in rows]
+        plans[split] = TextPlan(split, source, indices, parts, rows, keys, adapter.num_classes)
+        print(f"[vision-lens] {split}: {len(documents.texts)} documents, {len(source)} windows of "
+              f"{source.windows.ids.shape[1]} tokens", file=sys.stderr)
+    return plans
+
+
+PLANNERS = {"images": plan_images, "text": plan_text}  # by ModelAdapter.data_kind
 
 
 _EVAL_ANYWAY = ("pass another --eval-split or --data, or --eval-on-fit-images to evaluate there anyway (a warning, "

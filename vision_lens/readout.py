@@ -210,6 +210,9 @@ class Block:
         tokens: for a block whose output is a token sequence (a ViT's), its
             prefix tokens (the class token first) and the grid of the patch
             tokens after them; None for a feature map.
+        reads: ``output`` (the module's output) or ``input`` (its first input,
+            through a forward pre-hook: a language model's embedding output is
+            the input of its first decoder layer, not any module's output).
     """
 
     name: str
@@ -218,7 +221,10 @@ class Block:
     path: IdentityPath | None = None
     stage: str = ""
     tokens: tuple[int, int, int] | None = None  # (prefix, h, w) where the output is a token sequence
+    reads: str = "output"
 
     def __post_init__(self):
+        if self.reads not in ("output", "input"):
+            raise ValueError(f"Block {self.name}: reads is 'output' or 'input', not {self.reads!r}")
         if not self.stage:
             object.__setattr__(self, "stage", self.name)

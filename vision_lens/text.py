@@ -165,3 +165,27 @@ def sample_positions(windows: TokenWindows, selected: Sequence[int], per_window:
     window = np.repeat(selected, positions.shape[1])
     position = positions.reshape(-1)
     return TokenRows(window, position, windows.ids[window, position + 1])
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """One split of text data as capture reads it: its documents cut into windows, each window one item (what an
+    image is to an image source: fit and eval items are told apart by their content ids, the hashes of their
+    tokens)."""
+
+    documents: Documents
+    windows: TokenWindows
+
+    def __len__(self) -> int:
+        return len(self.windows.ids)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.windows.fingerprint
+
+    def content_ids(self, indices: Sequence[int], index_dir=None) -> list[str]:
+        return [hashlib.sha256(np.ascontiguousarray(self.windows.ids[i], dtype=np.int64).tobytes()).hexdigest()
+                for i in indices]
+
+    def describe(self, index: int) -> str:
+        return f"window {index} of {self.documents.source}"

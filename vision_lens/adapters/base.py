@@ -64,6 +64,9 @@ class ModelAdapter(abc.ABC):
     # (and crops) any image to the model's input. Data loading stops on an image of another
     # size, naming the file and both sizes.
     input_size: tuple[int, int] | None = None
+    # What the model reads, which chooses how data is planned and captured: "images" (an ImageFolder, through
+    # ``transform``) or "text" (documents cut into token windows by the adapter's tokenizer; a row per position).
+    data_kind: str = "images"
     # The model's own intermediate classifiers (e.g. GoogLeNet's aux1/aux2): block name ->
     # module mapping that block's full output map to logits. Reported beside the lenses.
     aux_classifiers: Mapping[str, nn.Module] = MappingProxyType({})
@@ -115,6 +118,11 @@ class ModelAdapter(abc.ABC):
     def logits(self, x: Tensor) -> Tensor:
         """The model's own output logits."""
         return self.model(x)
+
+    def run_blocks(self, x: Tensor) -> None:
+        """Run every block on the input batch ``x`` (capture's forward pass; its hooks read the blocks). Default:
+        the whole model; a family whose head is costly and unneeded there (a language model's vocabulary) skips it."""
+        self.logits(x)
 
     def to(self, device: str | torch.device) -> "ModelAdapter":
         self.model.to(device)

@@ -37,8 +37,8 @@ class TimmModules:
 @dataclass(frozen=True)
 class TransformersTask:
     """Takes a transformers model, a folder written by ``save_pretrained`` or a Hugging Face hub id, whose config
-    names a model class of ``task`` (``image-classification``: transformers' auto mapping for image
-    classification). False, never an error, for anything else; True where the hub cannot be reached or
+    names a model class of ``task`` (``image-classification``, ``causal-lm``: that task's auto mapping in
+    transformers). False, never an error, for anything else; True where the hub cannot be reached or
     transformers is not installed, so that the family's build says why."""
 
     task: str
@@ -57,7 +57,8 @@ class TransformersTask:
         return ()
 
 
-_TASK_MAPPINGS = {"image-classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"}
+_TASK_MAPPINGS = {"image-classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+                  "causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"}
 
 
 def _task_classes(task: str) -> set[str] | None:
@@ -222,3 +223,10 @@ register(Architecture("hf:<image-classifier>", _family("hf_vision"),
                       "embeddings + every encoder.layer.N, the class token; final LayerNorm + classifier (ViT, DeiT, "
                       "ViT-MSN)", Weights("hf-hub:<folder or hub id>", None, None, "transformers"),
                       takes=TransformersTask("image-classification"), example=f"hf:{_TINY_VIT}"))
+
+# A tiny GPT-2 config that ships with the package, for the same reason.
+_TINY_GPT2 = resources.package_folder("tiny-gpt2")
+register(Architecture("hf:<causal-LM>", _family("hf_causal_lm"),
+                      "embed + each layer, per token; final norm + unembedding",
+                      Weights("hf-hub:<folder or hub id>", None, None, "transformers"),
+                      takes=TransformersTask("causal-lm"), example=f"hf:{_TINY_GPT2}"))
