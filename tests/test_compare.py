@@ -63,14 +63,16 @@ def test_tuned_lens_output_reads_as_a_run():
     assert [t.get_text() for t in ax.get_xticklabels()] == [f"layer_{k}" for k in range(6)]
 
 
-def expected_normalised_penalty(aggregate: dict) -> tuple[np.ndarray, np.ndarray]:
-    """From the raw JSON: penalty ce[i][j] - ce[j][j] over the mean of ce[k][k], averaged at each |i - j|."""
+def expected_normalised_penalty(aggregate: dict, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """From the raw JSON: penalty ce[i][j] - ce[j][j] over the mean of ce[k][k], averaged at each |i - j|, over the
+    layers from ``first`` (1 for a language model: its layer_0, the token embeddings, is left out)."""
     ce = aggregate["tuned"]["layer_transfer"]["ce"]
-    n = len(ce)
-    diagonal = np.mean([ce[f"layer_{k}"][f"layer_{k}"] for k in range(n)])
+    layers = range(first, len(ce))
+    n = len(layers)
+    diagonal = np.mean([ce[f"layer_{k}"][f"layer_{k}"] for k in layers])
     means = [
         np.mean([ce[f"layer_{i}"][f"layer_{j}"] - ce[f"layer_{j}"][f"layer_{j}"]
-                 for i in range(n) for j in range(n) if abs(i - j) == d]) / diagonal
+                 for i in layers for j in layers if abs(i - j) == d]) / diagonal
         for d in range(n)
     ]
     return np.arange(n) / (n - 1), np.array(means)
@@ -92,7 +94,7 @@ def test_compare_normalises_vision_runs_and_the_llm_alike(resnet20_run, resnet32
                 line = lines[f"{lens_type} · {name}"]
                 assert np.allclose(line.get_ydata(), [v / values["layer_0"] for v in values.values()])
                 assert np.allclose(line.get_xdata(), np.linspace(0, 1, len(values)))
-        x, y = expected_normalised_penalty(aggregate)
+        x, y = expected_normalised_penalty(aggregate, first=1 if name == LLM_NAME else 0)
         line = {line.get_label(): line for line in penalty_ax.get_lines()}[name]
         assert np.allclose(line.get_xdata(), x) and np.allclose(line.get_ydata(), y)
     # Only unitless quantities are on the axes and in the legend; the title names the raw units.
@@ -116,7 +118,7 @@ def test_compare_cli_takes_run_folders_eval_folders_and_json_files(resnet20_run,
     numbers = json.loads(out.with_suffix(".json").read_text())
     assert [i["name"] for i in numbers["inputs"]] == ["cifar:resnet20", "pythia-like-eval", TUNED_LENS_EVAL.parent.name]
     llm = numbers["inputs"][1]
-    x, y = expected_normalised_penalty(json.loads(TUNED_LENS_EVAL.read_text()))
+    x, y = expected_normalised_penalty(json.loads(TUNED_LENS_EVAL.read_text()), first=1)
     assert np.allclose(llm["transfer"]["relative_distance"], x)
     assert np.allclose([np.nan if v is None else v for v in llm["transfer"]["normalised_penalty"]], y, equal_nan=True)
     ce = json.loads((resnet20_run / "aggregate_metrics.json").read_text())["tuned"]["ce"]

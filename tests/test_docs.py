@@ -543,6 +543,8 @@ SOURCES: dict[str, list[Source]] = {
         allow("1", "the global average's slot in the count 1 + k² of pooled vectors (readout.pooling_slots)"),
     ],
     "docs/development.md": [
+        each(lambda: [in_file("scripts/same_results_across_code.sh", rf"--{split}-limit (\d+)") for split in ("fit", "eval")],
+             "", "scripts/same_results_across_code.sh's images"),
         *sizes("1x1"),
         hand_timed("11", "minutes to add timm's ConvNeXt, first edit to passing contract tests (issue 36's report)"),
         hand_timed("5", "of them, minutes the contract tests ran on the busy machine (issue 36's report)"),

@@ -40,11 +40,13 @@ def test_compare_draws_pythia_at_all_its_layers_and_thinned_to_six(tmp_path):
     inputs = {i["name"]: i for i in json.loads(out.with_suffix(".json").read_text())["inputs"]}
     full, thin = inputs["pythia-12b-deduped"], inputs["pythia-12b-deduped (layers 0, 6, ..., 30)"]
     assert "lm-reference" in inputs and "cifar:vit" in inputs  # six layers already: not thinned again
-    assert len(full["transfer"]["relative_distance"]) == 36 and len(thin["transfer"]["relative_distance"]) == 6
+    # The transfer panel leaves out layer_0, the token embeddings (analysis.past_embedding): 35 and 5 layers.
+    assert len(full["transfer"]["relative_distance"]) == 35 and len(thin["transfer"]["relative_distance"]) == 5
     penalty, ce = pythia_files()
-    own = np.mean([ce[k] for k in THINNED])
-    neighbours = np.mean([penalty[a][b] for n, a in enumerate(THINNED) for b in THINNED[n + 1:n + 2]]
-                         + [penalty[b][a] for n, a in enumerate(THINNED) for b in THINNED[n + 1:n + 2]])
+    kept = THINNED[1:]
+    own = np.mean([ce[k] for k in kept])
+    neighbours = np.mean([penalty[a][b] for n, a in enumerate(kept) for b in kept[n + 1:n + 2]]
+                         + [penalty[b][a] for n, a in enumerate(kept) for b in kept[n + 1:n + 2]])
     assert thin["transfer"]["normalised_penalty"][1] == pytest.approx(neighbours / own)
     assert np.allclose(thin["layerwise"]["tuned"]["ce"]["normalised"], [ce[k] / ce["layer_0"] for k in THINNED])
     assert "tuned" in full["layerwise"] and "logit" not in full["layerwise"]  # the files hold no logit lens
@@ -81,14 +83,15 @@ def test_make_figures_puts_pythia_beside_the_vision_runs_and_the_language_model(
 def test_the_findings_put_pythia_in_the_stream_table_and_the_signature_tables():
     summarise = load_script("summarise_results")
     runs = analysis.as_results([VIT, LM, LLM_ANCHORS])
-    stream = summarise.findings(runs).split("\n\n")[-1]
+    (stream,) = [t for t in summarise.findings(runs).split("\n\n") if t.startswith("| run | fit | blocks |")]
     rows = {line.split(" | ")[0].lstrip("| "): line for line in stream.splitlines()[2:]}
-    assert rows["pythia-12b-deduped †"].split(" | ")[2] == "36"
-    assert rows["pythia-12b-deduped (layers 0, 6, ..., 30) †"].split(" | ")[2] == "6"
+    assert rows["pythia-12b-deduped †"].split(" | ")[2] == "35 (`layer_1` on)"  # past the embeddings
+    assert rows["pythia-12b-deduped (layers 0, 6, ..., 30) †"].split(" | ")[2] == "5 (`layer_6` on)"
     assert any(label.startswith("† pythia-12b-deduped") and "different lens run" in label for label in rows)
     penalty, ce = pythia_files()
-    own = np.mean([ce[f"layer_{k}"] for k in range(36)])
-    neighbours = np.mean([penalty[f"layer_{i}"][f"layer_{j}"] for i in range(36) for j in range(36) if abs(i - j) == 1])
+    own = np.mean([ce[f"layer_{k}"] for k in range(1, 36)])
+    neighbours = np.mean([penalty[f"layer_{i}"][f"layer_{j}"] for i in range(1, 36) for j in range(1, 36)
+                          if abs(i - j) == 1])
     assert rows["pythia-12b-deduped †"].split(" | ")[5] == f"{neighbours / own:.2f}"
     tables = summarise.signature_tables(runs).split("\n\n")
     assert [t.splitlines()[2].split(" | ")[2] for t in tables] == ["embedding layer left out", "embedding layer kept"]
