@@ -65,7 +65,20 @@ def hook_block(model: torch.nn.Module, block: Block, read: Callable[[Tensor], No
     return module.register_forward_hook(lambda module, inputs, output: read(first(output)) and None)
 
 
-class BlockRecorder:
+class _Hooks:
+    """Hooks on a model (``self.handles``), removed on leaving the ``with`` block, whatever happens inside it."""
+
+    handles: list
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class BlockRecorder(_Hooks):
     """Forward hooks that pool every block's output as the model runs."""
 
     def __init__(self, adapter: ModelAdapter, layout: FeatureLayout):
@@ -82,13 +95,6 @@ class BlockRecorder:
                 self.aux_logits[k] = aux(output)
 
         return read
-
-    def __enter__(self) -> "BlockRecorder":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self.handles:
-            handle.remove()
 
 
 def _remember(source: ImageSource, pending: list[tuple], index_dir: str | Path) -> None:
@@ -293,7 +299,7 @@ def capture(
     return cache
 
 
-class TokenRecorder:
+class TokenRecorder(_Hooks):
     """Hooks that keep, of every block's ``(windows, positions, width)`` output, the rows of this batch: the vectors
     at ``(window[r], position[r])``, set with :meth:`select` before each forward pass."""
 
@@ -310,13 +316,6 @@ class TokenRecorder:
             self.rows[k] = output[self.window, self.position].float()
 
         return read
-
-    def __enter__(self) -> "TokenRecorder":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self.handles:
-            handle.remove()
 
 
 def text_capture_key(adapter: ModelAdapter, source: TextSource, rows: TokenRows, layout: FeatureLayout,
