@@ -159,3 +159,21 @@ def test_the_translators_inputs_are_computed_per_step_under_the_recipe(monkeypat
     fit_by_recipe(build_lenses(adapter, layout, ["tuned"])["tuned"], split.features, split.labels, split.logits, steps)
     assert seen[:4 * 4] == [32] * 16  # 4 steps, 4 translators each: 32 images at a time
     assert max(seen) <= targets.chunk_rows(10)  # then the final losses, a chunk of rows at a time
+
+
+@pytest.mark.unit
+def test_the_recipe_asks_for_the_model_output_once_per_step_whatever_the_number_of_blocks(monkeypatch):
+    """Every translator of a step is scored on the same rows, so the model's output on them, recomputed through the
+    unembedding where it is not kept whole, is computed once per step, not once per block."""
+    adapter, layout, split = tiny_split()
+    last = len(layout.blocks) - 1
+    logit_lens = build_lenses(adapter, layout, ["logit"])["logit"]
+    asked = []
+    through = ModelOutput.through(lambda hidden: logit_lens(hidden, last), split.features[last], 10)
+    recording = ModelOutput(lambda rows: asked.append(len(rows)) or through.logits(rows), len(split.labels), 10)
+    monkeypatch.setattr(targets, "DENSE_ELEMENTS", 0)  # never kept whole
+    recipe = TunedLensRecipe(steps=4, images_per_step=32)
+    lens = build_lenses(adapter, layout, ["tuned"])["tuned"]
+    assert len(lens.fit_groups()) > 1
+    fit_by_recipe(lens, split.features, split.labels, recording, recipe)
+    assert asked[:recipe.steps] == [32] * recipe.steps and 32 not in asked[recipe.steps:]  # then the final losses

@@ -96,6 +96,19 @@ def test_the_last_blocks_logit_lens_is_the_models_logits_exactly(models, layout)
 
 
 @pytest.mark.unit
+def test_a_checkpoint_saved_in_float16_is_read_in_float32_with_its_weights(models, tmp_path):
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(models["gpt2"])
+    model.half().save_pretrained(tmp_path / "half")  # as scripts/train_reference_lm.py export commits the LM
+    adapter = create_adapter(f"hf:{tmp_path / 'half'}")
+    ids = torch.randint(0, VOCAB, (1, 8), generator=torch.Generator().manual_seed(2))
+    assert {p.dtype for p in adapter.model.parameters()} == {torch.float32}
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.logits(ids), model.float()(input_ids=ids).logits)  # the half weights
+
+
+@pytest.mark.unit
 def test_transformers_task_takes_causal_lm_folders_and_refuses_anything_else_without_raising(models, tmp_path):
     causal = TransformersTask("causal-lm")
     assert all(causal(str(folder)) for folder in models.values())

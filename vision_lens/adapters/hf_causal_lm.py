@@ -60,8 +60,9 @@ def build(arch: str, state: dict | None, num_classes: int | None) -> nn.Module:
                                      or k.endswith("embed_in.weight") or k.endswith("lm_head.weight")
                                      or k.endswith("embed_out.weight") for k in state):
         raise WeightsError(f"no token embedding in it, so not a checkpoint of the causal LM hf:{arch}")
-    # The eager attention: the same numbers on every device, and hooks see plain tensors.
-    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    # The eager attention: the same numbers on every device, and hooks see plain tensors. float32 whatever the
+    # checkpoint's dtype (from_config follows the config's, e.g. a float16 export): lenses are fitted in float32.
+    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").float()
 
 
 def _weight_files(folder: Path) -> list[Path]:
