@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from vision_lens import analysis
 from vision_lens.adapters import create_adapter
 from vision_lens.adapters.zoo import TransformersTask
 from vision_lens.capture import TokenRecorder
@@ -161,6 +162,8 @@ def test_a_language_model_run_has_every_lens_fit_and_interval_an_image_run_has(g
     units = run["units"]
     assert units["ce"] == "bits per token" and units["positions"] == run["eval_images"] == 30 * 8
     assert 0 < units["bits_per_byte_per_bit"] < 1
+    (results,) = analysis.as_results([gpt2_run])  # the findings' tables say the unit, and leave out the embedding
+    assert analysis.reported_unit(results) == "bits per token" and analysis.past_embedding(results).tolist() == [1, 2]
     fit = json.loads((gpt2_run / "lenses" / "tuned" / "config.json").read_text())["fit"]
     assert fit["recipe"] == "optimum" and fit["images"] == 40 * 8
     assert all(record["weight_decay"] for record in fit["blocks"].values())

@@ -240,8 +240,9 @@ def chance_accuracy(run: RunResults) -> float | None:
 
 
 def reported_unit(run: RunResults) -> str:
-    """``bits per image`` for our runs (they carry run.json), ``bits per byte`` for tuned-lens output."""
-    return "bits per image" if run.run else "bits per byte"
+    """Our runs' unit (run.json's: ``bits per image``, or ``bits per token`` for a language model), ``bits per
+    byte`` for tuned-lens output."""
+    return run.run.get("units", {}).get("ce", "bits per image") if run.run else "bits per byte"
 
 
 def eval_description(run: RunResults) -> str | None:

@@ -51,9 +51,11 @@ class TunedLensRecipe:
     def scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, (self.steps - step) / self.steps))
 
-    def run(self, params: list[Tensor], loss_at: Callable[[int], Tensor]) -> None:
+    def run(self, params: list[Tensor], loss_at: Callable[[int], Tensor],
+            on_step: Callable[[], object] | None = None) -> None:
         """``steps`` optimiser steps on ``params``, the loss of step ``s`` given by ``loss_at(s)``, as
-        tuned-lens's train loop takes them: backward, clip, step, zero the gradients, schedule."""
+        tuned-lens's train loop takes them: backward, clip, step, zero the gradients, schedule; ``on_step()`` after
+        each (a progress bar's)."""
         optimizer = self.optimizer(params)
         schedule = self.scheduler(optimizer)
         for step in range(self.steps):
@@ -62,6 +64,8 @@ class TunedLensRecipe:
             optimizer.step()
             optimizer.zero_grad(set_to_none=False)
             schedule.step()
+            if on_step is not None:
+                on_step()
 
     def to_dict(self) -> dict:
         return {"recipe": "tuned-lens", "optimizer": "SGD, Nesterov", "lr": self.lr_scale * (1 - self.momentum),
@@ -97,7 +101,7 @@ def fit_by_recipe(lens: SavedLens, features: list[Tensor], labels: Tensor, final
         means = []
         for inputs, forwarded in fit_parts(lens, features, blocks, images):
             logits = lens.decode(lens.hidden(module, inputs, forwarded))
-            means.append(targets.losses(logits.T[None], images)[0].mean())
+            means.append(targets.row_losses(logits, images).mean())
         return torch.stack(means)
 
     def loss_at(step: int) -> Tensor:
@@ -108,17 +112,19 @@ def fit_by_recipe(lens: SavedLens, features: list[Tensor], labels: Tensor, final
         images = order[start:start + recipe.images_per_step]
         return sum(block_losses(module, blocks, images).sum() for module, blocks in groups)
 
-    with tqdm(total=1, desc=desc + f" (tuned-lens recipe, {recipe.steps} steps)", unit="fit",
-              dynamic_ncols=True) as bar:
+    with tqdm(total=recipe.steps, desc=desc + " (tuned-lens recipe)", unit="step", dynamic_ncols=True) as bar:
         lens.train()
-        recipe.run(params, loss_at)
+        recipe.run(params, loss_at, on_step=bar.update)
         lens.eval()
-        bar.update()
     records: list[FitRecord | None] = [None] * len(features)
     with torch.no_grad():
         chunk = chunk_rows(max(lens.config.num_classes, *(m.out_features for m, _ in groups)))
-        for module, blocks in groups:
-            totals = sum(block_losses(module, blocks, part) * len(part) for part in rows.split(chunk)) / len(rows)
+        totals: list = [0] * len(groups)
+        for part in rows.split(chunk):  # every module on a chunk in turn: the model's output on it computed once
+            for g, (module, blocks) in enumerate(groups):
+                totals[g] = totals[g] + block_losses(module, blocks, part) * len(part)
+        for (module, blocks), total in zip(groups, totals):
             for j, k in enumerate(blocks):
-                records[k] = FitRecord(len(blocks), "recipe", recipe.weight_decay, recipe.steps, float(totals[j]))
+                records[k] = FitRecord(len(blocks), "recipe", recipe.weight_decay, recipe.steps,
+                                       float(total[j] / len(rows)))
     return records

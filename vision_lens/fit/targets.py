@@ -63,6 +63,11 @@ class Targets:
         """Loss (nats) of ``logits`` ``(G, C, r)`` whose columns show ``rows`` ``(r,)``: ``(G, r)``."""
         return self._losses(logits.log_softmax(1), rows)
 
+    def row_losses(self, logits: Tensor, rows: Tensor) -> Tensor:
+        """:meth:`losses` of one module's logits laid out rows first, ``(r, C)`` (the recipe's): ``(r,)``. The
+        softmax runs along memory (along the classes of a transposed view it took most of a step's time)."""
+        return self._losses(logits.log_softmax(-1).T[None], rows)[0]
+
     def losses_and_gradients(self, logits: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`losses`, and their gradients with respect to ``logits``: softmax minus target, ``(G, C, r)``."""
         raise NotImplementedError
@@ -104,7 +109,7 @@ class OutputTargets(Targets):
     def __init__(self, output: ModelOutput, device: torch.device):
         self.output, self.device = output, torch.device(device)
         self.probs = self.entropy = None
-        self._last: tuple[Tensor, tuple[Tensor, Tensor]] | None = None  # the rows asked for last, and their answer
+        self._last: tuple[Tensor, tuple[Tensor, Tensor]] | None = None  # row_losses' rows, and their distribution
         if output.rows * output.classes <= DENSE_ELEMENTS:  # kept whole: computed once
             self.probs, self.entropy = self._distribution(torch.arange(output.rows, device=self.device))
 
@@ -112,12 +117,21 @@ class OutputTargets(Targets):
         """The model's output distribution on ``rows``, ``(C, r)``, and its entropy ``(r,)`` (nats)."""
         if self.probs is not None:
             return self.probs[:, rows], self.entropy[rows]
-        if self._last is not None and self._last[0] is rows:  # the recipe scores every block on one step's rows
-            return self._last[1]
+        probs, entropy = self._row_distribution(rows)
+        return probs.T.contiguous(), entropy
+
+    def _row_distribution(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`_distribution`, rows first: ``(r, C)``."""
+        if self.probs is not None:
+            return self.probs[:, rows].T.contiguous(), self.entropy[rows]
         log_probs = self.output.logits(rows).to(self.device).float().log_softmax(-1)
-        distribution = log_probs.exp().T.contiguous(), -(log_probs.exp() * log_probs).sum(-1)
-        self._last = rows, distribution
-        return distribution
+        return log_probs.exp(), -(log_probs.exp() * log_probs).sum(-1)
+
+    def row_losses(self, logits: Tensor, rows: Tensor) -> Tensor:
+        if self._last is None or self._last[0] is not rows:  # a recipe step scores every block on the same rows
+            self._last = rows, self._row_distribution(rows)
+        probs, entropy = self._last[1]
+        return -(logits.log_softmax(-1) * probs).sum(-1) - entropy
 
     def _losses(self, log_probs: Tensor, rows: Tensor, distribution: tuple[Tensor, Tensor] | None = None) -> Tensor:
         probs, entropy = distribution or self._distribution(rows)
