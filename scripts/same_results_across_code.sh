@@ -2,6 +2,7 @@
 # Does a change of the code change a result? The same small run of each CIFAR family under two checkouts,
 # then every result file compared byte for byte (docs/development.md, "Rerunning the committed results").
 #   scripts/same_results_across_code.sh OLD_CHECKOUT NEW_CHECKOUT [WORK]
+# RUN_OPTIONS adds options to every run (RUN_OPTIONS="--recipe tuned-lens": the recipe's fits).
 # Checkouts are folders (git worktree add --detach DIR REV); WORK defaults to a fresh temporary folder.
 set -euo pipefail
 old=$(cd "$1" && pwd) new=$(cd "$2" && pwd) work=${3:-$(mktemp -d)}
@@ -17,7 +18,8 @@ for side in old new; do
   for spec in "${runs[@]}"; do
     set -- $spec
     PYTHONPATH=$code python -m vision_lens run --model "$1" --weights "$2" --data "$shared/data/cifar10" \
-      --fit-limit 400 --eval-limit 400 --cache-dir "$work/$side/cache" --out "$work/$side/${1#cifar:}"
+      --fit-limit 400 --eval-limit 400 --cache-dir "$work/$side/cache" --out "$work/$side/${1#cifar:}" \
+      ${RUN_OPTIONS:-}
   done
 done
 status=0

@@ -166,10 +166,12 @@ def point_ratio(point: dict) -> float:
 
 def shared_table(runs) -> str:
     """The shared lens against the tuned lens, over the blocks where both are defined: KL to the model (bits) and
-    accuracy, mean [smallest, largest]."""
+    accuracy, mean [smallest, largest]; runs that fitted no shared lens are left out."""
     rows = []
     for run in runs:
         agg = run.aggregate
+        if "shared" not in agg:
+            continue
         both = [k for k in agg["tuned"]["kl"] if agg["shared"]["kl"].get(k) is not None
                 and agg["tuned"]["kl"][k] is not None]
         if len(both) < 2:  # only the last block: no shared space to test
