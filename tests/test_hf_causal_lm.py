@@ -205,14 +205,28 @@ RECIPE_TOLERANCE = 0.002
 LOGIT_TOLERANCE = 1e-4
 
 
+@pytest.mark.unit
+def test_the_benchmarks_token_files_make_exactly_the_windows_asked_for_from_a_prefix_of_the_split(tmp_path):
+    bench = load_script("benchmark_tuned_lens")
+    source = write_text(tmp_path / "text") / "train.jsonl"
+    texts = [json.loads(line)["text"] for line in source.read_text().splitlines()]
+    for windows in (3, 7):
+        out = tmp_path / f"cut{windows}.jsonl"
+        assert bench.cut_split(source, out, windows, tokenizer(), CONTEXT) == windows
+        cut = [json.loads(line)["text"] for line in out.read_text().splitlines()]
+        assert cut[:-1] == texts[:len(cut) - 1] and texts[len(cut) - 1].startswith(cut[-1])
+        assert bench.windows_of([*cut[:-1], cut[-1][:-1]], tokenizer(), CONTEXT) < windows  # the shortest prefix
+    with pytest.raises(SystemExit, match="fewer than the 100000 asked for"):
+        bench.cut_split(source, tmp_path / "too-many.jsonl", 100_000, tokenizer(), CONTEXT)
+
+
 @pytest.mark.integration
-def test_the_tuned_lens_recipe_matches_tuned_lens_train_and_eval_on_the_same_tokens(tmp_path):
+def test_the_tuned_lens_benchmark_times_both_tools_on_the_same_tokens_and_their_recipes_agree(tmp_path):
+    """scripts/benchmark_tuned_lens.py end to end: `tuned-lens train` + `eval` against the pipeline's recipe and
+    default fit on the same tokens, its JSON, and the parity of the two recipes' per-layer CE."""
     import transformers
 
-    from vision_lens.fit import TunedLensRecipe
-    from vision_lens.pipeline import run_pipeline
-
-    script = load_script("train_reference_lm")
+    bench = load_script("benchmark_tuned_lens")
     torch.manual_seed(0)
     # A random GPT-2 whose layers change the prediction (a wide init), so that the lenses have something to learn.
     config = tiny_config("gpt2")
@@ -220,22 +234,41 @@ def test_the_tuned_lens_recipe_matches_tuned_lens_train_and_eval_on_the_same_tok
     folder = tmp_path / "model"
     transformers.GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer().save_pretrained(folder)
-    recipe = TunedLensRecipe()
-    windows_per_step = recipe.images_per_step // CONTEXT
-    # tuned-lens reads its data once: enough windows for every step (it would stop early, silently).
-    text = write_text(tmp_path / "text", copies=6)
-    model = ["--model.name", str(folder), "--max_length", str(CONTEXT), "--per_gpu_batch_size", str(windows_per_step)]
-    script.tuned_lens_cli(["train", *model, "--data.name", str(text / "train.jsonl"), "--output", str(tmp_path / "lens"),
-                           "--num_steps", str(recipe.steps), "--tokens_per_step", str(recipe.images_per_step)])
-    script.literal_lists_parse()
-    script.tuned_lens_cli(["eval", *model, "--data.name", str(text / "test.jsonl"), "--lens_name",
-                           str(tmp_path / "lens"), "--lens_types", "logit", "tuned", "--output", str(tmp_path / "eval")])
-    theirs = json.loads((tmp_path / "eval" / "aggregate_metrics.json").read_text())
-    ours = run_pipeline(model=f"hf:{folder}", data=str(text), out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
-                        recipe="tuned-lens", lenses=["tuned"])
-    per_byte = ours.run["units"]["bits_per_byte_per_bit"]
-    for layer in theirs["tuned"]["ce"]:  # tuned-lens lenses every layer but the last, the model's output
-        assert ours.aggregate["logit"]["ce"][layer] * per_byte == pytest.approx(theirs["logit"]["ce"][layer],
-                                                                               rel=LOGIT_TOLERANCE)
-        assert ours.aggregate["tuned"]["ce"][layer] * per_byte == pytest.approx(theirs["tuned"]["ce"][layer],
-                                                                               rel=RECIPE_TOLERANCE)
+    text = write_text(tmp_path / "text", copies=6)  # enough windows for every step of the recipe
+    (text / "test.jsonl").rename(text / "validation.jsonl")
+    out = tmp_path / "bench.json"
+    bench.main(["--model", str(folder), "--data", str(text), "--work", str(tmp_path / "work"), "--out", str(out),
+                "--recipe-run", str(tmp_path / "recipe"), "--default-run", str(tmp_path / "default"),
+                "--eval-windows", "16", "--default-fit-windows", "4", "--threads", "1"])
+    result = json.loads(out.read_text())
+    assert result["tokens"] | {"fit_windows": 250 * 1024 // CONTEXT, "eval_windows": 16} == result["tokens"]
+    layers = result["summary"]["layers"]
+    assert layers == ["layer_0", "layer_1"]  # tuned-lens lenses every layer but the last, the model's output
+    ce = result["ce_bits_per_byte"]
+    for layer in layers:
+        assert ce["pipeline_recipe"]["logit"][layer] == pytest.approx(ce["tuned_lens"]["logit"][layer],
+                                                                      rel=LOGIT_TOLERANCE)
+        assert ce["pipeline_recipe"]["tuned"][layer] == pytest.approx(ce["tuned_lens"]["tuned"][layer],
+                                                                      rel=RECIPE_TOLERANCE)
+        assert ce["pipeline_default"]["logit"][layer] == ce["pipeline_recipe"]["logit"][layer]  # one eval split
+    assert abs(ce["tuned_lens"]["tuned"]["layer_0"] / ce["tuned_lens"]["logit"]["layer_0"] - 1) > 0.01  # it moved
+    assert result["summary"]["recipe_max_relative_ce_difference"] <= RECIPE_TOLERANCE
+    for fit in ("pipeline_recipe", "pipeline_default"):
+        assert 0 < result[fit]["train_s"] < result[fit]["wall_s"] and result[fit]["stages_s"]["capture_fit"] > 0
+    assert result["tuned_lens"]["train_wall_s"] > 0 and result["summary"]["recipe_speed_ratio"] > 0
+    table = bench.summary_table(result).splitlines()  # as docs/language-models.md shows it
+    assert len(table) == 5 and table[2].startswith("| `tuned-lens train` | 256,000 |")
+
+
+@pytest.mark.unit
+def test_the_benchmark_refuses_a_work_folder_it_did_not_write_and_leaves_it_as_it_was(models, tmp_path):
+    bench = load_script("benchmark_tuned_lens")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    text = write_text(tmp_path / "text")
+    (text / "test.jsonl").rename(text / "validation.jsonl")
+    with pytest.raises(SystemExit, match=f"--work {work} holds files this script did not write"):
+        bench.main(["--model", str(models["gpt2"]), "--data", str(text), "--work", str(work),
+                    "--out", str(tmp_path / "bench.json")])
+    assert (work / "notes.txt").read_text() == "mine" and not (tmp_path / "bench.json").exists()
