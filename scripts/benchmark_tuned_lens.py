@@ -28,8 +28,8 @@ run's ``bits_per_byte_per_bit``). ``summary`` holds the speed ratio of the recip
 over the pipeline's ``train_s``), the largest per-layer difference between the two recipe fits, and each fit's
 mean tuned-lens CE over the layers tuned-lens lenses (all but the last, which is the model's output).
 
-The pipeline's two run folders are written to ``--recipe-run`` and ``--default-run`` (the committed
-``results/lm-reference-pipeline*``), each with a fresh feature cache under ``--work``. Example (the committed
+The pipeline's two run folders are written to ``--recipe-run`` and ``--default-run`` (by default
+``results/lm-reference-pipeline*``, not committed yet: docs/language-models.md says why), each with a fresh feature cache under ``--work``. Example (the committed
 benchmark; see docs/language-models.md)::
 
     python scripts/benchmark_tuned_lens.py --model results/checkpoints/lm-reference --data runs/lm-reference/data \\
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     for path in (Path(args.data) / "train.jsonl", Path(args.data) / "validation.jsonl"):
         if not path.is_file():
-            parser.error(f"--data {args.data}: no {path.name} there (scripts/train_reference_lm.py prepare writes it)")
+            parser.error(f"--data {args.data}: no {path.name} there (scripts/train_reference_lm.py lm writes it)")
     return args
 
 

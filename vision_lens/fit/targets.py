@@ -125,7 +125,8 @@ class OutputTargets(Targets):
         if self.probs is not None:
             return self.probs[:, rows].T.contiguous(), self.entropy[rows]
         log_probs = self.output.logits(rows).to(self.device).float().log_softmax(-1)
-        return log_probs.exp(), -(log_probs.exp() * log_probs).sum(-1)
+        probs = log_probs.exp()
+        return probs, -(probs * log_probs).sum(-1)
 
     def row_losses(self, logits: Tensor, rows: Tensor) -> Tensor:
         if self._last is None or self._last[0] is not rows:  # a recipe step scores every block on the same rows
