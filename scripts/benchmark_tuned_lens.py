@@ -82,32 +82,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def windows_of(texts: list[str], tokenizer, context: int) -> int:
     """How many windows both tools cut from ``texts`` (tuned-lens's chunking, ``vision_lens.text``)."""
+    from vision_lens.data import DataError
     from vision_lens.text import Documents, token_windows
 
     names = tuple(str(i) for i in range(len(texts)))
-    return len(token_windows(Documents("benchmark", names, tuple(texts)), tokenizer, context).ids)
+    try:
+        return len(token_windows(Documents("benchmark", names, tuple(texts)), tokenizer, context).ids)
+    except DataError:  # too little text for one window: none, not an error here
+        return 0
 
 
 def cut_split(source: Path, out: Path, windows: int, tokenizer, context: int) -> int:
     """Write to ``out`` the first documents of ``source`` (JSON lines), the last one cut to the shortest prefix with
-    which they make ``windows`` windows; returns the windows they make."""
-    texts: list[str] = []
-    for line in source.read_text().splitlines():
-        texts.append(json.loads(line)["text"])
-        if windows_of(texts, tokenizer, context) >= windows:
-            break
-    else:
-        raise SystemExit(f"error: {source} makes {windows_of(texts, tokenizer, context)} windows of {context} tokens, "
-                         f"fewer than the {windows} asked for; give the split more text (or lower --eval-windows)")
-    last = texts.pop()  # the shortest prefix of the last document that is enough, by bisection
-    low, high = 0, len(last)
+    which they make ``windows`` windows; returns the windows they make.
+
+    More text never makes fewer windows, so the number of documents is found by doubling then bisection, and the
+    last document's prefix by bisection: a few dozen tokenizations, not one per document (quadratic in the split)."""
+    documents = [json.loads(line)["text"] for line in source.read_text().splitlines()]
+
+    def enough(count: int, cut: int | None = None) -> bool:
+        texts = documents[:count] if cut is None else [*documents[:count - 1], documents[count - 1][:cut]]
+        return windows_of(texts, tokenizer, context) >= windows
+
+    if not documents or not enough(len(documents)):
+        raise SystemExit(f"error: {source} makes {windows_of(documents, tokenizer, context) if documents else 0} "
+                         f"windows of {context} tokens, fewer than the {windows} asked for; give the split more text "
+                         "(or lower --eval-windows)")
+    low = high = 1  # every count below low is not enough; high is
+    while not enough(high):
+        low, high = high + 1, min(2 * high, len(documents))
     while low < high:
         middle = (low + high) // 2
-        if windows_of([*texts, last[:middle]], tokenizer, context) >= windows:
-            high = middle
-        else:
-            low = middle + 1
-    texts.append(last[:high])
+        low, high = (low, middle) if enough(middle) else (middle + 1, high)
+    count = high
+    low, high = 0, len(documents[count - 1])  # the shortest prefix of the last document that is enough
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(count, middle) else (middle + 1, high)
+    texts = [*documents[:count - 1], documents[count - 1][:high]]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     return windows_of(texts, tokenizer, context)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vision_lens import analysis
+from vision_lens import analysis, resources
 from vision_lens.adapters import create_adapter
 from vision_lens.adapters.zoo import TransformersTask
 from vision_lens.capture import TokenRecorder
@@ -107,6 +107,27 @@ def test_a_checkpoint_saved_in_float16_is_read_in_float32_with_its_weights(model
     assert {p.dtype for p in adapter.model.parameters()} == {torch.float32}
     with torch.no_grad():
         torch.testing.assert_close(adapter.logits(ids), model.float()(input_ids=ids).logits)  # the half weights
+
+
+@pytest.mark.unit
+def test_a_results_folder_that_is_not_here_is_read_from_the_committed_results(models, tmp_path, monkeypatch):
+    """A committed run records the reference LM as hf:results/checkpoints/lm-reference; from an installed wheel (its
+    committed results are the package's references) or another working folder it must load all the same, and a
+    folder of that name in the working folder comes first."""
+    import shutil
+
+    root = tmp_path / "installed-results"
+    shutil.copytree(models["gpt2"], root / "checkpoints" / "tiny")
+    monkeypatch.setattr(resources, "results_root", lambda: root)
+    monkeypatch.chdir(tmp_path)
+    adapter, direct = create_adapter("hf:results/checkpoints/tiny"), create_adapter(f"hf:{models['gpt2']}")
+    assert adapter.name == "hf:results/checkpoints/tiny" and adapter.weights_id == direct.weights_id
+    ids = torch.randint(0, VOCAB, (1, 8), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.logits(ids), direct.logits(ids))
+    assert len(adapter.load_tokenizer()("a lens")["input_ids"]) > 0
+    shutil.copytree(models["llama"], tmp_path / "results" / "checkpoints" / "tiny")
+    assert create_adapter("hf:results/checkpoints/tiny").weights_id == create_adapter(f"hf:{models['llama']}").weights_id
 
 
 @pytest.mark.unit

@@ -15,7 +15,10 @@ The layout is found, not assumed: the decoder layers are the base model's one
 ``nn.ModuleList`` (``h``, ``layers``), the final norm its child named ``norm``,
 ``ln_f`` or ``final_layer_norm``; a model laid out otherwise is refused by name.
 Its text data are read with the tokenizer of ``--tokenizer`` (default: the model's own
-folder or hub id).
+folder or hub id). A folder named ``results/...`` that is not there is read from this
+installation's committed results (:func:`~vision_lens.resources.located`), so the
+reference language model, ``hf:results/checkpoints/lm-reference``, loads from any
+working folder of a checkout.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from ..readout import Block, IdentityPath
+from ..resources import located
 from .base import ModelAdapter, ModelFamily
 from .errors import ModelError, UnknownModelError, WeightsError
 from .loading import file_sha256, read_checkpoint
@@ -46,7 +50,7 @@ def read_config(arch: str):
     """The ``transformers`` config of ``arch`` (a folder or a hub id), or UnknownModelError saying why not."""
     transformers = _transformers()
     try:
-        return transformers.AutoConfig.from_pretrained(arch)
+        return transformers.AutoConfig.from_pretrained(located(arch))
     except (OSError, ValueError, KeyError) as exc:
         raise UnknownModelError(f"--model hf:{arch}: no transformers config could be read there ({exc}); pass a "
                                 "folder written by save_pretrained or a Hugging Face hub id") from exc
@@ -74,13 +78,13 @@ def load_published(model: nn.Module, arch: str) -> str:
     their id is the sha256 of the weight files of the folder, or the hub id and its revision."""
     transformers = _transformers()
     try:
-        published = transformers.AutoModelForCausalLM.from_pretrained(arch)
+        published = transformers.AutoModelForCausalLM.from_pretrained(located(arch))
     except OSError as exc:
         raise WeightsError(f"could not load the weights of hf:{arch} ({exc}); offline, pass a folder written by "
                            "save_pretrained") from exc
     model.load_state_dict(published.state_dict())
     del published
-    folder = Path(arch)
+    folder = Path(located(arch))
     if folder.is_dir():
         files = _weight_files(folder)
         return ";".join(f"{f.name}:{file_sha256(f)}" for f in files) or f"hf:{folder.resolve()}"
@@ -169,7 +173,7 @@ class CausalLMAdapter(ModelAdapter):
 
 
 def wrap(model: nn.Module, arch: str, weights: LoadedWeights) -> ModelAdapter:
-    return CausalLMAdapter(model, f"hf:{arch}", arch)
+    return CausalLMAdapter(model, f"hf:{arch}", located(arch))
 
 
 FAMILY = ModelFamily(build, wrap, load_published=load_published, read=read)

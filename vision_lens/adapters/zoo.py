@@ -78,7 +78,7 @@ def _config_architectures(arch: str) -> list[str] | None:
     import json
     from pathlib import Path
 
-    folder = Path(arch).expanduser()
+    folder = Path(resources.located(arch)).expanduser()
     if folder.is_dir():
         return list(json.loads((folder / "config.json").read_text()).get("architectures") or ())
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", arch) or arch.startswith((".", "/")):

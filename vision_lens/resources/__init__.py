@@ -20,6 +20,15 @@ def results_root() -> Path:
     return installed if installed.is_dir() else package.parent / "results"
 
 
+def located(path: str) -> str:
+    """``path`` as given, or, where it names ``results/...`` and nothing is there, the same file or folder in this
+    installation's committed results (:func:`results_root`): how a run folder's recorded ``hf:results/...`` model
+    loads from any working folder and from an installed wheel."""
+    if path.startswith("results/") and not Path(path).exists():
+        return str(results_root() / path.removeprefix("results/"))
+    return path
+
+
 def package_folder(name: str) -> Path:
     """A folder of files shipped in this package (``vision_lens/resources/<name>``)."""
     return Path(str(resources.files(__name__).joinpath(name)))
