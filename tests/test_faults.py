@@ -944,13 +944,18 @@ def test_a_full_disk_under_frontier_stops_in_one_line_and_the_rerun_writes_it(ba
     shutil.copytree(base / "baseline", run)
     before = tree_bytes(run, MANIFEST_NAME)  # which lists frontier.json before it is written
     args = frontier_args(run, base / "cache")  # a complete cache: only the run folder is written
-    full = vision_lens(700, *args, code=SMALL_DISK)  # frontier.json is about 1 KB, the manifest under 500 bytes
+    # frontier.json is about 1 KB, the manifest under 500 bytes, the strength's point kept before it under 700.
+    full = vision_lens(700, *args, code=SMALL_DISK)
     assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
     assert (f"vision-lens frontier: error: run folder {run}: cannot write {run / 'frontier.json'} (File too large); "
-            "the run's own files are as they were. Free space there and rerun the same command") in full.stderr
+            "the run's own files are as they were, and the strengths already done are kept. Free space there and "
+            "rerun the same command") in full.stderr
     assert not (run / "frontier.json").exists() and not list(run.rglob("*.tmp"))
-    assert tree_bytes(run, MANIFEST_NAME) == before
-    assert main(args) == 0  # the rerun, in process
+    assert tree_bytes(run, MANIFEST_NAME, "frontier.partial.json") == before
+    kept = json.loads((run / "frontier.partial.json").read_text())["points"]
+    assert [p["weight_decay"] for p in kept] == [0.1]
+    assert main(args) == 0  # the rerun, in process: it resumes, and removes the partial sweep with its last write
+    assert not (run / "frontier.partial.json").exists()
     assert [p["weight_decay"] for p in json.loads((run / "frontier.json").read_text())["points"]] == [0.1]
     assert "frontier.json" in manifest(run)["files"] and manifest(run)["complete"] is True
 

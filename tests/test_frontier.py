@@ -55,6 +55,54 @@ def test_a_frontier_point_equals_a_direct_fit_at_that_strength(tmp_path, tiny_da
 
 
 @pytest.mark.integration
+def test_an_interrupted_frontier_resumes_from_the_strengths_it_finished(tmp_path, tiny_data, monkeypatch):
+    """A sweep stopped at its second strength keeps the first in frontier.partial.json; the rerun refits only the
+    second, gives the uninterrupted sweep's points and removes the file. A partial sweep of another run is ignored."""
+    import shutil
+
+    import vision_lens.frontier as frontier_module
+
+    run = _run(tmp_path, tiny_data, "run")
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    strengths = (0.01, 0.1)
+    expected = json.loads(frontier_module.frontier(twin, strengths).read_text())
+    fit, fitted = frontier_module.fit_lens, []
+
+    def fit_then_stop(lens, *args, desc, **kwargs):
+        if desc.endswith(" at 0.1"):
+            raise KeyboardInterrupt  # as Ctrl-C or a killed job would stop it
+        fitted.append(desc)
+        return fit(lens, *args, desc=desc, **kwargs)
+
+    monkeypatch.setattr(frontier_module, "fit_lens", fit_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        frontier_module.frontier(run, strengths)
+    partial = json.loads((run / "frontier.partial.json").read_text())
+    assert [p["weight_decay"] for p in partial["points"]] == [0.01] and not (run / "frontier.json").exists()
+
+    def counted(lens, *args, desc, **kwargs):
+        fitted.append(desc)
+        return fit(lens, *args, desc=desc, **kwargs)
+
+    fitted.clear()
+    monkeypatch.setattr(frontier_module, "fit_lens", counted)
+    resumed = json.loads(frontier_module.frontier(run, strengths).read_text())
+    assert fitted == ["fit tuned at 0.1", "fit shared at 0.1"]  # the first strength is not refitted
+    for got, want in zip(resumed["points"], expected["points"], strict=True):
+        assert got["penalty_by_distance"] == pytest.approx(want["penalty_by_distance"])
+        assert {k: v for k, v in got.items() if k != "penalty_by_distance"} == pytest.approx(
+            {k: v for k, v in want.items() if k != "penalty_by_distance"})
+    assert resumed["command"] == f"vision-lens frontier {run} --strengths 0.01 0.1"
+    assert not (run / "frontier.partial.json").exists()
+    # A partial sweep left by an earlier run in this folder (another run.json) is not this run's: all refitted.
+    (run / "frontier.partial.json").write_text(json.dumps(partial | {"run_id": "0" * 64}))
+    fitted.clear()
+    frontier_module.frontier(run, strengths)
+    assert len(fitted) == 4
+
+
+@pytest.mark.integration
 def test_the_frontier_figure_draws_the_sweep_and_marks_both_fits(tmp_path, tiny_data):
     import matplotlib.pyplot as plt
 

@@ -51,10 +51,14 @@ MANIFEST_NAME = "vision-lens-manifest.json"
 LOCK_NAME = ".vision-lens-lock"
 LAYERWISE_FIGURE, TRANSFER_FIGURE = "layerwise.png", "transfer_penalty.png"  # plotting.save_run_figures
 FRONTIER_FILE = "frontier.json"  # vision-lens frontier's output, added to a complete run's manifest
+# The strengths a frontier has finished, each written as it finishes, so that a rerun resumes; removed with the
+# last write. Named as a run names its files (WRITTEN_PATTERNS), so --overwrite may remove one left behind.
+FRONTIER_PARTIAL = "frontier.partial.json"
 # Every file name a run, train or eval writes: what --overwrite may remove from a run that stopped
 # before it listed its files (the temporary files are those of files.write_text_atomic).
 WRITTEN_PATTERNS = (
     *RESULT_FILES, INTERVALS_FILE, "train.json", "report.html", LAYERWISE_FIGURE, TRANSFER_FIGURE, FRONTIER_FILE,
+    FRONTIER_PARTIAL,
     "lenses/*/config.json", "lenses/*/params.pt", ".*.tmp", "lenses/*/.*.tmp",
 )
 

@@ -13,10 +13,15 @@ minus the tuned lens's, averaged over blocks). A strong penalty keeps every
 translator near the logit lens, and a weak one fits each block best: the
 penalty against own CE along the sweep is the frontier that one chosen fit sits
 on (``plotting.penalty_frontier`` draws it).
+
+Resumable: each strength's point is written to ``frontier.partial.json`` in the run folder as it is done, with the
+sha256 of the run's run.json; a rerun on the same run reuses the points of the strengths it asks for again and
+refits only the rest. The last write removes the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from dataclasses import fields
@@ -26,8 +31,8 @@ from typing import Sequence
 import torch
 
 from .analysis import summarise_transfer
-from .artifacts import (FRONTIER_FILE, RunFolderError, RunResults, add_to_manifest, holding_lock, load_results,
-                        require_complete, writing_into)
+from .artifacts import (FRONTIER_FILE, FRONTIER_PARTIAL, RunFolderError, RunResults, add_to_manifest, holding_lock,
+                        load_results, require_complete, writing_into)
 from .files import write_text_atomic
 from .fit import FitSettings, fit_lens
 from .lens_kinds import kind_names, lens_kind
@@ -63,11 +68,30 @@ def frontier(run_dir: str | Path, strengths: Sequence[float] = FRONTIER_STRENGTH
     with holding_lock(run_dir, RUN_FOLDER):
         result = sweep(run_dir, strengths, **overrides)  # reads the run again, now that no other process writes it
         out = run_dir / FRONTIER_FILE
-        with writing_into(run_dir, RUN_FOLDER, kept="the run's own files are as they were. Free space there and "
-                                                    "rerun the same command"):
+        with writing_into(run_dir, RUN_FOLDER, kept=KEPT):
             add_to_manifest(run_dir, FRONTIER_FILE)  # first: a frontier.json it does not list would block --overwrite
             write_text_atomic(out, json.dumps(result, indent=1, allow_nan=False) + "\n")
+            (run_dir / FRONTIER_PARTIAL).unlink(missing_ok=True)
     return out
+
+
+KEPT = ("the run's own files are as they were, and the strengths already done are kept. Free space there and rerun "
+        "the same command")
+
+
+def finished_points(run_dir: Path, run_id: str, strengths: Sequence[float]) -> dict[float, dict]:
+    """The points of ``strengths`` that an earlier, interrupted sweep of this run (``run_id``) finished."""
+    partial = run_dir / FRONTIER_PARTIAL
+    try:
+        saved = json.loads(partial.read_text())
+        if saved["run_id"] != run_id:
+            return {}  # the run was redone since: its points are not this run's
+        return {p["weight_decay"]: p for p in saved["points"] if p["weight_decay"] in strengths}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # damaged: refitted, and rewritten as points finish
+        print(f"[vision-lens] frontier: {partial} is unreadable ({exc}); refitting every strength", file=sys.stderr)
+        return {}
 
 
 def sweep(run_dir: Path, strengths: Sequence[float], **overrides) -> dict:
@@ -85,8 +109,16 @@ def sweep(run_dir: Path, strengths: Sequence[float], **overrides) -> dict:
     refitted = [name for name in kind_names(base.run.get("fit")) if lens_kind(name).fitted_to == "output"]
     stages = [b.stage for b in adapter.blocks]
     layers = {f"layer_{k}": b.name for k, b in enumerate(adapter.blocks)}
-    points = []
+    run_id = hashlib.sha256((run_dir / "run.json").read_bytes()).hexdigest()
+    done = finished_points(run_dir, run_id, strengths)
+    if done:
+        print(f"[vision-lens] frontier: resuming; {len(done)} of the {len(strengths)} strengths are done "
+              f"({run_dir / FRONTIER_PARTIAL})", file=sys.stderr)
+    points, finished = [], dict(done)
     for strength in strengths:
+        if strength in done:
+            points.append(done[strength])
+            continue
         print(f"[vision-lens] frontier: weight decay {strength:g}", file=sys.stderr)
         lenses = build_lenses(adapter, layout, refitted)
         settings = FitSettings(opts.max_iter, strength, seed=opts.seed)
@@ -97,9 +129,14 @@ def sweep(run_dir: Path, strengths: Sequence[float], **overrides) -> dict:
                                            transfer=tuple(name for name in lenses if lens_kind(name).transfers))
         point = RunResults(run_dir, base.name, aggregate, layers, {"block_stages": stages})
         points.append({"weight_decay": strength} | summarise_transfer(point))
+        finished[strength] = points[-1]
+        with writing_into(run_dir, RUN_FOLDER, kept=KEPT):
+            write_text_atomic(run_dir / FRONTIER_PARTIAL, json.dumps(
+                {"run_id": run_id, "points": list(finished.values())}, indent=1, allow_nan=False) + "\n")
     return {
         "model": base.name, "run": str(run_dir), "loss": opts.loss, "fit_images": len(fit.labels),
         "eval_images": len(held_out.labels), "max_iter": opts.max_iter, "strengths": list(strengths),
         "points": points, "run_fit": summarise_transfer(base),
-        "command": f"vision-lens frontier {run_dir}",
+        "command": f"vision-lens frontier {run_dir}" + ("" if tuple(strengths) == FRONTIER_STRENGTHS else
+                                                          " --strengths " + " ".join(f"{s:g}" for s in strengths)),
     }
