@@ -85,7 +85,8 @@ def test_loss_ce_fits_the_translators_to_the_labels(tmp_path, tiny_data):
                     logits = lens(split.features[k], k)
                     own = F.cross_entropy(logits, split.labels) if loss == "ce" else F.kl_div(
                         logits.log_softmax(-1), split.logits.log_softmax(-1), log_target=True, reduction="batchmean")
-                    assert lens.config.fit["blocks"][block]["loss_nats"] == pytest.approx(float(own), rel=1e-4)
+                    # abs: at the last block the KL to the model is zero up to float32 rounding (about 1e-8)
+                    assert lens.config.fit["blocks"][block]["loss_nats"] == pytest.approx(float(own), rel=1e-4, abs=1e-6)
     assert not same_parameters(fitted["ce", "optimum", "tuned"], fitted["kl", "optimum", "tuned"])
 
 
