@@ -2,7 +2,7 @@
 # Full-scale CIFAR-10 runs behind results/cifar10-*/: fit on all 50,000 train images,
 # evaluate on all 10,000 test images. On 2 CPU cores the six runs of results/README.md took 9 minutes with
 # the features already cached, and 25 minutes capturing every split afresh (an empty VISION_LENS_CACHE).
-# Usage: scripts/cifar10_runs.sh [resnet20 resnet32 resnet44 inceptionv1 preact_resnet20 vit]
+# Usage: scripts/cifar10_runs.sh [resnet20 resnet32 resnet44 inceptionv1 preact_resnet20 plain20 vit]
 # (SHARED defaults to ../shared). The ResNets are the public checkpoints under $SHARED/weights/cifar10-resnets;
 # the models trained here are the checkpoints committed under results/checkpoints/ (scripts/train_cifar.py
 # wrote them). Each run writes results/cifar10-<arch>/, with _ written as - (cifar10-preact-resnet20).

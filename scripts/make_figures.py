@@ -31,7 +31,7 @@ from vision_lens.lenses import TunedLens
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = [REPO / "results" / f"cifar10-{arch}"
-                for arch in ("resnet20", "resnet32", "resnet44", "preact-resnet20", "vit", "inceptionv1")]
+                for arch in ("resnet20", "resnet32", "resnet44", "preact-resnet20", "plain20", "vit", "inceptionv1")]
 TOY_LLM = REPO / "tests" / "data" / "tiny-gpt2-tuned-lens" / "aggregate_metrics.json"
 # scripts/train_reference_lm.py's output: a GPT-2 of the CIFAR ViT's size lensed by tuned-lens itself.
 LM_REFERENCE = REPO / "results" / "lm-reference" / "aggregate_metrics.json"
@@ -80,8 +80,8 @@ def save(ax_or_fig, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", type=Path,
-                        help="run folders (default: the committed results/cifar10-{resnet20,resnet32,resnet44,preact-resnet20,vit,"
-                             "inceptionv1} "
+                        help="run folders (default: the committed results/cifar10-{resnet20,resnet32,resnet44,preact-resnet20,"
+                             "plain20,vit,inceptionv1} "
                              "that are complete); a sibling <run>-random-init folder enters the random-init figure")
     parser.add_argument("--llm", nargs="*", type=Path,
                         help="aggregate_metrics.json files or folders from `tuned-lens eval` for the comparison "

@@ -363,17 +363,19 @@ def findings(runs) -> str:
     then the tuned-lens recipe's), the frontier, shared lens and aux heads (trained runs only: a random model's
     tuned lens follows noise), and last every trained run with transfer beside the language-model reference
     (``tuned-lens eval`` output or a penalty-only matrix, which have no run.json and enter only that table; one
-    deeper than :data:`THINNED_LAYERS` also at that many layers); then the language models' CE per layer, and the
-    signature tables of every run, random twins included (:func:`signature_tables`)."""
+    deeper than :data:`THINNED_LAYERS` also at that many layers), then the random twins on the same footing (the
+    shape of a network that refines nothing); then the language models' CE per layer, and the signature tables of
+    every run, random twins included (:func:`signature_tables`)."""
     tool = with_thinned([run for run in runs if not run.run], THINNED_LAYERS)
     ours = [run for run in runs if run.run]
     recipe = [run for run in ours if analysis.fit_recipe(run) == "tuned-lens"]
     default = [run for run in ours if run not in recipe]
     trained = [run for run in default if run.run.get("weights") != "random"]
     trained_recipe = [run for run in recipe if run.run.get("weights") != "random"]
+    twins = [run for run in ours if run.run.get("weights") == "random"]
     return "\n\n".join([depth_table(default), transfer_table(trained), transfer_table(trained_recipe),
                          frontier_table(trained), shared_table(trained), shared_table(trained_recipe),
-                         aux_table(trained), stream_table(trained + trained_recipe + tool),
+                         aux_table(trained), stream_table(trained + trained_recipe + tool + twins),
                          language_depth_table(tool), signature_tables(ours + [run for run in runs if not run.run])])
 
 

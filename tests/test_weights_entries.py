@@ -97,14 +97,13 @@ def test_a_checkpoint_without_its_record_is_refused(results_root):
 def test_published_accuracies_are_what_the_committed_runs_measure():
     """The akamaster checkpoints' stated accuracies (their README's errors) against our own runs of them on all
     10,000 test images."""
-    runs = {json.loads((r / "run.json").read_text())["model"]: r for r in findings_runs() if (r / "run.json").is_file()}
-    checked = 0
-    for architecture in architectures():
-        if architecture.weights.kind == "url" and architecture.name in runs:
-            run = runs[architecture.name]
-            if json.loads((run / "run.json").read_text()).get("weights_sha256", "").startswith(
-                    architecture.weights.sha256()):
-                aggregate = json.loads((run / "aggregate_metrics.json").read_text())
-                assert aggregate["baseline"]["acc"]["final"] == pytest.approx(architecture.weights.accuracy, abs=1e-9)
-                checked += 1
-    assert checked >= 3  # ResNet-20, -32 and -44
+    published = {a.name: a.weights for a in architectures() if a.weights.kind == "url"}
+    checked = set()
+    for run in (r for r in findings_runs() if (r / "run.json").is_file()):  # every fit of a model, random twins too
+        info = json.loads((run / "run.json").read_text())
+        weights = published.get(info["model"])
+        if weights is not None and info.get("weights_sha256", "").startswith(weights.sha256()):
+            aggregate = json.loads((run / "aggregate_metrics.json").read_text())
+            assert aggregate["baseline"]["acc"]["final"] == pytest.approx(weights.accuracy, abs=1e-9), run.name
+            checked.add(info["model"])
+    assert len(checked) >= 3  # ResNet-20, -32 and -44
