@@ -16,7 +16,6 @@ trajectory reloads the first run's model from the weights path in its run.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -127,13 +126,15 @@ def main() -> None:
     # The random-init control: each trained run beside its random-init twin, where one is committed.
     pairs = [(run, run.with_name(run.name + "-random-init")) for run in runs]
     pairs = [(t, r) for t, r in pairs if (r / "aggregate_metrics.json").is_file()]
-    if pairs:
-        named = [dataclasses.replace(load_results(path), name=f"{load_results(path).name}{suffix}")
-                 for pair in pairs for path, suffix in zip(pair, (" trained", " random init"))]
-        control_ax = plt.subplots(figsize=(7, 4.5))[1]
-        plotting.layerwise(named, "acc", x="relative_depth", lens_types=("linear_probe",), ax=control_ax)
-        control_ax.set_title("linear probe: trained against random-init weights")
-        save(control_ax, args.out / "random_init_control.png")
+    if pairs:  # side by side, each model in the same colour in both panels (the runs in the same order)
+        fig, (trained_ax, random_ax) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+        for ax, side, title in ((trained_ax, 0, "trained weights"), (random_ax, 1, "random-init weights")):
+            plotting.layerwise([pair[side] for pair in pairs], "acc", x="relative_depth",
+                               lens_types=("linear_probe",), ax=ax)
+            ax.set_title(title)
+        random_ax.get_legend().remove()
+        fig.suptitle("linear probe at every block: the rise is learned")
+        save(fig, args.out / "random_init_control.png")
 
     # The frontier: every run with a frontier.json, its tuned-lens-recipe twin starred where one is committed.
     swept = [run for run in runs if (run / FRONTIER_FILE).is_file()]
