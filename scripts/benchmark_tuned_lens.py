@@ -104,12 +104,12 @@ def cut_split(source: Path, out: Path, windows: int, tokenizer, context: int) ->
         texts = documents[:count] if cut is None else [*documents[:count - 1], documents[count - 1][:cut]]
         return windows_of(texts, tokenizer, context) >= windows
 
-    if not documents or not enough(len(documents)):
-        raise SystemExit(f"error: {source} makes {windows_of(documents, tokenizer, context) if documents else 0} "
-                         f"windows of {context} tokens, fewer than the {windows} asked for; give the split more text "
-                         "(or lower --eval-windows)")
     low = high = 1  # every count below low is not enough; high is
-    while not enough(high):
+    while not documents or not enough(high):
+        if high >= len(documents):  # the whole split: tokenized again only to say how short it falls
+            raise SystemExit(f"error: {source} makes {windows_of(documents, tokenizer, context)} windows of {context} "
+                             f"tokens, fewer than the {windows} asked for; give the split more text (or lower "
+                             "--eval-windows)")
         low, high = high + 1, min(2 * high, len(documents))
     while low < high:
         middle = (low + high) // 2

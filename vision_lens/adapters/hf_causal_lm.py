@@ -76,15 +76,15 @@ def _weight_files(folder: Path) -> list[Path]:
 def load_published(model: nn.Module, arch: str) -> str:
     """The weights of ``arch`` (its folder, or the hub through ``transformers``' own loader) loaded into ``model``;
     their id is the sha256 of the weight files of the folder, or the hub id and its revision."""
-    transformers = _transformers()
+    transformers, source = _transformers(), located(arch)
     try:
-        published = transformers.AutoModelForCausalLM.from_pretrained(located(arch))
+        published = transformers.AutoModelForCausalLM.from_pretrained(source)
     except OSError as exc:
         raise WeightsError(f"could not load the weights of hf:{arch} ({exc}); offline, pass a folder written by "
                            "save_pretrained") from exc
     model.load_state_dict(published.state_dict())
     del published
-    folder = Path(located(arch))
+    folder = Path(source)
     if folder.is_dir():
         files = _weight_files(folder)
         return ";".join(f"{f.name}:{file_sha256(f)}" for f in files) or f"hf:{folder.resolve()}"

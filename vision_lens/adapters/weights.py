@@ -128,7 +128,7 @@ class Weights:
 
     def path(self) -> Path:
         """Where a checkpoint trained here is in this installation (the checkout's results/, or the wheel's copy)."""
-        return resources.results_root() / self.source.removeprefix("results/")
+        return resources.committed(self.source)
 
     def record(self) -> dict | None:
         """The training record beside a checkpoint trained here (command, sha256, test accuracy), if present."""

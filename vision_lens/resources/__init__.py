@@ -20,12 +20,17 @@ def results_root() -> Path:
     return installed if installed.is_dir() else package.parent / "results"
 
 
+def committed(path: str) -> Path:
+    """``results/...`` in this installation's committed results (:func:`results_root`)."""
+    return results_root() / path.removeprefix("results/")
+
+
 def located(path: str) -> str:
-    """``path`` as given, or, where it names ``results/...`` and nothing is there, the same file or folder in this
-    installation's committed results (:func:`results_root`): how a run folder's recorded ``hf:results/...`` model
-    loads from any working folder and from an installed wheel."""
+    """``path`` as given, or, where it names ``results/...`` and nothing is there, :func:`committed` ``(path)``: how
+    a run folder's recorded ``hf:results/...`` model loads from any working folder of a checkout (and from an
+    installed wheel, for what the wheel ships)."""
     if path.startswith("results/") and not Path(path).exists():
-        return str(results_root() / path.removeprefix("results/"))
+        return str(committed(path))
     return path
 
 
